@@ -1,0 +1,650 @@
+/*
+ * taskmw ring: the C core. See ring.h for the contract.
+ *
+ * Design, and why:
+ *
+ * - Locking: one robust, process-shared pthread mutex guards the ring.
+ *   We chose it over a lock-free design because records have variable
+ *   length (a lock-free MPMC ring of variable-length records needs
+ *   per-record commit flags and reclaim protocols that are hard to make
+ *   crash-safe), while a robust mutex gives a simple story for a process
+ *   that dies inside a critical section: the next locker gets EOWNERDEAD
+ *   from the kernel's robust-futex list and repairs the state (below).
+ *   Critical sections are short (a header check and a memcpy), and
+ *   consumers take many records per lock.
+ *
+ * - Crash safety: every change to the shared state (head, tail, sequence
+ *   numbers, a slot's held count) is made by one commit() that first writes
+ *   the new values into a journal, marks it valid, applies it, and clears
+ *   it. Record bytes and held entries are written *before* the commit, in
+ *   space no one reads yet. So whenever a process dies, the state is either
+ *   the old one (journal not valid: the partial bytes are ignored) or the
+ *   new one (journal valid: the next locker re-applies it, idempotently).
+ *   Releasing held records tombstones them (seq 0) one 8-byte store at a
+ *   time, then compacts: a death at any point leaves every still-held
+ *   record listed (perhaps twice; readers skip tombstones and duplicates).
+ *
+ * - Waking: a waiter spins for spin_ns, then increments a waiter count,
+ *   re-checks the ring and sleeps in ppoll() on an eventfd. A producer,
+ *   after committing, writes the eventfd only if the waiter count is
+ *   non-zero and no wake-up is already pending (a "signalled" flag), so a
+ *   busy ring makes no system call per record. The count increment and the
+ *   re-check, and the producer's commit and count read, are sequentially
+ *   consistent atomics, so a wake-up cannot be lost. Sleeps are cut into
+ *   slices of SLICE_NS so that a flag left set by a process killed in the
+ *   middle of a wake-up heals itself. A consumer that leaves records behind
+ *   wakes the next sleeper (chain wake-up).
+ *
+ * - Bounds: the geometry (capacity, slot count, held limit) is copied into
+ *   each process's handle at creation and never re-read from shared memory.
+ *   Every length, position and sequence number read from shared memory is
+ *   checked against it; a mismatch returns TMW_ECORRUPT.
+ *
+ * Layout of the region: [header, 4 KiB][slots][data: capacity bytes].
+ * Records in data: a 16-byte header {len, aux, seq} at a 16-byte aligned
+ * position, then len payload bytes (wrapping around the end if needed),
+ * padded to 16. Positions head/tail are monotonic byte counters; the byte
+ * offset is position % capacity (capacity is a multiple of 16, so a record
+ * header never wraps).
+ */
+#define _GNU_SOURCE
+#include "ring.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAGIC 0x31474e49524d5754ULL /* "TWMRING1" */
+#define HDR_SIZE 4096
+#define REC_HDR 16
+#define SLICE_NS 100000000ULL /* longest single sleep: 100 ms */
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
+#define BUMP(p) __atomic_add_fetch((p), 1, __ATOMIC_RELAXED)
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#else
+#define CPU_RELAX() __asm__ __volatile__("" ::: "memory")
+#endif
+
+typedef struct {
+    uint32_t len;
+    uint32_t aux;
+    uint64_t seq;
+} rec_hdr;
+
+/* The shared state a commit changes. */
+typedef struct {
+    uint64_t head;     /* position of the oldest record */
+    uint64_t tail;     /* position where the next record goes */
+    uint64_t head_seq; /* seq of the record at head */
+    uint64_t next_seq; /* seq the next pushed record gets */
+} ring_state;
+
+typedef struct {
+    uint32_t valid;
+    int32_t slot;        /* slot whose held_count changes, or -1 */
+    uint32_t held_count; /* its new value */
+    uint32_t _pad;
+    ring_state st;
+} journal;
+
+typedef struct {
+    uint64_t magic;
+    uint64_t capacity;
+    uint32_t nslots;
+    uint32_t max_held;
+    pthread_mutex_t lock;
+    journal jr;
+    ring_state st __attribute__((aligned(64)));
+    /* Waiters and wake-up flags, touched outside the lock. */
+    uint32_t data_waiters __attribute__((aligned(64)));
+    uint32_t data_signalled;
+    uint32_t space_waiters;
+    uint32_t space_signalled;
+    /* Counters (relaxed). */
+    uint64_t wakeups __attribute__((aligned(64)));
+    uint64_t push_waits;
+    uint64_t pop_waits;
+    uint64_t recoveries;
+} shared_hdr;
+
+typedef struct {
+    int32_t pid;           /* owner, 0 when free */
+    uint32_t held_count;   /* entries in held[], tombstones included */
+    uint32_t sleeping_data;  /* this slot's share of data_waiters */
+    uint32_t sleeping_space; /* this slot's share of space_waiters */
+    uint64_t _pad[2];
+    tmw_held held[];       /* max_held entries */
+} slot_hdr;
+
+struct tmw_ring {
+    shared_hdr *h;
+    char *base;
+    char *data;
+    size_t region_size;
+    size_t slot_stride;
+    uint64_t capacity;
+    uint32_t nslots;
+    uint32_t max_held;
+    uint64_t spin_ns;
+    int memfd;
+    int efd_data;
+    int efd_space;
+};
+
+_Static_assert(sizeof(shared_hdr) <= HDR_SIZE, "header fits its page");
+_Static_assert(sizeof(rec_hdr) == REC_HDR, "record header is 16 bytes");
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t deadline_of(double timeout) {
+    if (timeout < 0) return UINT64_MAX;
+    if (timeout > 1e9) timeout = 1e9;
+    return now_ns() + (uint64_t)(timeout * 1e9);
+}
+
+static uint64_t span_of(uint64_t len) { return REC_HDR + ((len + 15) & ~(uint64_t)15); }
+
+static slot_hdr *slot_at(tmw_ring *r, int slot) {
+    return (slot_hdr *)(r->base + HDR_SIZE + (size_t)slot * r->slot_stride);
+}
+
+/* ---- locking and crash recovery ---------------------------------------- */
+
+static void apply_journal(tmw_ring *r) {
+    shared_hdr *h = r->h;
+    journal *j = &h->jr;
+    STORE(&h->st.head_seq, j->st.head_seq);
+    STORE(&h->st.next_seq, j->st.next_seq);
+    STORE(&h->st.head, j->st.head);
+    STORE(&h->st.tail, j->st.tail);
+    if (j->slot >= 0 && (uint32_t)j->slot < r->nslots && j->held_count <= r->max_held)
+        STORE(&slot_at(r, j->slot)->held_count, j->held_count);
+}
+
+/* Make st (and a slot's held count) the new shared state, crash-safely. */
+static void commit(tmw_ring *r, const ring_state *st, int slot, uint32_t held_count) {
+    journal *j = &r->h->jr;
+    j->st = *st;
+    j->slot = slot;
+    j->held_count = held_count;
+    STORE(&j->valid, 1);
+    apply_journal(r);
+    STORE(&j->valid, 0);
+}
+
+static int lock(tmw_ring *r) {
+    int rc = pthread_mutex_lock(&r->h->lock);
+    if (rc == EOWNERDEAD) {
+        /* The previous owner died inside a critical section: finish (or
+         * drop) what it was doing, then mark the mutex usable again. */
+        if (LOAD(&r->h->jr.valid)) {
+            apply_journal(r);
+            STORE(&r->h->jr.valid, 0);
+        }
+        BUMP(&r->h->recoveries);
+        pthread_mutex_consistent(&r->h->lock);
+        return TMW_OK;
+    }
+    return rc == 0 ? TMW_OK : TMW_ECORRUPT;
+}
+
+static void unlock(tmw_ring *r) { pthread_mutex_unlock(&r->h->lock); }
+
+/* Check the shared state against the geometry. */
+static int check_state(tmw_ring *r, const ring_state *st) {
+    uint64_t used = st->tail - st->head;
+    if (used > r->capacity || (st->head & 15) || (st->tail & 15)) return TMW_ECORRUPT;
+    if (st->next_seq < st->head_seq) return TMW_ECORRUPT;
+    if ((used == 0) != (st->next_seq == st->head_seq)) return TMW_ECORRUPT;
+    return TMW_OK;
+}
+
+/* ---- waiting and waking ------------------------------------------------ */
+
+static int ring_nonempty(tmw_ring *r) { return LOAD(&r->h->st.tail) != LOAD(&r->h->st.head); }
+
+static int ring_has_space(tmw_ring *r, uint64_t need) {
+    uint64_t used = LOAD(&r->h->st.tail) - LOAD(&r->h->st.head);
+    return used > r->capacity || r->capacity - used >= need; /* corrupt: let the locker see it */
+}
+
+/* Wake one sleeping side if anybody sleeps and no wake-up is pending. */
+static void wake(tmw_ring *r, uint32_t *waiters, uint32_t *signalled, int fd) {
+    if (LOAD(waiters) == 0) return;
+    if (__atomic_exchange_n(signalled, 1, __ATOMIC_SEQ_CST) != 0) return;
+    uint64_t one = 1;
+    ssize_t w = write(fd, &one, sizeof one);
+    (void)w; /* EAGAIN only if the counter is saturated: a wake-up is pending anyway */
+    BUMP(&r->h->wakeups);
+}
+
+/* Wait until ready(r, arg) or the deadline. Spin first, then sleep on fd. */
+static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t arg,
+                    uint32_t *waiters, uint32_t *signalled, uint32_t *mine, int fd,
+                    uint64_t deadline) {
+    if (ready(r, arg)) return TMW_OK;
+    uint64_t start = now_ns();
+    if (r->spin_ns) {
+        uint64_t until = start + r->spin_ns;
+        if (until > deadline) until = deadline;
+        for (unsigned i = 1;; i++) {
+            if (ready(r, arg)) return TMW_OK;
+            CPU_RELAX();
+            if ((i & 63) == 0 && now_ns() >= until) break;
+        }
+    }
+    ADD(waiters, 1);
+    ADD(mine, 1);
+    int rc = TMW_OK;
+    if (!ready(r, arg)) {
+        uint64_t now = now_ns();
+        if (now >= deadline) {
+            rc = TMW_ETIMEDOUT;
+        } else {
+            uint64_t ns = deadline - now;
+            if (ns > SLICE_NS) ns = SLICE_NS;
+            struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+            struct pollfd p = {fd, POLLIN, 0};
+            int n = ppoll(&p, 1, &ts, NULL);
+            if (n < 0 && errno == EINTR) rc = TMW_EINTR;
+            else if (n < 0) rc = TMW_ESYS;
+            if (n > 0) {
+                uint64_t v;
+                ssize_t got = read(fd, &v, sizeof v); /* EAGAIN: another waiter took it */
+                (void)got;
+            }
+            /* Clear the flag after draining the eventfd (never before: a
+             * producer seeing the flag set skips its write, and we re-check
+             * the ring after this). */
+            STORE(signalled, 0);
+        }
+    }
+    ADD(mine, -1);
+    ADD(waiters, -1);
+    return rc;
+}
+
+static int data_ready(tmw_ring *r, uint64_t unused) { return ring_nonempty(r); }
+static int space_ready(tmw_ring *r, uint64_t need) { return ring_has_space(r, need); }
+
+/* ---- life cycle -------------------------------------------------------- */
+
+int tmw_ring_create(uint64_t capacity, uint32_t nslots, uint32_t max_held, uint64_t spin_ns,
+                    tmw_ring **out) {
+    if (!out || nslots < 1 || max_held < 1 || capacity < 64 || capacity > (1ULL << 40))
+        return TMW_EINVAL;
+    capacity = (capacity + 15) & ~(uint64_t)15;
+    size_t stride = sizeof(slot_hdr) + (size_t)max_held * sizeof(tmw_held);
+    stride = (stride + 63) & ~(size_t)63;
+    size_t size = HDR_SIZE + stride * nslots;
+    size = (size + 4095) & ~(size_t)4095;
+    size_t data_off = size;
+    size += capacity;
+
+    tmw_ring *r = calloc(1, sizeof *r);
+    if (!r) return TMW_ESYS;
+    r->memfd = r->efd_data = r->efd_space = -1;
+    r->memfd = memfd_create("taskmw-ring", MFD_CLOEXEC);
+    if (r->memfd < 0 || ftruncate(r->memfd, (off_t)size) < 0) goto fail;
+    r->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd, 0);
+    if (r->base == MAP_FAILED) {
+        r->base = NULL;
+        goto fail;
+    }
+    r->efd_data = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->efd_space = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->efd_data < 0 || r->efd_space < 0) goto fail;
+    r->region_size = size;
+    r->h = (shared_hdr *)r->base;
+    r->data = r->base + data_off;
+    r->slot_stride = stride;
+    r->capacity = capacity;
+    r->nslots = nslots;
+    r->max_held = max_held;
+    r->spin_ns = spin_ns;
+
+    shared_hdr *h = r->h;
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init(&h->lock, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc != 0) {
+        errno = rc;
+        goto fail;
+    }
+    h->capacity = capacity;
+    h->nslots = nslots;
+    h->max_held = max_held;
+    h->st.head_seq = h->st.next_seq = 1; /* seq 0 marks a released held entry */
+    h->magic = MAGIC;
+    *out = r;
+    return TMW_OK;
+fail:
+    tmw_ring_close(r);
+    return TMW_ESYS;
+}
+
+void tmw_ring_close(tmw_ring *r) {
+    if (!r) return;
+    int saved = errno;
+    if (r->base) munmap(r->base, r->region_size);
+    if (r->memfd >= 0) close(r->memfd);
+    if (r->efd_data >= 0) close(r->efd_data);
+    if (r->efd_space >= 0) close(r->efd_space);
+    free(r);
+    errno = saved;
+}
+
+int tmw_ring_memfd(const tmw_ring *r) { return r->memfd; }
+int tmw_ring_data_fd(const tmw_ring *r) { return r->efd_data; }
+uint64_t tmw_ring_max_record(const tmw_ring *r) { return r->capacity - REC_HDR; }
+uint64_t tmw_ring_data_offset(const tmw_ring *r) { return (uint64_t)(r->data - r->base); }
+
+int tmw_ring_slot_claim(tmw_ring *r, int32_t pid) {
+    if (pid <= 0) return TMW_EINVAL;
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        slot_hdr *s = slot_at(r, (int)i);
+        int32_t expected = 0;
+        if (__atomic_compare_exchange_n(&s->pid, &expected, pid, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+            return (int)i;
+        }
+    }
+    return TMW_ENOSLOT;
+}
+
+/* ---- push --------------------------------------------------------------- */
+
+/* Copy n bytes into the data area at position pos, wrapping at the end. */
+static void put_bytes(tmw_ring *r, uint64_t pos, const char *src, uint64_t n) {
+    uint64_t off = pos % r->capacity;
+    uint64_t first = r->capacity - off;
+    if (first >= n) {
+        memcpy(r->data + off, src, n);
+    } else {
+        memcpy(r->data + off, src, first);
+        memcpy(r->data, src + first, n - first);
+    }
+}
+
+static void get_bytes(tmw_ring *r, uint64_t pos, char *dst, uint64_t n) {
+    uint64_t off = pos % r->capacity;
+    uint64_t first = r->capacity - off;
+    if (first >= n) {
+        memcpy(dst, r->data + off, n);
+    } else {
+        memcpy(dst, r->data + off, first);
+        memcpy(dst + first, r->data, n - first);
+    }
+}
+
+int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens, size_t n,
+                  uint32_t aux, double timeout, size_t *pushed, uint64_t *first_seq) {
+    *pushed = 0;
+    *first_seq = 0;
+    if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
+    if (n && (!data || !lens)) return TMW_EINVAL;
+    uint64_t max_record = tmw_ring_max_record(r);
+    for (size_t i = 0; i < n; i++)
+        if (lens[i] > max_record) return TMW_ETOOBIG;
+    uint64_t deadline = deadline_of(timeout);
+    size_t done = 0;
+    const char *src = data;
+    for (;;) {
+        int rc = lock(r);
+        if (rc) return rc;
+        ring_state st = r->h->st;
+        rc = check_state(r, &st);
+        if (rc) {
+            unlock(r);
+            return rc;
+        }
+        size_t before = done;
+        while (done < n) {
+            uint64_t span = span_of(lens[done]);
+            if (r->capacity - (st.tail - st.head) < span) break;
+            rec_hdr rh = {lens[done], aux, st.next_seq};
+            memcpy(r->data + st.tail % r->capacity, &rh, REC_HDR);
+            put_bytes(r, st.tail + REC_HDR, src, lens[done]);
+            if (done == 0) *first_seq = st.next_seq;
+            src += lens[done];
+            st.tail += span;
+            st.next_seq++;
+            done++;
+        }
+        if (done > before) commit(r, &st, -1, 0);
+        unlock(r);
+        *pushed = done;
+        if (done > before) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
+        if (done == n) return TMW_OK;
+        if (timeout == 0) return TMW_EAGAIN;
+        BUMP(&r->h->push_waits);
+        slot_hdr *s = slot_at(r, slot);
+        rc = wait_for(r, space_ready, span_of(lens[done]), &r->h->space_waiters,
+                      &r->h->space_signalled, &s->sleeping_space, r->efd_space, deadline);
+        if (rc == TMW_ETIMEDOUT || rc == TMW_EINTR || rc == TMW_ESYS) {
+            if (rc == TMW_ETIMEDOUT && ring_has_space(r, span_of(lens[done]))) continue;
+            return rc;
+        }
+    }
+}
+
+/* ---- pop ---------------------------------------------------------------- */
+
+int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap, uint32_t *lens,
+                 uint32_t *auxs, size_t max, int hold, double timeout, size_t *npopped,
+                 uint64_t *first_seq, uint32_t *first_len) {
+    *npopped = 0;
+    *first_seq = 0;
+    *first_len = 0;
+    if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
+    if (max == 0 || !lens || !auxs || (out_cap && !out)) return TMW_EINVAL;
+    slot_hdr *s = slot_at(r, slot);
+    uint64_t deadline = deadline_of(timeout);
+    uint64_t max_record = tmw_ring_max_record(r);
+    for (;;) {
+        int rc = lock(r);
+        if (rc) return rc;
+        ring_state st = r->h->st;
+        rc = check_state(r, &st);
+        uint32_t held = s->held_count;
+        if (!rc && held > r->max_held) rc = TMW_ECORRUPT;
+        if (!rc && hold && held == r->max_held) rc = TMW_EHELDFULL;
+        if (rc) {
+            unlock(r);
+            return rc;
+        }
+        size_t limit = max;
+        if (hold && limit > r->max_held - held) limit = r->max_held - held;
+        size_t n = 0;
+        uint64_t used_out = 0;
+        *first_seq = st.head_seq;
+        while (n < limit && st.head != st.tail) {
+            rec_hdr rh;
+            memcpy(&rh, r->data + st.head % r->capacity, REC_HDR);
+            uint64_t span = span_of(rh.len);
+            if (rh.len > max_record || span > st.tail - st.head || rh.seq != st.head_seq) {
+                rc = TMW_ECORRUPT;
+                break;
+            }
+            if (used_out + rh.len > out_cap) {
+                if (n == 0) {
+                    *first_len = rh.len;
+                    rc = TMW_EBUFSMALL;
+                }
+                break;
+            }
+            get_bytes(r, st.head + REC_HDR, out + used_out, rh.len);
+            used_out += rh.len;
+            lens[n] = rh.len;
+            auxs[n] = rh.aux;
+            if (hold) {
+                s->held[held + n].seq = rh.seq;
+                s->held[held + n].aux = rh.aux;
+            }
+            st.head += span;
+            st.head_seq++;
+            n++;
+        }
+        if (rc == TMW_OK && n > 0) commit(r, &st, hold ? slot : -1, held + (uint32_t)(hold ? n : 0));
+        int left = st.head != st.tail;
+        unlock(r);
+        if (rc) return rc;
+        if (n > 0) {
+            *npopped = n;
+            wake(r, &r->h->space_waiters, &r->h->space_signalled, r->efd_space);
+            if (left) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
+            return TMW_OK;
+        }
+        if (timeout == 0) return TMW_EAGAIN;
+        BUMP(&r->h->pop_waits);
+        rc = wait_for(r, data_ready, 0, &r->h->data_waiters, &r->h->data_signalled,
+                      &s->sleeping_data, r->efd_data, deadline);
+        if (rc == TMW_ETIMEDOUT && ring_nonempty(r)) continue;
+        if (rc) return rc;
+    }
+}
+
+/* ---- held records ------------------------------------------------------- */
+
+/* Drop tombstones (seq 0) from a slot's list; a death mid-way only leaves
+ * duplicates of live entries past the new end, which count still covers. */
+static void compact(slot_hdr *s, uint32_t count) {
+    uint32_t w = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        if (s->held[i].seq == 0) continue;
+        if (w != i) s->held[w] = s->held[i];
+        w++;
+    }
+    STORE(&s->held_count, w);
+}
+
+int tmw_ring_release(tmw_ring *r, int slot, const uint64_t *seqs, size_t n) {
+    if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
+    if (n && !seqs) return TMW_EINVAL;
+    slot_hdr *s = slot_at(r, slot);
+    int rc = lock(r);
+    if (rc) return rc;
+    uint32_t count = s->held_count;
+    if (count > r->max_held) {
+        unlock(r);
+        return TMW_ECORRUPT;
+    }
+    if (!seqs) {
+        STORE(&s->held_count, 0);
+    } else {
+        for (uint32_t i = 0; i < count; i++) {
+            uint64_t seq = s->held[i].seq;
+            for (size_t k = 0; k < n; k++) {
+                if (seqs[k] == seq) {
+                    STORE(&s->held[i].seq, 0);
+                    break;
+                }
+            }
+        }
+        compact(s, count);
+    }
+    unlock(r);
+    return TMW_OK;
+}
+
+/* Copy the live, distinct entries of a slot; returns how many there are. */
+static size_t copy_held(tmw_ring *r, slot_hdr *s, tmw_held *out, size_t cap, size_t at) {
+    uint32_t count = s->held_count;
+    size_t n = at;
+    for (uint32_t i = 0; i < count && i < r->max_held; i++) {
+        tmw_held e = s->held[i];
+        if (e.seq == 0) continue;
+        int dup = 0;
+        for (uint32_t k = 0; k < i; k++)
+            if (s->held[k].seq == e.seq) dup = 1;
+        if (dup) continue;
+        if (n < cap) {
+            out[n] = e;
+            out[n]._pad = 0;
+        }
+        n++;
+    }
+    return n;
+}
+
+int tmw_ring_held(tmw_ring *r, int slot, tmw_held *out, size_t cap, size_t *n) {
+    *n = 0;
+    if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
+    int rc = lock(r);
+    if (rc) return rc;
+    slot_hdr *s = slot_at(r, slot);
+    if (s->held_count > r->max_held) rc = TMW_ECORRUPT;
+    else *n = copy_held(r, s, out, cap, 0);
+    unlock(r);
+    return rc;
+}
+
+int tmw_ring_reclaim(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap, size_t *n) {
+    *n = 0;
+    if (pid <= 0) return TMW_EINVAL;
+    /* Taking the lock first finishes any commit the dead process left. */
+    int rc = lock(r);
+    if (rc) return rc;
+    size_t total = 0;
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        slot_hdr *s = slot_at(r, (int)i);
+        if (LOAD(&s->pid) == pid) total = copy_held(r, s, out, cap, total);
+    }
+    *n = total;
+    if (total <= cap) {
+        for (uint32_t i = 0; i < r->nslots; i++) {
+            slot_hdr *s = slot_at(r, (int)i);
+            if (LOAD(&s->pid) != pid) continue;
+            /* Undo the dead process's share of the waiter counts, and clear
+             * any wake-up flag it may have left set. */
+            uint32_t d = __atomic_exchange_n(&s->sleeping_data, 0, __ATOMIC_SEQ_CST);
+            uint32_t sp = __atomic_exchange_n(&s->sleeping_space, 0, __ATOMIC_SEQ_CST);
+            if (d) ADD(&r->h->data_waiters, -d);
+            if (sp) ADD(&r->h->space_waiters, -sp);
+            STORE(&r->h->data_signalled, 0);
+            STORE(&r->h->space_signalled, 0);
+            STORE(&s->held_count, 0);
+            STORE(&s->pid, 0);
+        }
+    }
+    unlock(r);
+    return TMW_OK;
+}
+
+void tmw_ring_get_stats(tmw_ring *r, tmw_ring_stats *out) {
+    shared_hdr *h = r->h;
+    memset(out, 0, sizeof *out);
+    uint64_t head = LOAD(&h->st.head), tail = LOAD(&h->st.tail);
+    uint64_t hs = LOAD(&h->st.head_seq), ns = LOAD(&h->st.next_seq);
+    out->capacity = r->capacity;
+    out->max_record = tmw_ring_max_record(r);
+    out->used_bytes = tail >= head ? tail - head : 0;
+    out->records = ns >= hs ? ns - hs : 0;
+    out->pushed = ns - 1;
+    out->popped = hs - 1;
+    out->next_seq = ns;
+    out->wakeups = LOAD(&h->wakeups);
+    out->push_waits = LOAD(&h->push_waits);
+    out->pop_waits = LOAD(&h->pop_waits);
+    out->recoveries = LOAD(&h->recoveries);
+    out->nslots = r->nslots;
+    out->max_held = r->max_held;
+}

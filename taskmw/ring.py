@@ -1,0 +1,519 @@
+"""The shared-memory ring: the Python face of the C core in ``csrc/``.
+
+A :class:`Ring` is a bounded multi-producer, multi-consumer queue of byte
+records living in one anonymous shared-memory region (a memfd, never a file
+in any directory). Create it before ``fork()``; parent and children then
+push and pop the same ring. Waits sleep on an eventfd, after a short spin,
+with the GIL released; a producer makes a system call only when a consumer
+is actually asleep.
+
+Every record gets a sequence number, unique and increasing per ring, and
+carries a 32-bit ``aux`` word chosen by its producer. A consumer that pops
+with ``hold=True`` has the records it took written into its process's slot
+of the region in the same step, and they stay there until it calls
+:meth:`Ring.release`; if it is killed at any instant, :meth:`Ring.reclaim`
+(called by a supervisor with the dead pid) lists exactly what it held.
+
+Example::
+
+    ring = Ring(1 << 20)
+    if os.fork() == 0:
+        batch = ring.pop_many(timeout=5)
+        ...
+    ring.push(b"hello")
+
+No other module touches ``ffi`` or ``lib``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import weakref
+from array import array
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Sequence
+
+from taskmw._ring import ffi, lib
+
+__all__ = [
+    "Batch",
+    "Held",
+    "RecordTooLarge",
+    "Ring",
+    "RingCorrupt",
+    "RingError",
+    "RingFull",
+    "RingStats",
+]
+
+
+class RingError(Exception):
+    """Base class of the ring's errors."""
+
+
+class RingFull(RingError, queue.Full):
+    """A push timed out on a full ring.
+
+    ``accepted`` says how many of the records given to this call went in
+    (a prefix of them, in order) before the timeout: those are in the ring
+    and will be delivered; the rest were not taken.
+    """
+
+    def __init__(self, message: str, accepted: int = 0) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+
+
+class RecordTooLarge(RingError, ValueError):
+    """A record is larger than the ring's ``max_record``."""
+
+
+class RingCorrupt(RingError):
+    """The shared region failed a consistency check (it was overwritten)."""
+
+
+class Batch(NamedTuple):
+    """Records taken by one pop, oldest first.
+
+    Their sequence numbers are ``first_seq``, ``first_seq + 1``, … in order;
+    ``auxs[i]`` is the aux word record ``i`` was pushed with.
+    """
+
+    first_seq: int
+    records: list[bytes]
+    auxs: list[int]
+
+
+class Held(NamedTuple):
+    """A record held by a consumer: its sequence number and aux word."""
+
+    seq: int
+    aux: int
+
+
+@dataclass(frozen=True)
+class RingStats:
+    """A snapshot of the ring's shared counters (see csrc/ring.h)."""
+
+    capacity: int
+    max_record: int
+    used_bytes: int
+    records: int
+    pushed: int
+    popped: int
+    next_seq: int
+    wakeups: int
+    push_waits: int
+    pop_waits: int
+    recoveries: int
+    nslots: int
+    max_held: int
+
+
+_ERRORS = {
+    lib.TMW_ETOOBIG: "record larger than the ring's max_record",
+    lib.TMW_ECORRUPT: "shared ring memory is corrupt",
+    lib.TMW_EHELDFULL: "this process already holds max_held records: release() some first",
+    lib.TMW_ENOSLOT: "no free slot in the ring: raise `slots` or reclaim dead processes",
+    lib.TMW_EINVAL: "invalid argument",
+}
+
+_live_rings: "weakref.WeakSet[Ring]" = weakref.WeakSet()
+
+
+def _forget_slots_after_fork() -> None:
+    for ring in list(_live_rings):
+        ring._slot = -1
+
+
+os.register_at_fork(after_in_child=_forget_slots_after_fork)
+
+
+def _raise_for(rc: int, what: str) -> None:
+    if rc == lib.TMW_ECORRUPT:
+        raise RingCorrupt(f"{what}: {_ERRORS[rc]}")
+    if rc == lib.TMW_ETOOBIG:
+        raise RecordTooLarge(f"{what}: {_ERRORS[rc]}")
+    if rc == lib.TMW_ESYS:
+        err = ffi.errno
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    if rc == lib.TMW_EINVAL:
+        raise ValueError(f"{what}: {_ERRORS[rc]}")
+    raise RingError(f"{what}: {_ERRORS.get(rc, f'error {rc}')}")
+
+
+def _c_timeout(deadline: float | None) -> float:
+    """Seconds left until deadline, as the C layer wants it (-1: forever)."""
+    if deadline is None:
+        return -1.0
+    return max(0.0, deadline - time.monotonic())
+
+
+class Ring:
+    """A bounded MPMC queue of byte records in shared memory.
+
+    Args:
+        capacity: bytes of record storage (each record also uses a 16-byte
+            header and is padded to 16 bytes). Rounded up to a multiple of 16.
+        slots: how many processes may use the ring over its life at once
+            (each using process takes one slot; :meth:`reclaim` frees a dead
+            one's).
+        max_held: how many records one process may hold (see ``hold``).
+        spin_us: microseconds a waiter polls the ring before sleeping on
+            the eventfd; lowers latency at the cost of a little CPU.
+
+    Raises:
+        ValueError: a size is out of range.
+        OSError: the region or the eventfds could not be created.
+    """
+
+    def __init__(
+        self,
+        capacity: int = 4 << 20,
+        *,
+        slots: int = 64,
+        max_held: int = 256,
+        spin_us: float = 50.0,
+    ) -> None:
+        if not isinstance(capacity, int) or capacity < 64:
+            raise ValueError(f"capacity must be an int >= 64 bytes, got {capacity!r}")
+        if capacity > 1 << 40:
+            raise ValueError(f"capacity must be at most 1 TiB, got {capacity!r}")
+        if not isinstance(slots, int) or not 1 <= slots <= 65536:
+            raise ValueError(f"slots must be an int in 1..65536, got {slots!r}")
+        if not isinstance(max_held, int) or not 1 <= max_held <= 1 << 20:
+            raise ValueError(f"max_held must be an int in 1..1048576, got {max_held!r}")
+        if spin_us < 0:
+            raise ValueError(f"spin_us must be >= 0, got {spin_us!r}")
+        out = ffi.new("tmw_ring **")
+        rc = lib.tmw_ring_create(capacity, slots, max_held, int(spin_us * 1000), out)
+        if rc != lib.TMW_OK:
+            _raise_for(rc, "cannot create ring")
+        self._r = out[0]
+        self._slot = -1
+        self._max_record: int = lib.tmw_ring_max_record(self._r)
+        self._max_held = max_held
+        self._local = threading.local()
+        # Scratch for C out-parameters; per thread, since calls release the GIL.
+        _live_rings.add(self)
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of record storage."""
+        return self.stats().capacity
+
+    @property
+    def max_record(self) -> int:
+        """Largest record payload, in bytes, that :meth:`push` accepts."""
+        return self._max_record
+
+    def fileno(self) -> int:
+        """The eventfd written when records arrive for a sleeping consumer."""
+        return lib.tmw_ring_data_fd(self._handle())
+
+    def memfd(self) -> int:
+        """The memfd holding the shared region (for diagnostics and tests)."""
+        return lib.tmw_ring_memfd(self._handle())
+
+    def data_offset(self) -> int:
+        """Offset of the record area inside the region (for tests)."""
+        return lib.tmw_ring_data_offset(self._handle())
+
+    def __len__(self) -> int:
+        """Records in the ring now."""
+        return self.stats().records
+
+    def stats(self) -> RingStats:
+        """A snapshot of the shared counters."""
+        s = ffi.new("tmw_ring_stats *")
+        lib.tmw_ring_get_stats(self._handle(), s)
+        return RingStats(
+            capacity=s.capacity,
+            max_record=s.max_record,
+            used_bytes=s.used_bytes,
+            records=s.records,
+            pushed=s.pushed,
+            popped=s.popped,
+            next_seq=s.next_seq,
+            wakeups=s.wakeups,
+            push_waits=s.push_waits,
+            pop_waits=s.pop_waits,
+            recoveries=s.recoveries,
+            nslots=s.nslots,
+            max_held=s.max_held,
+        )
+
+    # -- internals ----------------------------------------------------------
+
+    def _handle(self):  # type: ignore[no-untyped-def]
+        r = self._r
+        if r is None:
+            raise ValueError("ring is closed")
+        return r
+
+    def _my_slot(self) -> int:
+        slot = self._slot
+        if slot < 0:
+            slot = lib.tmw_ring_slot_claim(self._handle(), os.getpid())
+            if slot < 0:
+                _raise_for(slot, "cannot use ring")
+            self._slot = slot
+        return slot
+
+    def _scratch(self):  # type: ignore[no-untyped-def]
+        loc = self._local
+        try:
+            return loc.scratch
+        except AttributeError:
+            loc.scratch = scratch = (
+                ffi.new("size_t *"),
+                ffi.new("uint64_t *"),
+                ffi.new("uint32_t *"),
+            )
+            return scratch
+
+    # -- push ---------------------------------------------------------------
+
+    def _push(self, records: Sequence[bytes], aux: int, timeout: float | None) -> tuple[int, int, int]:
+        """Push records; returns (rc, how many went in, first seq)."""
+        lens = array("I", map(len, records))
+        if lens and max(lens) > self._max_record:
+            big = max(range(len(lens)), key=lens.__getitem__)
+            raise RecordTooLarge(
+                f"record {big} is {lens[big]} bytes; this ring takes at most "
+                f"{self._max_record} bytes per record"
+            )
+        data = records[0] if len(records) == 1 else b"".join(records)
+        cdata = data if type(data) is bytes else ffi.from_buffer(data)
+        clens = ffi.from_buffer("uint32_t[]", lens)
+        slot = self._my_slot()
+        pushed, seq, _ = self._scratch()
+        deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
+        done = 0
+        first = -1
+        n = len(records)
+        offset = 0
+        while True:
+            rc = lib.tmw_ring_push(
+                self._r,
+                slot,
+                cdata[offset:] if offset else cdata,
+                clens[done:] if done else clens,
+                n - done,
+                aux,
+                0.0 if timeout is not None and timeout <= 0 else _c_timeout(deadline),
+                pushed,
+                seq,
+            )
+            if pushed[0]:
+                if first < 0:
+                    first = seq[0]
+                offset += sum(lens[done : done + pushed[0]])
+                done += pushed[0]
+            if rc != lib.TMW_EINTR:
+                return rc, done, first
+
+    def push(self, data: bytes, *, aux: int = 0, timeout: float | None = None) -> int:
+        """Push one record, waiting for space up to ``timeout`` seconds
+        (``None``: forever). Returns its sequence number.
+
+        Raises:
+            RingFull: no space within the timeout (nothing was pushed).
+            RecordTooLarge: ``len(data) > max_record``.
+        """
+        rc, done, first = self._push((data,), aux, timeout)
+        if rc == lib.TMW_OK:
+            return first
+        if rc in (lib.TMW_ETIMEDOUT, lib.TMW_EAGAIN):
+            raise RingFull(f"ring full: no space for {len(data)} bytes within {timeout}s", 0)
+        _raise_for(rc, "push")
+        raise AssertionError("unreachable")
+
+    def try_push(self, data: bytes, *, aux: int = 0) -> int | None:
+        """Push one record if there is room now; its seq, or None if full."""
+        rc, done, first = self._push((data,), aux, 0)
+        if rc == lib.TMW_OK:
+            return first
+        if rc == lib.TMW_EAGAIN:
+            return None
+        _raise_for(rc, "push")
+        raise AssertionError("unreachable")
+
+    def push_many(self, records: Sequence[bytes], *, aux: int = 0, timeout: float | None = None) -> None:
+        """Push records in order, waiting for space as needed (up to
+        ``timeout`` seconds in all; ``None``: forever).
+
+        Raises:
+            RingFull: the timeout passed; ``.accepted`` records went in.
+            RecordTooLarge: a record exceeds ``max_record`` (none pushed).
+        """
+        if not records:
+            return
+        rc, done, _ = self._push(records, aux, timeout)
+        if rc == lib.TMW_OK:
+            return
+        if rc in (lib.TMW_ETIMEDOUT, lib.TMW_EAGAIN):
+            raise RingFull(f"ring full: {done} of {len(records)} records pushed within {timeout}s", done)
+        _raise_for(rc, "push_many")
+
+    def try_push_many(self, records: Sequence[bytes], *, aux: int = 0) -> int:
+        """Push as many of records (a prefix, in order) as fit now; returns
+        how many went in."""
+        if not records:
+            return 0
+        rc, done, _ = self._push(records, aux, 0)
+        if rc in (lib.TMW_OK, lib.TMW_EAGAIN):
+            return done
+        _raise_for(rc, "try_push_many")
+        raise AssertionError("unreachable")
+
+    # -- pop ----------------------------------------------------------------
+
+    def _pop_buffers(self, max_records: int, need: int = 0):  # type: ignore[no-untyped-def]
+        loc = self._local
+        bufs = getattr(loc, "pop", None)
+        if bufs is None or bufs[3] < max_records or len(bufs[0]) < need:
+            size = max(need, len(bufs[0]) if bufs else min(self._max_record + 16, 1 << 18))
+            n = max(max_records, bufs[3] if bufs else 0)
+            out = bytearray(size)
+            bufs = loc.pop = (
+                out,
+                ffi.new("uint32_t[]", n),
+                ffi.new("uint32_t[]", n),
+                n,
+                ffi.from_buffer(out),
+            )
+        return bufs
+
+    def _pop(self, max_records: int, timeout: float | None, hold: bool) -> Batch:
+        if not isinstance(max_records, int) or max_records < 1:
+            raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
+        slot = self._my_slot()
+        npopped, seq, first_len = self._scratch()
+        out, lens, auxs, _, cout = self._pop_buffers(max_records)
+        deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
+        while True:
+            rc = lib.tmw_ring_pop(
+                self._r,
+                slot,
+                cout,
+                len(out),
+                lens,
+                auxs,
+                max_records,
+                hold,
+                0.0 if timeout is not None and timeout <= 0 else _c_timeout(deadline),
+                npopped,
+                seq,
+                first_len,
+            )
+            if rc == lib.TMW_OK:
+                n = npopped[0]
+                sizes = ffi.unpack(lens, n)
+                blob = bytes(out[: sum(sizes)]) if n > 1 else None
+                if n == 1:
+                    records = [bytes(out[: sizes[0]])]
+                else:
+                    records = []
+                    o = 0
+                    for size in sizes:
+                        records.append(blob[o : o + size])  # type: ignore[index]
+                        o += size
+                return Batch(seq[0], records, ffi.unpack(auxs, n))
+            if rc == lib.TMW_EBUFSMALL:
+                out, lens, auxs, _, cout = self._pop_buffers(max_records, first_len[0])
+                continue
+            if rc in (lib.TMW_EAGAIN, lib.TMW_ETIMEDOUT):
+                return Batch(-1, [], [])
+            if rc == lib.TMW_EINTR:
+                continue
+            if rc == lib.TMW_EHELDFULL:
+                raise RingError(
+                    f"pop with hold=True: this process already holds {self._max_held} "
+                    "records (max_held); release() some first"
+                )
+            _raise_for(rc, "pop")
+
+    def pop_many(self, max_records: int = 256, *, timeout: float | None = None, hold: bool = False) -> Batch:
+        """Take up to ``max_records`` records, oldest first, waiting up to
+        ``timeout`` seconds (``None``: forever) while the ring is empty.
+
+        Returns a :class:`Batch`; its ``records`` list is empty if the
+        timeout passed. With ``hold=True`` the records are also recorded as
+        held by this process, atomically with their removal from the ring,
+        until :meth:`release`.
+        """
+        return self._pop(max_records, timeout, hold)
+
+    def try_pop_many(self, max_records: int = 256, *, hold: bool = False) -> Batch:
+        """Take up to ``max_records`` records that are there now (maybe none)."""
+        return self._pop(max_records, 0, hold)
+
+    # -- held records -------------------------------------------------------
+
+    def release(self, seqs: Iterable[int] | None = None) -> None:
+        """Stop holding records (by sequence number); ``None``: all of them."""
+        slot = self._my_slot()
+        if seqs is None:
+            rc = lib.tmw_ring_release(self._r, slot, ffi.NULL, 0)
+        else:
+            arr = array("Q", seqs)
+            if not arr:
+                return
+            rc = lib.tmw_ring_release(self._r, slot, ffi.from_buffer("uint64_t[]", arr), len(arr))
+        if rc != lib.TMW_OK:
+            _raise_for(rc, "release")
+
+    def held(self) -> list[Held]:
+        """The records this process holds now."""
+        return self._held_of(self._my_slot())
+
+    def _held_of(self, slot: int) -> list[Held]:
+        n = ffi.new("size_t *")
+        cap = self._max_held
+        out = ffi.new("tmw_held[]", cap)
+        rc = lib.tmw_ring_held(self._handle(), slot, out, cap, n)
+        if rc != lib.TMW_OK:
+            _raise_for(rc, "held")
+        return [Held(out[i].seq, out[i].aux) for i in range(min(n[0], cap))]
+
+    def reclaim(self, pid: int) -> list[Held]:
+        """For a supervisor: the records held by dead process ``pid``, whose
+        slot is freed. Call it only after ``pid`` has exited."""
+        if pid == os.getpid():
+            raise ValueError("reclaim() is for dead processes, not this one")
+        n = ffi.new("size_t *")
+        cap = self._max_held * 4
+        while True:
+            out = ffi.new("tmw_held[]", cap)
+            rc = lib.tmw_ring_reclaim(self._handle(), pid, out, cap, n)
+            if rc != lib.TMW_OK:
+                _raise_for(rc, "reclaim")
+            if n[0] <= cap:
+                return [Held(out[i].seq, out[i].aux) for i in range(n[0])]
+            cap = n[0]
+
+    # -- lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap this process's view of the ring (others keep theirs)."""
+        r, self._r = self._r, None
+        if r is not None:
+            lib.tmw_ring_close(r)
+
+    def __enter__(self) -> "Ring":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
