@@ -407,6 +407,7 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
     uint64_t deadline = deadline_of(timeout);
     size_t done = 0;
     const char *src = data;
+    int waited = 0;
     for (;;) {
         int rc = lock(r);
         if (rc) return rc;
@@ -435,7 +436,7 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
         if (done > before) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
         if (done == n) return TMW_OK;
         if (timeout == 0) return TMW_EAGAIN;
-        BUMP(&r->h->push_waits);
+        if (!waited++) BUMP(&r->h->push_waits);
         slot_hdr *s = slot_at(r, slot);
         rc = wait_for(r, space_ready, span_of(lens[done]), &r->h->space_waiters,
                       &r->h->space_signalled, &s->sleeping_space, r->efd_space, deadline);
@@ -459,6 +460,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap, uint32_t *len
     slot_hdr *s = slot_at(r, slot);
     uint64_t deadline = deadline_of(timeout);
     uint64_t max_record = tmw_ring_max_record(r);
+    int waited = 0;
     for (;;) {
         int rc = lock(r);
         if (rc) return rc;
@@ -514,7 +516,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap, uint32_t *len
             return TMW_OK;
         }
         if (timeout == 0) return TMW_EAGAIN;
-        BUMP(&r->h->pop_waits);
+        if (!waited++) BUMP(&r->h->pop_waits);
         rc = wait_for(r, data_ready, 0, &r->h->data_waiters, &r->h->data_signalled,
                       &s->sleeping_data, r->efd_data, deadline);
         if (rc == TMW_ETIMEDOUT && ring_nonempty(r)) continue;

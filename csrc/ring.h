@@ -48,8 +48,8 @@ typedef struct {
     uint64_t popped;        /* records ever popped */
     uint64_t next_seq;      /* sequence number the next record will get */
     uint64_t wakeups;       /* eventfd writes made (data and space) */
-    uint64_t push_waits;    /* times a producer went to sleep on a full ring */
-    uint64_t pop_waits;     /* times a consumer went to sleep on an empty ring */
+    uint64_t push_waits;    /* push calls that had to wait for space */
+    uint64_t pop_waits;     /* pop calls that had to wait for records */
     uint64_t recoveries;    /* times a lock was taken over from a dead owner */
     uint32_t nslots;
     uint32_t max_held;

@@ -1,0 +1,319 @@
+"""Single-process tests of the ring: edges, timeouts, held records,
+corruption, bad arguments, and a property test against a Python model."""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+
+import pytest
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from taskmw import RecordTooLarge, Ring, RingCorrupt, RingError, RingFull
+
+
+def span(n: int) -> int:
+    """Bytes a record of n payload bytes takes in the ring."""
+    return 16 + (n + 15) // 16 * 16
+
+
+def test_push_pop_roundtrip_with_seq_and_aux() -> None:
+    with Ring(4096) as ring:
+        assert ring.push(b"a", aux=7) == 1
+        assert ring.push(b"bc", aux=8) == 2
+        batch = ring.pop_many()
+        assert batch.first_seq == 1
+        assert batch.records == [b"a", b"bc"]
+        assert batch.auxs == [7, 8]
+
+
+def test_empty_ring_returns_empty_batch() -> None:
+    with Ring(4096) as ring:
+        assert ring.try_pop_many().records == []
+        assert len(ring) == 0
+
+
+def test_zero_length_records() -> None:
+    with Ring(4096) as ring:
+        ring.push_many([b"", b"", b"x", b""])
+        assert ring.stats().used_bytes == 3 * span(0) + span(1)
+        assert ring.pop_many().records == [b"", b"", b"x", b""]
+
+
+def test_full_ring_rejects_then_accepts_after_pop() -> None:
+    with Ring(256) as ring:
+        rec = b"x" * 48  # 64 bytes a record: exactly 4 fit
+        for _ in range(4):
+            assert ring.try_push(rec) is not None
+        assert ring.try_push(rec) is None
+        assert ring.try_push(b"") is None
+        assert len(ring.try_pop_many(1).records) == 1
+        assert ring.try_push(rec) is not None
+
+
+def test_try_push_many_pushes_a_prefix() -> None:
+    with Ring(256) as ring:
+        recs = [bytes([i]) * 48 for i in range(6)]
+        assert ring.try_push_many(recs) == 4
+        assert ring.pop_many().records == recs[:4]
+
+
+def test_wrap_around_many_times_keeps_bytes_intact() -> None:
+    with Ring(1024) as ring:
+        expect: collections.deque[bytes] = collections.deque()
+        for i in range(5000):
+            rec = os.urandom((i * 37) % 500)
+            while ring.try_push(rec) is None:
+                for got in ring.pop_many(3).records:
+                    assert got == expect.popleft()
+            expect.append(rec)
+        assert ring.pop_many(10_000).records == list(expect)
+        assert ring.stats().pushed == 5000
+        assert ring.stats().used_bytes == 0
+
+
+def test_largest_record_fills_the_ring() -> None:
+    with Ring(4096) as ring:
+        big = os.urandom(ring.max_record)
+        ring.push(big)
+        assert ring.try_push(b"") is None
+        assert ring.pop_many().records == [big]
+        ring.push(b"after")  # head is no longer at 0: the big one wraps
+        ring.push(big[:2000])
+        assert ring.pop_many().records == [b"after", big[:2000]]
+
+
+def test_oversize_record_is_refused_and_nothing_is_pushed() -> None:
+    with Ring(4096) as ring:
+        with pytest.raises(RecordTooLarge, match="at most 4080 bytes"):
+            ring.push(b"x" * 4081)
+        with pytest.raises(RecordTooLarge, match="record 1 "):
+            ring.push_many([b"ok", b"x" * 5000, b"ok"])
+        assert ring.stats().pushed == 0
+
+
+def test_pop_grows_its_buffer_for_large_records() -> None:
+    with Ring(8 << 20) as ring:
+        big = os.urandom(3 << 20)
+        ring.push_many([b"small", big, b"tail"])
+        got: list[bytes] = []
+        for _ in range(3):
+            got += ring.try_pop_many().records
+        assert got == [b"small", big, b"tail"]
+
+
+def test_pop_timeout_on_empty() -> None:
+    with Ring(4096, spin_us=0) as ring:
+        t0 = time.monotonic()
+        batch = ring.pop_many(timeout=0.2)
+        waited = time.monotonic() - t0
+        assert batch.records == []
+        assert 0.19 <= waited < 5
+        assert ring.stats().pop_waits == 1
+
+
+def test_push_timeout_on_full() -> None:
+    with Ring(256) as ring:
+        ring.push_many([b"x" * 48] * 4)
+        t0 = time.monotonic()
+        with pytest.raises(RingFull) as info:
+            ring.push(b"y", timeout=0.2)
+        assert 0.19 <= time.monotonic() - t0 < 5
+        assert info.value.accepted == 0
+        with pytest.raises(RingFull) as info:
+            ring.push_many([b""] * 0 + [b"z" * 48], timeout=0.05)
+        assert info.value.accepted == 0
+        assert ring.stats().records == 4
+
+
+def test_push_many_timeout_reports_accepted_prefix() -> None:
+    with Ring(256) as ring:
+        ring.push(b"x" * 48)
+        with pytest.raises(RingFull) as info:
+            ring.push_many([b"a" * 48] * 5, timeout=0.05)
+        assert info.value.accepted == 3
+        assert ring.pop_many().records == [b"x" * 48] + [b"a" * 48] * 3
+
+
+def test_hold_records_until_release() -> None:
+    with Ring(4096, max_held=4) as ring:
+        ring.push_many([b"a", b"b", b"c"], aux=3)
+        batch = ring.pop_many(2, hold=True)
+        assert [h.seq for h in ring.held()] == [1, 2]
+        assert {h.aux for h in ring.held()} == {3}
+        ring.release([1])
+        assert [h.seq for h in ring.held()] == [2]
+        ring.pop_many(hold=True)
+        assert [h.seq for h in ring.held()] == [2, 3]
+        ring.release()
+        assert ring.held() == []
+        assert batch.records == [b"a", b"b"]
+
+
+def test_hold_limit_caps_the_batch_and_then_refuses() -> None:
+    with Ring(4096, max_held=2) as ring:
+        ring.push_many([b"1", b"2", b"3"])
+        assert ring.pop_many(10, hold=True).records == [b"1", b"2"]
+        with pytest.raises(RingError, match="release"):
+            ring.pop_many(hold=True)
+        assert ring.pop_many(10).records == [b"3"]  # hold=False is not limited
+
+
+def test_reclaim_refuses_own_pid() -> None:
+    with Ring(4096) as ring:
+        with pytest.raises(ValueError, match="dead processes"):
+            ring.reclaim(os.getpid())
+
+
+def test_no_wakeups_without_sleepers() -> None:
+    with Ring(1 << 16) as ring:
+        for _ in range(1000):
+            ring.push(b"x" * 100)
+            ring.pop_many()
+        assert ring.stats().wakeups == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"capacity": 10}, "capacity"),
+        ({"capacity": "big"}, "capacity"),
+        ({"slots": 0}, "slots"),
+        ({"max_held": 0}, "max_held"),
+        ({"spin_us": -1}, "spin_us"),
+    ],
+)
+def test_bad_settings_raise_value_error(kwargs: dict, message: str) -> None:
+    args = {"capacity": 4096, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        Ring(**args)
+
+
+def test_bad_pop_size() -> None:
+    with Ring(4096) as ring:
+        with pytest.raises(ValueError, match="max_records"):
+            ring.pop_many(0)
+
+
+def test_closed_ring_raises() -> None:
+    ring = Ring(4096)
+    ring.close()
+    with pytest.raises(ValueError, match="closed"):
+        ring.stats()
+
+
+def test_region_is_not_a_named_file() -> None:
+    with Ring(4096) as ring:
+        target = os.readlink(f"/proc/self/fd/{ring.memfd()}")
+        assert target.startswith("/memfd:taskmw-ring")
+        assert "(deleted)" in target
+
+
+def _poke(ring: Ring, offset: int, data: bytes) -> None:
+    """Overwrite bytes of the shared region, as a stray write would."""
+    with open(f"/proc/self/fd/{ring.memfd()}", "r+b", buffering=0) as f:
+        f.seek(ring.data_offset() + offset)
+        f.write(data)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        (0xFFFFFFFF).to_bytes(4, "little"),  # length beyond the ring
+        (100).to_bytes(4, "little"),  # length beyond what was pushed
+        b"\0" * 8 + (99).to_bytes(8, "little"),  # wrong sequence number
+    ],
+    ids=["huge-length", "overrun-length", "bad-seq"],
+)
+def test_corrupt_record_header_is_an_error_not_a_crash(garbage: bytes) -> None:
+    with Ring(4096) as ring:
+        ring.push(b"hello")
+        _poke(ring, 0, garbage)
+        with pytest.raises(RingCorrupt):
+            ring.pop_many()
+        with pytest.raises(RingCorrupt):
+            ring.pop_many(timeout=0.01)
+
+
+class RingModel(RuleBasedStateMachine):
+    """Random push/pop sequences against a deque with the same capacity."""
+
+    CAPACITY = 512
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ring = Ring(self.CAPACITY, max_held=8, spin_us=0)
+        self.model: collections.deque[tuple[int, bytes, int]] = collections.deque()
+        self.used = 0
+        self.next_seq = 1
+        self.held: set[int] = set()
+
+    def teardown(self) -> None:
+        self.ring.close()
+
+    def _fits(self, rec: bytes) -> bool:
+        return self.CAPACITY - self.used >= span(len(rec))
+
+    def _accept(self, rec: bytes, aux: int) -> None:
+        self.model.append((self.next_seq, rec, aux))
+        self.used += span(len(rec))
+        self.next_seq += 1
+
+    @rule(rec=st.binary(max_size=200), aux=st.integers(0, 2**32 - 1))
+    def try_push(self, rec: bytes, aux: int) -> None:
+        fits = self._fits(rec)
+        seq = self.ring.try_push(rec, aux=aux)
+        if fits:
+            assert seq == self.next_seq
+            self._accept(rec, aux)
+        else:
+            assert seq is None
+
+    @rule(recs=st.lists(st.binary(max_size=120), max_size=6), aux=st.integers(0, 9))
+    def try_push_many(self, recs: list[bytes], aux: int) -> None:
+        expect = 0
+        for rec in recs:
+            if not self._fits(rec):
+                break
+            self._accept(rec, aux)
+            expect += 1
+        assert self.ring.try_push_many(recs, aux=aux) == expect
+
+    @rule(k=st.integers(1, 10), hold=st.booleans())
+    def pop(self, k: int, hold: bool) -> None:
+        room = 8 - len(self.held)
+        if hold and room == 0:
+            with pytest.raises(RingError):
+                self.ring.try_pop_many(k, hold=True)
+            return
+        take = min(k, len(self.model), room if hold else k)
+        batch = self.ring.try_pop_many(k, hold=hold)
+        expect = [self.model.popleft() for _ in range(take)]
+        assert batch.records == [rec for _, rec, _ in expect]
+        assert batch.auxs == [aux for _, _, aux in expect]
+        if expect:
+            assert batch.first_seq == expect[0][0]
+        for seq, rec, _ in expect:
+            self.used -= span(len(rec))
+            if hold:
+                self.held.add(seq)
+
+    @rule(data=st.data())
+    def release_some(self, data: st.DataObject) -> None:
+        seqs = data.draw(st.lists(st.sampled_from(sorted(self.held) or [0]), max_size=4))
+        self.ring.release(seqs)
+        self.held -= set(seqs)
+
+    @invariant()
+    def counts_agree(self) -> None:
+        s = self.ring.stats()
+        assert s.records == len(self.model)
+        assert s.used_bytes == self.used
+        assert s.next_seq == self.next_seq
+        assert {h.seq for h in self.ring.held()} == self.held
+
+
+TestRingModel = RingModel.TestCase
+TestRingModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)

@@ -1,0 +1,700 @@
+"""Multi-process and fault tests of the ring: many producers and consumers at
+once, SIGKILL at random moments, processes killed while asleep, wake-ups
+across processes, signals interrupting waits, and the ring across fork().
+
+Every child is forked with :class:`Child` (a context manager that always
+SIGKILLs and reaps it on exit), every wait has a deadline, and every child
+body bounds its own waits, so a wedged ring fails a test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import select
+import signal
+import struct
+import time
+import traceback
+from array import array
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from taskmw import Ring
+
+REC = struct.Struct("<II")  # (producer id or incarnation, per-producer counter)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+class ChildFailed(AssertionError):
+    """A child process raised, died, or did not finish in time."""
+
+
+class Child:
+    """A forked process running ``fn(*args)``; its return value (or its
+    traceback) comes back pickled through a pipe.
+
+    Use it as a context manager: on exit the child is SIGKILLed (if still
+    running) and reaped, whatever happened in the test.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never returns into pytest
+            status = 70
+            try:
+                os.close(rfd)
+                try:
+                    payload = ("ok", fn(*args))
+                    status = 0
+                except BaseException:
+                    payload = ("err", traceback.format_exc())
+                    status = 1
+                view = memoryview(pickle.dumps(payload))
+                while view:
+                    view = view[os.write(wfd, view) :]
+            finally:
+                os._exit(status)
+        os.close(wfd)
+        self.pid = pid
+        self._rfd = rfd
+        self.status: int | None = None  # raw wait status once reaped
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _reap(self, timeout: float) -> bool:
+        """waitpid with a deadline; True once the child is reaped."""
+        deadline = time.monotonic() + timeout
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+                break
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def _close_pipe(self) -> None:
+        if self._rfd >= 0:
+            os.close(self._rfd)
+            self._rfd = -1
+
+    def kill(self) -> int:
+        """SIGKILL the child (if not reaped yet) and reap it; returns its wait
+        status. Idempotent."""
+        if self.status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            if not self._reap(10.0):
+                raise ChildFailed(f"child {self.pid} not reaped 10 s after SIGKILL")
+        assert self.status is not None
+        return self.status
+
+    def check_running(self) -> None:
+        """Raise ChildFailed (with its traceback) if the child has ended."""
+        if self.status is None and not self._reap(0):
+            return
+        raise ChildFailed(self.failure() or f"child {self.pid} was killed")
+
+    def close(self) -> None:
+        self.kill()
+        self._close_pipe()
+
+    def killed_by_us(self) -> bool:
+        """After kill(): True if our SIGKILL ended it (not an exit of its own)."""
+        assert self.status is not None
+        return os.WIFSIGNALED(self.status) and os.WTERMSIG(self.status) == signal.SIGKILL
+
+    def failure(self) -> str:
+        """After kill(): why the child ended by itself ("" if we killed it)."""
+        if self.killed_by_us():
+            return ""
+        why = f"child {self.pid} ended by itself (wait status {self.status:#x})"
+        if self._rfd >= 0 and select.select([self._rfd], [], [], 0)[0]:
+            with contextlib.suppress(Exception):
+                why += ":\n" + str(pickle.loads(os.read(self._rfd, 1 << 20))[1])
+        return why
+
+    def result(self, timeout: float) -> Any:
+        """Wait (at most timeout s) for the child to finish; return what fn
+        returned, or raise ChildFailed with its traceback."""
+        deadline = time.monotonic() + timeout
+        chunks = []
+        while True:
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([self._rfd], [], [], max(0.0, left))
+            if not r:
+                self.kill()
+                raise ChildFailed(f"child {self.pid} did not finish within {timeout} s")
+            chunk = os.read(self._rfd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if not self._reap(max(1.0, deadline - time.monotonic())):
+            self.kill()
+            raise ChildFailed(f"child {self.pid} closed its pipe but did not exit")
+        self._close_pipe()
+        if not chunks:
+            raise ChildFailed(f"child {self.pid} died without a result (status {self.status:#x})")
+        kind, value = pickle.loads(b"".join(chunks))
+        if kind != "ok":
+            raise ChildFailed(f"child {self.pid} failed:\n{value}")
+        return value
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, child: Child | None = None) -> None:
+    """Poll pred until true; fail after timeout, or at once if child ended."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if child is not None:
+            child.check_running()
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.001)
+
+
+def proc_state(pid: int) -> str:
+    """The scheduler state letter of a process (R, S, D, Z, ...)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
+
+
+def wait_asleep(ring: Ring, child: Child, counter: str | None = None, at_least: int = 0, timeout: float = 10.0) -> None:
+    """Wait until ``child`` sleeps inside a ring wait: the ring's ``counter``
+    (``pop_waits`` or ``push_waits``, if given) reached ``at_least`` and the
+    process is in state S (a child here only ever sleeps in the ring's ppoll)."""
+    wait_until(
+        lambda: (counter is None or getattr(ring.stats(), counter) >= at_least) and proc_state(child.pid) == "S",
+        timeout,
+        f"child {child.pid} to sleep in the ring ({counter} >= {at_least})",
+        child,
+    )
+
+
+def exactly_once(marks: list[bytes], n: int) -> tuple[int, int]:
+    """marks are 0/1 byte maps of length n; returns (missing, duplicated)
+    counts of indexes over their union (both 0 means each index is set in
+    exactly one map)."""
+    assert all(len(m) == n for m in marks)
+    total = sum(int.from_bytes(m, "little") for m in marks)  # per-byte sums, no carry
+    if total == int.from_bytes(b"\x01" * n, "little"):
+        return 0, 0
+    sums = total.to_bytes(n + 1, "little")[:n]
+    return sums.count(0), n - sums.count(0) - sums.count(1)
+
+
+# -- 1. many processes at once -------------------------------------------------
+
+N_PRODUCERS = 4
+PER_PRODUCER = 250_000
+TOTAL = N_PRODUCERS * PER_PRODUCER
+
+
+def _producer(ring: Ring, pid_: int, count: int, batch: int) -> int:
+    for start in range(0, count, batch):
+        recs = [REC.pack(pid_, c) for c in range(start, min(start + batch, count))]
+        ring.push_many(recs, aux=pid_, timeout=30)
+    return count
+
+
+def _consumer(ring: Ring, total: int, per: int, nprod: int) -> dict:
+    """Pop until the ring has delivered ``total`` records in all; check
+    per-producer order here; send back 0/1 maps of seqs and counters."""
+    seen_seq = bytearray(total + 1)
+    marks = [bytearray(per) for _ in range(nprod)]
+    last = [-1] * nprod
+    ones = b"\x01" * 4096
+    got = 0
+    deadline = time.monotonic() + 90
+    while True:
+        b = ring.pop_many(1024, timeout=0.05)
+        n = len(b.records)
+        if n == 0:
+            if ring.stats().popped >= total:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"consumer got {got} records, then nothing for 90 s")
+            continue
+        fs = b.first_seq
+        if not 1 <= fs or fs + n > total + 1:
+            raise AssertionError(f"seqs {fs}..{fs + n - 1} out of range")
+        if seen_seq.find(1, fs, fs + n) != -1:
+            raise AssertionError(f"seq popped twice in {fs}..{fs + n - 1}")
+        seen_seq[fs : fs + n] = ones[:n]
+        blob = b"".join(b.records)
+        if len(blob) != 8 * n:
+            raise AssertionError(f"records are not all 8 bytes: {[len(r) for r in b.records]}")
+        words = array("I", blob)
+        auxs = b.auxs
+        for k in range(n):
+            p = words[2 * k]
+            c = words[2 * k + 1]
+            if auxs[k] != p:
+                raise AssertionError(f"seq {fs + k}: aux {auxs[k]} but producer id {p}")
+            if c <= last[p]:
+                raise AssertionError(f"producer {p}: counter {c} after {last[p]}")
+            last[p] = c
+            marks[p][c] = 1
+        got += n
+    return {"got": got, "seqs": bytes(seen_seq), "marks": [bytes(m) for m in marks]}
+
+
+@pytest.mark.timeout(150)
+def test_four_producers_two_consumers_move_a_million_records() -> None:
+    t0 = time.monotonic()
+    with Ring(1 << 16, slots=16) as ring, contextlib.ExitStack() as stack:
+        consumers = [stack.enter_context(Child(_consumer, ring, TOTAL, PER_PRODUCER, N_PRODUCERS)) for _ in range(2)]
+        producers = [stack.enter_context(Child(_producer, ring, i, PER_PRODUCER, 500)) for i in range(N_PRODUCERS)]
+        for p in producers:
+            assert p.result(timeout=90) == PER_PRODUCER
+        results = [c.result(timeout=60) for c in consumers]
+        elapsed = time.monotonic() - t0
+
+        got = [r["got"] for r in results]
+        assert sum(got) == TOTAL, got
+        # Each seq 1..TOTAL was popped by exactly one consumer.
+        assert exactly_once([r["seqs"][1:] for r in results], TOTAL) == (0, 0)
+        # Each (producer, counter) arrived exactly once over both consumers
+        # (each consumer also checked the counters it saw strictly increase).
+        for p in range(N_PRODUCERS):
+            missing, dups = exactly_once([r["marks"][p] for r in results], PER_PRODUCER)
+            assert (missing, dups) == (0, 0), f"producer {p}: {missing} missing, {dups} duplicated"
+
+        st = ring.stats()
+        assert st.pushed == st.popped == TOTAL
+        assert st.next_seq == TOTAL + 1
+        assert st.records == 0 and st.used_bytes == 0
+        assert st.recoveries == 0
+        print(f"\n1e6 records, 4 producers -> 2 consumers in {elapsed:.1f} s; consumers got {got}; {st}")
+
+
+# -- 2. SIGKILL in a loop, mid-operation --------------------------------------
+
+
+def _kill_loop_producer(ring: Ring, incarnation: int) -> None:
+    c = 0
+    while True:
+        n = random.randint(1, 64)
+        recs = [REC.pack(incarnation, c + j) for j in range(n)]
+        # 10 s: the parent restarts a killed consumer within milliseconds.
+        ring.push_many(recs, aux=incarnation, timeout=10)
+        c += n
+
+
+def _kill_loop_consumer(ring: Ring, log_path: str) -> None:
+    """Pop with hold; log each seq (8 bytes each, one O_APPEND write per
+    batch) before releasing it."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    last: dict[int, int] = {}
+    while True:
+        b = ring.pop_many(random.randint(1, 64), timeout=10, hold=True)
+        if not b.records:
+            raise AssertionError("consumer starved for 10 s: the ring is wedged")
+        for rec, aux in zip(b.records, b.auxs):
+            inc, c = REC.unpack(rec)
+            if aux != inc or c <= last.get(inc, -1):
+                raise AssertionError(f"bad record ({inc}, {c}) aux {aux} after {last.get(inc)}")
+            last[inc] = c
+        seqs = array("Q", range(b.first_seq, b.first_seq + len(b.records)))
+        os.write(fd, seqs.tobytes())
+        ring.release(seqs)
+
+
+def _pop_one(ring: Ring, timeout: float) -> tuple[int, bytes, int]:
+    b = ring.pop_many(1, timeout=timeout)
+    if not b.records:
+        raise AssertionError(f"nothing popped within {timeout} s")
+    return b.first_seq, b.records[0], b.auxs[0]
+
+
+def _push_one(ring: Ring, data: bytes, timeout: float) -> int:
+    return ring.push(data, aux=7, timeout=timeout)
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_loop_loses_nothing_and_never_wedges(tmp_path) -> None:
+    log_path = str(tmp_path / "consumed.bin")
+    rng = random.Random()
+    iterations, budget = 300, 15.0
+    reclaimed: list[int] = []
+    incarnations = [0]
+    kills = {"producer": 0, "consumer": 0}
+
+    with Ring(1 << 16, slots=16, max_held=64) as ring, contextlib.ExitStack() as stack:
+
+        def start(role: str) -> Child:
+            if role == "producer":
+                incarnations.append(incarnations[-1] + 1)
+                child = Child(_kill_loop_producer, ring, incarnations[-1])
+            else:
+                child = Child(_kill_loop_consumer, ring, log_path)
+            return stack.enter_context(child)
+
+        def kill(role: str, child: Child) -> None:
+            child.kill()
+            assert child.killed_by_us(), child.failure()
+            child.close()
+            held = ring.reclaim(child.pid)
+            if role == "producer":
+                assert held == [], f"a producer held {held}"
+            else:
+                assert all(1 <= h.aux <= incarnations[-1] for h in held), held
+                reclaimed.extend(h.seq for h in held)
+            kills[role] += 1
+
+        running = {"producer": start("producer"), "consumer": start("consumer")}
+        t0 = time.monotonic()
+        for _ in range(iterations):
+            if time.monotonic() - t0 > budget:
+                break
+            time.sleep(rng.uniform(0, 0.03))
+            victims = rng.choice([["producer"], ["consumer"], ["producer", "consumer"]])
+            for role in victims:  # kill all victims first, then reap and restart
+                os.kill(running[role].pid, signal.SIGKILL)
+            for role in victims:
+                kill(role, running[role])
+                running[role] = start(role)
+        # Last, kill the consumer, let the producer fill the ring, kill it too.
+        kill("consumer", running["consumer"])
+        wait_until(lambda: ring.stats().records > 100, 10, "the producer to fill the ring", running["producer"])
+        kill("producer", running["producer"])
+        elapsed = time.monotonic() - t0
+
+        # Drain what is left, in bounded time.
+        drained: list[int] = []
+        deadline = time.monotonic() + 10
+        while True:
+            b = ring.try_pop_many(1024)
+            if not b.records:
+                break
+            for rec, aux in zip(b.records, b.auxs):
+                inc, _ = REC.unpack(rec)
+                assert aux == inc and 1 <= inc <= incarnations[-1]
+            drained.extend(range(b.first_seq, b.first_seq + len(b.records)))
+            assert time.monotonic() < deadline, "drain did not finish in 10 s"
+
+        st = ring.stats()
+        with open(log_path, "rb") as f:
+            raw = f.read()
+        assert len(raw) % 8 == 0, "a torn 8-byte log entry"
+        logged = array("Q", raw)
+
+        # Account for every seq ever given out: each must have been logged by
+        # a consumer, reclaimed from a killed one, or drained here.
+        LOGGED, RECLAIMED, DRAINED = 1, 2, 4
+        where = bytearray(st.next_seq)  # per seq: the sources that list it
+        for bit, seqs in ((LOGGED, logged), (RECLAIMED, reclaimed), (DRAINED, drained)):
+            assert not seqs or (min(seqs) >= 1 and max(seqs) < st.next_seq), "a seq never pushed"
+            twice = 0
+            for seq in seqs:
+                if where[seq] & bit:
+                    twice += 1
+                where[seq] |= bit
+            assert twice == 0, f"{twice} seqs listed twice by source {bit} (popped twice?)"
+        missing = where.count(0) - 1  # where[0]: seq 0 is never used
+        assert missing == 0, f"{missing} records vanished, e.g. seq {where.find(0, 1)}"
+        popped_and_left = sum(where.count(DRAINED | b) for b in (LOGGED, RECLAIMED, LOGGED | RECLAIMED))
+        assert popped_and_left == 0, "a seq was both popped and still in the ring"
+        both = where.count(LOGGED | RECLAIMED)  # killed after logging, before releasing
+        assert st.records == 0 and st.pushed == st.popped == st.next_seq - 1
+        assert kills["consumer"] > 0 and kills["producer"] > 0
+        assert st.pushed > 1000, f"almost nothing moved in {elapsed:.1f} s: {st}"
+        assert len(drained) > 100
+        print(
+            f"\n{kills} kills in {elapsed:.1f} s; {st.pushed} records: {len(logged)} logged, "
+            f"{len(reclaimed)} reclaimed ({both} also logged), {len(drained)} drained; "
+            f"recoveries={st.recoveries}"
+        )
+
+        # After all that, the ring still moves records both ways with wake-ups.
+        wakeups = st.wakeups
+        with Child(_pop_one, ring, 5.0) as consumer:
+            wait_asleep(ring, consumer, "pop_waits", ring.stats().pop_waits + 1)
+            seq = ring.push(b"after the storm", aux=7, timeout=1)
+            assert consumer.result(timeout=5) == (seq, b"after the storm", 7)
+            assert ring.reclaim(consumer.pid) == []
+        assert ring.stats().wakeups > wakeups
+        with Child(_push_one, ring, b"and back", 5.0) as producer:
+            seq = producer.result(timeout=5)
+            assert ring.reclaim(producer.pid) == []
+        assert ring.pop_many(1, timeout=5) == (seq, [b"and back"], [7])
+        assert ring.stats().records == 0
+
+
+# -- 3. killed while asleep ------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("side", ["pop", "push"])
+def test_killed_while_asleep_then_reclaimed_next_sleeper_still_woken(side: str) -> None:
+    rec = b"r" * 48  # 64 bytes in the ring: 64 of them fill 4096
+    with Ring(4096, slots=8) as ring:
+        if side == "push":
+            while ring.try_push(rec) is not None:
+                pass
+            sleeper, counter = (lambda: Child(_push_one, ring, rec, 30.0)), "push_waits"
+        else:
+            sleeper, counter = (lambda: Child(_pop_one, ring, 30.0)), "pop_waits"
+
+        # A process asleep in the ring is SIGKILLed, then reclaimed.
+        with sleeper() as victim:
+            wait_asleep(ring, victim, counter, getattr(ring.stats(), counter) + 1)
+            time.sleep(0.05)
+            victim.kill()
+            assert victim.killed_by_us()
+        assert ring.reclaim(victim.pid) == []
+
+        # reclaim() took the dead sleeper out of the waiter count: with no one
+        # asleep, a push/pop makes no wake-up.
+        before = ring.stats().wakeups
+        if side == "push":
+            assert len(ring.try_pop_many(1).records) == 1
+            assert ring.try_push(rec) is not None
+        else:
+            ring.push(b"x", timeout=1)
+            assert ring.try_pop_many().records == [b"x"]
+        assert ring.stats().wakeups == before
+
+        # A new sleeper is woken promptly by the other side's operation.
+        with sleeper() as fresh:
+            wait_asleep(ring, fresh, counter, getattr(ring.stats(), counter) + 1)
+            t = time.monotonic()
+            if side == "push":
+                assert len(ring.try_pop_many(1).records) == 1
+            else:
+                ring.push(b"wake up", aux=7, timeout=1)
+            got = fresh.result(timeout=2)
+            latency = time.monotonic() - t
+        if side == "pop":
+            assert got[1:] == (b"wake up", 7)
+        assert latency < 2
+        assert ring.stats().wakeups == before + 1
+        assert ring.reclaim(fresh.pid) == []
+
+
+# -- 4. wake-ups across processes ------------------------------------------------
+
+ROUNDS = 10
+
+
+def _push_rounds(ring: Ring, rec: bytes, rounds: int) -> int:
+    for i in range(rounds):
+        ring.push(rec, aux=i, timeout=10)  # RingFull if never woken
+    return rounds
+
+
+def _pop_rounds(ring: Ring, rounds: int) -> list[bytes]:
+    got = []
+    for _ in range(rounds):
+        b = ring.pop_many(1, timeout=10)
+        if not b.records:
+            raise AssertionError("not woken within 10 s")
+        got.append(b.records[0])
+    return got
+
+
+@pytest.mark.timeout(60)
+def test_producer_blocked_on_full_ring_is_woken_by_pop_in_other_process() -> None:
+    rec = b"p" * 48  # 64 bytes in the ring: 64 of them fill it
+    with Ring(4096, spin_us=0) as ring:
+        while ring.try_push(rec) is not None:
+            pass
+        full = ring.stats().records
+        with Child(_push_rounds, ring, rec, ROUNDS) as producer:
+            for i in range(ROUNDS):
+                # The producer refilled the ring and sleeps for space.
+                wait_until(lambda: ring.stats().pushed == full + i, 5, f"push {i}", producer)
+                wait_asleep(ring, producer, "push_waits", i + 1, timeout=5)
+                assert len(ring.try_pop_many(1).records) == 1
+            assert producer.result(timeout=5) == ROUNDS
+        st = ring.stats()
+        assert st.records == full and st.pushed == full + ROUNDS
+        assert st.push_waits >= ROUNDS
+        # One eventfd write per round in which the producer was asleep (it
+        # always is, bar a pop landing in the instant between two 100 ms slices).
+        assert ROUNDS - 2 <= st.wakeups <= ROUNDS, st
+
+
+@pytest.mark.timeout(60)
+def test_consumer_blocked_on_empty_ring_is_woken_by_push_in_other_process() -> None:
+    with Ring(4096, spin_us=0) as ring:
+        with Child(_pop_rounds, ring, ROUNDS) as consumer:
+            for i in range(ROUNDS):
+                wait_until(lambda: ring.stats().popped == i, 5, f"pop {i}", consumer)
+                wait_asleep(ring, consumer, "pop_waits", i + 1, timeout=5)
+                ring.push(b"%d" % i, timeout=1)
+            assert consumer.result(timeout=5) == [b"%d" % i for i in range(ROUNDS)]
+        st = ring.stats()
+        assert st.popped == ROUNDS and st.records == 0
+        assert st.pop_waits >= ROUNDS
+        assert ROUNDS - 2 <= st.wakeups <= ROUNDS, st
+
+
+def _spin_push(ring: Ring, count: int) -> int:
+    deadline = time.monotonic() + 60
+    c = 0
+    while c < count:
+        recs = [REC.pack(0, c + j) for j in range(min(100, count - c))]
+        done = 0
+        while done < len(recs):
+            done += ring.try_push_many(recs[done:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pushed only {c + done} of {count} in 60 s")
+        c += len(recs)
+    return c
+
+
+def _spin_pop(ring: Ring, count: int) -> int:
+    deadline = time.monotonic() + 60
+    expect = 0
+    while expect < count:
+        b = ring.try_pop_many(256)
+        for rec in b.records:
+            if REC.unpack(rec) != (0, expect):
+                raise AssertionError(f"got {REC.unpack(rec)}, expected (0, {expect})")
+            expect += 1
+        if time.monotonic() > deadline:
+            raise AssertionError(f"popped only {expect} of {count} in 60 s")
+    return expect
+
+
+@pytest.mark.timeout(90)
+def test_busy_ring_without_sleepers_makes_no_wakeups() -> None:
+    n = 200_000
+    with Ring(1 << 14) as ring:  # small: the producer often finds it full
+        with Child(_spin_pop, ring, n) as consumer, Child(_spin_push, ring, n) as producer:
+            assert producer.result(timeout=70) == n
+            assert consumer.result(timeout=70) == n
+        st = ring.stats()
+        assert st.pushed == st.popped == n
+        assert (st.wakeups, st.push_waits, st.pop_waits) == (0, 0, 0), st
+
+
+# -- signals interrupting waits ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def signal_pipe() -> Iterator[tuple[int, int]]:
+    """A pipe for a child's signal handler to report each signal it ran for."""
+    rfd, wfd = os.pipe()
+    try:
+        yield rfd, wfd
+    finally:
+        for fd in (rfd, wfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _report_sigusr1(wfd: int) -> None:
+    signal.signal(signal.SIGUSR1, lambda signum, frame: os.write(wfd, b"!"))
+
+
+def _push_many_through_signals(ring: Ring, recs: list[bytes], wfd: int) -> None:
+    _report_sigusr1(wfd)
+    ring.push_many(recs, aux=3, timeout=20)
+
+
+def _pop_through_signals(ring: Ring, wfd: int) -> list[bytes]:
+    _report_sigusr1(wfd)
+    return ring.pop_many(16, timeout=20).records
+
+
+def interrupt_sleeps(ring: Ring, child: Child, counter: str, rfd: int, times: int) -> None:
+    """Send SIGUSR1 to ``child`` asleep in the ring, ``times`` times, each
+    once it has run its handler (the ring call returned EINTR to Python)
+    and gone back to sleep."""
+    wait_asleep(ring, child, counter, 1)
+    for _ in range(times):
+        os.kill(child.pid, signal.SIGUSR1)
+        wait_until(lambda: bool(select.select([rfd], [], [], 0)[0]), 5, "the signal handler", child)
+        assert os.read(rfd, 1) == b"!"
+        wait_asleep(ring, child)
+
+
+@pytest.mark.timeout(60)
+def test_push_many_interrupted_by_signals_after_a_partial_push_completes() -> None:
+    recs = [REC.pack(3, i) for i in range(200)]  # 32 bytes each: 128 fit in 4096
+    with Ring(4096, spin_us=0) as ring, signal_pipe() as (rfd, wfd):
+        with Child(_push_many_through_signals, ring, recs, wfd) as producer:
+            interrupt_sleeps(ring, producer, "push_waits", rfd, 3)
+            assert ring.stats().pushed == 128  # the first part went in, the rest waits
+            got: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while len(got) < len(recs) and time.monotonic() < deadline:
+                got += ring.pop_many(64, timeout=0.1).records
+            producer.result(timeout=5)
+        assert got == recs
+        assert ring.stats().records == 0
+
+
+@pytest.mark.timeout(60)
+def test_pop_interrupted_by_signals_keeps_waiting_and_gets_the_record() -> None:
+    with Ring(4096, spin_us=0) as ring, signal_pipe() as (rfd, wfd):
+        with Child(_pop_through_signals, ring, wfd) as consumer:
+            interrupt_sleeps(ring, consumer, "pop_waits", rfd, 3)
+            ring.push(b"finally", timeout=1)
+            assert consumer.result(timeout=5) == [b"finally"]
+
+
+# -- 5. across fork -------------------------------------------------------------------
+
+
+def _fork_child(ring: Ring, n: int) -> dict:
+    b = ring.pop_many(n, timeout=5, hold=True)
+    ring.push_many([b"from child %d" % i for i in range(3)], aux=2, timeout=5)
+    return {
+        "first_seq": b.first_seq,
+        "records": b.records,
+        "auxs": b.auxs,
+        "held": ring.held(),
+        "slot": ring._slot,
+    }
+
+
+@pytest.mark.timeout(30)
+def test_ring_across_fork_both_ways_and_child_slot_is_its_own() -> None:
+    with Ring(1 << 16, slots=4) as ring:
+        first = ring.push(b"before fork 0", aux=1)
+        ring.push_many([b"before fork %d" % i for i in range(1, 10)], aux=1)
+        # The parent holds some records itself, in its own slot.
+        mine = ring.pop_many(4, hold=True)
+        assert mine.first_seq == first
+        parent_held = ring.held()
+        assert [h.seq for h in parent_held] == list(range(first, first + 4))
+
+        with Child(_fork_child, ring, 6) as child:
+            out = child.result(timeout=10)
+        assert out["records"] == [b"before fork %d" % i for i in range(4, 10)]
+        assert out["auxs"] == [1] * 6
+        child_seqs = list(range(out["first_seq"], out["first_seq"] + 6))
+        assert out["first_seq"] == first + 4
+        assert [h.seq for h in out["held"]] == child_seqs
+        assert out["slot"] != ring._slot
+
+        # The child's pushes reach the parent.
+        b = ring.pop_many(16, timeout=5)
+        assert b.records == [b"from child %d" % i for i in range(3)]
+        assert b.auxs == [2, 2, 2]
+
+        # The child held in its own slot: the parent's holds are untouched,
+        # and reclaiming the (exited) child returns exactly what it held.
+        assert ring.held() == parent_held
+        assert sorted(ring.reclaim(child.pid)) == [(s, 1) for s in child_seqs]
+        assert ring.reclaim(child.pid) == []  # its slot is free now
+        assert ring.held() == parent_held
+        ring.release([h.seq for h in parent_held])
+        assert ring.held() == []
+        st = ring.stats()
+        assert st.records == 0 and st.pushed == st.popped == 13
