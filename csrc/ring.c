@@ -447,6 +447,14 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
     }
 }
 
+int64_t tmw_ring_push_one(tmw_ring *r, int slot, const char *data, uint32_t len,
+                          uint32_t aux, double timeout) {
+    size_t pushed;
+    uint64_t seq;
+    int rc = tmw_ring_push(r, slot, data, &len, 1, aux, timeout, &pushed, &seq);
+    return rc == TMW_OK ? (int64_t)seq : rc;
+}
+
 /* ---- pop ---------------------------------------------------------------- */
 
 int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap, uint32_t *lens,

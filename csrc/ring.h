@@ -104,6 +104,11 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data,
                   const uint32_t *lens, size_t n, uint32_t aux,
                   double timeout, size_t *pushed, uint64_t *first_seq);
 
+/* Push one record of len bytes: the common case, without out-parameters.
+ * Returns its sequence number (> 0), or a negative TMW_E* code. */
+int64_t tmw_ring_push_one(tmw_ring *r, int slot, const char *data, uint32_t len,
+                          uint32_t aux, double timeout);
+
 /* Pop up to max records into out (payloads back to back), their lengths
  * into lens, their aux words into auxs; *npopped is how many, *first_seq the
  * sequence number of the first (the rest are consecutive). If hold, each is

@@ -326,23 +326,45 @@ class Ring:
             RingFull: no space within the timeout (nothing was pushed).
             RecordTooLarge: ``len(data) > max_record``.
         """
-        rc, done, first = self._push((data,), aux, timeout)
-        if rc == lib.TMW_OK:
-            return first
-        if rc in (lib.TMW_ETIMEDOUT, lib.TMW_EAGAIN):
+        seq = self._push_one(data, aux, -1.0 if timeout is None else timeout)
+        if seq > 0:
+            return seq
+        if seq in (lib.TMW_ETIMEDOUT, lib.TMW_EAGAIN):
             raise RingFull(f"ring full: no space for {len(data)} bytes within {timeout}s", 0)
-        _raise_for(rc, "push")
+        _raise_for(seq, "push")
         raise AssertionError("unreachable")
 
     def try_push(self, data: bytes, *, aux: int = 0) -> int | None:
         """Push one record if there is room now; its seq, or None if full."""
-        rc, done, first = self._push((data,), aux, 0)
-        if rc == lib.TMW_OK:
-            return first
-        if rc == lib.TMW_EAGAIN:
+        seq = self._push_one(data, aux, 0.0)
+        if seq > 0:
+            return seq
+        if seq == lib.TMW_EAGAIN:
             return None
-        _raise_for(rc, "push")
+        _raise_for(seq, "push")
         raise AssertionError("unreachable")
+
+    def _push_one(self, data: bytes, aux: int, timeout: float) -> int:
+        """The hot path of push/try_push: the seq, or a negative TMW_E* code."""
+        r = self._r
+        if r is None:
+            raise ValueError("ring is closed")
+        n = len(data)
+        if n > self._max_record:
+            raise RecordTooLarge(
+                f"record is {n} bytes; this ring takes at most {self._max_record} bytes per record"
+            )
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)
+        slot = self._slot
+        if slot < 0:
+            slot = self._my_slot()
+        seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, timeout)
+        if seq == lib.TMW_EINTR:  # a signal handler ran; go on waiting
+            deadline = None if timeout < 0 else time.monotonic() + timeout
+            while seq == lib.TMW_EINTR:
+                seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _c_timeout(deadline))
+        return seq
 
     def push_many(self, records: Sequence[bytes], *, aux: int = 0, timeout: float | None = None) -> None:
         """Push records in order, waiting for space as needed (up to
