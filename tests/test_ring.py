@@ -317,3 +317,47 @@ class RingModel(RuleBasedStateMachine):
 
 TestRingModel = RingModel.TestCase
 TestRingModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+def test_gil_is_released_while_waiting() -> None:
+    """A thread blocked in pop must not stop this thread from pushing."""
+    import threading
+
+    with Ring(4096, spin_us=0) as ring:
+        got: list[list[bytes]] = []
+        t = threading.Thread(target=lambda: got.append(ring.pop_many(timeout=10).records))
+        t.start()
+        time.sleep(0.2)  # the thread is asleep in the C wait by now
+        ring.push(b"wake up")
+        t.join(timeout=10)
+        assert not t.is_alive()
+        assert got == [[b"wake up"]]
+        assert ring.stats().wakeups >= 1
+
+
+def test_threads_of_one_process_share_the_ring() -> None:
+    import threading
+
+    with Ring(1 << 16) as ring:
+        seen: list[bytes] = []
+        lock = threading.Lock()
+        expect = [b"%06d" % i for i in range(30_000)]
+        deadline = time.monotonic() + 30
+
+        def consume() -> None:
+            while time.monotonic() < deadline:
+                records = ring.pop_many(64, timeout=0.05).records
+                with lock:
+                    seen.extend(records)
+                    if len(seen) == len(expect):
+                        return
+
+        threads = [threading.Thread(target=consume) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for i in range(0, len(expect), 100):
+            ring.push_many(expect[i : i + 100])
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
+        assert sorted(seen) == expect

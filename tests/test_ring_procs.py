@@ -492,12 +492,19 @@ def test_killed_while_asleep_then_reclaimed_next_sleeper_still_woken(side: str) 
         else:
             victim, counter = Child(_pop_rounds, ring, 1), "pop_waits"
 
-        # A process asleep in the ring is SIGKILLed, then reclaimed.
+        # A process asleep in the ring is SIGKILLed.
         with victim:
             wait_asleep(ring, victim, counter, getattr(ring.stats(), counter) + 1)
-            time.sleep(0.05)
             victim.kill()
             assert victim.killed_by_us()
+
+        # Before any reclaim, the others are not held up by the dead sleeper.
+        if side == "push":
+            wake_sleeping_producer(ring, rec, 2)
+        else:
+            wake_sleeping_consumer(ring, 2)
+
+        # The supervisor reclaims it: it held nothing.
         assert ring.reclaim(victim.pid) == []
 
         # reclaim() took the dead sleeper out of the waiter count: with no one
