@@ -279,8 +279,8 @@ class Ring:
 
     # -- push ---------------------------------------------------------------
 
-    def _push(self, records: Sequence[bytes], aux: int, timeout: float | None) -> tuple[int, int, int]:
-        """Push records; returns (rc, how many went in, first seq)."""
+    def _push(self, records: Sequence[bytes], aux: int, timeout: float | None) -> tuple[int, int]:
+        """Push records in order; returns (rc, how many went in)."""
         lens = array("I", map(len, records))
         if lens and max(lens) > self._max_record:
             big = max(range(len(lens)), key=lens.__getitem__)
@@ -289,21 +289,20 @@ class Ring:
                 f"{self._max_record} bytes per record"
             )
         data = records[0] if len(records) == 1 else b"".join(records)
-        cdata = data if type(data) is bytes else ffi.from_buffer(data)
+        cdata = ffi.from_buffer(data)
         clens = ffi.from_buffer("uint32_t[]", lens)
         slot = self._my_slot()
         pushed, seq, _ = self._scratch()
         deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
         done = 0
-        first = -1
         n = len(records)
         offset = 0
         while True:
             rc = lib.tmw_ring_push(
                 self._r,
                 slot,
-                cdata[offset:] if offset else cdata,
-                clens[done:] if done else clens,
+                cdata + offset,
+                clens + done,
                 n - done,
                 aux,
                 0.0 if timeout is not None and timeout <= 0 else _c_timeout(deadline),
@@ -311,12 +310,10 @@ class Ring:
                 seq,
             )
             if pushed[0]:
-                if first < 0:
-                    first = seq[0]
                 offset += sum(lens[done : done + pushed[0]])
                 done += pushed[0]
             if rc != lib.TMW_EINTR:
-                return rc, done, first
+                return rc, done
 
     def push(self, data: bytes, *, aux: int = 0, timeout: float | None = None) -> int:
         """Push one record, waiting for space up to ``timeout`` seconds
@@ -326,7 +323,7 @@ class Ring:
             RingFull: no space within the timeout (nothing was pushed).
             RecordTooLarge: ``len(data) > max_record``.
         """
-        seq = self._push_one(data, aux, -1.0 if timeout is None else timeout)
+        seq = self._push_one(data, aux, -1.0 if timeout is None else max(timeout, 0.0))
         if seq > 0:
             return seq
         if seq in (lib.TMW_ETIMEDOUT, lib.TMW_EAGAIN):
@@ -359,9 +356,11 @@ class Ring:
         slot = self._slot
         if slot < 0:
             slot = self._my_slot()
+        deadline = time.monotonic() + timeout if timeout > 0 else None
         seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, timeout)
         if seq == lib.TMW_EINTR:  # a signal handler ran; go on waiting
-            deadline = None if timeout < 0 else time.monotonic() + timeout
+            if timeout == 0:
+                deadline = time.monotonic()
             while seq == lib.TMW_EINTR:
                 seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _c_timeout(deadline))
         return seq
@@ -376,7 +375,7 @@ class Ring:
         """
         if not records:
             return
-        rc, done, _ = self._push(records, aux, timeout)
+        rc, done = self._push(records, aux, timeout)
         if rc == lib.TMW_OK:
             return
         if rc in (lib.TMW_ETIMEDOUT, lib.TMW_EAGAIN):
@@ -388,7 +387,7 @@ class Ring:
         how many went in."""
         if not records:
             return 0
-        rc, done, _ = self._push(records, aux, 0)
+        rc, done = self._push(records, aux, 0)
         if rc in (lib.TMW_OK, lib.TMW_EAGAIN):
             return done
         _raise_for(rc, "try_push_many")

@@ -10,6 +10,8 @@ body bounds its own waits, so a wedged ring fails a test instead of hanging it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import mmap
 import os
 import pickle
 import random
@@ -23,9 +25,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from taskmw import Ring
+from taskmw import Ring, RingFull
 
 REC = struct.Struct("<II")  # (producer id or incarnation, per-producer counter)
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -40,15 +44,21 @@ class Child:
     traceback) comes back pickled through a pipe.
 
     Use it as a context manager: on exit the child is SIGKILLed (if still
-    running) and reaped, whatever happened in the test.
+    running) and reaped, whatever happened in the test. Should the test
+    process itself die (say, a pytest-timeout), the kernel SIGKILLs the
+    child too (PR_SET_PDEATHSIG).
     """
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        parent = os.getpid()
         rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: never returns into pytest
             status = 70
             try:
+                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                if os.getppid() != parent:
+                    return  # the test process is already gone
                 os.close(rfd)
                 try:
                     payload = ("ok", fn(*args))
@@ -174,7 +184,9 @@ def proc_state(pid: int) -> str:
 def wait_asleep(ring: Ring, child: Child, counter: str | None = None, at_least: int = 0, timeout: float = 10.0) -> None:
     """Wait until ``child`` sleeps inside a ring wait: the ring's ``counter``
     (``pop_waits`` or ``push_waits``, if given) reached ``at_least`` and the
-    process is in state S (a child here only ever sleeps in the ring's ppoll)."""
+    process is in state S (a child here only ever sleeps in the ring's ppoll).
+    The counter goes up once per call that waits, so take its base value
+    before forking the child."""
     wait_until(
         lambda: (counter is None or getattr(ring.stats(), counter) >= at_least) and proc_state(child.pid) == "S",
         timeout,
@@ -247,9 +259,6 @@ def wake_sleeping_producer(ring: Ring, rec: bytes, rounds: int) -> float:
     return slowest
 
 
-ROUNDS = 10
-
-
 # -- 1. many processes at once -------------------------------------------------
 
 N_PRODUCERS = 4
@@ -257,10 +266,10 @@ PER_PRODUCER = 250_000
 TOTAL = N_PRODUCERS * PER_PRODUCER
 
 
-def _producer(ring: Ring, pid_: int, count: int, batch: int) -> int:
+def _producer(ring: Ring, producer_id: int, count: int, batch: int) -> int:
     for start in range(0, count, batch):
-        recs = [REC.pack(pid_, c) for c in range(start, min(start + batch, count))]
-        ring.push_many(recs, aux=pid_, timeout=30)
+        recs = [REC.pack(producer_id, c) for c in range(start, min(start + batch, count))]
+        ring.push_many(recs, aux=producer_id, timeout=30)
     return count
 
 
@@ -280,10 +289,10 @@ def _consumer(ring: Ring, total: int, per: int, nprod: int) -> dict:
             if ring.stats().popped >= total:
                 break
             if time.monotonic() > deadline:
-                raise AssertionError(f"consumer got {got} records, then nothing for 90 s")
+                raise AssertionError(f"consumer got {got} records and is not done after 90 s")
             continue
         fs = b.first_seq
-        if not 1 <= fs or fs + n > total + 1:
+        if fs < 1 or fs + n > total + 1:
             raise AssertionError(f"seqs {fs}..{fs + n - 1} out of range")
         if seen_seq.find(1, fs, fs + n) != -1:
             raise AssertionError(f"seq popped twice in {fs}..{fs + n - 1}")
@@ -306,7 +315,7 @@ def _consumer(ring: Ring, total: int, per: int, nprod: int) -> dict:
     return {"got": got, "seqs": bytes(seen_seq), "marks": [bytes(m) for m in marks]}
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(150, method="thread")
 def test_four_producers_two_consumers_move_a_million_records() -> None:
     t0 = time.monotonic()
     with Ring(1 << 16, slots=16) as ring, contextlib.ExitStack() as stack:
@@ -341,11 +350,14 @@ def test_four_producers_two_consumers_move_a_million_records() -> None:
 def _kill_loop_producer(ring: Ring, incarnation: int) -> None:
     c = 0
     while True:
-        n = random.randint(1, 64)
-        recs = [REC.pack(incarnation, c + j) for j in range(n)]
         # 10 s: the parent restarts a killed consumer within milliseconds.
-        ring.push_many(recs, aux=incarnation, timeout=10)
-        c += n
+        if random.random() < 0.25:
+            ring.push(REC.pack(incarnation, c), aux=incarnation, timeout=10)
+            c += 1
+        else:
+            n = random.randint(1, 64)
+            ring.push_many([REC.pack(incarnation, c + j) for j in range(n)], aux=incarnation, timeout=10)
+            c += n
 
 
 def _kill_loop_consumer(ring: Ring, log_path: str) -> None:
@@ -367,7 +379,7 @@ def _kill_loop_consumer(ring: Ring, log_path: str) -> None:
         ring.release(seqs)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120, method="thread")
 def test_sigkill_loop_loses_nothing_and_never_wedges(tmp_path) -> None:
     log_path = str(tmp_path / "consumed.bin")
     rng = random.Random()
@@ -398,11 +410,19 @@ def test_sigkill_loop_loses_nothing_and_never_wedges(tmp_path) -> None:
                 reclaimed.extend(h.seq for h in held)
             kills[role] += 1
 
+        def moving(since: int) -> bool:
+            for child in running.values():
+                child.check_running()
+            return ring.stats().popped >= since + 50
+
         running = {"producer": start("producer"), "consumer": start("consumer")}
         t0 = time.monotonic()
         for _ in range(iterations):
             if time.monotonic() - t0 > budget:
                 break
+            # Survivors and replacements move records again before the next kill.
+            since = ring.stats().popped
+            wait_until(lambda: moving(since), 5, "records to move again after the last kill")
             time.sleep(rng.uniform(0, 0.03))
             victims = rng.choice([["producer"], ["consumer"], ["producer", "consumer"]])
             for role in victims:  # kill all victims first, then reap and restart
@@ -480,7 +500,7 @@ def test_sigkill_loop_loses_nothing_and_never_wedges(tmp_path) -> None:
 # -- 3. killed while asleep ------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 @pytest.mark.parametrize("side", ["pop", "push"])
 def test_killed_while_asleep_then_reclaimed_next_sleeper_still_woken(side: str) -> None:
     rec = b"r" * 48  # 64 bytes in the ring: 64 of them fill 4096
@@ -494,7 +514,7 @@ def test_killed_while_asleep_then_reclaimed_next_sleeper_still_woken(side: str) 
 
         # A process asleep in the ring is SIGKILLed.
         with victim:
-            wait_asleep(ring, victim, counter, getattr(ring.stats(), counter) + 1)
+            wait_asleep(ring, victim, counter, 1)
             victim.kill()
             assert victim.killed_by_us()
 
@@ -526,10 +546,41 @@ def test_killed_while_asleep_then_reclaimed_next_sleeper_still_woken(side: str) 
         assert before + 3 <= ring.stats().wakeups <= before + 5
 
 
+def _push_big(ring: Ring, size: int) -> None:
+    ring.push(b"\xab" * size, aux=9, timeout=10)
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_producer_killed_inside_the_lock_is_recovered() -> None:
+    """SIGKILL a producer in the middle of copying a big record, which ring.c
+    does while holding the ring's lock. The next locker gets EOWNERDEAD and
+    recovers (recoveries == 1); the half-written record never appears; a
+    consumer asleep meanwhile gets the next record."""
+    size = 192 << 20  # about 0.3 s of copying into fresh shared pages
+    with Ring(256 << 20, spin_us=0) as ring, Child(_pop_rounds, ring, 1) as consumer:
+        wait_asleep(ring, consumer, "pop_waits", 1)
+        with Child(_push_big, ring, size) as producer, mmap.mmap(
+            ring.memfd(), ring.data_offset() + ring.capacity, prot=mmap.PROT_READ
+        ) as mem:
+            probe = ring.data_offset() + 16 + size // 8  # an eighth of the payload in
+            wait_until(lambda: mem[probe] == 0xAB, 20, "the producer to be copying", producer)
+            producer.kill()
+            assert producer.killed_by_us()
+        assert ring.stats().pushed == 0, "the big push was not cut short"
+        ring.push(b"after", timeout=5)
+        assert consumer.result(timeout=5) == [b"after"]
+        st = ring.stats()
+        assert st.recoveries == 1
+        assert (st.pushed, st.popped, st.records, st.used_bytes) == (1, 1, 0, 0)
+        assert ring.reclaim(producer.pid) == []
+
+
 # -- 4. wake-ups across processes ------------------------------------------------
 
+ROUNDS = 10
 
-@pytest.mark.timeout(60)
+
+@pytest.mark.timeout(60, method="thread")
 def test_producer_blocked_on_full_ring_is_woken_by_pop_in_other_process() -> None:
     rec = b"p" * 48  # 64 bytes in the ring: 64 of them fill 4096
     with Ring(4096, spin_us=0) as ring:
@@ -546,7 +597,7 @@ def test_producer_blocked_on_full_ring_is_woken_by_pop_in_other_process() -> Non
         print(f"\nslowest wake-up of a producer: {slowest * 1e3:.1f} ms")
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 def test_consumer_blocked_on_empty_ring_is_woken_by_push_in_other_process() -> None:
     with Ring(4096, spin_us=0) as ring:
         slowest = wake_sleeping_consumer(ring, ROUNDS)
@@ -585,7 +636,7 @@ def _spin_pop(ring: Ring, count: int) -> int:
     return expect
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(90, method="thread")
 def test_busy_ring_without_sleepers_makes_no_wakeups() -> None:
     n = 200_000
     with Ring(1 << 14) as ring:  # small: the producer often finds it full
@@ -638,7 +689,7 @@ def interrupt_sleeps(ring: Ring, child: Child, counter: str, rfd: int, times: in
         wait_asleep(ring, child)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 def test_push_many_interrupted_by_signals_after_a_partial_push_completes() -> None:
     recs = [REC.pack(3, i) for i in range(200)]  # 32 bytes each: 128 fit in 4096
     with Ring(4096, spin_us=0) as ring, signal_pipe() as (rfd, wfd):
@@ -654,7 +705,7 @@ def test_push_many_interrupted_by_signals_after_a_partial_push_completes() -> No
         assert ring.stats().records == 0
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 def test_pop_interrupted_by_signals_keeps_waiting_and_gets_the_record() -> None:
     with Ring(4096, spin_us=0) as ring, signal_pipe() as (rfd, wfd):
         with Child(_pop_through_signals, ring, wfd) as consumer:
@@ -663,22 +714,61 @@ def test_pop_interrupted_by_signals_keeps_waiting_and_gets_the_record() -> None:
             assert consumer.result(timeout=5) == [b"finally"]
 
 
+def _wait_out_timeout(ring: Ring, op: str, timeout: float, wfd: int) -> float:
+    """Run ``op`` on a full (push) or empty (pop) ring; return how long it
+    took to give up."""
+    _report_sigusr1(wfd)
+    rec = b"x" * 48
+    t = time.monotonic()
+    try:
+        if op == "push":
+            ring.push(rec, timeout=timeout)
+        elif op == "push_many":
+            ring.push_many([rec, rec], timeout=timeout)
+        else:
+            if ring.pop_many(timeout=timeout).records:
+                raise AssertionError("popped from an empty ring")
+            return time.monotonic() - t
+    except RingFull:
+        return time.monotonic() - t
+    raise AssertionError(f"{op} succeeded on a full ring")
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("op", ["push", "push_many", "pop_many"])
+def test_timeout_is_kept_when_a_signal_interrupts_the_wait(op: str) -> None:
+    timeout = 1.0
+    with Ring(4096, spin_us=0) as ring, signal_pipe() as (rfd, wfd):
+        if op != "pop_many":
+            while ring.try_push(b"x" * 48) is not None:
+                pass
+        counter = "pop_waits" if op == "pop_many" else "push_waits"
+        with Child(_wait_out_timeout, ring, op, timeout, wfd) as child:
+            wait_asleep(ring, child, counter, 1)
+            time.sleep(0.7 * timeout)
+            os.kill(child.pid, signal.SIGUSR1)
+            elapsed = child.result(timeout=10)
+        # Neither cut short by the signal, nor restarted from it (0.7 + 1 s).
+        assert 0.9 * timeout <= elapsed < 1.35 * timeout, f"{op}(timeout={timeout}) gave up after {elapsed:.2f} s"
+
+
 # -- 5. across fork -------------------------------------------------------------------
 
 
 def _fork_child(ring: Ring, n: int) -> dict:
-    b = ring.pop_many(n, timeout=5, hold=True)
+    b = ring.pop_many(n, timeout=5, hold=True)  # pushed before the fork
+    later = ring.pop_many(1, timeout=5)  # pushed by the parent after it
     ring.push_many([b"from child %d" % i for i in range(3)], aux=2, timeout=5)
     return {
         "first_seq": b.first_seq,
         "records": b.records,
         "auxs": b.auxs,
+        "later": later.records,
         "held": ring.held(),
-        "slot": ring._slot,
     }
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(30, method="thread")
 def test_ring_across_fork_both_ways_and_child_slot_is_its_own() -> None:
     with Ring(1 << 16, slots=4) as ring:
         first = ring.push(b"before fork 0", aux=1)
@@ -689,14 +779,17 @@ def test_ring_across_fork_both_ways_and_child_slot_is_its_own() -> None:
         parent_held = ring.held()
         assert [h.seq for h in parent_held] == list(range(first, first + 4))
 
+        waits = ring.stats().pop_waits  # before the fork: the child may wait at once
         with Child(_fork_child, ring, 6) as child:
+            wait_asleep(ring, child, "pop_waits", waits + 1)
+            ring.push(b"after fork", timeout=1)
             out = child.result(timeout=10)
+        assert out["later"] == [b"after fork"]
         assert out["records"] == [b"before fork %d" % i for i in range(4, 10)]
         assert out["auxs"] == [1] * 6
         child_seqs = list(range(out["first_seq"], out["first_seq"] + 6))
         assert out["first_seq"] == first + 4
-        assert [h.seq for h in out["held"]] == child_seqs
-        assert out["slot"] != ring._slot
+        assert [h.seq for h in out["held"]] == child_seqs  # not the parent's
 
         # The child's pushes reach the parent.
         b = ring.pop_many(16, timeout=5)
@@ -712,4 +805,4 @@ def test_ring_across_fork_both_ways_and_child_slot_is_its_own() -> None:
         ring.release([h.seq for h in parent_held])
         assert ring.held() == []
         st = ring.stats()
-        assert st.records == 0 and st.pushed == st.popped == 13
+        assert st.records == 0 and st.pushed == st.popped == 14
