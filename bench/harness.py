@@ -2,14 +2,15 @@
 
 Each transport is wrapped in a small :class:`Channel` adapter (one direction,
 parent to child or child to parent) built before ``fork()``. The benchmarks
-drive every adapter through the same four calls, so the transports differ
+drive every adapter through the same calls, so the transports differ
 only in what those calls do:
 
 * ``put(record)``: send one record (the "single" API, one call per record);
 * ``put_batch(records)``: send many in one call (the "batch" API);
 * ``get_batch(timeout)``: receive what is there (at least one record), or
   ``[]`` if nothing came within ``timeout`` seconds;
-* ``close()``: release this process's handle.
+* ``close()``: release this process's handle;
+* ``counters()``: the transport's own counters, if any (the ring's waits).
 
 Children are forked by :class:`Harness` (a ``multiprocessing`` "fork"
 Process), which always reaps them. Every wait in this module is bounded:
@@ -66,6 +67,10 @@ class Channel:
         """Records received within ``timeout`` seconds, oldest first; ``[]`` if none."""
         raise NotImplementedError
 
+    def counters(self) -> dict[str, int]:
+        """The transport's own counters, if it keeps any (for diagnosis)."""
+        return {}
+
     def close(self) -> None:
         """Release this process's handle (the peer keeps its own)."""
 
@@ -85,7 +90,12 @@ class RingChannel(Channel):
         self._ring.push_many(records, timeout=WAIT)
 
     def get_batch(self, timeout: float) -> list[bytes]:
-        return self._ring.pop_many(BATCH, timeout=timeout).records
+        records: list[bytes] = self._ring.pop_many(BATCH, timeout=timeout).records
+        return records
+
+    def counters(self) -> dict[str, int]:
+        s = self._ring.stats()
+        return {"pushed": s.pushed, "push_waits": s.push_waits, "pop_waits": s.pop_waits, "wakeups": s.wakeups}
 
     def close(self) -> None:
         self._ring.close()
@@ -107,9 +117,10 @@ class FasterFifoChannel(Channel):
 
     def get_batch(self, timeout: float) -> list[bytes]:
         try:
-            return self._q.get_many(timeout=timeout, max_messages_to_get=BATCH)
+            records: list[bytes] = self._q.get_many(timeout=timeout, max_messages_to_get=BATCH)
         except queue.Empty:
             return []
+        return records
 
 
 class MpQueueChannel(Channel):

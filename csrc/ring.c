@@ -11,7 +11,8 @@
  *   that dies inside a critical section: the next locker gets EOWNERDEAD
  *   from the kernel's robust-futex list and repairs the state (below).
  *   Critical sections are short (a header check and a memcpy), and
- *   consumers take many records per lock.
+ *   consumers take many records per lock; lockers spin briefly on trylock
+ *   before sleeping.
  *
  * - Crash safety: every change to the shared state (head, tail, sequence
  *   numbers, a slot's held count) is made by one commit() that first writes
@@ -30,7 +31,8 @@
  *   non-zero and no wake-up is already pending (a "signalled" flag), so a
  *   busy ring makes no system call per record. The count increment and the
  *   re-check, and the producer's commit and count read, are sequentially
- *   consistent atomics, so a wake-up cannot be lost. Sleeps are cut into
+ *   consistent (a full fence on the producer side), so a wake-up cannot be
+ *   lost. Sleeps are cut into
  *   slices of SLICE_NS so that a flag left set by a process killed in the
  *   middle of a wake-up heals itself. A consumer that leaves records behind
  *   wakes the next sleeper (chain wake-up).
@@ -67,6 +69,7 @@
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define PUBLISH(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 #define BUMP(p) __atomic_add_fetch((p), 1, __ATOMIC_RELAXED)
 
@@ -168,12 +171,12 @@ static slot_hdr *slot_at(tmw_ring *r, int slot) {
 static void apply_journal(tmw_ring *r) {
     shared_hdr *h = r->h;
     journal *j = &h->jr;
-    STORE(&h->st.head_seq, j->st.head_seq);
-    STORE(&h->st.next_seq, j->st.next_seq);
-    STORE(&h->st.head, j->st.head);
-    STORE(&h->st.tail, j->st.tail);
+    PUBLISH(&h->st.head_seq, j->st.head_seq);
+    PUBLISH(&h->st.next_seq, j->st.next_seq);
+    PUBLISH(&h->st.head, j->st.head);
+    PUBLISH(&h->st.tail, j->st.tail);
     if (j->slot >= 0 && (uint32_t)j->slot < r->nslots && j->held_count <= r->max_held)
-        STORE(&slot_at(r, j->slot)->held_count, j->held_count);
+        PUBLISH(&slot_at(r, j->slot)->held_count, j->held_count);
 }
 
 /* Make st (and a slot's held count) the new shared state, crash-safely. */
@@ -182,13 +185,23 @@ static void commit(tmw_ring *r, const ring_state *st, int slot, uint32_t held_co
     j->st = *st;
     j->slot = slot;
     j->held_count = held_count;
-    STORE(&j->valid, 1);
+    PUBLISH(&j->valid, 1);
     apply_journal(r);
-    STORE(&j->valid, 0);
+    PUBLISH(&j->valid, 0);
 }
 
+#define LOCK_SPINS 200 /* trylock attempts before sleeping: a few microseconds */
+
 static int lock(tmw_ring *r) {
-    int rc = pthread_mutex_lock(&r->h->lock);
+    /* Critical sections are short, so a contended lock is usually free
+     * again within a few microseconds: spin on trylock before paying for a
+     * futex sleep and wake-up. */
+    int rc = EBUSY;
+    for (int i = 0; i < LOCK_SPINS && rc == EBUSY; i++) {
+        rc = pthread_mutex_trylock(&r->h->lock);
+        if (rc == EBUSY) CPU_RELAX();
+    }
+    if (rc == EBUSY) rc = pthread_mutex_lock(&r->h->lock);
     if (rc == EOWNERDEAD) {
         /* The previous owner died inside a critical section: finish (or
          * drop) what it was doing, then mark the mutex usable again. */
@@ -225,6 +238,9 @@ static int ring_has_space(tmw_ring *r, uint64_t need) {
 
 /* Wake one sleeping side if anybody sleeps and no wake-up is pending. */
 static void wake(tmw_ring *r, uint32_t *waiters, uint32_t *signalled, int fd) {
+    /* Order the commit's stores before the waiter check (Dekker with the
+     * waiter's increment-then-recheck in wait_for). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (LOAD(waiters) == 0) return;
     if (__atomic_exchange_n(signalled, 1, __ATOMIC_SEQ_CST) != 0) return;
     uint64_t one = 1;
@@ -457,26 +473,37 @@ int64_t tmw_ring_push_one(tmw_ring *r, int slot, const char *data, uint32_t len,
 
 /* ---- pop ---------------------------------------------------------------- */
 
-int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap, uint32_t *lens,
-                 uint32_t *auxs, size_t max, int hold, double timeout, size_t *npopped,
-                 uint64_t *first_seq, uint32_t *first_len) {
-    *npopped = 0;
-    *first_seq = 0;
-    *first_len = 0;
+int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
+                 double timeout) {
+    b->n = 0;
+    b->first_seq = 0;
+    b->first_len = 0;
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
-    if (max == 0 || !lens || !auxs || (out_cap && !out)) return TMW_EINVAL;
+    if (max == 0 || !b->lens || !b->auxs || (b->out_cap && !b->out)) return TMW_EINVAL;
+    char *out = b->out;
+    size_t out_cap = b->out_cap;
+    uint32_t *lens = b->lens, *auxs = b->auxs;
     slot_hdr *s = slot_at(r, slot);
     uint64_t deadline = deadline_of(timeout);
     uint64_t max_record = tmw_ring_max_record(r);
     int waited = 0;
     for (;;) {
+        if (hold && LOAD(&s->held_count) >= r->max_held) return TMW_EHELDFULL;
+        if (!ring_nonempty(r)) { /* checked without the lock: no locking to find nothing */
+            if (timeout == 0) return TMW_EAGAIN;
+            if (!waited++) BUMP(&r->h->pop_waits);
+            int rc = wait_for(r, data_ready, 0, &r->h->data_waiters, &r->h->data_signalled,
+                              &s->sleeping_data, r->efd_data, deadline);
+            if (rc == TMW_ETIMEDOUT && ring_nonempty(r)) continue;
+            if (rc) return rc;
+            continue;
+        }
         int rc = lock(r);
         if (rc) return rc;
         ring_state st = r->h->st;
         rc = check_state(r, &st);
         uint32_t held = s->held_count;
         if (!rc && held > r->max_held) rc = TMW_ECORRUPT;
-        if (!rc && hold && held == r->max_held) rc = TMW_EHELDFULL;
         if (rc) {
             unlock(r);
             return rc;
@@ -485,7 +512,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap, uint32_t *len
         if (hold && limit > r->max_held - held) limit = r->max_held - held;
         size_t n = 0;
         uint64_t used_out = 0;
-        *first_seq = st.head_seq;
+        b->first_seq = st.head_seq;
         while (n < limit && st.head != st.tail) {
             rec_hdr rh;
             memcpy(&rh, r->data + st.head % r->capacity, REC_HDR);
@@ -496,7 +523,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap, uint32_t *len
             }
             if (used_out + rh.len > out_cap) {
                 if (n == 0) {
-                    *first_len = rh.len;
+                    b->first_len = rh.len;
                     rc = TMW_EBUFSMALL;
                 }
                 break;
@@ -518,17 +545,12 @@ int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap, uint32_t *len
         unlock(r);
         if (rc) return rc;
         if (n > 0) {
-            *npopped = n;
+            b->n = n;
             wake(r, &r->h->space_waiters, &r->h->space_signalled, r->efd_space);
             if (left) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
             return TMW_OK;
         }
-        if (timeout == 0) return TMW_EAGAIN;
-        if (!waited++) BUMP(&r->h->pop_waits);
-        rc = wait_for(r, data_ready, 0, &r->h->data_waiters, &r->h->data_signalled,
-                      &s->sleeping_data, r->efd_data, deadline);
-        if (rc == TMW_ETIMEDOUT && ring_nonempty(r)) continue;
-        if (rc) return rc;
+        /* Another consumer took them between our check and our lock. */
     }
 }
 

@@ -109,16 +109,27 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data,
 int64_t tmw_ring_push_one(tmw_ring *r, int slot, const char *data, uint32_t len,
                           uint32_t aux, double timeout);
 
-/* Pop up to max records into out (payloads back to back), their lengths
- * into lens, their aux words into auxs; *npopped is how many, *first_seq the
- * sequence number of the first (the rest are consecutive). If hold, each is
- * recorded as held by the slot, in the same critical section. Waits while
- * the ring is empty (timeout < 0 forever, 0 never). TMW_EBUFSMALL: the first
- * record needs *first_len bytes of out; nothing was taken. */
-int tmw_ring_pop(tmw_ring *r, int slot, char *out, size_t out_cap,
-                 uint32_t *lens, uint32_t *auxs, size_t max, int hold,
-                 double timeout, size_t *npopped, uint64_t *first_seq,
-                 uint32_t *first_len);
+/* A consumer's pop buffer and the results of one pop, kept in one struct so
+ * that a call passes few arguments (each costs time in cffi). */
+typedef struct {
+    char *out;          /* in: where payloads go, back to back */
+    size_t out_cap;     /* in: bytes available at out */
+    uint32_t *lens;     /* in: room for max lengths */
+    uint32_t *auxs;     /* in: room for max aux words */
+    size_t n;           /* out: records popped */
+    uint64_t first_seq; /* out: seq of the first (the rest are consecutive) */
+    uint32_t first_len; /* out, TMW_EBUFSMALL: bytes the first record needs */
+    uint32_t _pad;
+} tmw_pop_buf;
+
+/* Pop up to max records into b (payloads into b->out, their lengths into
+ * b->lens, aux words into b->auxs). If hold, each is recorded as held by the
+ * slot, in the same critical section. Waits while the ring is empty
+ * (timeout < 0 forever, 0 never). TMW_EBUFSMALL: the first record needs
+ * b->first_len bytes of out; nothing was taken. TMW_EHELDFULL: the slot
+ * holds max_held records already. */
+int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
+                 double timeout);
 
 /* Release held records of a slot by sequence number (unknown ones are
  * ignored); n == 0 with seqs == NULL releases all. */

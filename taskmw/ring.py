@@ -113,13 +113,51 @@ class RingStats:
     max_held: int
 
 
+
+# Return codes of the C core (see csrc/ring.h), as module constants for speed.
+_EAGAIN: int = lib.TMW_EAGAIN
+_EBUFSMALL: int = lib.TMW_EBUFSMALL
+_ECORRUPT: int = lib.TMW_ECORRUPT
+_EHELDFULL: int = lib.TMW_EHELDFULL
+_EINTR: int = lib.TMW_EINTR
+_EINVAL: int = lib.TMW_EINVAL
+_ENOSLOT: int = lib.TMW_ENOSLOT
+_ESYS: int = lib.TMW_ESYS
+_ETIMEDOUT: int = lib.TMW_ETIMEDOUT
+_ETOOBIG: int = lib.TMW_ETOOBIG
+_OK: int = lib.TMW_OK
+
 _ERRORS = {
-    lib.TMW_ETOOBIG: "record larger than the ring's max_record",
-    lib.TMW_ECORRUPT: "shared ring memory is corrupt",
-    lib.TMW_EHELDFULL: "this process already holds max_held records: release() some first",
-    lib.TMW_ENOSLOT: "no free slot in the ring: raise `slots` or reclaim dead processes",
-    lib.TMW_EINVAL: "invalid argument",
+    _ETOOBIG: "record larger than the ring's max_record",
+    _ECORRUPT: "shared ring memory is corrupt",
+    _EHELDFULL: "this process already holds max_held records: release() some first",
+    _ENOSLOT: "no free slot in the ring: raise `slots` or reclaim dead processes",
+    _EINVAL: "invalid argument",
 }
+
+_POP_BUFFER = 1 << 20  # default bytes a pop can take at once (grows for larger records)
+_SLICE_BELOW = 1024  # records smaller than this on average are sliced from one copy
+_monotonic = time.monotonic
+_new_batch = tuple.__new__  # builds a Batch without NamedTuple's slower __new__
+
+
+class _Buffers:
+    """One thread's pop buffer and C out-parameters (reused across calls)."""
+
+    __slots__ = ("size", "nrec", "out", "view", "cout", "lens", "auxs", "pb", "count", "seq")
+
+    def __init__(self, size: int, nrec: int) -> None:
+        self.size = size
+        self.nrec = nrec
+        self.out = bytearray(size)
+        self.view = memoryview(self.out)
+        self.cout = ffi.from_buffer(self.out)
+        self.lens = ffi.new("uint32_t[]", nrec)
+        self.auxs = ffi.new("uint32_t[]", nrec)
+        self.pb = ffi.new("tmw_pop_buf *", (self.cout, size, self.lens, self.auxs))
+        self.count = ffi.new("size_t *")  # push's out-parameters
+        self.seq = ffi.new("uint64_t *")
+
 
 _live_rings: "weakref.WeakSet[Ring]" = weakref.WeakSet()
 
@@ -133,14 +171,14 @@ os.register_at_fork(after_in_child=_forget_slots_after_fork)
 
 
 def _raise_for(rc: int, what: str) -> None:
-    if rc == lib.TMW_ECORRUPT:
+    if rc == _ECORRUPT:
         raise RingCorrupt(f"{what}: {_ERRORS[rc]}")
-    if rc == lib.TMW_ETOOBIG:
+    if rc == _ETOOBIG:
         raise RecordTooLarge(f"{what}: {_ERRORS[rc]}")
-    if rc == lib.TMW_ESYS:
+    if rc == _ESYS:
         err = ffi.errno
         raise OSError(err, f"{what}: {os.strerror(err)}")
-    if rc == lib.TMW_EINVAL:
+    if rc == _EINVAL:
         raise ValueError(f"{what}: {_ERRORS[rc]}")
     raise RingError(f"{what}: {_ERRORS.get(rc, f'error {rc}')}")
 
@@ -190,14 +228,13 @@ class Ring:
             raise ValueError(f"spin_us must be >= 0, got {spin_us!r}")
         out = ffi.new("tmw_ring **")
         rc = lib.tmw_ring_create(capacity, slots, max_held, int(spin_us * 1000), out)
-        if rc != lib.TMW_OK:
+        if rc != _OK:
             _raise_for(rc, "cannot create ring")
         self._r = out[0]
         self._slot = -1
         self._max_record: int = lib.tmw_ring_max_record(self._r)
         self._max_held = max_held
-        self._local = threading.local()
-        # Scratch for C out-parameters; per thread, since calls release the GIL.
+        self._local = threading.local()  # per-thread _Buffers: calls release the GIL
         _live_rings.add(self)
 
     # -- properties ---------------------------------------------------------
@@ -265,55 +302,44 @@ class Ring:
             self._slot = slot
         return slot
 
-    def _scratch(self):  # type: ignore[no-untyped-def]
-        loc = self._local
-        try:
-            return loc.scratch
-        except AttributeError:
-            loc.scratch = scratch = (
-                ffi.new("size_t *"),
-                ffi.new("uint64_t *"),
-                ffi.new("uint32_t *"),
-            )
-            return scratch
-
     # -- push ---------------------------------------------------------------
 
     def _push(self, records: Sequence[bytes], aux: int, timeout: float | None) -> tuple[int, int]:
         """Push records in order; returns (rc, how many went in)."""
-        lens = array("I", map(len, records))
-        if lens and max(lens) > self._max_record:
-            big = max(range(len(lens)), key=lens.__getitem__)
-            raise RecordTooLarge(
-                f"record {big} is {lens[big]} bytes; this ring takes at most "
-                f"{self._max_record} bytes per record"
-            )
+        try:
+            lens = array("I", map(len, records))
+        except OverflowError:
+            lens = array("Q", map(len, records))  # a record of 4 GiB or more
+        if lens.typecode == "Q":
+            self._too_large(lens)
         data = records[0] if len(records) == 1 else b"".join(records)
         cdata = ffi.from_buffer(data)
         clens = ffi.from_buffer("uint32_t[]", lens)
+        r = self._handle()
         slot = self._my_slot()
-        pushed, seq, _ = self._scratch()
-        deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
-        done = 0
+        b = self._buffers()
+        deadline = None if timeout is None or timeout <= 0 else _monotonic() + timeout
+        done = offset = 0
         n = len(records)
-        offset = 0
         while True:
+            ctimeout = 0.0 if timeout is not None and timeout <= 0 else _c_timeout(deadline)
             rc = lib.tmw_ring_push(
-                self._r,
-                slot,
-                cdata + offset,
-                clens + done,
-                n - done,
-                aux,
-                0.0 if timeout is not None and timeout <= 0 else _c_timeout(deadline),
-                pushed,
-                seq,
+                r, slot, cdata + offset, clens + done, n - done, aux, ctimeout, b.count, b.seq
             )
-            if pushed[0]:
-                offset += sum(lens[done : done + pushed[0]])
-                done += pushed[0]
-            if rc != lib.TMW_EINTR:
-                return rc, done
+            pushed = b.count[0]
+            if rc == _ETOOBIG:  # the C core checks every length before pushing any
+                self._too_large(lens)
+            if rc != _EINTR:  # EINTR: a signal handler ran; go on
+                return rc, done + pushed
+            offset += sum(lens[done : done + pushed])
+            done += pushed
+
+    def _too_large(self, lens: array) -> None:  # type: ignore[type-arg]
+        big = max(range(len(lens)), key=lens.__getitem__)
+        raise RecordTooLarge(
+            f"record {big} is {lens[big]} bytes; this ring takes at most "
+            f"{self._max_record} bytes per record"
+        )
 
     def push(self, data: bytes, *, aux: int = 0, timeout: float | None = None) -> int:
         """Push one record, waiting for space up to ``timeout`` seconds
@@ -323,10 +349,10 @@ class Ring:
             RingFull: no space within the timeout (nothing was pushed).
             RecordTooLarge: ``len(data) > max_record``.
         """
-        seq = self._push_one(data, aux, -1.0 if timeout is None else max(timeout, 0.0))
+        seq = self._push_one(data, aux, -1.0 if timeout is None else timeout if timeout > 0 else 0.0)
         if seq > 0:
             return seq
-        if seq in (lib.TMW_ETIMEDOUT, lib.TMW_EAGAIN):
+        if seq in (_ETIMEDOUT, _EAGAIN):
             raise RingFull(f"ring full: no space for {len(data)} bytes within {timeout}s", 0)
         _raise_for(seq, "push")
         raise AssertionError("unreachable")
@@ -336,7 +362,7 @@ class Ring:
         seq = self._push_one(data, aux, 0.0)
         if seq > 0:
             return seq
-        if seq == lib.TMW_EAGAIN:
+        if seq == _EAGAIN:
             return None
         _raise_for(seq, "push")
         raise AssertionError("unreachable")
@@ -356,12 +382,12 @@ class Ring:
         slot = self._slot
         if slot < 0:
             slot = self._my_slot()
-        deadline = time.monotonic() + timeout if timeout > 0 else None
+        deadline = _monotonic() + timeout if timeout > 0 else None
         seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, timeout)
-        if seq == lib.TMW_EINTR:  # a signal handler ran; go on waiting
+        if seq == _EINTR:  # a signal handler ran; go on waiting
             if timeout == 0:
-                deadline = time.monotonic()
-            while seq == lib.TMW_EINTR:
+                deadline = _monotonic()
+            while seq == _EINTR:
                 seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _c_timeout(deadline))
         return seq
 
@@ -376,9 +402,9 @@ class Ring:
         if not records:
             return
         rc, done = self._push(records, aux, timeout)
-        if rc == lib.TMW_OK:
+        if rc == _OK:
             return
-        if rc in (lib.TMW_ETIMEDOUT, lib.TMW_EAGAIN):
+        if rc in (_ETIMEDOUT, _EAGAIN):
             raise RingFull(f"ring full: {done} of {len(records)} records pushed within {timeout}s", done)
         _raise_for(rc, "push_many")
 
@@ -388,92 +414,104 @@ class Ring:
         if not records:
             return 0
         rc, done = self._push(records, aux, 0)
-        if rc in (lib.TMW_OK, lib.TMW_EAGAIN):
+        if rc in (_OK, _EAGAIN):
             return done
         _raise_for(rc, "try_push_many")
         raise AssertionError("unreachable")
 
     # -- pop ----------------------------------------------------------------
 
-    def _pop_buffers(self, max_records: int, need: int = 0):  # type: ignore[no-untyped-def]
-        loc = self._local
-        bufs = getattr(loc, "pop", None)
-        if bufs is None or bufs[3] < max_records or len(bufs[0]) < need:
-            size = max(need, len(bufs[0]) if bufs else min(self._max_record + 16, 1 << 18))
-            n = max(max_records, bufs[3] if bufs else 0)
-            out = bytearray(size)
-            bufs = loc.pop = (
-                out,
-                ffi.new("uint32_t[]", n),
-                ffi.new("uint32_t[]", n),
-                n,
-                ffi.from_buffer(out),
-            )
-        return bufs
+    def _buffers(self, max_records: int = 0, need: int = 0) -> "_Buffers":
+        """This thread's C out-parameters and pop buffer, grown on demand."""
+        try:
+            b: _Buffers = self._local.bufs
+        except AttributeError:
+            b = None  # type: ignore[assignment]
+        if b is None or b.nrec < max_records or b.size < need:
+            size = max(need, b.size if b else min(self._max_record, _POP_BUFFER))
+            b = self._local.bufs = _Buffers(size, max(max_records, b.nrec if b else 256))
+        return b
 
-    def _pop(self, max_records: int, timeout: float | None, hold: bool) -> Batch:
-        if not isinstance(max_records, int) or max_records < 1:
-            raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
-        slot = self._my_slot()
-        npopped, seq, first_len = self._scratch()
-        out, lens, auxs, _, cout = self._pop_buffers(max_records)
-        deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
+    def pop_many(self, max_records: int = 256, *, timeout: float | None = None, hold: bool = False) -> Batch:
+        """Take up to ``max_records`` records, oldest first, waiting up to
+        ``timeout`` seconds (``None``: forever; 0: not at all) while the ring
+        is empty.
+
+        Returns a :class:`Batch`; its ``records`` list is empty if the
+        timeout passed. A pop takes the records that fit its buffer (1 MiB,
+        grown for larger records). With ``hold=True`` the records are also
+        recorded as held by this process, atomically with their removal from
+        the ring, until :meth:`release`.
+
+        Raises:
+            RingError: ``hold=True`` and this process holds ``max_held``
+                records already.
+            RingCorrupt: the shared region was overwritten.
+        """
+        r = self._r
+        if r is None:
+            raise ValueError("ring is closed")
+        try:
+            b: _Buffers = self._local.bufs
+            if b.nrec < max_records:
+                raise AttributeError
+        except AttributeError:
+            if not isinstance(max_records, int) or max_records < 1:
+                raise ValueError(f"max_records must be an int >= 1, got {max_records!r}") from None
+            b = self._buffers(max_records)
+        slot = self._slot
+        if slot < 0:
+            slot = self._my_slot()
+        if timeout is None:
+            ctimeout, deadline = -1.0, None
+        elif timeout > 0:
+            ctimeout, deadline = timeout, _monotonic() + timeout
+        else:
+            ctimeout, deadline = 0.0, None
         while True:
-            rc = lib.tmw_ring_pop(
-                self._r,
-                slot,
-                cout,
-                len(out),
-                lens,
-                auxs,
-                max_records,
-                hold,
-                0.0 if timeout is not None and timeout <= 0 else _c_timeout(deadline),
-                npopped,
-                seq,
-                first_len,
-            )
-            if rc == lib.TMW_OK:
-                n = npopped[0]
-                sizes = ffi.unpack(lens, n)
-                blob = bytes(out[: sum(sizes)]) if n > 1 else None
+            pb = b.pb
+            rc = lib.tmw_ring_pop(r, slot, pb, max_records, hold, ctimeout)
+            if rc == 0:
+                n = pb.n
+                sizes = ffi.unpack(b.lens, n)
+                mv = b.view
                 if n == 1:
-                    records = [bytes(out[: sizes[0]])]
+                    records = [mv[: sizes[0]].tobytes()]
                 else:
+                    total = sum(sizes)
                     records = []
                     o = 0
-                    for size in sizes:
-                        records.append(blob[o : o + size])  # type: ignore[index]
-                        o += size
-                return Batch(seq[0], records, ffi.unpack(auxs, n))
-            if rc == lib.TMW_EBUFSMALL:
-                out, lens, auxs, _, cout = self._pop_buffers(max_records, first_len[0])
+                    if total >= n * _SLICE_BELOW:
+                        # Large records: one copy each, no big temporary.
+                        for size in sizes:
+                            records.append(mv[o : o + size].tobytes())
+                            o += size
+                    else:
+                        # Small records: one copy out, then cheap slices.
+                        blob = mv[:total].tobytes()
+                        for size in sizes:
+                            records.append(blob[o : o + size])
+                            o += size
+                return _new_batch(Batch, (pb.first_seq, records, ffi.unpack(b.auxs, n)))
+            if rc == _EBUFSMALL:
+                b = self._buffers(max_records, pb.first_len)
                 continue
-            if rc in (lib.TMW_EAGAIN, lib.TMW_ETIMEDOUT):
-                return Batch(-1, [], [])
-            if rc == lib.TMW_EINTR:
+            if rc == _EAGAIN or rc == _ETIMEDOUT:
+                return _new_batch(Batch, (-1, [], []))
+            if rc == _EINTR:  # a signal handler ran; go on waiting
+                if deadline is not None:
+                    ctimeout = max(0.0, deadline - _monotonic())
                 continue
-            if rc == lib.TMW_EHELDFULL:
+            if rc == _EHELDFULL:
                 raise RingError(
                     f"pop with hold=True: this process already holds {self._max_held} "
                     "records (max_held); release() some first"
                 )
             _raise_for(rc, "pop")
 
-    def pop_many(self, max_records: int = 256, *, timeout: float | None = None, hold: bool = False) -> Batch:
-        """Take up to ``max_records`` records, oldest first, waiting up to
-        ``timeout`` seconds (``None``: forever) while the ring is empty.
-
-        Returns a :class:`Batch`; its ``records`` list is empty if the
-        timeout passed. With ``hold=True`` the records are also recorded as
-        held by this process, atomically with their removal from the ring,
-        until :meth:`release`.
-        """
-        return self._pop(max_records, timeout, hold)
-
     def try_pop_many(self, max_records: int = 256, *, hold: bool = False) -> Batch:
         """Take up to ``max_records`` records that are there now (maybe none)."""
-        return self._pop(max_records, 0, hold)
+        return self.pop_many(max_records, timeout=0, hold=hold)
 
     # -- held records -------------------------------------------------------
 
@@ -487,7 +525,7 @@ class Ring:
             if not arr:
                 return
             rc = lib.tmw_ring_release(self._r, slot, ffi.from_buffer("uint64_t[]", arr), len(arr))
-        if rc != lib.TMW_OK:
+        if rc != _OK:
             _raise_for(rc, "release")
 
     def held(self) -> list[Held]:
@@ -499,7 +537,7 @@ class Ring:
         cap = self._max_held
         out = ffi.new("tmw_held[]", cap)
         rc = lib.tmw_ring_held(self._handle(), slot, out, cap, n)
-        if rc != lib.TMW_OK:
+        if rc != _OK:
             _raise_for(rc, "held")
         return [Held(out[i].seq, out[i].aux) for i in range(min(n[0], cap))]
 
@@ -513,7 +551,7 @@ class Ring:
         while True:
             out = ffi.new("tmw_held[]", cap)
             rc = lib.tmw_ring_reclaim(self._handle(), pid, out, cap, n)
-            if rc != lib.TMW_OK:
+            if rc != _OK:
                 _raise_for(rc, "reclaim")
             if n[0] <= cap:
                 return [Held(out[i].seq, out[i].aux) for i in range(n[0])]
