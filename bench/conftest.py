@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from harness import Harness

@@ -28,7 +28,8 @@ import queue
 import select
 import struct
 import time
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import faster_fifo
 

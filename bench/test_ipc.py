@@ -6,9 +6,8 @@ Two processes: the benchmark process and one forked child. See bench/README.md.
 from __future__ import annotations
 
 import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
-
 from harness import Harness, consume, echo, percentile_us, ping_pong, send_round
+from pytest_benchmark.fixture import BenchmarkFixture
 
 SIZES = {"100B": 100, "10KiB": 10 * 1024}
 

@@ -33,8 +33,9 @@ import threading
 import time
 import weakref
 from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from taskmw._ring import ffi, lib
 
@@ -113,7 +114,6 @@ class RingStats:
     max_held: int
 
 
-
 # Return codes of the C core (see csrc/ring.h), as module constants for speed.
 _EAGAIN: int = lib.TMW_EAGAIN
 _EBUFSMALL: int = lib.TMW_EBUFSMALL
@@ -135,7 +135,7 @@ _ERRORS = {
     _EINVAL: "invalid argument",
 }
 
-_POP_BUFFER = 1 << 20  # default bytes a pop can take at once (grows for larger records)
+_POP_BUFFER = 1 << 20  # bytes a pop can take at once (grows for larger records)
 _SLICE_BELOW = 1024  # records smaller than this on average are sliced from one copy
 _monotonic = time.monotonic
 _new_batch = tuple.__new__  # builds a Batch without NamedTuple's slower __new__
@@ -159,7 +159,7 @@ class _Buffers:
         self.seq = ffi.new("uint64_t *")
 
 
-_live_rings: "weakref.WeakSet[Ring]" = weakref.WeakSet()
+_live_rings: weakref.WeakSet[Ring] = weakref.WeakSet()
 
 
 def _forget_slots_after_fork() -> None:
@@ -234,6 +234,7 @@ class Ring:
         self._slot = -1
         self._max_record: int = lib.tmw_ring_max_record(self._r)
         self._max_held = max_held
+        self._pop_size = min(self._max_record, _POP_BUFFER)  # a pop buffer's smallest size
         self._local = threading.local()  # per-thread _Buffers: calls release the GIL
         _live_rings.add(self)
 
@@ -251,15 +252,15 @@ class Ring:
 
     def fileno(self) -> int:
         """The eventfd written when records arrive for a sleeping consumer."""
-        return lib.tmw_ring_data_fd(self._handle())
+        return int(lib.tmw_ring_data_fd(self._handle()))
 
     def memfd(self) -> int:
         """The memfd holding the shared region (for diagnostics and tests)."""
-        return lib.tmw_ring_memfd(self._handle())
+        return int(lib.tmw_ring_memfd(self._handle()))
 
     def data_offset(self) -> int:
         """Offset of the record area inside the region (for tests)."""
-        return lib.tmw_ring_data_offset(self._handle())
+        return int(lib.tmw_ring_data_offset(self._handle()))
 
     def __len__(self) -> int:
         """Records in the ring now."""
@@ -287,7 +288,8 @@ class Ring:
 
     # -- internals ----------------------------------------------------------
 
-    def _handle(self):  # type: ignore[no-untyped-def]
+    def _handle(self) -> Any:
+        """The C handle (a cffi pointer); raises if the ring is closed."""
         r = self._r
         if r is None:
             raise ValueError("ring is closed")
@@ -323,9 +325,7 @@ class Ring:
         n = len(records)
         while True:
             ctimeout = 0.0 if timeout is not None and timeout <= 0 else _c_timeout(deadline)
-            rc = lib.tmw_ring_push(
-                r, slot, cdata + offset, clens + done, n - done, aux, ctimeout, b.count, b.seq
-            )
+            rc = lib.tmw_ring_push(r, slot, cdata + offset, clens + done, n - done, aux, ctimeout, b.count, b.seq)
             pushed = b.count[0]
             if rc == _ETOOBIG:  # the C core checks every length before pushing any
                 self._too_large(lens)
@@ -337,8 +337,7 @@ class Ring:
     def _too_large(self, lens: array) -> None:  # type: ignore[type-arg]
         big = max(range(len(lens)), key=lens.__getitem__)
         raise RecordTooLarge(
-            f"record {big} is {lens[big]} bytes; this ring takes at most "
-            f"{self._max_record} bytes per record"
+            f"record {big} is {lens[big]} bytes; this ring takes at most {self._max_record} bytes per record"
         )
 
     def push(self, data: bytes, *, aux: int = 0, timeout: float | None = None) -> int:
@@ -374,9 +373,7 @@ class Ring:
             raise ValueError("ring is closed")
         n = len(data)
         if n > self._max_record:
-            raise RecordTooLarge(
-                f"record is {n} bytes; this ring takes at most {self._max_record} bytes per record"
-            )
+            raise RecordTooLarge(f"record is {n} bytes; this ring takes at most {self._max_record} bytes per record")
         if type(data) is not bytes:
             data = ffi.from_buffer(data)
         slot = self._slot
@@ -421,15 +418,12 @@ class Ring:
 
     # -- pop ----------------------------------------------------------------
 
-    def _buffers(self, max_records: int = 0, need: int = 0) -> "_Buffers":
-        """This thread's C out-parameters and pop buffer, grown on demand."""
-        try:
-            b: _Buffers = self._local.bufs
-        except AttributeError:
-            b = None  # type: ignore[assignment]
-        if b is None or b.nrec < max_records or b.size < need:
-            size = max(need, b.size if b else min(self._max_record, _POP_BUFFER))
-            b = self._local.bufs = _Buffers(size, max(max_records, b.nrec if b else 256))
+    def _buffers(self, nrec: int = 1, size: int = 0) -> _Buffers:
+        """This thread's C out-parameters and pop buffer, grown to hold nrec
+        records and size bytes (pushing threads never need a pop buffer)."""
+        b: _Buffers | None = getattr(self._local, "bufs", None)
+        if b is None or b.nrec < nrec or b.size < size:
+            b = self._local.bufs = _Buffers(max(size, b.size if b else 0), max(nrec, b.nrec if b else 1))
         return b
 
     def pop_many(self, max_records: int = 256, *, timeout: float | None = None, hold: bool = False) -> Batch:
@@ -451,14 +445,11 @@ class Ring:
         r = self._r
         if r is None:
             raise ValueError("ring is closed")
-        try:
-            b: _Buffers = self._local.bufs
-            if b.nrec < max_records:
-                raise AttributeError
-        except AttributeError:
-            if not isinstance(max_records, int) or max_records < 1:
-                raise ValueError(f"max_records must be an int >= 1, got {max_records!r}") from None
-            b = self._buffers(max_records)
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records!r}")
+        b: _Buffers | None = getattr(self._local, "bufs", None)
+        if b is None or b.nrec < max_records or b.size < self._pop_size:
+            b = self._buffers(max_records, self._pop_size)
         slot = self._slot
         if slot < 0:
             slot = self._my_slot()
@@ -494,7 +485,7 @@ class Ring:
                             o += size
                 return _new_batch(Batch, (pb.first_seq, records, ffi.unpack(b.auxs, n)))
             if rc == _EBUFSMALL:
-                b = self._buffers(max_records, pb.first_len)
+                b = self._buffers(max_records, max(pb.first_len, b.size))
                 continue
             if rc == _EAGAIN or rc == _ETIMEDOUT:
                 return _new_batch(Batch, (-1, [], []))
@@ -565,7 +556,7 @@ class Ring:
         if r is not None:
             lib.tmw_ring_close(r)
 
-    def __enter__(self) -> "Ring":
+    def __enter__(self) -> Ring:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,8 @@ import os
 import time
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from taskmw import RecordTooLarge, Ring, RingCorrupt, RingError, RingFull
@@ -195,6 +196,11 @@ def test_bad_pop_size() -> None:
     with Ring(4096) as ring:
         with pytest.raises(ValueError, match="max_records"):
             ring.pop_many(0)
+        ring.try_pop_many(8)  # buffers exist now: the check must still be made
+        with pytest.raises(ValueError, match="max_records"):
+            ring.try_pop_many(0)
+        with pytest.raises(TypeError):
+            ring.try_pop_many("8")  # type: ignore[arg-type]
 
 
 def test_closed_ring_raises() -> None:

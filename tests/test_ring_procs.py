@@ -21,7 +21,8 @@ import struct
 import time
 import traceback
 from array import array
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -76,7 +77,7 @@ class Child:
         self._rfd = rfd
         self.status: int | None = None  # raw wait status once reaped
 
-    def __enter__(self) -> "Child":
+    def __enter__(self) -> Child:
         return self
 
     def __exit__(self, *exc: object) -> None:
