@@ -576,6 +576,46 @@ def test_producer_killed_inside_the_lock_is_recovered() -> None:
         assert ring.reclaim(producer.pid) == []
 
 
+def _pop_big_and_hold(ring: Ring) -> int:
+    return len(ring.pop_many(1, timeout=10, hold=True).records)
+
+
+LOCK_OFFSET = 24  # csrc/ring.c: shared_hdr {u64 magic; u64 capacity; u32 nslots, max_held; pthread_mutex_t lock}
+FUTEX_TID_MASK = 0x3FFFFFFF
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_consumer_killed_inside_the_lock_loses_nothing() -> None:
+    """SIGKILL a consumer while it holds the ring's lock in a pop with
+    hold=True (copying a big record out). Whatever instant it died at, the
+    record is then exactly once either still in the ring or held by the dead
+    consumer, as reclaim() reports: never both, never neither."""
+    size = 192 << 20
+    with Ring(256 << 20, spin_us=0) as ring:
+        seq = ring.push(b"\xcd" * size, aux=5)
+        with Child(_pop_big_and_hold, ring) as consumer, mmap.mmap(
+            ring.memfd(), 4096, prot=mmap.PROT_READ
+        ) as header:
+
+            def consumer_holds_lock() -> bool:
+                (owner,) = struct.unpack_from("<I", header, LOCK_OFFSET)
+                return owner & FUTEX_TID_MASK == consumer.pid
+
+            wait_until(consumer_holds_lock, 20, "the consumer to hold the lock", consumer)
+            consumer.kill()
+            assert consumer.killed_by_us()
+        held = ring.reclaim(consumer.pid)  # takes the lock: recovers first
+        st = ring.stats()
+        assert st.recoveries == 1
+        in_ring = ring.try_pop_many().records
+        assert (len(in_ring), len(held)) in [(1, 0), (0, 1)]
+        if held:
+            assert held == [(seq, 5)]
+        else:
+            assert in_ring[0] == b"\xcd" * size
+        assert ring.stats().records == 0
+
+
 # -- 4. wake-ups across processes ------------------------------------------------
 
 ROUNDS = 10
