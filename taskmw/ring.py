@@ -183,11 +183,19 @@ def _raise_for(rc: int, what: str) -> None:
     raise RingError(f"{what}: {_ERRORS.get(rc, f'error {rc}')}")
 
 
-def _c_timeout(deadline: float | None) -> float:
-    """Seconds left until deadline, as the C layer wants it (-1: forever)."""
-    if deadline is None:
-        return -1.0
-    return max(0.0, deadline - time.monotonic())
+def _timeouts(timeout: float | None) -> tuple[float, float | None]:
+    """A wait of ``timeout`` seconds as (the C layer's timeout, deadline):
+    ``None`` waits forever (-1 in C), ``<= 0`` not at all (0)."""
+    if timeout is None:
+        return -1.0, None
+    if timeout > 0:
+        return timeout, _monotonic() + timeout
+    return 0.0, None
+
+
+def _remaining(ctimeout: float, deadline: float | None) -> float:
+    """The C timeout for a wait resumed after a signal: what is left of it."""
+    return ctimeout if deadline is None else max(0.0, deadline - _monotonic())
 
 
 class Ring:
@@ -320,11 +328,10 @@ class Ring:
         r = self._handle()
         slot = self._my_slot()
         b = self._buffers()
-        deadline = None if timeout is None or timeout <= 0 else _monotonic() + timeout
+        ctimeout, deadline = _timeouts(timeout)
         done = offset = 0
         n = len(records)
         while True:
-            ctimeout = 0.0 if timeout is not None and timeout <= 0 else _c_timeout(deadline)
             rc = lib.tmw_ring_push(r, slot, cdata + offset, clens + done, n - done, aux, ctimeout, b.count, b.seq)
             pushed = b.count[0]
             if rc == _ETOOBIG:  # the C core checks every length before pushing any
@@ -333,6 +340,7 @@ class Ring:
                 return rc, done + pushed
             offset += sum(lens[done : done + pushed])
             done += pushed
+            ctimeout = _remaining(ctimeout, deadline)
 
     def _too_large(self, lens: array) -> None:  # type: ignore[type-arg]
         big = max(range(len(lens)), key=lens.__getitem__)
@@ -348,7 +356,13 @@ class Ring:
             RingFull: no space within the timeout (nothing was pushed).
             RecordTooLarge: ``len(data) > max_record``.
         """
-        seq = self._push_one(data, aux, -1.0 if timeout is None else timeout if timeout > 0 else 0.0)
+        # _timeouts(timeout), inlined: this is the hot path of every task().
+        if timeout is None:
+            seq = self._push_one(data, aux, -1.0, None)
+        elif timeout > 0:
+            seq = self._push_one(data, aux, timeout, _monotonic() + timeout)
+        else:
+            seq = self._push_one(data, aux, 0.0, None)
         if seq > 0:
             return seq
         if seq in (_ETIMEDOUT, _EAGAIN):
@@ -358,7 +372,7 @@ class Ring:
 
     def try_push(self, data: bytes, *, aux: int = 0) -> int | None:
         """Push one record if there is room now; its seq, or None if full."""
-        seq = self._push_one(data, aux, 0.0)
+        seq = self._push_one(data, aux, 0.0, None)
         if seq > 0:
             return seq
         if seq == _EAGAIN:
@@ -366,7 +380,7 @@ class Ring:
         _raise_for(seq, "push")
         raise AssertionError("unreachable")
 
-    def _push_one(self, data: bytes, aux: int, timeout: float) -> int:
+    def _push_one(self, data: bytes, aux: int, ctimeout: float, deadline: float | None) -> int:
         """The hot path of push/try_push: the seq, or a negative TMW_E* code."""
         r = self._r
         if r is None:
@@ -379,13 +393,9 @@ class Ring:
         slot = self._slot
         if slot < 0:
             slot = self._my_slot()
-        deadline = _monotonic() + timeout if timeout > 0 else None
-        seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, timeout)
-        if seq == _EINTR:  # a signal handler ran; go on waiting
-            if timeout == 0:
-                deadline = _monotonic()
-            while seq == _EINTR:
-                seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _c_timeout(deadline))
+        seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, ctimeout)
+        while seq == _EINTR:  # a signal handler ran; go on waiting
+            seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _remaining(ctimeout, deadline))
         return seq
 
     def push_many(self, records: Sequence[bytes], *, aux: int = 0, timeout: float | None = None) -> None:
@@ -453,12 +463,7 @@ class Ring:
         slot = self._slot
         if slot < 0:
             slot = self._my_slot()
-        if timeout is None:
-            ctimeout, deadline = -1.0, None
-        elif timeout > 0:
-            ctimeout, deadline = timeout, _monotonic() + timeout
-        else:
-            ctimeout, deadline = 0.0, None
+        ctimeout, deadline = _timeouts(timeout)
         while True:
             pb = b.pb
             rc = lib.tmw_ring_pop(r, slot, pb, max_records, hold, ctimeout)
@@ -490,8 +495,7 @@ class Ring:
             if rc == _EAGAIN or rc == _ETIMEDOUT:
                 return _new_batch(Batch, (-1, [], []))
             if rc == _EINTR:  # a signal handler ran; go on waiting
-                if deadline is not None:
-                    ctimeout = max(0.0, deadline - _monotonic())
+                ctimeout = _remaining(ctimeout, deadline)
                 continue
             if rc == _EHELDFULL:
                 raise RingError(
