@@ -296,6 +296,26 @@ static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t ar
 }
 
 static int data_ready(tmw_ring *r, uint64_t unused) { return ring_nonempty(r); }
+
+int tmw_ring_arm(tmw_ring *r, int slot) {
+    if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
+    ADD(&r->h->data_waiters, 1); /* as wait_for: count first, then re-check */
+    ADD(&slot_at(r, slot)->sleeping_data, 1);
+    return ring_nonempty(r);
+}
+
+int tmw_ring_disarm(tmw_ring *r, int slot) {
+    if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
+    slot_hdr *s = slot_at(r, slot);
+    if (LOAD(&s->sleeping_data) == 0) return TMW_EINVAL; /* not armed */
+    uint64_t v;
+    ssize_t got = read(r->efd_data, &v, sizeof v); /* EAGAIN: nothing pending */
+    (void)got;
+    STORE(&r->h->data_signalled, 0); /* after draining, as in wait_for */
+    ADD(&s->sleeping_data, -1);
+    ADD(&r->h->data_waiters, -1);
+    return TMW_OK;
+}
 static int space_ready(tmw_ring *r, uint64_t need) { return ring_has_space(r, need); }
 
 /* ---- life cycle -------------------------------------------------------- */

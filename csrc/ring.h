@@ -131,6 +131,18 @@ typedef struct {
 int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
                  double timeout);
 
+/* For a consumer that waits in an event loop (asyncio's add_reader on
+ * tmw_ring_data_fd) instead of inside tmw_ring_pop. tmw_ring_arm counts the
+ * slot as a sleeper, so producers will write the eventfd, then re-checks
+ * the ring: it returns 1 if records are already there (pop them now, and
+ * disarm first), 0 if the caller should wait for the eventfd. Once the
+ * eventfd is readable, tmw_ring_disarm drains it, clears the pending
+ * wake-up and stops counting the slot as a sleeper; then pop. Each arm is
+ * matched by one disarm. Safe against lost wake-ups in the same way as
+ * tmw_ring_pop's own waits. */
+int tmw_ring_arm(tmw_ring *r, int slot);
+int tmw_ring_disarm(tmw_ring *r, int slot);
+
 /* Release held records of a slot by sequence number (unknown ones are
  * ignored); n == 0 with seqs == NULL releases all. */
 int tmw_ring_release(tmw_ring *r, int slot, const uint64_t *seqs, size_t n);

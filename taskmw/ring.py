@@ -508,6 +508,43 @@ class Ring:
         """Take up to ``max_records`` records that are there now (maybe none)."""
         return self.pop_many(max_records, timeout=0, hold=hold)
 
+    # -- waiting in an event loop -----------------------------------------
+
+    def arm(self) -> bool:
+        """Ask producers to write :meth:`fileno` when records arrive, for a
+        consumer that waits in an event loop instead of in :meth:`pop_many`.
+
+        Returns True if records are already there: call :meth:`disarm` and
+        pop them now. Otherwise wait until ``fileno()`` is readable, then
+        :meth:`disarm` and pop. Each ``arm()`` needs one ``disarm()``.
+        With asyncio::
+
+            def on_readable():
+                ring.disarm()
+                while True:
+                    for rec in ring.try_pop_many().records:
+                        handle(rec)
+                    if not ring.arm():
+                        return          # armed and empty: wait for the eventfd
+                    ring.disarm()       # records came meanwhile: go on
+
+            loop.add_reader(ring.fileno(), on_readable)
+            if ring.arm():
+                loop.call_soon(on_readable)
+        """
+        rc = lib.tmw_ring_arm(self._handle(), self._my_slot())
+        if rc < 0:
+            _raise_for(rc, "arm")
+        return bool(rc)
+
+    def disarm(self) -> None:
+        """Undo :meth:`arm`: drain the eventfd and stop asking for wake-ups."""
+        rc = lib.tmw_ring_disarm(self._handle(), self._my_slot())
+        if rc == _EINVAL:
+            raise RingError("disarm() without a matching arm()")
+        if rc != _OK:
+            _raise_for(rc, "disarm")
+
     # -- held records -------------------------------------------------------
 
     def release(self, seqs: Iterable[int] | None = None) -> None:

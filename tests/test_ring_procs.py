@@ -9,6 +9,7 @@ body bounds its own waits, so a wedged ring fails a test instead of hanging it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import mmap
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from taskmw import Ring, RingFull
+from taskmw import Ring, RingError, RingFull
 
 REC = struct.Struct("<II")  # (producer id or incarnation, per-producer counter)
 PR_SET_PDEATHSIG = 1
@@ -614,6 +615,53 @@ def test_consumer_killed_inside_the_lock_loses_nothing() -> None:
         else:
             assert in_ring[0] == b"\xcd" * size
         assert ring.stats().records == 0
+
+
+def _push_with_pauses(ring: Ring, n: int) -> int:
+    for i in range(n):
+        if i % 10 == 0:
+            time.sleep(0.002)  # long enough for the reader to go back to sleep
+        ring.push(b"%d" % i, timeout=5)
+    return n
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_event_loop_reader_is_woken_through_the_eventfd() -> None:
+    """An asyncio loop waiting on fileno() with add_reader (as an ASGI
+    completion reader does), using arm()/disarm(), gets every record from a
+    producer in another process, and really sleeps in between."""
+    n = 2000
+    got: list[bytes] = []
+    with Ring(1 << 16, spin_us=0) as ring:
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            done = asyncio.Event()
+
+            def on_readable() -> None:
+                ring.disarm()
+                while True:
+                    got.extend(ring.try_pop_many().records)
+                    if len(got) >= n:
+                        done.set()
+                        return
+                    if not ring.arm():
+                        return  # armed and empty: the eventfd will call us
+                    ring.disarm()
+
+            loop.add_reader(ring.fileno(), on_readable)
+            if ring.arm():
+                loop.call_soon(on_readable)
+            with Child(_push_with_pauses, ring, n) as producer:
+                await asyncio.wait_for(done.wait(), 30)
+                assert producer.result(timeout=10) == n
+            loop.remove_reader(ring.fileno())
+
+        asyncio.run(main())
+        assert got == [b"%d" % i for i in range(n)]
+        assert ring.stats().wakeups >= 50  # it slept through most of the ~200 pauses
+        with pytest.raises(RingError, match="without a matching arm"):
+            ring.disarm()
 
 
 # -- 4. wake-ups across processes ------------------------------------------------
