@@ -55,6 +55,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -393,17 +394,38 @@ int tmw_ring_data_fd(const tmw_ring *r) { return r->efd_data; }
 uint64_t tmw_ring_max_record(const tmw_ring *r) { return r->capacity - REC_HDR; }
 uint64_t tmw_ring_data_offset(const tmw_ring *r) { return (uint64_t)(r->data - r->base); }
 
-int tmw_ring_slot_claim(tmw_ring *r, int32_t pid) {
-    if (pid <= 0) return TMW_EINVAL;
+/* Free the slots of dead process pid, returning what they held (up to cap
+ * entries in out); only if they hold at most cap. Caller holds the lock. */
+static size_t release_slots_of(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap);
+
+static int try_claim(tmw_ring *r, int32_t pid) {
     for (uint32_t i = 0; i < r->nslots; i++) {
         slot_hdr *s = slot_at(r, (int)i);
         int32_t expected = 0;
         if (__atomic_compare_exchange_n(&s->pid, &expected, pid, 0, __ATOMIC_SEQ_CST,
-                                        __ATOMIC_SEQ_CST)) {
+                                        __ATOMIC_SEQ_CST))
             return (int)i;
-        }
     }
     return TMW_ENOSLOT;
+}
+
+int tmw_ring_slot_claim(tmw_ring *r, int32_t pid) {
+    if (pid <= 0) return TMW_EINVAL;
+    int slot = try_claim(r, pid);
+    if (slot != TMW_ENOSLOT) return slot;
+    /* All taken. Processes that died without reclaim() (an HTTP worker
+     * recycled by its server, say) leave their slot behind: reuse those
+     * that hold nothing. A dead consumer's held records are never dropped
+     * here; they wait for a supervisor's reclaim(). */
+    if (lock(r)) return TMW_ECORRUPT;
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        slot_hdr *s = slot_at(r, (int)i);
+        int32_t owner = LOAD(&s->pid);
+        if (owner > 0 && owner != pid && kill(owner, 0) < 0 && errno == ESRCH)
+            release_slots_of(r, owner, NULL, 0);
+    }
+    unlock(r);
+    return try_claim(r, pid);
 }
 
 /* ---- push --------------------------------------------------------------- */
@@ -649,34 +671,37 @@ int tmw_ring_held(tmw_ring *r, int slot, tmw_held *out, size_t cap, size_t *n) {
     return rc;
 }
 
+static size_t release_slots_of(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap) {
+    size_t total = 0;
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        slot_hdr *s = slot_at(r, (int)i);
+        if (LOAD(&s->pid) == pid) total = copy_held(r, s, out, cap, total);
+    }
+    if (total > cap) return total; /* the caller's buffer is too small: free nothing */
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        slot_hdr *s = slot_at(r, (int)i);
+        if (LOAD(&s->pid) != pid) continue;
+        /* Undo the dead process's share of the waiter counts, and clear
+         * any wake-up flag it may have left set. */
+        uint32_t d = __atomic_exchange_n(&s->sleeping_data, 0, __ATOMIC_SEQ_CST);
+        uint32_t sp = __atomic_exchange_n(&s->sleeping_space, 0, __ATOMIC_SEQ_CST);
+        if (d) ADD(&r->h->data_waiters, -d);
+        if (sp) ADD(&r->h->space_waiters, -sp);
+        STORE(&r->h->data_signalled, 0);
+        STORE(&r->h->space_signalled, 0);
+        STORE(&s->held_count, 0);
+        STORE(&s->pid, 0);
+    }
+    return total;
+}
+
 int tmw_ring_reclaim(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap, size_t *n) {
     *n = 0;
     if (pid <= 0) return TMW_EINVAL;
     /* Taking the lock first finishes any commit the dead process left. */
     int rc = lock(r);
     if (rc) return rc;
-    size_t total = 0;
-    for (uint32_t i = 0; i < r->nslots; i++) {
-        slot_hdr *s = slot_at(r, (int)i);
-        if (LOAD(&s->pid) == pid) total = copy_held(r, s, out, cap, total);
-    }
-    *n = total;
-    if (total <= cap) {
-        for (uint32_t i = 0; i < r->nslots; i++) {
-            slot_hdr *s = slot_at(r, (int)i);
-            if (LOAD(&s->pid) != pid) continue;
-            /* Undo the dead process's share of the waiter counts, and clear
-             * any wake-up flag it may have left set. */
-            uint32_t d = __atomic_exchange_n(&s->sleeping_data, 0, __ATOMIC_SEQ_CST);
-            uint32_t sp = __atomic_exchange_n(&s->sleeping_space, 0, __ATOMIC_SEQ_CST);
-            if (d) ADD(&r->h->data_waiters, -d);
-            if (sp) ADD(&r->h->space_waiters, -sp);
-            STORE(&r->h->data_signalled, 0);
-            STORE(&r->h->space_signalled, 0);
-            STORE(&s->held_count, 0);
-            STORE(&s->pid, 0);
-        }
-    }
+    *n = release_slots_of(r, pid, out, cap);
     unlock(r);
     return TMW_OK;
 }

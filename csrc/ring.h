@@ -89,7 +89,9 @@ uint64_t tmw_ring_max_record(const tmw_ring *r);
 uint64_t tmw_ring_data_offset(const tmw_ring *r);
 
 /* Claim a free slot for process pid; returns the slot index (>= 0) or
- * TMW_ENOSLOT. A process may claim several slots (one per consuming thread). */
+ * TMW_ENOSLOT. When none is free, slots of dead processes that hold no
+ * records are freed and reused (those that hold records wait for
+ * tmw_ring_reclaim, so nothing they held is forgotten). */
 int tmw_ring_slot_claim(tmw_ring *r, int32_t pid);
 
 /* Push n records. data holds their payloads back to back; lens[i] is the

@@ -664,6 +664,34 @@ def test_event_loop_reader_is_woken_through_the_eventfd() -> None:
             ring.disarm()
 
 
+def _push_one(ring: Ring) -> int:
+    return ring.push(b"hi", timeout=5)
+
+
+def _pop_hold(ring: Ring) -> list[bytes]:
+    return ring.pop_many(1, timeout=5, hold=True).records
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_slots_of_dead_processes_are_reused_unless_they_hold_records() -> None:
+    """Processes that die without reclaim() (recycled HTTP workers) must not
+    use up the slots; but a dead consumer's held records are never dropped
+    to make room: its slot waits for reclaim()."""
+    with Ring(1 << 16, slots=2) as ring:
+        ring.push(b"parent")  # the parent takes one slot
+        for _ in range(5):  # five producers in turn share the other one
+            with Child(_push_one, ring) as producer:
+                producer.result(timeout=10)
+        with Child(_pop_hold, ring) as consumer:  # dies holding b"parent"
+            assert consumer.result(timeout=10) == [b"parent"]
+        with Child(_push_one, ring) as producer:
+            with pytest.raises(ChildFailed, match="no free slot"):
+                producer.result(timeout=10)
+        assert [h.seq for h in ring.reclaim(consumer.pid)] == [1]
+        with Child(_push_one, ring) as producer:
+            assert producer.result(timeout=10) == 7  # seqs 2-6 went to the five producers
+
+
 # -- 4. wake-ups across processes ------------------------------------------------
 
 ROUNDS = 10
