@@ -250,6 +250,25 @@ static void wake(tmw_ring *r, uint32_t *waiters, uint32_t *signalled, int fd) {
     BUMP(&r->h->wakeups);
 }
 
+/* Count the caller (and its slot) as a sleeper; producers then write fd. */
+static void sleeper_in(uint32_t *waiters, uint32_t *mine) {
+    ADD(waiters, 1); /* seq-cst: the caller re-checks the ring after this */
+    ADD(mine, 1);
+}
+
+/* Stop counting the caller as a sleeper, draining any wake-up meant for it. */
+static void sleeper_out(uint32_t *waiters, uint32_t *mine, uint32_t *signalled, int fd) {
+    uint64_t v;
+    ssize_t got = read(fd, &v, sizeof v); /* EAGAIN: nothing pending, or another took it */
+    (void)got;
+    /* Clear the flag after draining the eventfd (never before: a producer
+     * seeing the flag set skips its write, and the caller re-checks the ring
+     * after this). */
+    STORE(signalled, 0);
+    ADD(mine, -1);
+    ADD(waiters, -1);
+}
+
 /* Wait until ready(r, arg) or the deadline. Spin first, then sleep on fd. */
 static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t arg,
                     uint32_t *waiters, uint32_t *signalled, uint32_t *mine, int fd,
@@ -265,8 +284,7 @@ static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t ar
             if ((i & 63) == 0 && now_ns() >= until) break;
         }
     }
-    ADD(waiters, 1);
-    ADD(mine, 1);
+    sleeper_in(waiters, mine);
     int rc = TMW_OK;
     if (!ready(r, arg)) {
         uint64_t now = now_ns();
@@ -280,28 +298,20 @@ static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t ar
             int n = ppoll(&p, 1, &ts, NULL);
             if (n < 0 && errno == EINTR) rc = TMW_EINTR;
             else if (n < 0) rc = TMW_ESYS;
-            if (n > 0) {
-                uint64_t v;
-                ssize_t got = read(fd, &v, sizeof v); /* EAGAIN: another waiter took it */
-                (void)got;
-            }
-            /* Clear the flag after draining the eventfd (never before: a
-             * producer seeing the flag set skips its write, and we re-check
-             * the ring after this). */
-            STORE(signalled, 0);
         }
     }
-    ADD(mine, -1);
-    ADD(waiters, -1);
+    sleeper_out(waiters, mine, signalled, fd);
     return rc;
 }
 
 static int data_ready(tmw_ring *r, uint64_t unused) { return ring_nonempty(r); }
 
+static int space_ready(tmw_ring *r, uint64_t need) { return ring_has_space(r, need); }
+
+/* An event-loop consumer's wait is wait_for's sleep split in two. */
 int tmw_ring_arm(tmw_ring *r, int slot) {
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
-    ADD(&r->h->data_waiters, 1); /* as wait_for: count first, then re-check */
-    ADD(&slot_at(r, slot)->sleeping_data, 1);
+    sleeper_in(&r->h->data_waiters, &slot_at(r, slot)->sleeping_data);
     return ring_nonempty(r);
 }
 
@@ -309,15 +319,9 @@ int tmw_ring_disarm(tmw_ring *r, int slot) {
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
     slot_hdr *s = slot_at(r, slot);
     if (LOAD(&s->sleeping_data) == 0) return TMW_EINVAL; /* not armed */
-    uint64_t v;
-    ssize_t got = read(r->efd_data, &v, sizeof v); /* EAGAIN: nothing pending */
-    (void)got;
-    STORE(&r->h->data_signalled, 0); /* after draining, as in wait_for */
-    ADD(&s->sleeping_data, -1);
-    ADD(&r->h->data_waiters, -1);
+    sleeper_out(&r->h->data_waiters, &s->sleeping_data, &r->h->data_signalled, r->efd_data);
     return TMW_OK;
 }
-static int space_ready(tmw_ring *r, uint64_t need) { return ring_has_space(r, need); }
 
 /* ---- life cycle -------------------------------------------------------- */
 
