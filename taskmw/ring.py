@@ -130,7 +130,6 @@ _OK: int = lib.TMW_OK
 _ERRORS = {
     _ETOOBIG: "record larger than the ring's max_record",
     _ECORRUPT: "shared ring memory is corrupt",
-    _EHELDFULL: "this process already holds max_held records: release() some first",
     _ENOSLOT: "no free slot in the ring: raise `slots` or reclaim dead processes",
     _EINVAL: "invalid argument",
 }
