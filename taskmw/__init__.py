@@ -1,9 +1,23 @@
 """taskmw: task workers for any WSGI or ASGI application.
 
-The IPC core is available today as :class:`taskmw.Ring`; the task server
-(``TaskMiddleware``, ``TaskServer``) builds on it.
+Wrap an app and queue work from its handlers::
+
+    from taskmw import TaskMiddleware
+
+    app = TaskMiddleware(app, task_workers=4)         # WSGI or ASGI, detected
+
+    def handler(environ, start_response):
+        task_id = environ["taskmw.server"].task(send_mail, to, subject=s)
+
+A pool of pre-forked worker processes runs the tasks; each task's outcome
+comes back, as a :class:`TaskFinishEvent`, to the ``on_finish`` hooks of the
+process that queued it. Without a web app: ``with TaskServer() as server``.
 """
 
+from taskmw.errors import PoolClosed, QueueFull, TaskFailed, TaskmwError
+from taskmw.events import STATUSES, Status, TaskError, TaskEvent, TaskFinishEvent
+from taskmw.hookspecs import hookimpl, hookspec
+from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware, WSGITaskMiddleware
 from taskmw.ring import (
     Batch,
     Held,
@@ -14,14 +28,38 @@ from taskmw.ring import (
     RingFull,
     RingStats,
 )
+from taskmw.server import TaskServer
+from taskmw.tasks import DeferredListener, ServiceTask, Task, TaskFunction, current_server, deferred, task
 
 __all__ = [
+    "ASGITaskMiddleware",
     "Batch",
+    "DeferredListener",
     "Held",
+    "PoolClosed",
+    "QueueFull",
     "RecordTooLarge",
     "Ring",
     "RingCorrupt",
     "RingError",
     "RingFull",
     "RingStats",
+    "STATUSES",
+    "ServiceTask",
+    "Status",
+    "Task",
+    "TaskError",
+    "TaskEvent",
+    "TaskFailed",
+    "TaskFinishEvent",
+    "TaskFunction",
+    "TaskMiddleware",
+    "TaskServer",
+    "TaskmwError",
+    "WSGITaskMiddleware",
+    "current_server",
+    "deferred",
+    "hookimpl",
+    "hookspec",
+    "task",
 ]

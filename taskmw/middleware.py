@@ -1,0 +1,141 @@
+"""TaskMiddleware: gives a WSGI or ASGI app a task pool.
+
+Example::
+
+    from flask import Flask
+    from taskmw import TaskMiddleware
+
+    flask_app = Flask(__name__)
+
+    @flask_app.post("/signup")
+    def signup():
+        server = request.environ["taskmw.server"]
+        server.task(send_welcome_mail, request.form["email"])
+        return "ok"
+
+    app = TaskMiddleware(flask_app, task_workers=4)   # serve `app`
+
+The app kind is detected (an ``async def __call__`` or coroutine function is
+ASGI 3) and the wrapper looks like what it wraps to the server that inspects
+it. The pool is ``app.server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Literal
+
+from taskmw.server import TaskServer
+from taskmw.tasks import _current
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ENVIRON_KEY = "taskmw.server"
+"""The key under which handlers find the pool: ``environ[...]`` or ``scope[...]``."""
+
+
+def _is_asgi(app: Any) -> bool:
+    if inspect.iscoroutinefunction(app):
+        return True
+    call = getattr(app, "__call__", None)  # noqa: B004 - we need the method itself
+    return inspect.iscoroutinefunction(call)
+
+
+class TaskMiddleware:
+    """Wrap ``app`` (WSGI or ASGI) and build its task pool.
+
+    Args:
+        app: the WSGI or ASGI 3 application.
+        task_workers: task worker processes.
+        server: use this pool instead of building one (the other settings
+            must then be omitted).
+        interface: ``"wsgi"`` or ``"asgi"`` to skip detection.
+        **settings: the other :class:`TaskServer` settings (``plugins``,
+            ``listeners``, ``queue_timeout``, …).
+
+    Handlers find the pool at ``environ["taskmw.server"]`` (WSGI) or
+    ``scope["taskmw.server"]`` (ASGI), and :func:`taskmw.current_server`
+    returns it during a request.
+    """
+
+    server: TaskServer
+    app: Any
+
+    def __new__(
+        cls,
+        app: Any,
+        task_workers: int = 4,
+        *,
+        server: TaskServer | None = None,
+        interface: Literal["wsgi", "asgi"] | None = None,
+        plugins: Iterable[object] = (),
+        **settings: Any,
+    ) -> TaskMiddleware:
+        if cls is TaskMiddleware:
+            if interface not in (None, "wsgi", "asgi"):
+                raise ValueError(f"interface must be 'wsgi', 'asgi' or None (detect), got {interface!r}")
+            if not callable(app):
+                raise TypeError(f"TaskMiddleware wraps a WSGI or ASGI app (a callable), got {app!r}")
+            asgi = _is_asgi(app) if interface is None else interface == "asgi"
+            cls = ASGITaskMiddleware if asgi else WSGITaskMiddleware
+        return object.__new__(cls)
+
+    def __init__(
+        self,
+        app: Any,
+        task_workers: int = 4,
+        *,
+        server: TaskServer | None = None,
+        interface: Literal["wsgi", "asgi"] | None = None,
+        plugins: Iterable[object] = (),
+        **settings: Any,
+    ) -> None:
+        if server is not None and (settings or plugins):
+            raise ValueError("give either server= or the settings of a new pool, not both")
+        self.app = app
+        self.server = server if server is not None else TaskServer(task_workers, plugins=plugins, **settings)
+
+    def close(self) -> None:
+        """Stop the pool (see :meth:`TaskServer.close`)."""
+        self.server.close()
+
+
+class WSGITaskMiddleware(TaskMiddleware):
+    """The WSGI form of :class:`TaskMiddleware`."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ[ENVIRON_KEY] = self.server
+        token = _current.set(self.server)
+        try:
+            return self.app(environ, start_response)  # type: ignore[no-any-return]
+        finally:
+            _current.reset(token)
+
+
+class ASGITaskMiddleware(TaskMiddleware):
+    """The ASGI 3 form of :class:`TaskMiddleware`. On lifespan shutdown the
+    pool is closed (after the app's own shutdown, off the event loop, while
+    the loop goes on delivering finishes)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[ENVIRON_KEY] = self.server
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
+        token = _current.set(self.server)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current.reset(token)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message.get("type") == "lifespan.shutdown.complete":
+                await asyncio.get_running_loop().run_in_executor(None, self.server.close)
+            await send(message)
+
+        return wrapped

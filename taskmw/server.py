@@ -1,0 +1,568 @@
+"""The pool: :class:`TaskServer` queues tasks and delivers their finishes.
+
+Where a task goes (four files): it is **queued** here (:meth:`TaskServer.task`
+writes a record into the submit ring), **carried** by :mod:`taskmw.ring`,
+**run** by :mod:`taskmw.worker`, and **finished** here again: the worker
+writes the outcome into the completion channel of the process that queued
+the task, whose reader (a thread, or the event loop under ASGI) turns it into
+a :class:`~taskmw.TaskFinishEvent` and calls the ``on_finish`` hooks.
+
+Each process that queues tasks claims one completion channel (a small ring)
+of the pool, the first time it queues. A claim is a POSIX record lock on the
+channel's memfd, so it dies with its process and the channel can be claimed
+again; finishes meant for the dead owner (ids below the new owner's first
+id) are logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import fcntl
+import logging
+import mmap
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from taskmw import _codec, hookspecs
+from taskmw._codec import KIND_CALL, KIND_DATA, READER_STOP, WANT
+from taskmw.errors import PoolClosed, QueueFull, TaskFailed
+from taskmw.events import TaskFinishEvent
+from taskmw.listeners import DeferredResolver, Dispatcher, Invoker, Listener
+from taskmw.ring import Batch, RecordTooLarge, Ring, RingFull
+from taskmw.tasks import ServiceTask, Task, _set_default
+
+log = logging.getLogger(__name__)
+
+_live: weakref.WeakSet[TaskServer] = weakref.WeakSet()
+
+
+class _Completions:
+    """This process's claim on one completion channel, and its reader."""
+
+    def __init__(self, index: int, ring: Ring, floor: int) -> None:
+        self.index = index
+        self.ring = ring
+        self.floor = floor  # ids below it were queued by an earlier owner of the channel
+        self.lock = threading.Lock()
+        self.waiters: dict[int, Callable[[TaskFinishEvent], None] | None] = {}
+        self.early: dict[int, TaskFinishEvent] = {}  # waited-for finishes that beat their waiter
+        self.sent = 0  # tasks queued by this process
+        self.done = 0  # finishes delivered to it
+        self.idle = threading.Condition(self.lock)
+        self.thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+class TaskServer:
+    """A pool of pre-forked task worker processes.
+
+    The pool is forked when it is built: a supervisor process starts
+    ``task_workers`` workers, replaces any that die, and stops them when the
+    pool closes (or when the process that built it exits). Every process
+    forked later from the builder (gunicorn's HTTP workers with
+    ``--preload``) shares the pool.
+
+    Use it as a context manager in scripts and tests::
+
+        with TaskServer(task_workers=4) as server:
+            task_id = server.task(send_mail, to, subject="hi")
+
+    Args:
+        task_workers: worker processes (N tasks run at once; 1 gives strict
+            FIFO order).
+        plugins: objects with ``@taskmw.hookimpl`` methods.
+        listeners: ``{DataType: [listener or service name, ...]}`` for the
+            built-in dispatcher of data objects.
+        entrypoints: also load plugins of the entry-point group ``taskmw``.
+        queue_bytes: size of the task queue (shared memory, allocated as used).
+        queue_timeout: seconds ``task()`` waits for room in a full queue
+            before raising :class:`~taskmw.QueueFull`.
+        task_concurrency: ``async def`` tasks one worker runs at once.
+        shutdown_timeout: seconds :meth:`close` lets queued tasks run before
+            the rest finish ``cancelled``.
+        max_dispatchers: processes that may queue tasks at once (each
+            claims a completion channel; a dead one's is reused).
+        result_bytes: size of each process's completion channel.
+
+    Raises:
+        ValueError: a setting is out of range (the message names it).
+    """
+
+    def __init__(
+        self,
+        task_workers: int = 4,
+        *,
+        plugins: Iterable[object] = (),
+        listeners: Mapping[type, Sequence[Listener]] | None = None,
+        entrypoints: bool = True,
+        queue_bytes: int = 16 << 20,
+        queue_timeout: float = 5.0,
+        task_concurrency: int = 100,
+        shutdown_timeout: float = 30.0,
+        max_dispatchers: int = 32,
+        result_bytes: int = 1 << 20,
+    ) -> None:
+        _check_int("task_workers", task_workers, 1, 1024)
+        _check_int("task_concurrency", task_concurrency, 1, 10000)
+        _check_int("max_dispatchers", max_dispatchers, 1, 4096)
+        _check_int("queue_bytes", queue_bytes, 4096, 1 << 40)
+        _check_int("result_bytes", result_bytes, 4096, 1 << 40)
+        _check_seconds("queue_timeout", queue_timeout)
+        _check_seconds("shutdown_timeout", shutdown_timeout)
+        self.task_workers = task_workers
+        self.queue_timeout = float(queue_timeout)
+        self.task_concurrency = task_concurrency
+        self.shutdown_timeout = float(shutdown_timeout)
+
+        self.plugins = pluggy.PluginManager(hookspecs.PROJECT)
+        """The pluggy plugin manager (register more plugins before tasks run)."""
+        self.plugins.add_hookspecs(hookspecs)
+        self.plugins.register(Invoker(), "taskmw.invoker")
+        self.plugins.register(Dispatcher(listeners or {}), "taskmw.dispatcher")
+        self.plugins.register(DeferredResolver(), "taskmw.deferred")
+        if entrypoints:
+            _load_entrypoints(self.plugins)
+        for plugin in plugins:
+            self.plugins.register(plugin)
+        self.hook = self.plugins.hook
+        _check_no_wrappers(self.plugins)
+
+        dispatchers = max_dispatchers
+        self._submit = Ring(
+            queue_bytes, slots=dispatchers + 2 * task_workers + 8, max_held=max(256, task_concurrency + 128)
+        )
+        self._channels = [Ring(result_bytes, slots=2 * task_workers + 8, max_held=1) for _ in range(dispatchers)]
+        self._state = mmap.mmap(-1, mmap.PAGESIZE)  # shared (MAP_SHARED|MAP_ANONYMOUS) with every forked process
+        self._owner = os.getpid()
+        self._closed = False
+        self._comp: _Completions | None = None
+        self._claim_lock = threading.Lock()
+        self.worker_id: int | None = None
+        """In a task worker: its index (0 … task_workers-1); elsewhere ``None``."""
+
+        from taskmw import supervisor  # here: supervisor imports worker, which imports this module
+
+        self.supervisor_pid: int = supervisor.spawn(self)
+        """The pid of the process that owns the task workers."""
+        _live.add(self)
+        _set_default(self)
+        log.debug("pool started: %d task workers, supervisor pid %d", task_workers, self.supervisor_pid)
+
+    # -- queuing -------------------------------------------------------------
+
+    def task(self, fn_or_data: Any, /, *args: Any, **kwargs: Any) -> int:
+        """Queue a task; returns its id at once.
+
+        ``fn_or_data`` is a callable (run as ``fn(*args, **kwargs)``), a
+        :class:`~taskmw.Task` or :class:`~taskmw.ServiceTask`, or any other
+        picklable object, which the dispatcher hands to the listeners of its
+        type. Ids are unique and increasing across every process of the pool.
+
+        Raises:
+            TypeError: something cannot be pickled (the message names it),
+                or arguments were given with a data object.
+            ValueError: the task is larger than the queue can carry.
+            QueueFull: no room in the queue within ``queue_timeout`` seconds.
+            PoolClosed: the pool has stopped.
+        """
+        payload, kind = self._encode(fn_or_data, args, kwargs)
+        return self._queue(payload, kind)
+
+    def _encode(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, int]:
+        if type(obj) is Task:
+            if args or kwargs:
+                raise TypeError("task(Task(...)) takes no further arguments: put them in the Task")
+            return _codec.encode_call(obj.fn, obj.args, obj.kwargs), KIND_CALL
+        if isinstance(obj, ServiceTask) or not callable(obj) or isinstance(obj, type):
+            if args or kwargs:
+                raise TypeError(
+                    f"task() got arguments with a data object of type {type(obj).__qualname__}: "
+                    "only a callable takes arguments"
+                )
+            return _codec.encode_data(obj), KIND_DATA
+        return _codec.encode_call(obj, args, kwargs), KIND_CALL
+
+    def _queue(self, payload: bytes, aux: int) -> int:
+        comp = self._comp
+        if comp is None or (comp.loop is not None and comp.loop.is_closed()):
+            comp = self._claim()
+        if self._state[0]:
+            raise PoolClosed("the task pool has stopped; no more tasks can be queued")
+        try:
+            task_id = self._submit.push(payload, aux=comp.index | aux, timeout=self.queue_timeout)
+        except RingFull:
+            if not _alive(self.supervisor_pid):
+                raise PoolClosed(f"the pool's supervisor (pid {self.supervisor_pid}) is gone") from None
+            raise QueueFull(
+                f"the task queue stayed full for queue_timeout={self.queue_timeout}s "
+                f"({self._submit.stats().records} tasks waiting): the task was not queued"
+            ) from None
+        except RecordTooLarge:
+            raise ValueError(
+                f"the task is {len(payload)} bytes pickled; the queue carries at most "
+                f"{self._submit.max_record} (raise queue_bytes)"
+            ) from None
+        comp.sent += 1
+        return task_id
+
+    # -- waiting for results ---------------------------------------------------
+
+    def taskwait(self, fn_or_data: Any, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Queue a task and wait up to ``timeout`` seconds for its return value.
+
+        Raises:
+            TaskFailed: it did not finish ``ok`` (``.event`` says why).
+            TimeoutError: it did not finish in time (it still runs, and its
+                finish still reaches ``on_finish``).
+            RuntimeError: called on the event loop that delivers finishes
+                (use ``await task_async(...)`` there).
+        """
+        event = self._wait_ids([self._queue_waited(fn_or_data, args, kwargs)], timeout)[0]
+        if event is None:
+            raise TimeoutError(f"task did not finish within {timeout}s")
+        if not event.ok:
+            raise TaskFailed(event)
+        return event.return_value
+
+    def taskwait_multi(self, tasks: Sequence[Any], *, timeout: float | None = None) -> list[TaskFinishEvent | None]:
+        """Queue several tasks (callables, :class:`~taskmw.Task`\\ s or data
+        objects) and wait up to ``timeout`` seconds for all of them.
+
+        Returns their finish events in order; ``None`` for any that had not
+        finished in time (like Swoole's ``taskWaitMulti``).
+        """
+        ids = [self._queue_waited(t, (), {}) for t in tasks]
+        return self._wait_ids(ids, timeout)
+
+    async def task_async(self, fn_or_data: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Queue a task and ``await`` its return value (for ASGI apps).
+
+        Raises:
+            TaskFailed: it did not finish ``ok``.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[TaskFinishEvent] = loop.create_future()
+        task_id = self._queue_waited(fn_or_data, args, kwargs)
+        comp = self._comp
+        assert comp is not None
+
+        if comp.loop is loop:
+            deliver: Callable[[TaskFinishEvent], None] = fut.set_result
+        else:
+
+            def deliver(ev: TaskFinishEvent) -> None:
+                loop.call_soon_threadsafe(_set_result, fut, ev)
+
+        with comp.lock:
+            early = comp.early.pop(task_id, None)
+            if early is None:
+                comp.waiters[task_id] = deliver
+        if early is not None:
+            fut.set_result(early)
+        try:
+            event = await fut
+        finally:
+            if not fut.done():
+                with comp.lock:
+                    comp.waiters[task_id] = None  # abandoned: drop its finish when it comes
+        if not event.ok:
+            raise TaskFailed(event)
+        return event.return_value
+
+    def _queue_waited(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        payload, kind = self._encode(obj, args, kwargs)
+        return self._queue(payload, kind | WANT)
+
+    def _wait_ids(self, ids: list[int], timeout: float | None) -> list[TaskFinishEvent | None]:
+        comp = self._comp
+        assert comp is not None
+        if comp.loop is not None and _running_loop() is comp.loop:
+            raise RuntimeError("taskwait() would block the event loop that delivers finishes: await task_async()")
+        futs: dict[int, concurrent.futures.Future[TaskFinishEvent]] = {}
+        with comp.lock:
+            for task_id in ids:
+                fut: concurrent.futures.Future[TaskFinishEvent] = concurrent.futures.Future()
+                early = comp.early.pop(task_id, None)
+                if early is not None:
+                    fut.set_result(early)
+                else:
+                    comp.waiters[task_id] = fut.set_result
+                futs[task_id] = fut
+        concurrent.futures.wait(futs.values(), timeout=timeout)
+        out: list[TaskFinishEvent | None] = []
+        with comp.lock:
+            for task_id, fut in futs.items():
+                if fut.done():
+                    out.append(fut.result())
+                else:
+                    comp.waiters[task_id] = None
+                    out.append(None)
+        return out
+
+    # -- this process's completion channel ---------------------------------------
+
+    def _claim(self) -> _Completions:
+        """Claim a free completion channel and start reading it: on the running
+        event loop if there is one, else on a thread."""
+        with self._claim_lock:
+            if self._comp is not None and (self._comp.loop is None or not self._comp.loop.is_closed()):
+                return self._comp
+            if self._comp is not None:  # its event loop closed: keep the channel, read it anew
+                comp = self._comp
+                comp.loop = None
+            else:
+                comp = self._claim_channel()
+            loop = _running_loop()
+            if loop is not None:
+                comp.loop = loop
+                loop.add_reader(comp.ring.fileno(), self._on_readable, comp)
+                if comp.ring.arm():
+                    loop.call_soon(self._on_readable, comp)
+            else:
+                comp.thread = threading.Thread(
+                    target=self._read_forever, args=(comp,), name=f"taskmw-finishes-{comp.index}", daemon=True
+                )
+                comp.thread.start()
+            self._comp = comp
+            return comp
+
+    def _claim_channel(self) -> _Completions:
+        for index, ring in enumerate(self._channels):
+            try:
+                fcntl.lockf(ring.memfd(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+            except OSError:
+                continue
+            floor = self._submit.stats().next_seq
+            stale = 0
+            while True:
+                batch = ring.try_pop_many(256)
+                if not batch.records:
+                    break
+                stale += len(batch.records)
+            if stale:
+                log.info("completion channel %d: dropped %d finishes of its previous owner", index, stale)
+            return _Completions(index, ring, floor)
+        raise PoolClosed(
+            f"all {len(self._channels)} completion channels are claimed by live processes: "
+            "raise max_dispatchers to let more processes queue tasks"
+        )
+
+    def _read_forever(self, comp: _Completions) -> None:
+        while True:
+            batch = comp.ring.pop_many(256, timeout=None)
+            if self._deliver(comp, batch):
+                return
+
+    def _on_readable(self, comp: _Completions) -> None:
+        ring = comp.ring
+        ring.disarm()
+        while True:
+            batch = ring.try_pop_many(256)
+            if batch.records:
+                self._deliver(comp, batch)
+                continue
+            if not ring.arm():
+                return  # armed and empty: wait for the eventfd
+            ring.disarm()
+
+    def _deliver(self, comp: _Completions, batch: Batch) -> bool:
+        """Run ``on_finish`` for each finish of a batch; True if the stop marker came."""
+        stop = False
+        hook = self.hook.on_finish
+        for rec, aux in zip(batch.records, batch.auxs, strict=True):
+            if aux & READER_STOP:
+                stop = True
+                continue
+            try:
+                event = _codec.decode_finish(rec)
+            except Exception:
+                log.exception("completion channel %d: an unreadable finish record was dropped", comp.index)
+                continue
+            if event.task_id < comp.floor:
+                log.warning("dropped the finish of task %d, queued by an earlier process", event.task_id)
+                continue
+            if aux & WANT:
+                with comp.lock:
+                    if event.task_id in comp.waiters:
+                        deliver = comp.waiters.pop(event.task_id)
+                        if deliver is not None:
+                            deliver(event)
+                    else:
+                        comp.early[event.task_id] = event
+            _call_each(hook, {"event": event})
+            with comp.lock:
+                comp.done += 1
+                if comp.done >= comp.sent:
+                    comp.idle.notify_all()
+        return stop
+
+    # -- lifetime ------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once the pool stopped taking tasks."""
+        return self._closed or bool(self._state[0])
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the pool (in the process that built it) or leave it (in any
+        other): queued tasks run for up to ``shutdown_timeout`` seconds, the
+        rest finish ``cancelled``, and this process's finishes are delivered
+        before ``close()`` returns. No process of the pool is left behind.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        if os.getpid() == self._owner:
+            self._stop_supervisor(timeout)
+        comp, self._comp = self._comp, None
+        if comp is not None:
+            loop = comp.loop
+            if comp.thread is not None or (loop is not None and loop.is_running() and _running_loop() is not loop):
+                with comp.lock:  # wait for the finishes of this process's tasks
+                    comp.idle.wait_for(lambda: comp.done >= comp.sent, timeout=timeout)
+            self._stop_reader(comp)
+        _live.discard(self)
+
+    def _stop_supervisor(self, timeout: float) -> None:
+        self._state[0] = 1
+        pid = self.supervisor_pid
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout + 5.0
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else (an app server's arbiter)
+                done = pid if not _alive(pid) else 0
+            if done:
+                return
+            if time.monotonic() > deadline:
+                log.error("supervisor %d did not stop within %.1fs: killing it", pid, timeout + 5.0)
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+            time.sleep(0.01)
+
+    def _stop_reader(self, comp: _Completions) -> None:
+        if comp.thread is not None:
+            comp.ring.push(b"", aux=READER_STOP, timeout=5.0)
+            comp.thread.join(5.0)
+        elif comp.loop is not None and not comp.loop.is_closed():
+            try:
+                comp.loop.remove_reader(comp.ring.fileno())
+            except RuntimeError:  # the loop is closing from another thread
+                pass
+        try:
+            fcntl.lockf(comp.ring.memfd(), fcntl.LOCK_UN, 1, 0)
+        except OSError:
+            pass
+
+    def __enter__(self) -> TaskServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "running"
+        return f"<TaskServer {state} task_workers={self.task_workers} supervisor={self.supervisor_pid}>"
+
+    # -- in forked processes ----------------------------------------------------
+
+    def _forget_process_state(self) -> None:
+        """After fork: this process has claimed no channel and runs no reader."""
+        self._comp = None
+        self._claim_lock = threading.Lock()
+
+
+def _set_result(fut: asyncio.Future[TaskFinishEvent], event: TaskFinishEvent) -> None:
+    if not fut.done():
+        fut.set_result(event)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:
+    """Call every implementation of ``hook`` in pluggy's order; an exception
+    is logged and does not stop the others."""
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            impl.function(*[kwargs[name] for name in impl.argnames])
+        except Exception:
+            log.exception("plugin %s failed in %s", impl.plugin_name, hook.name)
+
+
+def _check_no_wrappers(pm: pluggy.PluginManager) -> None:
+    for name in ("on_task", "on_finish", "on_worker_start", "on_worker_stop"):
+        for impl in getattr(pm.hook, name).get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                raise ValueError(
+                    f"plugin {impl.plugin_name!r}: {name} cannot be a hook wrapper "
+                    "(taskmw calls its implementations one by one)"
+                )
+
+
+def _load_entrypoints(pm: pluggy.PluginManager) -> None:
+    """Register the plugins of the entry-point group ``taskmw``; one that fails
+    to load is logged once, by name, and skipped."""
+    for ep in entry_points(group=hookspecs.PROJECT):
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception:
+            log.exception("taskmw plugin %r (%s) failed to load and is skipped", ep.name, ep.value)
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1e9:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
+def _after_fork_in_child() -> None:
+    for server in list(_live):
+        server._forget_process_state()
+
+
+def _close_all_at_exit() -> None:
+    for server in list(_live):
+        try:
+            server.close()
+        except Exception:
+            log.exception("closing %r at exit failed", server)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)

@@ -1,0 +1,184 @@
+"""The supervisor: the one process that forks, watches and stops a pool's
+task workers.
+
+The process that builds a :class:`~taskmw.TaskServer` forks the supervisor,
+and the supervisor forks the workers, so an app server that reaps every
+child of its own (gunicorn's arbiter) never reaps a task worker. Like
+gunicorn's arbiter it acts on signals in one loop: SIGCHLD (a worker died:
+its held tasks finish ``lost`` and a new worker takes its place) and SIGTERM
+(stop: every worker drains the queue, then exits). It also stops when the
+process that built the pool is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from taskmw import _codec, worker
+from taskmw.events import TaskError
+from taskmw.ring import RingFull
+
+if TYPE_CHECKING:
+    from taskmw.server import TaskServer
+
+log = logging.getLogger(__name__)
+
+_WATCHED = {signal.SIGCHLD, signal.SIGTERM}
+_TICK = 0.25  # seconds between checks that the pool's builder is alive
+
+
+def spawn(server: TaskServer) -> int:
+    """Fork the supervisor of ``server``; returns its pid (in the caller)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        reset_signals()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+        code = _Supervisor(server).run()
+    except BaseException:
+        log.exception("taskmw supervisor failed")
+    finally:
+        os._exit(code)
+
+
+def reset_signals() -> None:
+    """In a freshly forked pool process: drop the app server's signal handling
+    (its handlers and wake-up fd belong to the app server). SIGINT is
+    ignored: a terminal's Ctrl-C reaches the whole process group, and the pool
+    stops in order when its builder does."""
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:  # not the main thread
+        pass
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGWINCH,
+        signal.SIGALRM,
+    ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Supervisor:
+    def __init__(self, server: TaskServer) -> None:
+        self.server = server
+        self.owner = server._owner
+        self.workers: dict[int, int] = {}  # pid -> worker id
+        self.stopping = False
+
+    def run(self) -> int:
+        for worker_id in range(self.server.task_workers):
+            self.start(worker_id)
+        while not self.stopping:
+            info = signal.sigtimedwait(_WATCHED, _TICK)
+            if info is not None and info.si_signo == signal.SIGTERM:
+                self.stopping = True
+            elif os.getppid() != self.owner:
+                log.warning("the process that built the pool (pid %d) is gone: stopping the pool", self.owner)
+                self.stopping = True
+            self.reap()
+        self.stop()
+        return 0
+
+    def start(self, worker_id: int) -> None:
+        pid = worker.spawn(self.server, worker_id)
+        self.workers[pid] = worker_id
+        log.debug("task worker %d started, pid %d", worker_id, pid)
+
+    def reap(self) -> None:
+        """Collect dead workers: report their tasks ``lost`` and replace them
+        (unless stopping)."""
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker_id = self.workers.pop(pid, None)
+            if worker_id is None:
+                continue
+            self.settle(pid, worker_id, status)
+            if not self.stopping:
+                self.start(worker_id)
+
+    def settle(self, pid: int, worker_id: int, status: int) -> None:
+        """Finish, as ``lost``, every task the dead worker ``pid`` held."""
+        held = self.server._submit.reclaim(pid)
+        cause = _describe(status)
+        lost = [h for h in held if h.aux & _codec.KIND_MASK != _codec.KIND_STOP]
+        if status != 0 or lost:
+            log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))
+        error = TaskError("WorkerLost", f"task worker {worker_id} (pid {pid}) {cause} while running the task", "")
+        for h in lost:
+            self.finish(h.aux, _codec.encode_finish(h.seq, _codec.LOST, None, error, 0.0, worker_id))
+
+    def finish(self, aux: int, record: bytes) -> None:
+        """Send a finish the supervisor made itself (lost, cancelled)."""
+        channel = self.server._channels[aux & _codec.CHANNEL_MASK]
+        try:
+            channel.push(record, aux=aux & _codec.WANT, timeout=5.0)
+        except RingFull:
+            log.error("a completion channel stayed full for 5s: a finish was dropped")
+
+    def stop(self) -> None:
+        """Let the workers drain the queue for up to ``shutdown_timeout``
+        seconds, kill what is left, and cancel the tasks nobody ran."""
+        server = self.server
+        server._state[0] = 1
+        deadline = time.monotonic() + server.shutdown_timeout
+        markers = len(self.workers)
+        try:
+            server._submit.push_many([b""] * markers, aux=_codec.KIND_STOP, timeout=server.shutdown_timeout)
+        except RingFull as full:
+            log.warning("the queue stayed full: only %d of %d workers were asked to stop", full.accepted, markers)
+        while self.workers and time.monotonic() < deadline:
+            signal.sigtimedwait({signal.SIGCHLD}, 0.05)
+            self.reap()
+        if self.workers:
+            log.warning("%d task worker(s) still busy after shutdown_timeout: killing them", len(self.workers))
+            for pid in self.workers:
+                os.kill(pid, signal.SIGKILL)
+            for pid, worker_id in list(self.workers.items()):
+                _, status = os.waitpid(pid, 0)
+                del self.workers[pid]
+                self.settle(pid, worker_id, status)
+        self.cancel_queued()
+
+    def cancel_queued(self) -> None:
+        """Finish every task still queued as ``cancelled``."""
+        error = TaskError("Cancelled", "the pool stopped before the task ran", "")
+        cancelled = 0
+        while True:
+            batch = self.server._submit.try_pop_many(256)
+            if not batch.records:
+                break
+            for i, aux in enumerate(batch.auxs):
+                if aux & _codec.KIND_MASK == _codec.KIND_STOP:
+                    continue
+                cancelled += 1
+                self.finish(aux, _codec.encode_finish(batch.first_seq + i, _codec.CANCELLED, None, error, 0.0, -1))
+        if cancelled:
+            log.warning("pool stopped: %d queued task(s) cancelled", cancelled)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"

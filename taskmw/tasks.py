@@ -1,0 +1,195 @@
+"""What a user queues: :class:`Task`, :class:`ServiceTask`, ``deferred``
+listeners and ``@task`` functions, and :func:`current_server`, which finds the
+pool for code that has no ``environ`` at hand."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
+
+if TYPE_CHECKING:
+    from taskmw.server import TaskServer
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Task:
+    """A callable and its arguments, run by the built-in invoker in a task worker.
+
+    ``server.task(fn, *args, **kwargs)`` queues ``Task(fn, *args, **kwargs)``.
+    Module-level functions travel by reference; lambdas, closures and
+    functions of ``__main__`` travel by value (cloudpickle).
+    """
+
+    __slots__ = ("fn", "args", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        if not callable(fn):
+            raise TypeError(f"Task needs a callable, got {type(fn).__name__}: {fn!r}")
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self) -> Any:
+        """Run the callable with its arguments (what the task worker does)."""
+        return self.fn(*self.args, **self.kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_make_task, (self.fn, self.args, self.kwargs))
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
+        return f"Task({name}, args={self.args!r}, kwargs={self.kwargs!r})"
+
+
+def _make_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Task:
+    t = Task.__new__(Task)
+    t.fn, t.args, t.kwargs = fn, args, kwargs or {}
+    return t
+
+
+class ServiceTask:
+    """A task naming a service instead of carrying a callable: the task worker
+    asks the ``resolve_service`` hook for ``name`` and calls the service with
+    the arguments (mezzio-swoole's ``ServiceBasedTask``)."""
+
+    __slots__ = ("name", "args", "kwargs")
+
+    def __init__(self, name: str, /, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"ServiceTask needs a service name (a non-empty str), got {name!r}")
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_make_service_task, (self.name, self.args, self.kwargs))
+
+    def __repr__(self) -> str:
+        return f"ServiceTask({self.name!r}, args={self.args!r}, kwargs={self.kwargs!r})"
+
+
+def _make_service_task(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ServiceTask:
+    t = ServiceTask.__new__(ServiceTask)
+    t.name, t.args, t.kwargs = name, args, kwargs
+    return t
+
+
+# -- finding the pool ----------------------------------------------------------
+
+_current: contextvars.ContextVar[TaskServer | None] = contextvars.ContextVar("taskmw_current_server", default=None)
+_default: list[TaskServer] = []  # the pool this process uses when no request set one
+
+
+def current_server() -> TaskServer:
+    """The pool serving this request or process: the one ``TaskMiddleware``
+    handles the current request with, else the last pool built (or, in a task
+    worker, joined) by this process.
+
+    Raises:
+        RuntimeError: no pool exists in this process.
+    """
+    server = _current.get()
+    if server is None:
+        if not _default:
+            raise RuntimeError(
+                "no taskmw pool in this process: wrap the app with TaskMiddleware(app) "
+                "or create a TaskServer() before queuing tasks"
+            )
+        server = _default[-1]
+    return server
+
+
+def _set_default(server: TaskServer | None) -> None:
+    """Make ``server`` this process's default pool (``None``: forget it)."""
+    _default.clear()
+    if server is not None:
+        _default.append(server)
+
+
+# -- deferred listeners ----------------------------------------------------------
+
+_deferred_listeners: dict[str, Callable[..., Any]] = {}
+"""Service name -> the real listener, for the built-in resolver (see listeners.py)."""
+
+
+class DeferredListener(Generic[P]):
+    """A listener that, when called, queues itself as a :class:`ServiceTask`.
+
+    Made by :func:`deferred`. In the task worker the service name resolves to
+    the real listener, which runs there and is never queued again.
+    """
+
+    def __init__(self, listener: Callable[P, Any], name: str) -> None:
+        self.listener = listener
+        self.name = name
+        functools.update_wrapper(self, listener)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Queue the real listener on :func:`current_server`; returns the task id."""
+        return current_server().task(ServiceTask(self.name, *args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"<deferred {self.name!r} -> {self.listener!r}>"
+
+
+@overload
+def deferred(listener: Callable[P, Any], name: str) -> DeferredListener[P]: ...
+@overload
+def deferred(listener: str) -> Callable[[Callable[P, Any]], DeferredListener[P]]: ...
+def deferred(listener: Any, name: str | None = None) -> Any:
+    """Make a listener run in a task worker instead of where it is called.
+
+    ``deferred(send_welcome, "mail.welcome")`` returns a callable that queues
+    ``ServiceTask("mail.welcome", *args)``; as a decorator,
+    ``@deferred("mail.welcome")``. In the task worker, ``resolve_service``
+    plugins may supply the listener for the name (built with its
+    dependencies); otherwise the function given here runs.
+    """
+    if isinstance(listener, str):
+        service = listener
+        return lambda fn: deferred(fn, service)
+    if name is None or not isinstance(name, str) or not name:
+        raise TypeError("deferred(listener, name) needs a service name: a non-empty str")
+    if not callable(listener):
+        raise TypeError(f"deferred() needs a callable listener, got {listener!r}")
+    real = listener.listener if isinstance(listener, DeferredListener) else listener
+    known = _deferred_listeners.get(name)
+    if known is not None and known is not real and _qualname(known) != _qualname(real):
+        raise ValueError(f"service name {name!r} is already deferred to {_qualname(known)}")
+    _deferred_listeners[name] = real
+    return DeferredListener(real, name)
+
+
+def _qualname(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+# -- @task functions ---------------------------------------------------------------
+
+
+class TaskFunction(Protocol[P, R_co]):
+    """A function decorated with :func:`task`: call it to run it here, or
+    ``.delay(...)`` to queue it."""
+
+    __name__: str
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> int: ...
+
+
+def task(fn: Callable[P, R]) -> TaskFunction[P, R]:
+    """Give ``fn`` a ``.delay(*args, **kwargs)`` that queues it on
+    :func:`current_server` and returns the task id. ``fn`` itself is
+    unchanged (and still travels by reference)."""
+
+    def delay(*args: Any, **kwargs: Any) -> int:
+        return current_server().task(fn, *args, **kwargs)
+
+    fn.delay = delay  # type: ignore[attr-defined]
+    return fn  # type: ignore[return-value]

@@ -1,0 +1,228 @@
+"""A task worker: takes tasks from the submit ring, runs the ``on_task``
+hooks, and writes each outcome into the completion channel of the process
+that queued the task.
+
+Records are taken in batches and *held* (see :meth:`taskmw.Ring.pop_many`)
+until their finish is written, so the supervisor can report the tasks of a
+worker that dies as ``lost``. The batch size adapts: it doubles while tasks
+are quick and drops to one as soon as one is slow, so a slow task never sits
+on a pile of others while another worker idles.
+
+``async def`` tasks (any handler whose return value is a coroutine) run on an
+event loop in a second thread of the worker, ``task_concurrency`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import inspect
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from taskmw import _codec
+from taskmw._codec import CHANNEL_MASK, KIND_CALL, KIND_MASK, KIND_STOP, WANT
+from taskmw.events import TaskError, TaskEvent
+from taskmw.ring import RingFull
+from taskmw.server import _call_each
+from taskmw.tasks import _make_task, _set_default
+
+if TYPE_CHECKING:
+    from taskmw.server import TaskServer
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64
+QUICK = 0.001  # seconds: a batch this fast lets the next one be twice as large
+_IDLE_CHECK = 1.0  # seconds an idle worker waits before checking its supervisor is alive
+
+
+def spawn(server: TaskServer, worker_id: int) -> int:
+    """Fork task worker ``worker_id``; returns its pid (in the supervisor)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        code = _Worker(server, worker_id).run()
+    except BaseException:
+        log.exception("taskmw task worker %d failed", worker_id)
+    finally:
+        os._exit(code)
+
+
+class _Worker:
+    def __init__(self, server: TaskServer, worker_id: int) -> None:
+        self.server = server
+        self.worker_id = worker_id
+        self.ring = server._submit
+        self.stopping = False
+        self.runner: _AsyncRunner | None = None
+        server.worker_id = worker_id
+        _set_default(server)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
+        try:
+            self.loop()
+        finally:
+            if self.runner is not None:
+                self.runner.drain()
+            _call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
+        return 0
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True  # finish the batch in hand, then exit
+
+    def loop(self) -> None:
+        ring = self.ring
+        supervisor = os.getppid()
+        size = 1
+        while not self.stopping:
+            batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True)
+            if not batch.records:
+                if os.getppid() != supervisor:
+                    log.warning("task worker %d: the supervisor is gone, exiting", self.worker_id)
+                    return
+                continue
+            started = time.perf_counter()
+            finishes: dict[int, list[bytes]] = {}
+            done: list[int] = []
+            stops = 0
+            seq = batch.first_seq
+            for record, aux in zip(batch.records, batch.auxs, strict=True):
+                if aux & KIND_MASK == KIND_STOP:
+                    stops += 1
+                    done.append(seq)
+                else:
+                    finish = self.run_one(seq, record, aux)
+                    if finish is not None:
+                        finishes.setdefault(aux & (CHANNEL_MASK | WANT), []).append(finish)
+                        done.append(seq)
+                seq += 1
+            for key, records in finishes.items():
+                self.send(key, records)
+            ring.release(done)
+            size = min(size * 2, MAX_BATCH) if time.perf_counter() - started < QUICK else 1
+            if stops:
+                if stops > 1:  # took another worker's stop marker too: put it back
+                    ring.push_many([b""] * (stops - 1), aux=KIND_STOP, timeout=5.0)
+                return
+
+    def run_one(self, task_id: int, record: bytes, aux: int) -> bytes | None:
+        """Run one task; returns its finish record (None: an async task, which
+        sends its own finish when it is done)."""
+        started = time.perf_counter()
+        try:
+            data = _codec.decode(record)
+            if aux & KIND_MASK == KIND_CALL:
+                data = _make_task(*data)
+            event = TaskEvent(task_id, self.worker_id, data, self.server)
+            for impl in reversed(self.server.hook.on_task.get_hookimpls()):
+                impl.function(*[event for _ in impl.argnames])
+                if event.completed:
+                    break
+            else:
+                raise LookupError(
+                    f"nothing handled the task: no on_task hook completed it, and no listener is registered "
+                    f"for {type(data).__module__}.{type(data).__qualname__}"
+                )
+            value = event.return_value
+            if inspect.iscoroutine(value):
+                if self.runner is None:
+                    self.runner = _AsyncRunner(self, self.server.task_concurrency)
+                self.runner.submit(value, task_id, aux, started)
+                return None
+        except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, not ours
+            return _codec.encode_finish(
+                task_id, _codec.ERROR, None, error_of(exc), time.perf_counter() - started, self.worker_id
+            )
+        return _codec.encode_finish(task_id, _codec.OK, value, None, time.perf_counter() - started, self.worker_id)
+
+    def send(self, key: int, records: list[bytes]) -> None:
+        """Write finishes into a completion channel, waiting while it is full
+        for as long as its process lives."""
+        channel = self.server._channels[key & CHANNEL_MASK]
+        while records:
+            try:
+                channel.push_many(records, aux=key & WANT, timeout=1.0)
+                return
+            except RingFull as full:
+                records = records[full.accepted :]
+                if not _channel_claimed(self.server, key & CHANNEL_MASK):
+                    log.warning("dropped %d finishes: the process that queued them is gone", len(records))
+                    return
+
+
+def _channel_claimed(server: TaskServer, index: int) -> bool:
+    """True if a live process holds completion channel ``index``."""
+    comp = server._comp
+    if comp is not None and comp.index == index:
+        return True
+    fd = server._channels[index].memfd()
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+    except OSError:
+        return True
+    fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+    return False
+
+
+def error_of(exc: BaseException) -> TaskError:
+    """The :class:`TaskError` describing ``exc`` (type, message, traceback text)."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next  # start the traceback at the task's own code
+    return TaskError(name, str(exc), "".join(traceback.format_exception(cls, exc, tb or exc.__traceback__)))
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class _AsyncRunner:
+    """An event loop on its own thread, running one worker's async tasks."""
+
+    def __init__(self, worker: _Worker, limit: int) -> None:
+        self.worker = worker
+        self.loop = asyncio.new_event_loop()
+        self.slots = threading.Semaphore(limit)
+        self.limit = limit
+        self.thread = threading.Thread(target=self.loop.run_forever, name="taskmw-async", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, Any], task_id: int, aux: int, started: float) -> None:
+        """Start ``coro`` on the loop (waiting while ``limit`` already run)."""
+        self.slots.acquire()
+        asyncio.run_coroutine_threadsafe(self.run(coro, task_id, aux, started), self.loop)
+
+    async def run(self, coro: Coroutine[Any, Any, Any], task_id: int, aux: int, started: float) -> None:
+        w = self.worker
+        try:
+            value = await coro
+            finish = _codec.encode_finish(task_id, _codec.OK, value, None, time.perf_counter() - started, w.worker_id)
+        except BaseException as exc:  # noqa: B036
+            finish = _codec.encode_finish(
+                task_id, _codec.ERROR, None, error_of(exc), time.perf_counter() - started, w.worker_id
+            )
+        try:
+            w.send(aux & (CHANNEL_MASK | WANT), [finish])
+            w.ring.release([task_id])
+        finally:
+            self.slots.release()
+
+    def drain(self) -> None:
+        """Wait for every running async task, then stop the loop."""
+        for _ in range(self.limit):
+            self.slots.acquire()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5.0)
