@@ -126,6 +126,7 @@ def encode_finish(
 def decode_finish(payload: bytes) -> TaskFinishEvent:
     """The :class:`TaskFinishEvent` of a finish record."""
     task_id, status, value, error, duration, worker_id = _loads(payload)
-    if error is not None:
-        error = TaskError(*error)
-    return TaskFinishEvent(task_id, STATUSES[status], value, error, duration, worker_id)
+    return _new_finish(TaskFinishEvent, (task_id, STATUSES[status], value, error, duration, worker_id))
+
+
+_new_finish = tuple.__new__  # builds a TaskFinishEvent without NamedTuple's slower __new__

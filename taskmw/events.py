@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
@@ -60,10 +59,9 @@ class TaskEvent:
         return f"<TaskEvent id={self.task_id} worker={self.worker_id} data={self.data!r}>"
 
 
-@dataclass(frozen=True, slots=True)
-class TaskFinishEvent:
+class TaskFinishEvent(NamedTuple):
     """The outcome of one task, delivered to ``on_finish`` hooks in the
-    process that queued it (exactly once per task id)."""
+    process that queued it (exactly once per task id). Immutable."""
 
     task_id: int
     """The id ``task()`` returned."""

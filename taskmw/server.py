@@ -23,12 +23,14 @@ import fcntl
 import logging
 import mmap
 import os
+import pickle
 import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
+from types import FunctionType
 from typing import Any
 
 import pluggy
@@ -42,6 +44,7 @@ from taskmw.ring import Batch, RecordTooLarge, Ring, RingFull
 from taskmw.tasks import ServiceTask, Task, _set_default
 
 log = logging.getLogger(__name__)
+_pdumps = pickle.dumps
 
 _live: weakref.WeakSet[TaskServer] = weakref.WeakSet()
 
@@ -175,6 +178,14 @@ class TaskServer:
             QueueFull: no room in the queue within ``queue_timeout`` seconds.
             PoolClosed: the pool has stopped.
         """
+        if type(fn_or_data) is FunctionType:  # the fast path: a plain function, by reference
+            try:
+                payload = _pdumps((fn_or_data, args, kwargs or None), 5)
+            except Exception:
+                payload = b"__main__"  # take the slow path, which explains the failure
+            if b"__main__" in payload:
+                payload = _codec.encode_call(fn_or_data, args, kwargs)
+            return self._queue(payload, KIND_CALL)
         payload, kind = self._encode(fn_or_data, args, kwargs)
         return self._queue(payload, kind)
 
@@ -298,7 +309,13 @@ class TaskServer:
                 else:
                     comp.waiters[task_id] = fut.set_result
                 futs[task_id] = fut
-        concurrent.futures.wait(futs.values(), timeout=timeout)
+        if len(futs) == 1:
+            try:
+                next(iter(futs.values())).result(timeout)
+            except concurrent.futures.TimeoutError:
+                pass
+        else:
+            concurrent.futures.wait(futs.values(), timeout=timeout)
         out: list[TaskFinishEvent | None] = []
         with comp.lock:
             for task_id, fut in futs.items():
@@ -378,7 +395,9 @@ class TaskServer:
     def _deliver(self, comp: _Completions, batch: Batch) -> bool:
         """Run ``on_finish`` for each finish of a batch; True if the stop marker came."""
         stop = False
-        hook = self.hook.on_finish
+        delivered = 0
+        impls = [(impl.function, bool(impl.argnames), impl) for impl in reversed(self.hook.on_finish.get_hookimpls())]
+        floor = comp.floor
         for rec, aux in zip(batch.records, batch.auxs, strict=True):
             if aux & READER_STOP:
                 stop = True
@@ -388,9 +407,10 @@ class TaskServer:
             except Exception:
                 log.exception("completion channel %d: an unreadable finish record was dropped", comp.index)
                 continue
-            if event.task_id < comp.floor:
+            if event.task_id < floor:
                 log.warning("dropped the finish of task %d, queued by an earlier process", event.task_id)
                 continue
+            delivered += 1
             if aux & WANT:
                 with comp.lock:
                     if event.task_id in comp.waiters:
@@ -399,9 +419,17 @@ class TaskServer:
                             deliver(event)
                     else:
                         comp.early[event.task_id] = event
-            _call_each(hook, {"event": event})
+            for fn, takes_event, impl in impls:
+                try:
+                    if takes_event:
+                        fn(event)
+                    else:
+                        fn()
+                except Exception:
+                    log.exception("plugin %s failed in on_finish", impl.plugin_name)
+        if delivered:
             with comp.lock:
-                comp.done += 1
+                comp.done += delivered
                 if comp.done >= comp.sent:
                     comp.idle.notify_all()
         return stop
