@@ -103,6 +103,12 @@ class TaskMiddleware:
         """Stop the pool (see :meth:`TaskServer.close`)."""
         self.server.close()
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else is the wrapped app's (``app.config``, ``app.routes``, …)."""
+        if name == "app":  # not set yet: during __init__ or unpickling
+            raise AttributeError(name)
+        return getattr(self.app, name)
+
 
 class WSGITaskMiddleware(TaskMiddleware):
     """The WSGI form of :class:`TaskMiddleware`."""
