@@ -63,13 +63,15 @@ class _Worker:
         self.server = server
         self.worker_id = worker_id
         self.ring = server._submit
-        self.stopping = False
         self.runner: _AsyncRunner | None = None
         server.worker_id = worker_id
         _set_default(server)
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_term)
+        # The supervisor stops workers (with stop markers, behind the queued
+        # tasks); a SIGTERM to the whole process group (systemd, kill -TERM
+        # -PGID) must not make a worker walk away from the queue.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
         try:
             self.loop()
@@ -79,14 +81,11 @@ class _Worker:
             _call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
         return 0
 
-    def _on_term(self, signum: int, frame: Any) -> None:
-        self.stopping = True  # finish the batch in hand, then exit
-
     def loop(self) -> None:
         ring = self.ring
         supervisor = os.getppid()
         size = 1
-        while not self.stopping:
+        while True:
             batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True)
             if not batch.records:
                 if os.getppid() != supervisor:
