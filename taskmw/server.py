@@ -466,8 +466,11 @@ class TaskServer:
         if comp is not None:
             loop = comp.loop
             if comp.thread is not None or (loop is not None and loop.is_running() and _running_loop() is not loop):
-                with comp.lock:  # wait for the finishes of this process's tasks
-                    comp.idle.wait_for(lambda: comp.done >= comp.sent, timeout=timeout)
+                deadline = time.monotonic() + timeout
+                with comp.lock:  # wait for the finishes of this process's tasks, while the pool lives
+                    while not comp.idle.wait_for(lambda: comp.done >= comp.sent, timeout=0.25):
+                        if time.monotonic() > deadline or not _alive(self.supervisor_pid):
+                            break
             self._stop_reader(comp)
         _live.discard(self)
 
