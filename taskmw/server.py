@@ -132,7 +132,8 @@ class TaskServer:
         self.shutdown_timeout = float(shutdown_timeout)
 
         self.plugins = pluggy.PluginManager(hookspecs.PROJECT)
-        """The pluggy plugin manager (register more plugins before tasks run)."""
+        """The pluggy plugin manager. The task workers are forked with the plugins
+        given here; one registered later reaches only this process (its ``on_finish``)."""
         self.plugins.add_hookspecs(hookspecs)
         self.plugins.register(Invoker(), "taskmw.invoker")
         self.plugins.register(Dispatcher(listeners or {}), "taskmw.dispatcher")
@@ -547,16 +548,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:
-    """Call every implementation of ``hook`` in pluggy's order; an exception
-    is logged and does not stop the others."""
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception:
-            log.exception("plugin %s failed in %s", impl.plugin_name, hook.name)
 
 
 def _check_no_wrappers(pm: pluggy.PluginManager) -> None:

@@ -23,14 +23,15 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
+
+import pluggy
 
 from taskmw import _codec
 from taskmw._codec import CHANNEL_MASK, KIND_CALL, KIND_MASK, KIND_STOP, WANT
 from taskmw.events import TaskError, TaskEvent
 from taskmw.ring import RingFull
-from taskmw.server import _call_each
 from taskmw.tasks import _make_task, _set_default
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ class _Worker:
         self.worker_id = worker_id
         self.ring = server._submit
         self.runner: _AsyncRunner | None = None
+        # on_task implementations, in call order: plugins are fixed once the worker is forked
+        self.on_task: list[tuple[Callable[..., Any], bool]] = [
+            (impl.function, bool(impl.argnames)) for impl in reversed(server.hook.on_task.get_hookimpls())
+        ]
         server.worker_id = worker_id
         _set_default(server)
 
@@ -125,8 +130,11 @@ class _Worker:
             if aux & KIND_MASK == KIND_CALL:
                 data = _make_task(*data)
             event = TaskEvent(task_id, self.worker_id, data, self.server)
-            for impl in reversed(self.server.hook.on_task.get_hookimpls()):
-                impl.function(*[event for _ in impl.argnames])
+            for fn, takes_event in self.on_task:
+                if takes_event:
+                    fn(event)
+                else:
+                    fn()
                 if event.completed:
                     break
             else:
@@ -159,6 +167,16 @@ class _Worker:
                 if not _channel_claimed(self.server, key & CHANNEL_MASK):
                     log.warning("dropped %d finishes: the process that queued them is gone", len(records))
                     return
+
+
+def _call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:
+    """Call every implementation of ``hook`` in pluggy's order; an exception
+    is logged and does not stop the others."""
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            impl.function(*[kwargs[name] for name in impl.argnames])
+        except Exception:
+            log.exception("plugin %s failed in %s", impl.plugin_name, hook.name)
 
 
 def _channel_claimed(server: TaskServer, index: int) -> bool:
