@@ -69,6 +69,14 @@ class _Completions:
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
+    def expect(self, task_id: int, deliver: Callable[[TaskFinishEvent], None]) -> TaskFinishEvent | None:
+        """With ``lock`` held: have the reader pass the finish of ``task_id``
+        to ``deliver``, or return it if it came already."""
+        early = self.early.pop(task_id, None)
+        if early is None:
+            self.waiters[task_id] = deliver
+        return early
+
 
 class TaskServer:
     """A pool of pre-forked task worker processes.
@@ -285,9 +293,7 @@ class TaskServer:
                 loop.call_soon_threadsafe(_set_result, fut, ev)
 
         with comp.lock:
-            early = comp.early.pop(task_id, None)
-            if early is None:
-                comp.waiters[task_id] = deliver
+            early = comp.expect(task_id, deliver)
         if early is not None:
             fut.set_result(early)
         try:
@@ -313,11 +319,9 @@ class TaskServer:
         with comp.lock:
             for task_id in ids:
                 fut: concurrent.futures.Future[TaskFinishEvent] = concurrent.futures.Future()
-                early = comp.early.pop(task_id, None)
+                early = comp.expect(task_id, fut.set_result)
                 if early is not None:
                     fut.set_result(early)
-                else:
-                    comp.waiters[task_id] = fut.set_result
                 futs[task_id] = fut
         if len(futs) == 1:
             try:
