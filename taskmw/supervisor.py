@@ -36,13 +36,17 @@ def spawn(server: TaskServer) -> int:
     """Fork the supervisor of ``server``; returns its pid (in the caller)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    # Fork with SIGTERM and SIGCHLD blocked, so that a close() right after the
+    # fork cannot kill the supervisor before it has started its workers: the
+    # signal waits, pending, for the supervisor's loop.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return pid
     code = 1
     try:
         reset_signals()
-        signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
         code = _Supervisor(server).run()
     except BaseException:
         log.exception("taskmw supervisor failed")

@@ -51,6 +51,11 @@ def spawn(server: TaskServer, worker_id: int) -> int:
         return pid
     code = 1
     try:
+        # The supervisor stops workers (with stop markers, behind the queued
+        # tasks); a SIGTERM to the whole process group (systemd, kill -TERM
+        # -PGID) must not make a worker walk away from the queue. Ignore it
+        # before unblocking what the supervisor blocks.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         code = _Worker(server, worker_id).run()
     except BaseException:
@@ -73,10 +78,6 @@ class _Worker:
         _set_default(server)
 
     def run(self) -> int:
-        # The supervisor stops workers (with stop markers, behind the queued
-        # tasks); a SIGTERM to the whole process group (systemd, kill -TERM
-        # -PGID) must not make a worker walk away from the queue.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
         try:
             self.loop()

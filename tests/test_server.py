@@ -441,6 +441,20 @@ def test_close_drains_queued_tasks(finishes: Finishes) -> None:
         server.task(add, 1, 1)
 
 
+def test_close_right_after_start_still_runs_the_task() -> None:
+    """A SIGTERM that reaches the supervisor before its loop runs must wait,
+    pending, and not kill it: the queued task still runs (a regression: this
+    lost the task in a few percent of tries)."""
+    for _ in range(100):
+        finishes = Finishes()
+        server = TaskServer(1, plugins=[finishes])
+        pids = pool_pids(server)
+        task_id = server.task(add, 2, 3)
+        server.close()
+        assert pids_gone(pids)
+        assert [e.return_value for e in finishes.events[task_id]] == [5]
+
+
 def test_close_cancels_what_cannot_run_in_time(finishes: Finishes) -> None:
     server = TaskServer(1, plugins=[finishes], shutdown_timeout=0.3)
     pids = pool_pids(server)
