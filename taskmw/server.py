@@ -52,6 +52,11 @@ machine) than the wake-up it saves."""
 
 _live: weakref.WeakSet[TaskServer] = weakref.WeakSet()
 
+BACKEND_GROUP = "taskmw.backends"
+"""Entry-point group of the backends: each names a callable that takes
+:class:`TaskServer`'s arguments (except ``backend``) and returns a server."""
+BACKEND_ENV = "TASKMW_BACKEND"
+
 
 class _Completions:
     """This process's claim on one completion channel, and its reader."""
@@ -109,14 +114,28 @@ class TaskServer:
             claims a completion channel; a dead one's is reused).
         result_bytes: size of each process's completion channel.
 
+        backend: where tasks run: ``"local"`` (this pool) or the name of a
+            backend installed in the entry-point group ``taskmw.backends``
+            (``"eager"``, ``"celery"``, …), which then builds the server from
+            the same arguments. Defaults to the ``TASKMW_BACKEND``
+            environment variable, else ``"local"``.
+
     Raises:
-        ValueError: a setting is out of range (the message names it).
+        ValueError: a setting is out of range (the message names it), or
+            ``backend`` names no installed backend.
     """
+
+    def __new__(cls, task_workers: int = 4, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
+        name = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"
+        if name == "local" or cls is not TaskServer:
+            return super().__new__(cls)
+        return _load_backend(name)(task_workers, *args, **kwargs)
 
     def __init__(
         self,
         task_workers: int = 4,
         *,
+        backend: str | None = None,
         plugins: Iterable[object] = (),
         listeners: Mapping[type, Sequence[Listener]] | None = None,
         entrypoints: bool = True,
@@ -562,6 +581,16 @@ def _check_no_wrappers(pm: pluggy.PluginManager) -> None:
                     f"plugin {impl.plugin_name!r}: {name} cannot be a hook wrapper "
                     "(taskmw calls its implementations one by one)"
                 )
+
+
+def _load_backend(name: str) -> Callable[..., Any]:
+    """The factory of the backend called ``name`` (entry-point group ``taskmw.backends``)."""
+    found = {ep.name: ep for ep in entry_points(group=BACKEND_GROUP)}
+    if name not in found:
+        known = ", ".join(repr(n) for n in ["local", *sorted(found)])
+        raise ValueError(f"backend must be one of {known}, got {name!r} (is its plugin installed?)")
+    factory: Callable[..., Any] = found[name].load()
+    return factory
 
 
 def _load_entrypoints(pm: pluggy.PluginManager) -> None:

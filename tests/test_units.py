@@ -10,6 +10,8 @@ from typing import Any
 import cloudpickle
 import pytest
 
+import taskmw
+
 from taskmw import (
     ASGITaskMiddleware,
     ServiceTask,
@@ -140,3 +142,11 @@ def test_middleware_detects_the_interface_and_shares_a_given_pool() -> None:
             TaskMiddleware(wsgi_app, server=w.server, queue_timeout=1)
     finally:
         w.close()
+
+
+def test_unknown_backend_names_the_installed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match=r"backend must be one of 'local'.*got 'nope'"):
+        taskmw.TaskServer(1, backend="nope")
+    monkeypatch.setenv("TASKMW_BACKEND", "from-env")
+    with pytest.raises(ValueError, match="got 'from-env'"):
+        taskmw.TaskServer(1)
