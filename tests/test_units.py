@@ -11,7 +11,6 @@ import cloudpickle
 import pytest
 
 import taskmw
-
 from taskmw import (
     ASGITaskMiddleware,
     ServiceTask,
