@@ -158,19 +158,10 @@ class TaskServer:
         self.task_concurrency = task_concurrency
         self.shutdown_timeout = float(shutdown_timeout)
 
-        self.plugins = pluggy.PluginManager(hookspecs.PROJECT)
+        self.plugins = plugin_manager(plugins, listeners, entrypoints)
         """The pluggy plugin manager. The task workers are forked with the plugins
         given here; one registered later reaches only this process (its ``on_finish``)."""
-        self.plugins.add_hookspecs(hookspecs)
-        self.plugins.register(Invoker(), "taskmw.invoker")
-        self.plugins.register(Dispatcher(listeners or {}), "taskmw.dispatcher")
-        self.plugins.register(DeferredResolver(), "taskmw.deferred")
-        if entrypoints:
-            _load_entrypoints(self.plugins)
-        for plugin in plugins:
-            self.plugins.register(plugin)
         self.hook = self.plugins.hook
-        _check_no_wrappers(self.plugins)
 
         dispatchers = max_dispatchers
         self._submit = Ring(
@@ -571,6 +562,29 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def plugin_manager(
+    plugins: Iterable[object], listeners: Mapping[type, Sequence[Listener]] | None, entrypoints: bool
+) -> pluggy.PluginManager:
+    """A pool's plugin manager: the built-in invoker, dispatcher (with
+    ``listeners``) and deferred resolver, the plugins of the entry-point group
+    ``taskmw`` if ``entrypoints``, and ``plugins``.
+
+    Raises:
+        ValueError: a plugin implements a hook as a wrapper.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(Invoker(), "taskmw.invoker")
+    pm.register(Dispatcher(listeners or {}), "taskmw.dispatcher")
+    pm.register(DeferredResolver(), "taskmw.deferred")
+    if entrypoints:
+        _load_entrypoints(pm)
+    for plugin in plugins:
+        pm.register(plugin)
+    _check_no_wrappers(pm)
+    return pm
 
 
 def _check_no_wrappers(pm: pluggy.PluginManager) -> None:

@@ -71,9 +71,7 @@ class _Worker:
         self.ring = server._submit
         self.runner: _AsyncRunner | None = None
         # on_task implementations, in call order: plugins are fixed once the worker is forked
-        self.on_task: list[tuple[Callable[..., Any], bool]] = [
-            (impl.function, bool(impl.argnames)) for impl in reversed(server.hook.on_task.get_hookimpls())
-        ]
+        self.on_task = on_task_impls(server.hook)
         server.worker_id = worker_id
         _set_default(server)
 
@@ -127,23 +125,7 @@ class _Worker:
         sends its own finish when it is done)."""
         started = time.perf_counter()
         try:
-            data = _codec.decode(record)
-            if aux & KIND_MASK == KIND_CALL:
-                data = _make_task(*data)
-            event = TaskEvent(task_id, self.worker_id, data, self.server)
-            for fn, takes_event in self.on_task:
-                if takes_event:
-                    fn(event)
-                else:
-                    fn()
-                if event.completed:
-                    break
-            else:
-                raise LookupError(
-                    f"nothing handled the task: no on_task hook completed it, and no listener is registered "
-                    f"for {type(data).__module__}.{type(data).__qualname__}"
-                )
-            value = event.return_value
+            value = run_task(self.server, self.on_task, self.worker_id, task_id, record, aux & KIND_MASK)
             if inspect.iscoroutine(value):
                 if self.runner is None:
                     self.runner = _AsyncRunner(self, self.server.task_concurrency)
@@ -168,6 +150,42 @@ class _Worker:
                 if not _channel_claimed(self.server, key & CHANNEL_MASK):
                     log.warning("dropped %d finishes: the process that queued them is gone", len(records))
                     return
+
+
+OnTask = list[tuple[Callable[..., Any], bool]]
+"""``on_task`` implementations in call order, each with whether it takes the event."""
+
+
+def on_task_impls(hook: pluggy.HookRelay) -> OnTask:
+    """The ``on_task`` implementations of a plugin manager's ``hook``, in call order."""
+    return [(impl.function, bool(impl.argnames)) for impl in reversed(hook.on_task.get_hookimpls())]
+
+
+def run_task(server: TaskServer, on_task: OnTask, worker_id: int, task_id: int, record: bytes, kind: int) -> Any:
+    """Decode a task record (of ``kind`` ``KIND_CALL`` or ``KIND_DATA``) and
+    call the ``on_task`` implementations with its :class:`TaskEvent` until one
+    completes it; returns the event's return value (a coroutine for an async
+    task). The one pipeline of every backend.
+
+    Raises:
+        LookupError: nothing completed the task.
+        Exception: whatever decoding it or a handler raised.
+    """
+    data = _codec.decode(record)
+    if kind == KIND_CALL:
+        data = _make_task(*data)
+    event = TaskEvent(task_id, worker_id, data, server)
+    for fn, takes_event in on_task:
+        if takes_event:
+            fn(event)
+        else:
+            fn()
+        if event.completed:
+            return event.return_value
+    raise LookupError(
+        f"nothing handled the task: no on_task hook completed it, and no listener is registered "
+        f"for {type(data).__module__}.{type(data).__qualname__}"
+    )
 
 
 def _call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:

@@ -1,0 +1,194 @@
+"""Finishes coming back from Celery's Redis result backend.
+
+Every Celery task id a process sends starts with that process's own prefix
+(``taskmw-<random>-``), so one pattern subscription (``PSUBSCRIBE``) to the
+result keys under that prefix brings it exactly its own results: the Redis
+backend publishes each result on a channel named like its key. The
+subscription is confirmed before the first task is sent, so no result can
+beat it. Pub/sub is at most once (a dropped connection loses what was
+published meanwhile), so results of tasks pending for longer than
+:data:`SWEEP` seconds are also looked up by key every :data:`SWEEP` seconds.
+A result is deleted once delivered; a second result for the same id (a task
+that ran twice) finds no pending entry and is dropped.
+
+What Celery stores becomes a finish record (:mod:`taskmw._codec`):
+``SUCCESS`` carries the record the taskmw task made itself (statuses ``ok``
+and ``error``, exactly as in the local pool); ``FAILURE`` is Celery's own:
+the pool process died (``lost``), the hard time limit killed it
+(``timeout``), or something else failed around the task (``error``);
+``REVOKED`` is ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import states
+from redis.exceptions import RedisError
+
+from taskmw import _codec
+from taskmw._codec import WANT
+from taskmw.events import TaskError
+from taskmw.worker import error_of
+
+log = logging.getLogger(__name__)
+
+POLL = 0.25
+"""Seconds the listener waits for a message before checking whether to stop or sweep."""
+SWEEP = 2.0
+"""Seconds between look-ups of pending results (and how long a task is pending before one)."""
+BATCH = 256
+"""Most finishes delivered at once."""
+
+Pending = dict[int, tuple[int, float]]
+"""Task id -> (WANT or 0, when it was sent): the tasks of this process with no finish yet."""
+Deliver = Callable[[list[bytes], list[int]], None]
+
+
+def finish_record(task_id: int, meta: dict[str, Any]) -> bytes | None:
+    """The finish record of a decoded Celery result, or None if the state is
+    not final (``STARTED``, ``RETRY``)."""
+    status, result = meta.get("status"), meta.get("result")
+    if status == states.SUCCESS:
+        if isinstance(result, bytes):
+            return result
+        error = TaskError("TypeError", f"the Celery task returned {type(result).__name__}, not a taskmw finish", "")
+        return _codec.encode_finish(task_id, _codec.ERROR, None, error, 0.0, -1)
+    if status == states.REVOKED:
+        error = TaskError("Revoked", "the task was revoked on Celery before it finished", "")
+        return _codec.encode_finish(task_id, _codec.CANCELLED, None, error, 0.0, -1)
+    if status != states.FAILURE:
+        return None
+    kind = type(result).__name__
+    if kind == "WorkerLostError":
+        error = TaskError("WorkerLost", f"the Celery pool process running the task died: {result}", "")
+        return _codec.encode_finish(task_id, _codec.LOST, None, error, 0.0, -1)
+    error = error_of(result if isinstance(result, BaseException) else RuntimeError(repr(result)))
+    error = error._replace(traceback=meta.get("traceback") or error.traceback)
+    code = _codec.TIMEOUT if kind == "TimeLimitExceeded" else _codec.ERROR
+    return _codec.encode_finish(task_id, code, None, error, 0.0, -1)
+
+
+class FinishListener:
+    """One process's reader of its finishes: a pattern subscription on the
+    result backend's Redis, read by a daemon thread that passes batches of
+    finish records (and their ``WANT`` bits) to ``deliver``.
+
+    Args:
+        backend: the app's Redis result backend.
+        prefix: the Celery task id prefix of this process's tasks.
+        pending: this process's tasks without a finish (shared with the sender).
+        deliver: called on the listener's thread with records and aux words.
+    """
+
+    def __init__(self, backend: Any, prefix: str, pending: Pending, deliver: Deliver) -> None:
+        self.backend = backend
+        self.client = backend.client
+        self.key_prefix: bytes = backend.get_key_for_task(prefix)
+        self.prefix = prefix
+        self.pending = pending
+        self.deliver = deliver
+        self.stopping = threading.Event()
+        self.pubsub = self.client.pubsub()
+        self.pubsub.psubscribe(self.key_prefix + b"*")
+        self._confirm()
+        self.thread = threading.Thread(target=self._run, name=f"taskmw-celery-finishes-{prefix}", daemon=True)
+        self.thread.start()
+
+    def _confirm(self, timeout: float = 10.0) -> None:
+        """Wait for Redis to confirm the subscription (no result can beat it then)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.pubsub.get_message(timeout=POLL)
+            if msg is not None and msg["type"] == "psubscribe":
+                return
+        self.pubsub.close()
+        raise TimeoutError(f"Redis did not confirm the subscription to this process's finishes within {timeout}s")
+
+    def stop(self) -> None:
+        """Stop reading (within :data:`POLL` seconds) and close the subscription."""
+        self.stopping.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(5.0)
+
+    def _run(self) -> None:
+        next_sweep = time.monotonic() + SWEEP
+        try:
+            while not self.stopping.is_set():
+                try:
+                    got = self._receive()
+                    if got:
+                        self._handle(got)
+                    if time.monotonic() >= next_sweep:
+                        self._sweep()
+                        next_sweep = time.monotonic() + SWEEP
+                except RedisError:
+                    log.warning("reading finishes from Redis failed; retrying", exc_info=True)
+                    next_sweep = 0.0
+                    self.stopping.wait(POLL)
+                except Exception:
+                    log.exception("delivering finishes failed")
+        finally:
+            try:
+                self.pubsub.close()
+            except RedisError:
+                pass
+
+    def _receive(self) -> list[tuple[bytes, bytes]]:
+        """Up to :data:`BATCH` results published since the last call (waits up to :data:`POLL` s for one)."""
+        got = []
+        msg = self.pubsub.get_message(timeout=POLL)
+        while msg is not None:
+            if msg["type"] == "pmessage":
+                got.append((msg["channel"], msg["data"]))
+                if len(got) >= BATCH:
+                    break
+            msg = self.pubsub.get_message(timeout=0.0)
+        return got
+
+    def _sweep(self) -> None:
+        """Look up the stored results of tasks pending for longer than :data:`SWEEP` seconds."""
+        before = time.monotonic() - SWEEP
+        ids = [task_id for task_id, (_want, sent) in self.pending.copy().items() if sent < before]
+        for i in range(0, len(ids), 1000):
+            keys = [self.key_prefix + str(task_id).encode() for task_id in ids[i : i + 1000]]
+            found = [(k, v) for k, v in zip(keys, self.client.mget(keys), strict=True) if v is not None]
+            if found:
+                log.info("found %d finishes by looking them up (their publication was missed)", len(found))
+                self._handle(found)
+
+    def _handle(self, got: list[tuple[bytes, bytes]]) -> None:
+        """Turn stored results into finish records, delete them, and deliver those still pending."""
+        records: list[bytes] = []
+        auxs: list[int] = []
+        keys: list[bytes] = []
+        start = len(self.key_prefix)
+        for key, data in got:
+            try:
+                task_id = int(key[start:])
+            except ValueError:
+                log.warning("ignored a result under an unexpected key %r", key)
+                continue
+            try:
+                record = finish_record(task_id, self.backend.decode_result(data))
+            except Exception as exc:
+                log.exception("the result of task %d could not be read", task_id)
+                error = TaskError("ResultUnreadable", f"its Celery result could not be read: {exc!r}", "")
+                record = _codec.encode_finish(task_id, _codec.ERROR, None, error, 0.0, -1)
+            if record is None:
+                continue
+            keys.append(key)
+            entry = self.pending.pop(task_id, None)
+            if entry is None:
+                log.debug("dropped a second finish of task %d (it ran twice)", task_id)
+                continue
+            records.append(record)
+            auxs.append(WANT if entry[0] else 0)
+        if records:
+            self.deliver(records, auxs)
+        if keys:
+            self.client.delete(*keys)

@@ -1,0 +1,237 @@
+"""The dispatching side: :class:`CeleryServer` sends tasks to Celery and
+delivers their finishes to the process that sent them.
+
+It is a :class:`taskmw.TaskServer` whose queue is Celery's: ``task()``,
+``taskwait()``, ``taskwait_multi()``, ``task_async()``, the plugin manager and
+the delivery of finishes (``on_finish`` hooks, waiters) are TaskServer's own
+code; this class replaces where a task goes (``_queue``: a Redis ``INCR``
+for the id, then ``send_task``), where finishes come from (``_claim``: a
+:class:`~taskmw_celery.finishes.FinishListener`) and ``close()``. It uses
+these parts of ``taskmw.server``: ``_Completions`` (a process's waiters and
+counts), ``TaskServer._deliver``, ``_live`` (after-fork reset and close at
+exit) and the settings checks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from taskmw._codec import KIND_MASK, WANT
+from taskmw.errors import PoolClosed, QueueFull
+from taskmw.listeners import Listener
+from taskmw.ring import Batch
+from taskmw.server import (
+    TaskServer,
+    _check_int,
+    _check_seconds,
+    _Completions,
+    _live,
+    _running_loop,
+    plugin_manager,
+)
+from taskmw.tasks import _set_default
+from taskmw_celery.finishes import FinishListener, Pending
+from taskmw_celery.settings import IDS_KEY, TASK_NAME, redis_backend
+
+log = logging.getLogger(__name__)
+
+LOCAL_ONLY = frozenset({"queue_bytes", "max_dispatchers", "result_bytes"})
+"""TaskServer settings of the local pool's shared memory: accepted and unused here,
+so that switching a configured pool to Celery changes one setting."""
+
+
+class CeleryServer(TaskServer):
+    """A taskmw server whose tasks run on Celery workers.
+
+    Built by ``TaskServer(backend="celery", celery_app=app)`` (or
+    ``TaskMiddleware(app, backend="celery", celery_app=capp)``), or directly.
+    The Celery workers run ``celery -A module:app worker`` for an app on which
+    :func:`taskmw_celery.install` was called. Ids come from one Redis counter,
+    so they are unique and increasing across every process using the app.
+
+    Args:
+        task_workers: unused (the Celery workers' concurrency decides).
+        celery_app: the Celery app (its result backend must be Redis), or
+            where to import it from (``"module:attribute"``). Default: the
+            ``TASKMW_CELERY_APP`` environment variable, so that
+            ``TASKMW_BACKEND=celery TASKMW_CELERY_APP=proj.celery:app``
+            moves an app to Celery with no code change.
+        plugins, listeners, entrypoints: as for :class:`~taskmw.TaskServer`
+            (here only ``on_finish`` runs; ``on_task`` and listeners run in
+            the Celery workers, which get theirs from ``install()``).
+        queue_timeout, task_concurrency: accepted for compatibility; the
+            broker's queue has no bound, and the Celery worker runs one task
+            per process.
+        shutdown_timeout: seconds :meth:`close` waits for the finishes of
+            this process's tasks.
+
+    Raises:
+        ValueError: a setting is out of range, or the result backend is not Redis.
+        TypeError: an unknown setting.
+    """
+
+    def __init__(
+        self,
+        task_workers: int = 4,
+        *,
+        celery_app: Any = None,
+        backend: str | None = None,
+        plugins: Iterable[object] = (),
+        listeners: Mapping[type, Sequence[Listener]] | None = None,
+        entrypoints: bool = True,
+        queue_timeout: float = 5.0,
+        task_concurrency: int = 100,
+        shutdown_timeout: float = 30.0,
+        **local_only: Any,
+    ) -> None:
+        if getattr(self, "celery_app", None) is not None:
+            return  # TaskServer(backend="celery") built it already; type() calls __init__ again
+        unknown = set(local_only) - LOCAL_ONLY
+        if unknown:
+            raise TypeError(f"CeleryServer got unknown settings: {', '.join(sorted(unknown))}")
+        celery_app = _find_app(celery_app)
+        _check_int("task_workers", task_workers, 1, 1024)
+        _check_int("task_concurrency", task_concurrency, 1, 10000)
+        _check_seconds("queue_timeout", queue_timeout)
+        _check_seconds("shutdown_timeout", shutdown_timeout)
+        self.task_workers = task_workers
+        self.queue_timeout = float(queue_timeout)
+        self.task_concurrency = task_concurrency
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.plugins = plugin_manager(plugins, listeners, entrypoints)
+        """The pluggy plugin manager (``on_finish`` runs here)."""
+        self.hook = self.plugins.hook
+        self._backend = redis_backend(celery_app)
+        self.celery_app = celery_app
+        """The Celery app tasks are sent with."""
+        self.worker_id: int | None = None
+        """In a Celery worker: the index of its pool process; elsewhere ``None``."""
+        self._closed = False
+        self._forget_process_state()
+        _live.add(self)
+        _set_default(self)
+
+    # -- sending ---------------------------------------------------------------
+
+    def _queue(self, payload: bytes, aux: int) -> int:
+        if self._closed:
+            raise PoolClosed("the task server is closed; no more tasks can be queued")
+        task_id = -1
+        try:
+            comp = self._comp
+            if comp is None or (comp.loop is not None and comp.loop.is_closed()):
+                comp = self._claim()
+            task_id = self._backend.client.incr(IDS_KEY)
+            self._pending[task_id] = (aux & WANT, time.monotonic())
+            self.celery_app.send_task(
+                TASK_NAME,
+                args=(task_id, payload, aux & KIND_MASK),
+                task_id=f"{self._prefix}{task_id}",
+                serializer="pickle",
+                ignore_result=True,  # the taskmw task stores its finish itself: see README
+            )
+        except (RedisError, OperationalError, TimeoutError) as exc:
+            self._pending.pop(task_id, None)
+            raise QueueFull(f"the task was not queued: Celery's broker or Redis could not be reached: {exc}") from exc
+        comp.sent += 1
+        return task_id
+
+    # -- finishes --------------------------------------------------------------
+
+    def _claim(self) -> _Completions:
+        """Subscribe to this process's finishes (once per process) and note
+        the running event loop, if any, which then delivers them."""
+        with self._claim_lock:
+            comp = self._comp
+            if comp is None:
+                comp = _Completions(0, None, 0)  # type: ignore[arg-type]  # no ring: finishes come from Redis
+                self._prefix = f"taskmw-{os.urandom(5).hex()}-"
+                self._listener = FinishListener(self._backend, self._prefix, self._pending, self._on_finishes)
+                self._comp = comp
+            comp.loop = _running_loop()
+            return comp
+
+    def _on_finishes(self, records: list[bytes], auxs: list[int]) -> None:
+        """On the listener's thread: deliver (on the event loop that queued, if any)."""
+        comp = self._comp
+        if comp is None:
+            return
+        batch = Batch(0, records, auxs)
+        loop = comp.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._deliver, comp, batch)
+                return
+            except RuntimeError:  # closed meanwhile
+                pass
+        self._deliver(comp, batch)
+
+    # -- lifetime ----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop sending: wait up to ``shutdown_timeout`` seconds for the
+        finishes of this process's tasks, then stop listening. Tasks still
+        running on Celery go on; their finishes are no longer delivered here
+        (logged). The Celery workers are not stopped."""
+        if self._closed:
+            return
+        self._closed = True
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        comp, self._comp = self._comp, None
+        if comp is not None:
+            loop = comp.loop
+            if loop is None or loop.is_closed() or (loop.is_running() and _running_loop() is not loop):
+                with comp.lock:
+                    comp.idle.wait_for(lambda: comp.done >= comp.sent, timeout=timeout)
+            if self._listener is not None:
+                self._listener.stop()
+            left = len(self._pending)
+            if left:
+                log.warning("closed with %d tasks still running on Celery: their finishes will not be delivered", left)
+        _live.discard(self)
+
+    def _forget_process_state(self) -> None:
+        """After fork (and at first): this process has sent nothing and listens to nothing."""
+        self._comp = None
+        self._claim_lock = threading.Lock()
+        self._listener: FinishListener | None = None
+        self._pending: Pending = {}
+        self._prefix = ""
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<CeleryServer {state} celery_app={self.celery_app.main!r}>"
+
+
+
+APP_ENV = "TASKMW_CELERY_APP"
+
+
+def _find_app(celery_app: Any) -> Any:
+    """The Celery app given, or imported from ``"module:attribute"`` (or ``$TASKMW_CELERY_APP``)."""
+    if celery_app is None:
+        celery_app = os.environ.get(APP_ENV) or None
+    if isinstance(celery_app, str):
+        module, _, attr = celery_app.partition(":")
+        if not module or not attr:
+            raise ValueError(f"celery_app must be a Celery app or 'module:attribute', got {celery_app!r}")
+        celery_app = getattr(importlib.import_module(module), attr)
+    if celery_app is None or not hasattr(celery_app, "send_task"):
+        raise ValueError(
+            f"the celery backend needs celery_app=<a Celery app> (or {APP_ENV}=module:attribute), got {celery_app!r}"
+        )
+    return celery_app

@@ -1,0 +1,184 @@
+"""The Celery worker side: :func:`install` registers the one generic task
+that runs taskmw tasks, with the same pipeline as the local pool's workers
+(:func:`taskmw.worker.run_task`: the invoker, the dispatcher,
+``resolve_service`` and every ``on_task`` plugin).
+
+Each Celery pool process builds its own :class:`~taskmw_celery.CeleryServer`
+from ``install()``'s settings: its plugin manager runs the tasks, it is
+``event.server`` and :func:`taskmw.current_server` there (so tasks can queue
+tasks), and its ``on_worker_start`` / ``on_worker_stop`` hooks run when the
+pool process starts and stops (Celery's ``worker_process_init`` and
+``worker_process_shutdown`` signals; with ``--pool solo``, at the first task
+and at ``worker_shutdown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from billiard.process import current_process
+from celery import signals, states
+from celery.exceptions import SoftTimeLimitExceeded
+
+from taskmw import _codec
+from taskmw.listeners import Listener
+from taskmw.worker import _call_each, error_of, on_task_impls, run_task
+from taskmw_celery.server import CeleryServer
+from taskmw_celery.settings import TASK_NAME, configure
+
+log = logging.getLogger(__name__)
+
+
+class _WorkerProcess:
+    """What one Celery pool process keeps for taskmw: its server, the
+    ``on_task`` implementations, its worker id and an event loop for async tasks."""
+
+    def __init__(self, celery_app: Any, settings: dict[str, Any]) -> None:
+        self.pid = os.getpid()
+        self.worker_id: int = getattr(current_process(), "index", 0) or 0
+        self.server = CeleryServer(celery_app=celery_app, **settings)
+        self.server.worker_id = self.worker_id
+        self.on_task = on_task_impls(self.server.hook)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
+
+    def run(self, task_id: int, payload: bytes, kind: int) -> bytes:
+        """Run one task; returns its finish record."""
+        started = time.perf_counter()
+        try:
+            value = run_task(self.server, self.on_task, self.worker_id, task_id, payload, kind)
+            if inspect.iscoroutine(value):
+                if self.loop is None:
+                    self.loop = asyncio.new_event_loop()
+                value = self.loop.run_until_complete(value)
+        except SoftTimeLimitExceeded as exc:
+            return _codec.encode_finish(
+                task_id, _codec.TIMEOUT, None, error_of(exc), time.perf_counter() - started, self.worker_id
+            )
+        except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, as in the local pool
+            return _codec.encode_finish(
+                task_id, _codec.ERROR, None, error_of(exc), time.perf_counter() - started, self.worker_id
+            )
+        return _codec.encode_finish(task_id, _codec.OK, value, None, time.perf_counter() - started, self.worker_id)
+
+    def stop(self) -> None:
+        """Run ``on_worker_stop`` and close what the process opened."""
+        _call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
+        if self.loop is not None:
+            self.loop.close()
+        self.server.close()
+
+
+class _Installed:
+    """install()'s settings for one Celery app, and this process's
+    :class:`_WorkerProcess` once it runs taskmw tasks."""
+
+    def __init__(self, celery_app: Any, settings: dict[str, Any]) -> None:
+        self.celery_app = celery_app
+        self.settings = settings
+        self.is_worker = False  # set in a worker of this app (its main process, inherited by the pool's)
+        self.process: _WorkerProcess | None = None
+        self.lock = threading.Lock()
+
+    def get(self) -> _WorkerProcess:
+        """This process's :class:`_WorkerProcess`, made (and started) at first use."""
+        process = self.process
+        if process is None or process.pid != os.getpid():
+            with self.lock:
+                if self.process is None or self.process.pid != os.getpid():
+                    self.process = _WorkerProcess(self.celery_app, self.settings)
+                process = self.process
+        return process
+
+    def on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is self.celery_app:
+            self.is_worker = True
+
+    def on_process_init(self, **_: Any) -> None:
+        if self.is_worker:
+            try:
+                self.get()
+            except Exception:
+                log.exception("taskmw: starting the Celery pool process failed")
+
+    def on_process_shutdown(self, **_: Any) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.pid == os.getpid():
+            process.stop()
+
+
+_installed: dict[int, _Installed] = {}
+
+
+def install(
+    celery_app: Any,
+    *,
+    plugins: Iterable[object] = (),
+    listeners: Mapping[type, Sequence[Listener]] | None = None,
+    entrypoints: bool = True,
+    acks_late: bool = True,
+    time_limit: float | None = None,
+) -> Any:
+    """Make ``celery_app``'s workers run taskmw tasks: ``celery -A module:app
+    worker`` then serves ``TaskServer(backend="celery", celery_app=app)``.
+
+    Call it once, in the module that defines the app, after configuring it.
+    It registers the task ``taskmw.run`` and applies the settings listed in
+    :mod:`taskmw_celery.settings` (also harmless in the web processes that
+    import the same module).
+
+    Args:
+        celery_app: the Celery app (Redis result backend).
+        plugins, listeners, entrypoints: the worker side's plugins (``on_task``,
+            ``resolve_service``, ``on_worker_start``/``stop``, and ``on_finish``
+            for tasks queued by tasks) and the dispatcher's listeners, as
+            :class:`~taskmw.TaskServer` takes them.
+        acks_late: ``True`` (default): a task whose pool process dies is put
+            back on the queue and runs again (at least once); ``False``: it
+            finishes ``lost`` (at most once).
+        time_limit: hard limit, seconds, of one task (Celery kills the pool
+            process; the finish is ``timeout``). Default: the app's
+            ``task_time_limit``, else one hour.
+
+    Returns:
+        The Celery task.
+
+    Raises:
+        ValueError: a setting is out of range, or ``install()`` was already
+            called for this app.
+    """
+    if id(celery_app) in _installed:
+        raise ValueError(f"taskmw_celery.install() was already called for the Celery app {celery_app.main!r}")
+    limit = configure(celery_app, time_limit)
+    state = _Installed(
+        celery_app, {"plugins": list(plugins), "listeners": listeners, "entrypoints": bool(entrypoints)}
+    )
+    _installed[id(celery_app)] = state
+
+    @celery_app.task(
+        name=TASK_NAME,
+        bind=True,
+        acks_late=acks_late,
+        reject_on_worker_lost=acks_late,
+        serializer="pickle",
+        ignore_result=True,
+        store_errors_even_if_ignored=True,
+        time_limit=limit,
+        typing=False,
+    )
+    def run(self: Any, task_id: int, payload: bytes, kind: int) -> None:
+        finish = state.get().run(task_id, payload, kind)
+        self.backend.store_result(self.request.id, finish, states.SUCCESS, request=self.request)
+
+    signals.worker_init.connect(state.on_worker_init, weak=False)
+    signals.worker_process_init.connect(state.on_process_init, weak=False)
+    signals.worker_process_shutdown.connect(state.on_process_shutdown, weak=False)
+    signals.worker_shutdown.connect(state.on_process_shutdown, weak=False)
+    return run

@@ -1,0 +1,298 @@
+"""The Celery backend (``plugins/taskmw-celery``) with real processes: a real
+``redis-server`` and real ``celery worker`` processes (see ``conftest.py``),
+and a gunicorn serving an app written for the local pool.
+
+Every wait is bounded; every process started here is stopped and checked gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("celery", reason="the Celery backend's tests need celery (conftest fails in CI)")
+
+import cjobs  # noqa: E402  (apps/, put on sys.path by conftest)
+from e2e.servers import gunicorn_argv, read_records, running_server  # noqa: E402
+
+import taskmw  # noqa: E402
+from taskmw import QueueFull, ServiceTask, Task, TaskFailed, TaskServer  # noqa: E402
+
+from .conftest import Redis, celery_worker, pool_pids  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+WAIT = 30.0
+"""Seconds any single wait may take (a busy 2-core machine)."""
+
+
+class Finishes:
+    """A plugin recording every finish, and the thread it came on."""
+
+    def __init__(self) -> None:
+        self.events: dict[int, list[taskmw.TaskFinishEvent]] = {}
+        self.threads: set[str] = set()
+        self.cond = threading.Condition()
+
+    @taskmw.hookimpl
+    def on_finish(self, event: taskmw.TaskFinishEvent) -> None:
+        with self.cond:
+            self.events.setdefault(event.task_id, []).append(event)
+            self.threads.add(threading.current_thread().name)
+            self.cond.notify_all()
+
+    def wait(self, ids: list[int], timeout: float = WAIT) -> dict[int, taskmw.TaskFinishEvent]:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: all(i in self.events for i in ids), timeout)
+        assert ok, f"no finish within {timeout}s for {[i for i in ids if i not in self.events]}"
+        return {i: self.events[i][0] for i in ids}
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("celery-records")
+
+
+@pytest.fixture(scope="module")
+def worker(redis_server: Redis, records: Path) -> Iterator[Any]:
+    """One Celery worker (acks_late) for the module."""
+    with celery_worker(redis_server.url, records) as w:
+        yield w
+
+
+@pytest.fixture
+def finishes() -> Finishes:
+    return Finishes()
+
+
+def _listener_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("taskmw-celery-finishes")]
+
+
+@pytest.fixture
+def server(worker: Any, redis_server: Redis, finishes: Finishes) -> Iterator[TaskServer]:
+    """``TaskServer(backend="celery")`` in this process; closed and checked to leave no thread."""
+    s = TaskServer(backend="celery", celery_app=cjobs.make_app(redis_server.url), plugins=[finishes],
+                   shutdown_timeout=WAIT)  # fmt: skip
+    try:
+        yield s
+    finally:
+        s.close()
+        assert not _listener_threads(), "the finish listener outlived close()"
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.05)
+
+
+# -- the same calls, run on Celery -----------------------------------------------------
+
+
+def test_tasks_run_on_the_celery_worker_and_finish_here(server: TaskServer, finishes: Finishes, worker: Any,
+                                                        records: Path) -> None:  # fmt: skip
+    from taskmw_celery import CeleryServer
+
+    assert isinstance(server, CeleryServer) and isinstance(server, TaskServer)
+    assert taskmw.current_server() is server
+    ids = [server.task(cjobs.add, i, 1) for i in range(40)]
+    who = server.task(cjobs.whoami)
+    assert all(type(i) is int for i in ids) and ids == sorted(set(ids)) and who > ids[-1]
+    got = finishes.wait([*ids, who])
+    assert [got[i].status for i in ids] == ["ok"] * len(ids)
+    assert [got[i].return_value for i in ids] == [i + 1 for i in range(40)]
+    pid, ppid = got[who].return_value
+    assert ppid == worker.pid and pid in pool_pids(worker), "the task did not run in a pool process of the worker"
+    assert got[who].worker_id in (0, 1, 2) and got[who].duration >= 0
+    assert all(len(finishes.events[i]) == 1 for i in ids), "a task got more than one finish"
+    assert all(name.startswith("taskmw-celery-finishes") for name in finishes.threads)
+    seen = {r["task_id"]: r for r in read_records(records, "ontask")}
+    assert all(seen[i]["pid"] != os.getpid() for i in [*ids, who]), "on_task did not run in the Celery worker"
+    starts = [r for r in read_records(records, "life") if r["event"] == "start"]
+    assert {r["pid"] for r in starts} >= {seen[who]["pid"]} and {r["server"] for r in starts} == {"CeleryServer"}
+
+
+def test_an_error_comes_back_error_with_its_traceback(server: TaskServer, finishes: Finishes) -> None:
+    task_id = server.task(cjobs.boom, "it broke")
+    event = finishes.wait([task_id])[task_id]
+    assert event.status == "error" and event.return_value is None
+    assert event.error is not None and (event.error.type, event.error.message) == ("ValueError", "it broke")
+    assert "cjobs.py" in event.error.traceback and "raise ValueError(message)" in event.error.traceback
+    with pytest.raises(TaskFailed) as failed:
+        server.taskwait(cjobs.boom, "again", timeout=WAIT)
+    assert failed.value.event.error.message == "again"
+
+
+def test_the_same_pipeline_runs_in_the_worker(server: TaskServer, finishes: Finishes) -> None:
+    offset = 5
+    assert server.taskwait(lambda x: x + offset, 1, timeout=WAIT) == 6  # a closure: cloudpickle
+    assert server.taskwait(Task(cjobs.add, 2, b=3), timeout=WAIT) == 5
+    assert server.taskwait(ServiceTask("mailer", "bob", subject="hi"), timeout=WAIT) == "mail to bob: hi"
+    assert server.taskwait(cjobs.Signup("ann"), timeout=WAIT) == "welcome ann"
+    assert server.taskwait(cjobs.VipSignup("vi"), timeout=WAIT) == "welcome vi"  # MRO: the last listener's value
+    receipt = cjobs.deferred_receipt(7)  # queued on current_server(): this server
+    assert finishes.wait([receipt])[receipt].return_value.startswith("receipt 7 from pid ")
+    assert server.taskwait(cjobs.async_add, 2, 2, timeout=WAIT) == 4
+    assert server.taskwait(cjobs.queue_inner, 4, timeout=WAIT) == 50  # a task queuing a task, in the worker
+    with pytest.raises(TaskFailed, match="nothing handled the task"):
+        server.taskwait(object(), timeout=WAIT)
+    with pytest.raises(TaskFailed, match="return value cannot be pickled"):
+        server.taskwait(cjobs.return_lock, timeout=WAIT)
+    with pytest.raises(TypeError, match="task argument 0"):
+        server.task(cjobs.add, threading.Lock(), 1)
+
+
+def test_taskwait_multi_and_task_async(server: TaskServer, finishes: Finishes) -> None:
+    events = server.taskwait_multi([Task(cjobs.add, 1, 1), Task(cjobs.boom, "x"), Task(cjobs.add, 2, 2)],
+                                   timeout=WAIT)  # fmt: skip
+    assert [e.status if e else None for e in events] == ["ok", "error", "ok"]
+    assert [events[0].return_value, events[2].return_value] == [2, 4]  # type: ignore[union-attr]
+
+    loop_threads: list[str] = []
+
+    async def main() -> list[int]:
+        loop_threads.append(threading.current_thread().name)
+        return list(await asyncio.gather(*(server.task_async(cjobs.add, i, i) for i in range(5))))
+
+    assert asyncio.run(asyncio.wait_for(main(), WAIT)) == [0, 2, 4, 6, 8]
+
+
+def test_a_killed_pool_process_runs_the_task_again_with_acks_late(
+    server: TaskServer, finishes: Finishes, worker: Any, tmp_path: Path
+) -> None:
+    task_id = server.task(cjobs.hang_first_time, str(tmp_path))
+    _wait_for(lambda: list(tmp_path.glob("attempt-1-*")), "the first attempt started")
+    pid = int(next(tmp_path.glob("attempt-1-*")).name.rsplit("-", 1)[1])
+    assert pid in pool_pids(worker)
+    os.kill(pid, signal.SIGKILL)
+    event = finishes.wait([task_id])[task_id]
+    assert (event.status, event.return_value) == ("ok", 2), event
+    assert len(list(tmp_path.glob("attempt-*"))) == 2
+    _wait_for(lambda: len(pool_pids(worker)) == 2, "the worker replaced its pool process")
+    assert len(finishes.events[task_id]) == 1
+
+
+def test_a_killed_pool_process_finishes_lost_without_acks_late(redis_server: Redis, tmp_path: Path) -> None:
+    url = redis_server.url_for(1)  # its own queue: the module's worker (acks_late) serves db 0
+    finishes = Finishes()
+    with celery_worker(url, tmp_path, acks_late=False) as early:
+        with TaskServer(backend="celery", celery_app=cjobs.make_app(url), plugins=[finishes]) as server:
+            attempts = tmp_path / "attempts"
+            attempts.mkdir()
+            task_id = server.task(cjobs.hang_first_time, str(attempts))
+            _wait_for(lambda: list(attempts.glob("attempt-1-*")), "the first attempt started")
+            pid = int(next(attempts.glob("attempt-1-*")).name.rsplit("-", 1)[1])
+            assert pid in pool_pids(early)
+            os.kill(pid, signal.SIGKILL)
+            event = finishes.wait([task_id])[task_id]
+            assert event.status == "lost" and event.error is not None and event.error.type == "WorkerLost", event
+            assert server.taskwait(cjobs.add, 1, 2, timeout=WAIT) == 3  # the worker goes on
+        assert len(list(attempts.glob("attempt-*"))) == 1
+    life = read_records(tmp_path, "life")
+    stopped = {r["pid"] for r in life if r["event"] == "stop"}
+    assert stopped and stopped <= {r["pid"] for r in life if r["event"] == "start"}, life
+
+
+# -- a gunicorn app written for the local pool -------------------------------------------
+
+
+def test_gunicorn_app_unchanged_on_celery(worker: Any, redis_server: Redis, records: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+
+    monkeypatch.setenv("TASKMW_BACKEND", "celery")
+    monkeypatch.setenv("TASKMW_CELERY_APP", "cclient:capp")
+    monkeypatch.setenv("TASKMW_CELERY_URL", redis_server.url)
+    monkeypatch.setenv("PYTHONPATH", str(cjobs.__file__).rsplit("/", 1)[0])
+    queued: dict[int, tuple[int, str]] = {}
+    with running_server(lambda port: gunicorn_argv("cweb:app", port, 2, preload=True), tmp_path) as web:
+        with web.client() as c:
+            for i in range(20):
+                body = c.get("/queue", params={"a": i, "b": 1}).json()
+                assert body["server"] == "CeleryServer"
+                queued[body["id"]] = (body["pid"], "ok")
+            for m in ("first", "second"):
+                body = c.get("/fail", params={"m": m}).json()
+                queued[body["id"]] = (body["pid"], "error")
+            assert c.get("/wait", params={"a": 2, "b": 40}).json()["value"] == 42
+        _wait_for(lambda: set(queued) <= {r["task_id"] for r in read_records(tmp_path, "finish")},
+                  "every finish reached gunicorn")  # fmt: skip
+        web.snapshot()
+    report = web.stop_report
+    assert report is not None and not report.problems(), report.problems() if report else None
+    got = {r["task_id"]: r for r in read_records(tmp_path, "finish")}
+    assert len({pid for pid, _ in queued.values()}) >= 1
+    for task_id, (pid, status) in queued.items():
+        assert got[task_id]["pid"] == pid, f"task {task_id}'s finish went to another process"
+        assert got[task_id]["status"] == status
+        if status == "error":
+            assert got[task_id]["error"]["type"] == "ValueError" and "boom" in got[task_id]["error"]["traceback"]
+    ran = {r["task_id"]: r for r in read_records(records, "ontask")}
+    assert all(ran[i]["pid"] in {p for p, _s in worker.known} for i in queued), "a task ran outside the worker"
+    assert len(read_records(tmp_path, "finish")) == len(queued) + 1  # + the /wait task; one finish each
+
+
+# -- settings ----------------------------------------------------------------------------
+
+
+def test_install_applies_the_settings_that_keep_the_promise() -> None:
+    import taskmw_celery
+
+    app = cjobs.make_app("redis://127.0.0.1:1/0")
+    run = taskmw_celery.install(app, time_limit=30)
+    assert "pickle" in app.conf.accept_content and "json" in app.conf.accept_content
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.broker_transport_options["visibility_timeout"] > 30
+    assert (run.name, run.acks_late, run.reject_on_worker_lost, run.time_limit) == ("taskmw.run", True, True, 30)
+    assert run.serializer == "pickle" and run.store_errors_even_if_ignored
+    with pytest.raises(ValueError, match="already called"):
+        taskmw_celery.install(app)
+    other = cjobs.make_app("redis://127.0.0.1:1/0")
+    other.conf.broker_transport_options = {"visibility_timeout": 10}
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        taskmw_celery.install(other, time_limit=30)
+    early = taskmw_celery.install(cjobs.make_app("redis://127.0.0.1:1/0"), acks_late=False)
+    assert (early.acks_late, early.reject_on_worker_lost) == (False, False)
+
+
+def test_bad_settings_name_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery import Celery
+
+    monkeypatch.delenv("TASKMW_CELERY_APP", raising=False)
+    with pytest.raises(ValueError, match="TASKMW_CELERY_APP"):
+        TaskServer(backend="celery")
+    with pytest.raises(ValueError, match="Redis result backend"):
+        TaskServer(backend="celery", celery_app=Celery("x", broker="redis://127.0.0.1:1/0", set_as_current=False))
+    with pytest.raises(TypeError, match="unknown settings: colour"):
+        TaskServer(backend="celery", celery_app=cjobs.make_app("redis://127.0.0.1:1/0"), colour="red")
+    with pytest.raises(ValueError, match="queue_timeout"):
+        TaskServer(backend="celery", celery_app=cjobs.make_app("redis://127.0.0.1:1/0"), queue_timeout=-1)
+    app = cjobs.make_app("redis://127.0.0.1:1/0")
+    with TaskServer(backend="celery", celery_app=app, queue_bytes=1 << 20, shutdown_timeout=1) as unreachable:
+        with pytest.raises(QueueFull, match="could not be reached"):
+            unreachable.task(cjobs.add, 1, 2)
+
+
+def test_the_middleware_takes_the_backend_setting(redis_server: Redis, worker: Any) -> None:
+    from taskmw import TaskMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [json.dumps(environ["taskmw.server"].taskwait(cjobs.add, 1, 1, timeout=WAIT)).encode()]
+
+    wrapped = TaskMiddleware(app, backend="celery", celery_app=cjobs.make_app(redis_server.url))
+    try:
+        assert type(wrapped.server).__name__ == "CeleryServer"
+        assert wrapped({"PATH_INFO": "/"}, lambda *a: None) == [b"2"]
+    finally:
+        wrapped.close()
