@@ -1,99 +1,21 @@
-"""Fixtures of the Celery backend's tests: a real ``redis-server`` on a free
-port of 127.0.0.1 and real ``celery worker`` processes (prefork, 2 pool
-processes) serving ``apps/cworker.py``, each stopped at the end and checked
-gone (the e2e harness's :class:`~tests.e2e.servers.Server` runs them).
-
-Without ``redis-server`` or the ``celery``/``redis`` packages the tests are
-skipped with the reason, except in CI (``CI=true``), where they fail: CI
-installs them (``.ci/run``).
-"""
+"""Fixtures of the Celery backend's tests (the processes are in ``procs.py``)."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from e2e.servers import Server, alive, base_env, free_port, proc_stat
 
-APPS = Path(__file__).resolve().parent / "apps"
-READY_TIMEOUT = 60.0
-"""Seconds a Celery worker may take to say it is ready (a busy 2-core machine)."""
-
-
-def _missing(what: str) -> None:
-    message = f"the Celery backend's tests need {what}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message}: .ci/run must install it", pytrace=False)
-    pytest.skip(message)
-
+from .procs import APPS, Redis, require
 
 if str(APPS) not in sys.path:
     sys.path.insert(0, str(APPS))  # cjobs: the tasks go by reference, as cjobs.<name>
 
 
-class Redis:
-    """``redis-server`` on 127.0.0.1:<free port>, no persistence."""
-
-    def __init__(self, workdir: Path) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            _missing("redis-server (apt-get install redis-server)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = open(workdir / "redis.log", "ab")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir)],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        st = proc_stat(self.proc.pid)
-        self.ident = (self.proc.pid, st.starttime if st else 0)
-        import redis
-
-        self.client = redis.Redis(host="127.0.0.1", port=self.port)
-        deadline = time.monotonic() + 20.0
-        while True:
-            try:
-                if self.client.ping():
-                    return
-            except redis.exceptions.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    log = (workdir / "redis.log").read_text()[-2000:]
-                    raise RuntimeError(f"redis-server did not start: {log}") from None
-                time.sleep(0.05)
-
-    def url_for(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def stop(self) -> None:
-        """SIGTERM, a bounded wait, SIGKILL if needed; then check it is gone."""
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(10.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10.0)
-        self.log.close()
-        assert not alive(self.ident), "redis-server outlived its stop"
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    for module in ("celery", "redis"):
-        if importlib.util.find_spec(module) is None:
-            _missing(f"the {module} package (pip install ./plugins/taskmw-celery)")
+    require()
     server = Redis(tmp_path_factory.mktemp("redis"))
     try:
         yield server
@@ -101,43 +23,3 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
         server.stop()
 
 
-def worker_argv(name: str) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "cworker:capp", "worker", "--pool", "prefork", "-c", "2",
-        "--loglevel", "info", "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}@%h",
-    ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def celery_worker(url: str, records: Path, acks_late: bool = True) -> Iterator[Server]:
-    """A ``celery worker`` for ``apps/cworker.py`` on Redis ``url``, writing
-    records into ``records``; on exit SIGTERM (warm shutdown), bounded waits,
-    and a check that none of its processes is left."""
-    workdir = records / f"worker-{'late' if acks_late else 'early'}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = base_env(records)
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(APPS), env["PYTHONPATH"]]),
-        TASKMW_CELERY_URL=url,
-        TASKMW_ACKS_LATE="1" if acks_late else "0",
-    )
-    if os.geteuid() == 0:  # Celery refuses root with pickle unless told (CI may run as root; see README)
-        env["C_FORCE_ROOT"] = "1"
-    worker = Server(worker_argv(f"taskmw-{os.getpid()}-{free_port()}"), workdir, env, 0)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while " ready." not in worker.log_tail(200):
-            if worker.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Celery worker did not get ready; log:\n{worker.log_tail()}")
-            time.sleep(0.1)
-        worker.snapshot()
-        yield worker
-    finally:
-        report = worker.stop(signal.SIGTERM)
-    assert not report.problems(), report.problems()
-    assert report.returncode == 0, f"celery worker exited {report.returncode}; log:\n{worker.log_tail()}"
-
-
-def pool_pids(worker: Server) -> set[int]:
-    """The worker's pool processes (children of its main process)."""
-    return {pid for (pid, _start) in worker.snapshot() if (st := proc_stat(pid)) and st.ppid == worker.pid}

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e.servers import gunicorn_argv, read_records, running_server
 
-pytest.importorskip("celery", reason="the Celery backend's tests need celery (conftest fails in CI)")
+import taskmw
+from taskmw import QueueFull, ServiceTask, Task, TaskFailed, TaskServer
+
+from .procs import Redis, celery_worker, pool_pids, require
+
+require()  # skips this module (fails it in CI) without redis-server, celery, redis or taskmw-celery
 
 import cjobs  # noqa: E402  (apps/, put on sys.path by conftest)
-from e2e.servers import gunicorn_argv, read_records, running_server  # noqa: E402
-
-import taskmw  # noqa: E402
-from taskmw import QueueFull, ServiceTask, Task, TaskFailed, TaskServer  # noqa: E402
-
-from .conftest import Redis, celery_worker, pool_pids  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -166,6 +166,30 @@ def test_taskwait_multi_and_task_async(server: TaskServer, finishes: Finishes) -
         return list(await asyncio.gather(*(server.task_async(cjobs.add, i, i) for i in range(5))))
 
     assert asyncio.run(asyncio.wait_for(main(), WAIT)) == [0, 2, 4, 6, 8]
+
+
+def test_under_asgi_finishes_come_on_the_event_loop(worker: Any, redis_server: Redis) -> None:
+    finishes = Finishes()
+    server = TaskServer(backend="celery", celery_app=cjobs.make_app(redis_server.url), plugins=[finishes],
+                        shutdown_timeout=WAIT)  # fmt: skip
+
+    async def main() -> tuple[list[int], int, str]:
+        ids = [server.task(cjobs.add, i, 0) for i in range(5)]  # the first call claims: this loop delivers
+        value = await server.task_async(cjobs.add, 20, 1)
+        with pytest.raises(RuntimeError, match="task_async"):
+            server.taskwait(cjobs.add, 1, 1, timeout=1)
+        while not all(i in finishes.events for i in ids):
+            await asyncio.sleep(0.01)
+        return ids, value, threading.current_thread().name
+
+    try:
+        ids, value, loop_thread = asyncio.run(asyncio.wait_for(main(), WAIT))
+        assert value == 21 and [finishes.events[i][0].return_value for i in ids] == list(range(5))
+        assert loop_thread in finishes.threads
+        assert server.taskwait(cjobs.add, 2, 3, timeout=WAIT) == 5  # the loop is gone: a thread delivers
+    finally:
+        server.close()
+    assert not _listener_threads()
 
 
 def test_a_killed_pool_process_runs_the_task_again_with_acks_late(
