@@ -1,4 +1,4 @@
-"""Print a Markdown summary of a benchmark run (IPC and task pools).
+"""Print a Markdown summary of a benchmark run (IPC, task pools, Celery).
 
 Produce the data, then report it (from the repository root)::
 
@@ -10,7 +10,9 @@ round-trip latency (p50/p99 µs) per transport, each as a ratio against
 faster-fifo. Task pools (``test_tasks.py``): tasks/s, the cost of one
 queueing call, round-trip p50/p99, each with the ratio taskmw ÷ that pool,
 then requests/s of the gunicorn routes and whether the issue's aims were met.
-Either part is left out when the run has none of its benchmarks; the command
+Scaling out (``test_celery.py``): tasks/s and round trips of the local pool,
+taskmw through Celery and plain Celery, as ratios to taskmw through Celery.
+A part is left out when the run has none of its benchmarks; the command
 that produced the data is printed first.
 """
 
@@ -134,13 +136,17 @@ def header(doc: dict[str, Any]) -> list[str]:
 
 
 def report(doc: dict[str, Any], rows: list[Row]) -> str:
-    """The whole Markdown report: the IPC part, then the task-pool part."""
+    """The whole Markdown report: the IPC part, the task-pool part, then the Celery part."""
     tasks = task_rows(doc)
-    lines = [IPC_TITLE if rows or not tasks else TASKS_TITLE, "", *header(doc)]
+    celery = celery_rows(doc)
+    title = IPC_TITLE if rows or not (tasks or celery) else TASKS_TITLE if tasks else CELERY_TITLE
+    lines = [title, "", *header(doc)]
     if rows:
         lines += ipc_report(rows)
     if tasks:
         lines += ["", *([TASKS_TITLE, ""] if rows else []), *tasks_report(tasks)]
+    if celery:
+        lines += ["", *([CELERY_TITLE, ""] if rows or tasks else []), *celery_report(celery)]
     return "\n".join(lines)
 
 
@@ -292,6 +298,53 @@ def aims(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     ]  # fmt: skip
     lines = ["### Aims (measured in this run)", "", "| aim | measured | |", "|---|---:|---|"]
     return lines + [f"| {a} | {m} | {v} |" for a, m, v in rows]
+
+
+# -- scaling out (bench/test_celery.py) ------------------------------------------------
+
+CELERY_TITLE = "## Scaling out: taskmw's local pool vs taskmw through Celery vs plain Celery"
+CELERY_NAMES = {
+    "local": "taskmw, local pool",
+    "taskmw_celery": "**taskmw through Celery** (`backend=\"celery\"`)",
+    "celery": "plain Celery `.delay()`",
+}
+
+
+def celery_rows(doc: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The Celery benchmarks' ``extra_info``, by measure, then by pool."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for b in doc["benchmarks"]:
+        x = b["extra_info"]
+        if x.get("measure") in ("celery_throughput", "celery_round_trip"):
+            out.setdefault(x["measure"], {})[x["pool"]] = x
+    return out
+
+
+def celery_report(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Markdown lines: tasks/s and round trips of the three, as ratios to
+    taskmw through Celery (what the local pool gains, what plain Celery costs)."""
+    tput = t.get("celery_throughput", {})
+    rt = t.get("celery_round_trip", {})
+    mine_t = tput.get("taskmw_celery", {}).get("tasks_per_s")
+    mine_rt = rt.get("taskmw_celery", {})
+    lines = [
+        "The same trivial task (100-byte argument), 2 worker processes each (Celery: one `celery worker "
+        "--pool prefork -c 2`, Redis broker and result backend, all on this machine), every finish observed "
+        "by the benchmark process. Ratios are each figure divided by taskmw-through-Celery's.",
+        "",
+        "| backend | tasks/s | middle half of rounds | ÷ via Celery | p50 round trip µs | p99 µs "
+        "| p50 ÷ via Celery |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pool in CELERY_NAMES:
+        x, r = tput.get(pool, {}), rt.get(pool, {})
+        if not x and not r:
+            continue
+        lines.append(f"| {CELERY_NAMES[pool]} | {x.get('tasks_per_s', 0):,.0f} "
+                     f"| {_span(x.get('tasks_per_s_iqr'), '{:,.0f}')} | {times(x.get('tasks_per_s'), mine_t)} "
+                     f"| {r.get('p50_us', 0):,.0f} | {r.get('p99_us', 0):,.0f} "
+                     f"| {times(r.get('p50_us'), mine_rt.get('p50_us'))} |")  # fmt: skip
+    return lines
 
 
 def main() -> None:
