@@ -112,6 +112,7 @@ def celery_worker(
     app: str = "cworker:capp",
     path: Path = APPS,
     loglevel: str = "info",
+    time_limit: float = 120.0,
 ) -> Iterator[Server]:
     """A ``celery worker`` for ``app`` (importable from ``path``; default
     ``apps/cworker.py``) on Redis ``url``, writing records into ``records``;
@@ -124,6 +125,7 @@ def celery_worker(
         PYTHONPATH=os.pathsep.join([str(path), env["PYTHONPATH"]]),
         TASKMW_CELERY_URL=url,
         TASKMW_ACKS_LATE="1" if acks_late else "0",
+        TASKMW_TIME_LIMIT=str(time_limit),
     )
     if os.geteuid() == 0:  # Celery refuses root with pickle unless told (CI may run as root; see README)
         env["C_FORCE_ROOT"] = "1"

@@ -8,6 +8,7 @@ Every wait is bounded; every process started here is stopped and checked gone.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -123,6 +124,39 @@ def test_tasks_run_on_the_celery_worker_and_finish_here(server: TaskServer, fini
     assert {r["pid"] for r in starts} >= {seen[who]["pid"]} and {r["server"] for r in starts} == {"CeleryServer"}
 
 
+def test_finishes_go_to_the_process_that_queued(server: TaskServer, finishes: Finishes, tmp_path: Path) -> None:
+    mine = [server.task(cjobs.add, i, 0) for i in range(5)]
+    finishes.wait(mine)
+    pid = os.fork()
+    if pid == 0:  # a process forked from a dispatching one (gunicorn --preload): its own subscription
+        code = 1
+        try:
+            before = set(finishes.events)
+            ids = [server.task(cjobs.add, i, 100) for i in range(5)]
+            got = finishes.wait(ids)
+            result = {"ids": ids, "values": [got[i].return_value for i in ids],
+                      "foreign": sorted(set(finishes.events) - before - set(ids))}  # fmt: skip
+            (tmp_path / "child.json").write_text(json.dumps(result))
+            server.close()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + WAIT
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked dispatcher did not finish in time")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    child = json.loads((tmp_path / "child.json").read_text())
+    assert child["values"] == [i + 100 for i in range(5)] and child["foreign"] == []
+    assert min(child["ids"]) > max(mine)  # one counter for every process
+    later = [server.task(cjobs.add, 1, 1)]
+    finishes.wait(later)  # the child's finishes, long done, never came here
+    assert not set(child["ids"]) & set(finishes.events)
+
+
 def test_an_error_comes_back_error_with_its_traceback(server: TaskServer, finishes: Finishes) -> None:
     task_id = server.task(cjobs.boom, "it broke")
     event = finishes.wait([task_id])[task_id]
@@ -207,11 +241,12 @@ def test_a_killed_pool_process_runs_the_task_again_with_acks_late(
     assert len(finishes.events[task_id]) == 1
 
 
-def test_a_killed_pool_process_finishes_lost_without_acks_late(redis_server: Redis, tmp_path: Path) -> None:
+def test_lost_without_acks_late_and_timeout_past_the_time_limit(redis_server: Redis, tmp_path: Path) -> None:
     url = redis_server.url_for(1)  # its own queue: the module's worker (acks_late) serves db 0
     finishes = Finishes()
-    with celery_worker(url, tmp_path, acks_late=False) as early:
+    with celery_worker(url, tmp_path, acks_late=False, time_limit=8) as early:
         with TaskServer(backend="celery", celery_app=cjobs.make_app(url), plugins=[finishes]) as server:
+            slow = server.task(cjobs.sleep_for, 60)  # on the other pool process, killed at 8 s
             attempts = tmp_path / "attempts"
             attempts.mkdir()
             task_id = server.task(cjobs.hang_first_time, str(attempts))
@@ -222,10 +257,49 @@ def test_a_killed_pool_process_finishes_lost_without_acks_late(redis_server: Red
             event = finishes.wait([task_id])[task_id]
             assert event.status == "lost" and event.error is not None and event.error.type == "WorkerLost", event
             assert server.taskwait(cjobs.add, 1, 2, timeout=WAIT) == 3  # the worker goes on
+            timed_out = finishes.wait([slow])[slow]
+            assert timed_out.status == "timeout" and timed_out.error.type.endswith("TimeLimitExceeded"), timed_out
         assert len(list(attempts.glob("attempt-*"))) == 1
     life = read_records(tmp_path, "life")
     stopped = {r["pid"] for r in life if r["event"] == "stop"}
     assert stopped and stopped <= {r["pid"] for r in life if r["event"] == "start"}, life
+
+
+def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finishes: Finishes) -> None:
+    """Results written straight into the result backend (no worker serves db 2):
+    one stored without being published (found by the look-up), Celery's own
+    failures, a revoke, and a second result for the same task (dropped)."""
+    from billiard.exceptions import WorkerLostError
+    from celery import states
+    from celery.exceptions import TimeLimitExceeded
+
+    from taskmw import _codec
+
+    app = cjobs.make_app(redis_server.url_for(2))
+    with TaskServer(backend="celery", celery_app=app, plugins=[finishes], shutdown_timeout=1) as server:
+        ok, lost, slow, revoked = (server.task(cjobs.add, 1, 1) for _ in range(4))
+        backend = app.backend
+        prefix: str = server._prefix  # type: ignore[attr-defined]  # this process's Celery task id prefix
+
+        def celery_id(task_id: int) -> str:
+            return f"{prefix}{task_id}"
+
+        record = _codec.encode_finish(ok, _codec.OK, 2, None, 0.5, 1)
+        meta = {"status": states.SUCCESS, "result": record, "traceback": None, "children": [], "task_id": celery_id(ok)}
+        backend.client.set(backend.get_key_for_task(celery_id(ok)), backend.encode(meta))  # not published
+        backend.mark_as_failure(celery_id(lost), WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."))
+        backend.mark_as_failure(celery_id(slow), TimeLimitExceeded(8.0))
+        backend.mark_as_revoked(celery_id(revoked))
+        got = finishes.wait([ok, lost, slow, revoked])
+        assert (got[ok].status, got[ok].return_value, got[ok].worker_id) == ("ok", 2, 1)
+        assert got[lost].status == "lost" and got[lost].error.type == "WorkerLost" and got[lost].worker_id == -1
+        assert got[slow].status == "timeout" and got[revoked].status == "cancelled"
+        backend.store_result(celery_id(ok), record, states.SUCCESS)  # it ran twice
+        later = server.task(cjobs.add, 2, 2)
+        backend.store_result(celery_id(later), _codec.encode_finish(later, _codec.OK, 4, None, 0.1, 0), states.SUCCESS)
+        assert finishes.wait([later])[later].return_value == 4
+        assert len(finishes.events[ok]) == 1
+        assert backend.client.get(backend.get_key_for_task(celery_id(later))) is None  # delivered: deleted
 
 
 # -- a gunicorn app written for the local pool -------------------------------------------
@@ -240,11 +314,15 @@ def test_gunicorn_app_unchanged_on_celery(worker: Any, redis_server: Redis, reco
     monkeypatch.setenv("PYTHONPATH", str(cjobs.__file__).rsplit("/", 1)[0])
     queued: dict[int, tuple[int, str]] = {}
     with running_server(lambda port: gunicorn_argv("cweb:app", port, 2, preload=True), tmp_path) as web:
-        with web.client() as c:
-            for i in range(20):
-                body = c.get("/queue", params={"a": i, "b": 1}).json()
+        def queue(i: int) -> dict[str, Any]:
+            with web.client() as c:
+                return c.get("/queue", params={"a": i, "b": 1}).json()  # type: ignore[no-any-return]
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # both HTTP workers queue
+            for body in pool.map(queue, range(40)):
                 assert body["server"] == "CeleryServer"
                 queued[body["id"]] = (body["pid"], "ok")
+        with web.client() as c:
             for m in ("first", "second"):
                 body = c.get("/fail", params={"m": m}).json()
                 queued[body["id"]] = (body["pid"], "error")

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 class _WorkerProcess:
     """What one Celery pool process keeps for taskmw: its server, the
-    ``on_task`` implementations, its worker id and an event loop for async tasks."""
+    ``on_task`` implementations, its worker id and event loops for async tasks."""
 
     def __init__(self, celery_app: Any, settings: dict[str, Any]) -> None:
         self.pid = os.getpid()
@@ -46,7 +46,7 @@ class _WorkerProcess:
         self.server = CeleryServer(celery_app=celery_app, **settings)
         self.server.worker_id = self.worker_id
         self.on_task = on_task_impls(self.server.hook)
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loops = threading.local()  # an event loop per thread that runs async tasks (--pool threads)
         _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
 
     def run(self, task_id: int, payload: bytes, kind: int) -> bytes:
@@ -55,9 +55,10 @@ class _WorkerProcess:
         try:
             value = run_task(self.server, self.on_task, self.worker_id, task_id, payload, kind)
             if inspect.iscoroutine(value):
-                if self.loop is None:
-                    self.loop = asyncio.new_event_loop()
-                value = self.loop.run_until_complete(value)
+                loop = getattr(self.loops, "loop", None)
+                if loop is None:
+                    loop = self.loops.loop = asyncio.new_event_loop()
+                value = loop.run_until_complete(value)
         except SoftTimeLimitExceeded as exc:
             return _codec.encode_finish(
                 task_id, _codec.TIMEOUT, None, error_of(exc), time.perf_counter() - started, self.worker_id
@@ -71,8 +72,9 @@ class _WorkerProcess:
     def stop(self) -> None:
         """Run ``on_worker_stop`` and close what the process opened."""
         _call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
-        if self.loop is not None:
-            self.loop.close()
+        loop = getattr(self.loops, "loop", None)
+        if loop is not None:
+            loop.close()
         self.server.close()
 
 

@@ -78,6 +78,11 @@ def hang_first_time(folder: str, seconds: float = 30.0) -> int:
     return attempt
 
 
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 def return_lock() -> Any:
     return threading.Lock()
 

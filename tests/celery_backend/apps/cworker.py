@@ -1,7 +1,8 @@
 """The Celery app module of the tests' worker: ``celery -A cworker:capp worker``.
 
 ``TASKMW_CELERY_URL`` is the Redis URL; ``TASKMW_ACKS_LATE=0`` makes a task
-whose pool process dies finish ``lost`` instead of running again.
+whose pool process dies finish ``lost`` instead of running again;
+``TASKMW_TIME_LIMIT`` is the tasks' hard time limit (seconds).
 """
 
 import os
@@ -15,5 +16,5 @@ taskmw_celery.install(
     plugins=[cjobs.Recorder(), cjobs.Services()],
     listeners=cjobs.LISTENERS,
     acks_late=os.environ.get("TASKMW_ACKS_LATE", "1") == "1",
-    time_limit=120,
+    time_limit=float(os.environ.get("TASKMW_TIME_LIMIT", "120")),
 )
