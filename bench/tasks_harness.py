@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import faster_fifo
-from harness import POLL, WAIT, Peer
+from harness import POLL, WAIT, Peer, percentile_us
 
 try:
     from taskmw import TaskServer, hookimpl
@@ -437,6 +437,28 @@ def round_trips(pool: TaskPool, count: int, samples: list[int]) -> None:
         t0 = clock()
         rt()
         samples.append(clock() - t0)
+
+
+def bench_throughput(benchmark: Any, pool: TaskPool, count: int, rounds: int) -> None:
+    """Time ``rounds`` throughput rounds of ``count`` tasks (after one warm-up
+    round); ``tasks_per_s`` (from the median round) and ``tasks_per_s_iqr``
+    (the middle half of the rounds) go into the benchmark's ``extra_info``."""
+    benchmark.pedantic(queue_and_wait, args=(pool, count), rounds=rounds, warmup_rounds=1)
+    if benchmark.stats:
+        s = benchmark.stats.stats
+        benchmark.extra_info["tasks_per_s"] = count / s.median
+        benchmark.extra_info["tasks_per_s_iqr"] = [count / s.q3, count / s.q1]
+
+
+def bench_round_trips(benchmark: Any, pool: TaskPool, count: int, rounds: int) -> None:
+    """Time ``rounds`` rounds of ``count`` round trips (after ``count // 4``
+    untimed ones); ``p50_us`` and ``p99_us`` over every call go into ``extra_info``."""
+    round_trips(pool, count // 4, [])
+    samples: list[int] = []
+    benchmark.pedantic(round_trips, args=(pool, count, samples), rounds=rounds)
+    benchmark.extra_info.update(
+        round_trips=len(samples), p50_us=percentile_us(samples, 0.50), p99_us=percentile_us(samples, 0.99)
+    )
 
 
 # -- the HTTP benchmark ----------------------------------------------------------------

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 from celery_harness import CeleryDelayPool, Redis, TaskmwCeleryPool, celery_worker, require
-from harness import percentile_us
 from pytest_benchmark.fixture import BenchmarkFixture
-from tasks_harness import TaskmwPool, TaskPool, queue_and_wait, round_trips
+from tasks_harness import TaskmwPool, TaskPool, bench_round_trips, bench_throughput, queue_and_wait
 
 require()
 
@@ -87,11 +86,7 @@ def test_celery_throughput(benchmark: BenchmarkFixture, open_pool: Callable[[str
     count = TASKS_PER_ROUND[pool_name]
     benchmark.group = "celery: throughput"
     benchmark.extra_info.update(measure="celery_throughput", pool=pool_name, tasks=count)
-    benchmark.pedantic(queue_and_wait, args=(pool, count), rounds=THROUGHPUT_ROUNDS, warmup_rounds=1)
-    if benchmark.stats:
-        s = benchmark.stats.stats
-        benchmark.extra_info["tasks_per_s"] = count / s.median
-        benchmark.extra_info["tasks_per_s_iqr"] = [count / s.q3, count / s.q1]
+    bench_throughput(benchmark, pool, count, THROUGHPUT_ROUNDS)
     benchmark.extra_info["counters"] = pool.counters()
 
 
@@ -99,11 +94,6 @@ def test_celery_throughput(benchmark: BenchmarkFixture, open_pool: Callable[[str
 def test_celery_round_trip(benchmark: BenchmarkFixture, open_pool: Callable[[str], TaskPool], pool_name: str) -> None:
     """One task at a time, waiting for its return value: p50/p99 µs."""
     pool = open_pool(pool_name)
-    round_trips(pool, ROUND_TRIPS // 4, [])
-    samples: list[int] = []
     benchmark.group = "celery: round trip"
     benchmark.extra_info.update(measure="celery_round_trip", pool=pool_name)
-    benchmark.pedantic(round_trips, args=(pool, ROUND_TRIPS, samples), rounds=LATENCY_ROUNDS)
-    benchmark.extra_info.update(
-        round_trips=len(samples), p50_us=percentile_us(samples, 0.50), p99_us=percentile_us(samples, 0.99)
-    )
+    bench_round_trips(benchmark, pool, ROUND_TRIPS, LATENCY_ROUNDS)

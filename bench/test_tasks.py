@@ -18,17 +18,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import percentile_us
 from pytest_benchmark.fixture import BenchmarkFixture
 from tasks_harness import (
     HAVE_TASK_SERVER,
     POOLS,
     Gunicorn,
     TaskPool,
+    bench_round_trips,
+    bench_throughput,
     descendants,
     http_load,
     queue_and_wait,
-    round_trips,
     wait_gone,
 )
 
@@ -102,11 +102,7 @@ def test_tasks_throughput(benchmark: BenchmarkFixture, open_pool: Callable[[str]
     count = TASKS_PER_ROUND[pool_name]
     benchmark.group = "tasks: throughput"
     benchmark.extra_info.update(measure="tasks_throughput", pool=pool_name, tasks=count)
-    benchmark.pedantic(queue_and_wait, args=(pool, count), rounds=THROUGHPUT_ROUNDS, warmup_rounds=1)
-    if benchmark.stats:
-        s = benchmark.stats.stats
-        benchmark.extra_info["tasks_per_s"] = count / s.median
-        benchmark.extra_info["tasks_per_s_iqr"] = [count / s.q3, count / s.q1]
+    bench_throughput(benchmark, pool, count, THROUGHPUT_ROUNDS)
 
 
 @pytest.mark.parametrize("pool_name", POOL_PARAMS)
@@ -133,14 +129,9 @@ def test_task_round_trip(benchmark: BenchmarkFixture, open_pool: Callable[[str],
     """One task at a time, waiting for its return value (taskwait, submit().result(),
     apply_async().get(), put + get): per-call latency p50/p99."""
     pool = open_pool(pool_name)
-    round_trips(pool, ROUND_TRIPS // 4, [])  # warm-up, not kept
-    samples: list[int] = []
     benchmark.group = "tasks: round trip"
     benchmark.extra_info.update(measure="task_round_trip", pool=pool_name)
-    benchmark.pedantic(round_trips, args=(pool, ROUND_TRIPS, samples), rounds=LATENCY_ROUNDS)
-    benchmark.extra_info.update(
-        round_trips=len(samples), p50_us=percentile_us(samples, 0.50), p99_us=percentile_us(samples, 0.99)
-    )
+    bench_round_trips(benchmark, pool, ROUND_TRIPS, LATENCY_ROUNDS)
 
 
 # -- HTTP ------------------------------------------------------------------------

@@ -146,18 +146,10 @@ class TaskServer:
         max_dispatchers: int = 32,
         result_bytes: int = 1 << 20,
     ) -> None:
-        _check_int("task_workers", task_workers, 1, 1024)
-        _check_int("task_concurrency", task_concurrency, 1, 10000)
         _check_int("max_dispatchers", max_dispatchers, 1, 4096)
         _check_int("queue_bytes", queue_bytes, 4096, 1 << 40)
         _check_int("result_bytes", result_bytes, 4096, 1 << 40)
-        _check_seconds("queue_timeout", queue_timeout)
-        _check_seconds("shutdown_timeout", shutdown_timeout)
-        self.task_workers = task_workers
-        self.queue_timeout = float(queue_timeout)
-        self.task_concurrency = task_concurrency
-        self.shutdown_timeout = float(shutdown_timeout)
-
+        self._keep_settings(task_workers, queue_timeout, task_concurrency, shutdown_timeout)
         self.plugins = plugin_manager(plugins, listeners, entrypoints)
         """The pluggy plugin manager. The task workers are forked with the plugins
         given here; one registered later reaches only this process (its ``on_finish``)."""
@@ -188,6 +180,19 @@ class TaskServer:
         _live.add(self)
         _set_default(self)
         log.debug("pool started: %d task workers, supervisor pid %d", task_workers, self.supervisor_pid)
+
+    def _keep_settings(
+        self, task_workers: int, queue_timeout: float, task_concurrency: int, shutdown_timeout: float
+    ) -> None:
+        """Check and keep the settings every backend shares."""
+        _check_int("task_workers", task_workers, 1, 1024)
+        _check_int("task_concurrency", task_concurrency, 1, 10000)
+        _check_seconds("queue_timeout", queue_timeout)
+        _check_seconds("shutdown_timeout", shutdown_timeout)
+        self.task_workers = task_workers
+        self.queue_timeout = float(queue_timeout)
+        self.task_concurrency = task_concurrency
+        self.shutdown_timeout = float(shutdown_timeout)
 
     # -- queuing -------------------------------------------------------------
 

@@ -98,6 +98,14 @@ def _wait_for(predicate: Any, what: str, timeout: float = WAIT) -> None:
         time.sleep(0.05)
 
 
+def _kill_first_attempt(folder: Path, worker: Any) -> None:
+    """SIGKILL the pool process of ``worker`` running ``cjobs.hang_first_time(folder)``."""
+    _wait_for(lambda: list(folder.glob("attempt-1-*")), "the first attempt started")
+    pid = int(next(folder.glob("attempt-1-*")).name.rsplit("-", 1)[1])
+    assert pid in pool_pids(worker), "the task did not run in a pool process of the worker"
+    os.kill(pid, signal.SIGKILL)
+
+
 # -- the same calls, run on Celery -----------------------------------------------------
 
 
@@ -230,10 +238,7 @@ def test_a_killed_pool_process_runs_the_task_again_with_acks_late(
     server: TaskServer, finishes: Finishes, worker: Any, tmp_path: Path
 ) -> None:
     task_id = server.task(cjobs.hang_first_time, str(tmp_path))
-    _wait_for(lambda: list(tmp_path.glob("attempt-1-*")), "the first attempt started")
-    pid = int(next(tmp_path.glob("attempt-1-*")).name.rsplit("-", 1)[1])
-    assert pid in pool_pids(worker)
-    os.kill(pid, signal.SIGKILL)
+    _kill_first_attempt(tmp_path, worker)
     event = finishes.wait([task_id])[task_id]
     assert (event.status, event.return_value) == ("ok", 2), event
     assert len(list(tmp_path.glob("attempt-*"))) == 2
@@ -250,10 +255,7 @@ def test_lost_without_acks_late_and_timeout_past_the_time_limit(redis_server: Re
             attempts = tmp_path / "attempts"
             attempts.mkdir()
             task_id = server.task(cjobs.hang_first_time, str(attempts))
-            _wait_for(lambda: list(attempts.glob("attempt-1-*")), "the first attempt started")
-            pid = int(next(attempts.glob("attempt-1-*")).name.rsplit("-", 1)[1])
-            assert pid in pool_pids(early)
-            os.kill(pid, signal.SIGKILL)
+            _kill_first_attempt(attempts, early)
             event = finishes.wait([task_id])[task_id]
             assert event.status == "lost" and event.error is not None and event.error.type == "WorkerLost", event
             assert server.taskwait(cjobs.add, 1, 2, timeout=WAIT) == 3  # the worker goes on
@@ -299,7 +301,8 @@ def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finish
         backend.store_result(celery_id(later), _codec.encode_finish(later, _codec.OK, 4, None, 0.1, 0), states.SUCCESS)
         assert finishes.wait([later])[later].return_value == 4
         assert len(finishes.events[ok]) == 1
-        assert backend.client.get(backend.get_key_for_task(celery_id(later))) is None  # delivered: deleted
+        key = backend.get_key_for_task(celery_id(later))
+        _wait_for(lambda: backend.client.get(key) is None, "a delivered result is deleted")
 
 
 # -- a gunicorn app written for the local pool -------------------------------------------

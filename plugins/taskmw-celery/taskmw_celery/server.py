@@ -8,8 +8,8 @@ code; this class replaces where a task goes (``_queue``: a Redis ``INCR``
 for the id, then ``send_task``), where finishes come from (``_claim``: a
 :class:`~taskmw_celery.finishes.FinishListener`) and ``close()``. It uses
 these parts of ``taskmw.server``: ``_Completions`` (a process's waiters and
-counts), ``TaskServer._deliver``, ``_live`` (after-fork reset and close at
-exit) and the settings checks.
+counts), ``TaskServer._deliver`` and ``_keep_settings``, and ``_live``
+(after-fork reset and close at exit).
 """
 
 from __future__ import annotations
@@ -29,15 +29,7 @@ from taskmw._codec import KIND_MASK, WANT
 from taskmw.errors import PoolClosed, QueueFull
 from taskmw.listeners import Listener
 from taskmw.ring import Batch
-from taskmw.server import (
-    TaskServer,
-    _check_int,
-    _check_seconds,
-    _Completions,
-    _live,
-    _running_loop,
-    plugin_manager,
-)
+from taskmw.server import TaskServer, _Completions, _live, _running_loop, plugin_manager
 from taskmw.tasks import _set_default
 from taskmw_celery.finishes import FinishListener, Pending
 from taskmw_celery.settings import IDS_KEY, TASK_NAME, redis_backend
@@ -99,14 +91,7 @@ class CeleryServer(TaskServer):
         if unknown:
             raise TypeError(f"CeleryServer got unknown settings: {', '.join(sorted(unknown))}")
         celery_app = _find_app(celery_app)
-        _check_int("task_workers", task_workers, 1, 1024)
-        _check_int("task_concurrency", task_concurrency, 1, 10000)
-        _check_seconds("queue_timeout", queue_timeout)
-        _check_seconds("shutdown_timeout", shutdown_timeout)
-        self.task_workers = task_workers
-        self.queue_timeout = float(queue_timeout)
-        self.task_concurrency = task_concurrency
-        self.shutdown_timeout = float(shutdown_timeout)
+        self._keep_settings(task_workers, queue_timeout, task_concurrency, shutdown_timeout)
         self.plugins = plugin_manager(plugins, listeners, entrypoints)
         """The pluggy plugin manager (``on_finish`` runs here)."""
         self.hook = self.plugins.hook
