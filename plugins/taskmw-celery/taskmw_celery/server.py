@@ -71,6 +71,10 @@ class CeleryServer(TaskServer):
         TypeError: an unknown setting.
     """
 
+    _listener: FinishListener | None
+    _pending: Pending
+    _prefix: str
+
     def __init__(
         self,
         task_workers: int = 4,
@@ -193,8 +197,8 @@ class CeleryServer(TaskServer):
         """After fork (and at first): this process has sent nothing and listens to nothing."""
         self._comp = None
         self._claim_lock = threading.Lock()
-        self._listener: FinishListener | None = None
-        self._pending: Pending = {}
+        self._listener = None
+        self._pending = {}
         self._prefix = ""
 
     def __repr__(self) -> str:
