@@ -50,12 +50,12 @@ def require() -> None:
 class Redis:
     """``redis-server`` on 127.0.0.1:<free port>, no persistence."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             missing("redis-server (apt-get install redis-server)")
             return
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log = open(workdir / "redis.log", "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(

@@ -305,6 +305,42 @@ def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finish
         _wait_for(lambda: backend.client.get(key) is None, "a delivered result is deleted")
 
 
+def test_finishes_survive_a_redis_restart(tmp_path: Path, finishes: Finishes) -> None:
+    """The listener reconnects (and looks pending results up) after its Redis
+    went away: a result stored after the restart still arrives, once."""
+    from celery import states
+
+    from taskmw import _codec
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    first = Redis(tmp_path / "a")
+    again: Redis | None = None
+    try:
+        app = cjobs.make_app(first.url)
+        with TaskServer(backend="celery", celery_app=app, plugins=[finishes], shutdown_timeout=1) as server:
+            task_id = server.task(cjobs.add, 1, 1)  # no worker: its result is written below
+            first.stop()
+            again = Redis(tmp_path / "b", port=first.port)
+            prefix: str = server._prefix  # type: ignore[attr-defined]
+            record = _codec.encode_finish(task_id, _codec.OK, 2, None, 0.1, 0)
+            _wait_for(lambda: _stored(app, f"{prefix}{task_id}", record, states.SUCCESS), "Redis is back")
+            assert finishes.wait([task_id])[task_id].return_value == 2
+            assert len(finishes.events[task_id]) == 1
+    finally:
+        for r in (first, again):
+            if r is not None and r.proc.poll() is None:
+                r.stop()
+
+
+def _stored(app: Any, celery_id: str, record: bytes, state: str) -> bool:
+    try:
+        app.backend.store_result(celery_id, record, state)
+    except Exception:
+        return False
+    return True
+
+
 # -- a gunicorn app written for the local pool -------------------------------------------
 
 
