@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import signal
 import threading
@@ -406,7 +407,7 @@ def test_install_applies_the_settings_that_keep_the_promise() -> None:
     assert (early.acks_late, early.reject_on_worker_lost) == (False, False)
 
 
-def test_bad_settings_name_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_settings_name_the_problem(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from celery import Celery
 
     monkeypatch.delenv("TASKMW_CELERY_APP", raising=False)
@@ -416,6 +417,10 @@ def test_bad_settings_name_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
         TaskServer(backend="celery", celery_app=Celery("x", broker="redis://127.0.0.1:1/0", set_as_current=False))
     with pytest.raises(TypeError, match="unknown settings: colour"):
         TaskServer(backend="celery", celery_app=cjobs.make_app("redis://127.0.0.1:1/0"), colour="red")
+    with caplog.at_level(logging.WARNING, "taskmw_celery"):
+        app = cjobs.make_app("redis://127.0.0.1:1/0")
+        TaskServer(backend="celery", celery_app=app, listeners=cjobs.LISTENERS).close()
+    assert "give them to taskmw_celery.install" in caplog.text
     with pytest.raises(ValueError, match="queue_timeout"):
         TaskServer(backend="celery", celery_app=cjobs.make_app("redis://127.0.0.1:1/0"), queue_timeout=-1)
     app = cjobs.make_app("redis://127.0.0.1:1/0")

@@ -32,7 +32,7 @@ from taskmw.ring import Batch
 from taskmw.server import TaskServer, _Completions, _live, _running_loop, plugin_manager
 from taskmw.tasks import _set_default
 from taskmw_celery.finishes import FinishListener, Pending
-from taskmw_celery.settings import IDS_KEY, TASK_NAME, redis_backend
+from taskmw_celery.settings import IDS_KEY, IN_WORKER, TASK_NAME, redis_backend
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,11 @@ class CeleryServer(TaskServer):
             raise TypeError(f"CeleryServer got unknown settings: {', '.join(sorted(unknown))}")
         celery_app = _find_app(celery_app)
         self._keep_settings(task_workers, queue_timeout, task_concurrency, shutdown_timeout)
+        if listeners and not IN_WORKER.get():
+            log.warning(
+                "listeners given to the dispatching side of the celery backend are not used: the Celery workers "
+                "dispatch data objects, give them to taskmw_celery.install(app, listeners=...)"
+            )
         self.plugins = plugin_manager(plugins, listeners, entrypoints)
         """The pluggy plugin manager (``on_finish`` runs here)."""
         self.hook = self.plugins.hook

@@ -20,6 +20,7 @@ each one):
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 from taskmw.server import _check_seconds
@@ -33,6 +34,8 @@ DEFAULT_TIME_LIMIT = 3600.0
 nor Celery's ``task_time_limit`` says otherwise."""
 VISIBILITY_MARGIN = 60.0
 """Seconds the broker's visibility timeout is set above the time limit."""
+IN_WORKER: contextvars.ContextVar[bool] = contextvars.ContextVar("taskmw_celery_in_worker", default=False)
+"""True while a Celery pool process builds its server (from ``install()``'s settings)."""
 
 
 def configure(celery_app: Any, time_limit: float | None = None) -> float:

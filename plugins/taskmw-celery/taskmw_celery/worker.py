@@ -31,7 +31,7 @@ from taskmw import _codec
 from taskmw.listeners import Listener
 from taskmw.worker import _call_each, error_of, on_task_impls, run_task
 from taskmw_celery.server import CeleryServer
-from taskmw_celery.settings import TASK_NAME, configure
+from taskmw_celery.settings import IN_WORKER, TASK_NAME, configure
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ class _WorkerProcess:
     def __init__(self, celery_app: Any, settings: dict[str, Any]) -> None:
         self.pid = os.getpid()
         self.worker_id: int = getattr(current_process(), "index", 0) or 0
-        self.server = CeleryServer(celery_app=celery_app, **settings)
+        token = IN_WORKER.set(True)
+        try:
+            self.server = CeleryServer(celery_app=celery_app, **settings)
+        finally:
+            IN_WORKER.reset(token)
         self.server.worker_id = self.worker_id
         self.on_task = on_task_impls(self.server.hook)
         self.loops = threading.local()  # an event loop per thread that runs async tasks (--pool threads)
