@@ -369,3 +369,15 @@ def test_invalid_per_task_options() -> None:
             server.task(Task(add, 1, 2), timeout=-1)
         with pytest.raises(ValueError, match="retries must be"):
             server.task(Task(add, 1, 2), retries="3")
+
+
+def test_a_second_finish_for_a_task_is_dropped(finishes: Finishes) -> None:
+    """A worker that dies after sending a finish but before releasing its task
+    makes the supervisor send ``lost`` for it too: only the first counts."""
+    with TaskServer(1, plugins=[finishes]) as server:
+        task_id = server.task(add, 1, 2)
+        finishes.wait([task_id])
+        late = _codec.encode_finish(task_id, _codec.LOST, None, None, 0.0, 0)
+        server._channels[server._comp.index].push(late)  # type: ignore[union-attr]
+        assert server.taskwait(add, 2, 2, timeout=WAIT) == 4  # delivered after the duplicate
+    assert [e.status for e in finishes.events[task_id]] == ["ok"]
