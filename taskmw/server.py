@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import FunctionType
@@ -75,7 +76,7 @@ class _Completions:
         self.done = 0  # finishes delivered to it
         self.retries: dict[int, _Retry] = {}  # by seq: tasks that may run again
         self.registering = 0  # tasks with retries being queued right now (see _retry_of)
-        self.recent: dict[int, None] = {}  # seqs finished lately, oldest first: a second finish is dropped
+        self.recent: OrderedDict[int, None] = OrderedDict()  # seqs finished lately, oldest first
         self.idle = threading.Condition(self.lock)
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -569,7 +570,7 @@ class TaskServer:
                 continue
             recent[seq] = None
             if len(recent) > _RECENT:
-                del recent[next(iter(recent))]
+                recent.popitem(last=False)
             if retries or comp.registering:
                 retry = self._retry_of(comp, seq, event.status)
                 if retry is not None:

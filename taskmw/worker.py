@@ -111,6 +111,8 @@ class _Worker:
                     return  # reloaded: a fresh worker takes this one's place
                 continue
             started = time.perf_counter()
+            words[row + SEQ] = batch.first_seq  # a timed task is always first (alone)
+            words[row + STARTED] = time.monotonic_ns()
             words[row + STATE] = BUSY
             finishes: dict[int, list[bytes]] = {}
             done: list[int] = []
@@ -153,8 +155,6 @@ class _Worker:
         words, row = self.words, self.row
         started = time.perf_counter()
         task_id, attempt, limit = seq, 1, self.server.task_timeout
-        words[row + SEQ] = seq
-        words[row + STARTED] = now = time.monotonic_ns()
         try:
             if aux & SPILLED:
                 record = _codec.unspill(record)
@@ -162,8 +162,8 @@ class _Worker:
                 own_limit, attempt, task_id, record = _codec.split_options(record)
                 limit = own_limit or limit
             words[row + TASK] = task_id
-            if limit:
-                words[row + DEADLINE] = now + int(limit * 1e9)
+            if limit:  # the supervisor kills this worker if the task is still running then
+                words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
             data = _codec.decode(record)
             if aux & KIND_MASK == KIND_CALL:
                 data = _make_task(*data)
@@ -182,16 +182,19 @@ class _Worker:
                 )
             value = event.return_value
             if inspect.iscoroutine(value):
-                words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
+                if limit:
+                    words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
                 if self.runner is None:
                     self.runner = _AsyncRunner(self, self.server.task_concurrency)
                 self.runner.submit(value, seq, aux, started, limit)
                 return None
         except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, not ours
-            words[row + DEADLINE] = 0
+            if limit:
+                words[row + DEADLINE] = 0
             words[row + DONE] += 1
             return self.finish(seq, _codec.ERROR, None, error_of(exc), started)
-        words[row + DEADLINE] = 0
+        if limit:
+            words[row + DEADLINE] = 0
         words[row + DONE] += 1
         words[row + _table.OK] += 1
         return self.finish(seq, _codec.OK, value, None, started)
