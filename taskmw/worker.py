@@ -47,6 +47,7 @@ _IDLE_CHECK = 1.0  # seconds an idle worker waits before checking its supervisor
 
 def spawn(server: TaskServer, worker_id: int) -> int:
     """Fork task worker ``worker_id``; returns its pid (in the supervisor)."""
+    supervisor = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -58,7 +59,7 @@ def spawn(server: TaskServer, worker_id: int) -> int:
         # before unblocking what the supervisor blocks.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        code = _Worker(server, worker_id).run()
+        code = _Worker(server, worker_id, supervisor).run()
     except BaseException:
         log.exception("taskmw task worker %d failed", worker_id)
     finally:
@@ -66,7 +67,8 @@ def spawn(server: TaskServer, worker_id: int) -> int:
 
 
 class _Worker:
-    def __init__(self, server: TaskServer, worker_id: int) -> None:
+    def __init__(self, server: TaskServer, worker_id: int, supervisor: int) -> None:
+        self.supervisor = supervisor  # if it dies (even before this line), this worker is an orphan
         self.server = server
         self.worker_id = worker_id
         self.ring = server._submit
@@ -77,6 +79,7 @@ class _Worker:
         ]
         self.words = server._table.words
         self.row = server._table.row(worker_id)
+        self.words[self.row + _table.PID] = os.getpid()  # the supervisor writes it too, after fork() returns
         self.generation = self.words[server._table.sup + _table.GENERATION]
         self.tasks_left = server.max_tasks_per_worker or -1
         self.spill_at = server._channels[0].max_record // 4  # larger finishes travel as files
@@ -95,7 +98,7 @@ class _Worker:
 
     def loop(self) -> None:
         ring = self.ring
-        supervisor = os.getppid()
+        supervisor = self.supervisor
         words, row = self.words, self.row
         reload_word = self.server._table.sup + _table.GENERATION
         max_batch = 1 if self.server.task_timeout else MAX_BATCH  # a timed task is held alone
