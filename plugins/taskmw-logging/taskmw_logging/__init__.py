@@ -26,10 +26,12 @@ variable                   default              meaning
 ``TASKMW_LOGGING_FORMAT``  ``text``             ``text`` or ``json`` (JSON lines)
 =========================  ===================  ==================================
 
-If nothing has configured :mod:`logging` in a process (no handler on the
-root logger or on the plugin's logger), the plugin adds a handler writing to
-stderr on its logger and on the ``taskmw`` logger, so the lines show with no
-setup at all; an app that configures logging decides itself where they go.
+If nothing has configured :mod:`logging` when the plugin loads (as the first
+pool is built: no handler on the root logger or on the plugin's logger), it
+adds a handler writing to stderr on the ``taskmw`` logger (and on its own
+logger if that is not under ``taskmw``), which the pool's processes inherit,
+so the lines show with no setup at all; an app that configures logging
+before it builds its pool decides itself where they go.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from taskmw import ServiceTask, Task, TaskEvent, TaskFinishEvent
 __all__ = ["JsonFormatter", "TaskLogger", "plugin"]
 
 FORMATS = ("text", "json")
+HANDLER_NAME = "taskmw_logging.stderr"
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 """The stderr handler's format in ``text`` mode."""
 FIELDS = "taskmw"
@@ -96,7 +99,8 @@ class TaskLogger:
         self.level = _level(level)
         self.json = _format(format)
         self.stderr = stderr
-        self._ready = False
+        self._handler: logging.Handler | None = None
+        self._install_handler()
 
     @classmethod
     def from_env(cls) -> TaskLogger:
@@ -118,6 +122,7 @@ class TaskLogger:
     ) -> None:
         """Change settings (those given); call it before the pool is built, so
         that its task workers are forked with them."""
+        self._remove_handler()
         if logger is not None:
             self.logger = logging.getLogger(logger)
         if level is not None:
@@ -126,13 +131,12 @@ class TaskLogger:
             self.json = _format(format)
         if stderr is not None:
             self.stderr = stderr
-        self._ready = False
+        self._install_handler()
 
     # -- hooks ------------------------------------------------------------------------
 
     @taskmw.hookimpl
     def on_worker_start(self, worker_id: int, server: Any) -> None:
-        self._ready = False  # a fresh process: look at its logging anew
         self._log(
             self.level,
             f"task worker {worker_id} started (pid {os.getpid()})",
@@ -149,7 +153,7 @@ class TaskLogger:
 
     @taskmw.hookimpl(tryfirst=True)
     def on_task(self, event: TaskEvent) -> None:
-        if self._ready and not self.logger.isEnabledFor(self.level):
+        if not self.logger.isEnabledFor(self.level):
             return
         name = task_name(event.data)
         self._log(
@@ -161,7 +165,7 @@ class TaskLogger:
     @taskmw.hookimpl
     def on_finish(self, event: TaskFinishEvent) -> None:
         level = self.level if event.ok else max(self.level, logging.WARNING)
-        if self._ready and not self.logger.isEnabledFor(level):
+        if not self.logger.isEnabledFor(level):
             return
         text = f"task {event.task_id} {event.status} in {event.duration:.4f}s on worker {event.worker_id}"
         fields: dict[str, Any] = {
@@ -181,27 +185,33 @@ class TaskLogger:
     # -- output -------------------------------------------------------------------------
 
     def _log(self, level: int, text: str, fields: dict[str, Any]) -> None:
-        if not self._ready:
-            self._setup()
         if self.logger.isEnabledFor(level):
             message = json.dumps(fields, default=repr) if self.json else text
             self.logger.log(level, "%s", message, extra={FIELDS: fields})
 
-    def _setup(self) -> None:
-        """In this process: add the stderr handler if nothing configured logging."""
-        self._ready = True
-        if not self.stderr or self.logger.hasHandlers():
+    def _install_handler(self) -> None:
+        """Add the stderr handler if nothing configured logging (the pool's
+        processes, forked later, inherit it)."""
+        taskmw_logger = logging.getLogger("taskmw")
+        if not self.stderr or self.logger.hasHandlers() or any(h.name == HANDLER_NAME for h in taskmw_logger.handlers):
             return
         handler = logging.StreamHandler(sys.stderr)
-        handler.set_name("taskmw_logging.stderr")
+        handler.set_name(HANDLER_NAME)
         handler.setFormatter(JsonFormatter() if self.json else logging.Formatter(TEXT_FORMAT))
-        targets = [logging.getLogger("taskmw")]  # the supervisor's warnings (a worker died) too
+        targets = [taskmw_logger]  # the supervisor's warnings (a worker died) too
         if not self.logger.name.startswith("taskmw."):
             targets.append(self.logger)
         for lg in targets:
             lg.addHandler(handler)
             if lg.getEffectiveLevel() > self.level:
                 lg.setLevel(self.level)
+        self._handler = handler
+
+    def _remove_handler(self) -> None:
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            for lg in (logging.getLogger("taskmw"), self.logger):
+                lg.removeHandler(handler)
 
 
 def task_name(data: Any) -> str:
