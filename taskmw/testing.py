@@ -90,7 +90,9 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _close_and_check(server: TaskServer) -> None:
+def close_pool(server: TaskServer) -> None:
+    """Close a pool and wait until its processes are gone; fail the test
+    (after killing them) if any is left."""
     pids = pool_processes(server)
     server.close()
     deadline = time.monotonic() + WAIT
@@ -114,7 +116,7 @@ def _pool(workers: int, **settings: Any) -> Iterator[TaskServer]:
     try:
         yield server
     finally:
-        _close_and_check(server)
+        close_pool(server)
 
 
 @pytest.fixture
