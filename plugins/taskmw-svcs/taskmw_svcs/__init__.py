@@ -18,21 +18,24 @@ Example::
     import svcs, taskmw
     from taskmw_svcs import SvcsServices
 
+    def welcome(email, db): ...                       # the listener and its dependency
+    send_welcome = taskmw.deferred(welcome, "mail.welcome")
+
     def connect():                       # a database connection per task worker
         conn = sqlite3.connect("app.db")
         yield conn
         conn.close()                     # runs when the worker stops
 
     def make_welcome(container: svcs.Container):
-        db = container.get("db")
-        return functools.partial(send_welcome, db=db)
+        # from the plain function: the deferred one would queue itself again
+        return functools.partial(welcome, db=container.get("db"))
 
     registry = svcs.Registry()
     registry.register_factory("db", connect)
     registry.register_factory("mail.welcome", make_welcome)
 
     app = TaskMiddleware(flask_app, plugins=[SvcsServices(registry)])
-    # in a handler: server.task(taskmw.ServiceTask("mail.welcome", "a@example.com"))
+    # in a handler: send_welcome("a@example.com") runs welcome(..., db=...) in a worker
 
 Service names are the registry's keys (svcs accepts strings as well as
 types); ``names={"mailer": Mailer}`` maps a name to another key. A task can
