@@ -29,10 +29,8 @@ import atexit
 import concurrent.futures
 import inspect
 import itertools
-import logging
 import threading
 import time
-import weakref
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -43,8 +41,6 @@ from taskmw.listeners import Listener
 from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
 from taskmw.server import TaskServer, _check_int, plugin_manager
 from taskmw.tasks import _set_default
-
-log = logging.getLogger(__name__)
 
 WORKER_ID = 0
 """The worker id eager tasks run with."""
@@ -58,7 +54,6 @@ _POOL_SETTINGS = frozenset(inspect.signature(TaskServer.__init__).parameters) - 
     "disable_plugins",
     "backend",
 }
-_live: weakref.WeakSet[EagerServer] = weakref.WeakSet()
 
 
 class EagerServer:
@@ -94,7 +89,7 @@ class EagerServer:
         self._ids = itertools.count(1)
         self._closed = False
         self._lock = threading.RLock()  # one task at a time, as in a one-worker pool
-        _live.add(self)
+        atexit.register(self.close)  # like the pool: stopped (on_worker_stop) at exit
         _set_default(self)
         with self._as_worker():
             call_each(self.hook.on_worker_start, {"worker_id": WORKER_ID, "server": self})
@@ -172,7 +167,7 @@ class EagerServer:
             if self._closed:
                 return
             self._closed = True
-        _live.discard(self)
+        atexit.unregister(self.close)
         with self._as_worker():
             call_each(self.hook.on_worker_stop, {"worker_id": WORKER_ID, "server": self})
 
@@ -212,14 +207,3 @@ def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="taskmw-eager") as pool:
         return pool.submit(asyncio.run, coro).result()
-
-
-def _close_all_at_exit() -> None:
-    for server in list(_live):
-        try:
-            server.close()
-        except Exception:
-            log.exception("closing %r at exit failed", server)
-
-
-atexit.register(_close_all_at_exit)

@@ -137,19 +137,11 @@ class TaskLogger:
 
     @taskmw.hookimpl
     def on_worker_start(self, worker_id: int, server: Any) -> None:
-        self._log(
-            self.level,
-            f"task worker {worker_id} started (pid {os.getpid()})",
-            {"event": "worker.start", "worker_id": worker_id, "pid": os.getpid()},
-        )
+        self._worker_line(worker_id, "start", "started")
 
     @taskmw.hookimpl
     def on_worker_stop(self, worker_id: int, server: Any) -> None:
-        self._log(
-            self.level,
-            f"task worker {worker_id} stopped (pid {os.getpid()})",
-            {"event": "worker.stop", "worker_id": worker_id, "pid": os.getpid()},
-        )
+        self._worker_line(worker_id, "stop", "stopped")
 
     @taskmw.hookimpl(tryfirst=True)
     def on_task(self, event: TaskEvent) -> None:
@@ -183,6 +175,14 @@ class TaskLogger:
         self._log(level, text, fields)
 
     # -- output -------------------------------------------------------------------------
+
+    def _worker_line(self, worker_id: int, event: str, text: str) -> None:
+        pid = os.getpid()
+        self._log(
+            self.level,
+            f"task worker {worker_id} {text} (pid {pid})",
+            {"event": f"worker.{event}", "worker_id": worker_id, "pid": pid},
+        )
 
     def _log(self, level: int, text: str, fields: dict[str, Any]) -> None:
         if self.logger.isEnabledFor(level):
