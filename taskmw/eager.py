@@ -90,7 +90,7 @@ class EagerServer:
         self._closed = False
         self._lock = threading.RLock()  # one task at a time, as in a one-worker pool
         atexit.register(self.close)  # like the pool: stopped (on_worker_stop) at exit
-        _set_default(self)
+        _set_default(self)  # type: ignore[arg-type]  # a TaskServer look-alike for current_server()
         with self._as_worker():
             call_each(self.hook.on_worker_start, {"worker_id": WORKER_ID, "server": self})
 
