@@ -94,7 +94,7 @@ class SvcsServices:
 
     @taskmw.hookimpl
     def resolve_service(self, name: str) -> Any:
-        key = self.names.get(name, name)
+        key: Any = self.names.get(name, name)  # svcs takes any hashable key; its hints say types
         if self.container is None or key not in self.registry:
             return None
         return self.container.get(key)
