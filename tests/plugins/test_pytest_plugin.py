@@ -146,3 +146,29 @@ def test_eager_task_async(taskmw_eager: EagerServer) -> None:
         return await taskmw_eager.task_async(double, 21), await taskmw_eager.task_async(async_double, 5)
 
     assert asyncio.run(handler()) == (42, 10)
+
+
+_runs: list[int] = []
+
+
+def flaky(fails: int) -> int:
+    """Fails its first ``fails`` runs (in this process: eager runs inline)."""
+    _runs.append(1)
+    if len(_runs) <= fails:
+        raise RuntimeError(f"run {len(_runs)} fails")
+    return len(_runs)
+
+
+def test_eager_retries_like_the_pool(taskmw_eager: EagerServer) -> None:
+    _runs.clear()
+    event = taskmw_eager.taskwait_multi([taskmw.Task(flaky, 2)])[0]
+    assert event is not None and event.status == "error" and event.attempts == 1  # no retries by default
+    _runs.clear()
+    journal = Journal()
+    taskmw_eager.plugins.register(journal)
+    task_id = taskmw_eager.task(taskmw.Task(flaky, 2), retries=3)
+    assert [c[1] for c in journal.calls if c[0] == "task"] == [task_id] * 3
+    (finish,) = [c for c in journal.calls if c[0] == "finish"]
+    assert finish[2] == "ok" and len(_runs) == 3
+    with pytest.raises(ValueError, match="retries"):
+        taskmw_eager.task(taskmw.Task(flaky, 0), retries=-1)
