@@ -158,7 +158,8 @@ class _Worker:
                 own_limit, attempt, task_id, record = _codec.split_options(record)
                 limit = own_limit or limit
         except Exception as exc:  # an unreadable record: the task cannot run
-            status, value, error = _codec.ERROR, None, error_of(exc)
+            error: TaskError | None = error_of(exc)
+            status, value = _codec.ERROR, None
         else:
             words[row + TASK] = task_id
             if limit:

@@ -6,6 +6,7 @@ pool is real too) and checks that none of its processes is left."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -118,3 +119,30 @@ def test_a_bad_setting_is_reported_once_by_name_and_the_pool_still_runs() -> Non
     failures = [line for line in lines if "taskmw plugin 'logging'" in line]
     assert len(failures) == 1 and "failed to load" in failures[0], lines
     assert any("format must be one of text, json, got 'xml'" in line for line in lines)
+
+
+_runs: list[int] = []
+
+
+def fails_once() -> str:
+    _runs.append(1)
+    if len(_runs) == 1:
+        raise RuntimeError("first run fails")
+    return "ok"
+
+
+def test_retries_show_their_attempts(caplog: pytest.LogCaptureFixture) -> None:
+    from taskmw_logging import TaskLogger
+
+    import taskmw
+
+    caplog.set_level(logging.INFO, logger="shop.tasks")
+    _runs.clear()
+    logger = TaskLogger("shop.tasks", stderr=False)  # given in code, instead of the installed one
+    with taskmw.TaskServer(1, backend="eager", disable_plugins=["logging"], plugins=[logger]) as eager:
+        task_id = eager.task(taskmw.Task(fails_once), retries=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "shop.tasks"]
+    assert f"task {task_id} started: {__name__}.fails_once on worker 0" in lines
+    assert f"task {task_id} started: {__name__}.fails_once on worker 0 (attempt 2)" in lines
+    assert any(re.fullmatch(rf"task {task_id} ok in \d+\.\d+s on worker 0 after 2 attempts", line) for line in lines)
+    assert lines[0] == f"task worker 0 started (pid {os.getpid()})" and lines[-1].startswith("task worker 0 stopped")

@@ -148,11 +148,12 @@ class TaskLogger:
         if not self.logger.isEnabledFor(self.level):
             return
         name = task_name(event.data)
-        self._log(
-            self.level,
-            f"task {event.task_id} started: {name} on worker {event.worker_id}",
-            {"event": "task.start", "task_id": event.task_id, "name": name, "worker_id": event.worker_id},
-        )
+        fields = {"event": "task.start", "task_id": event.task_id, "name": name, "worker_id": event.worker_id}
+        text = f"task {event.task_id} started: {name} on worker {event.worker_id}"
+        if event.attempt > 1:
+            fields["attempt"] = event.attempt
+            text += f" (attempt {event.attempt})"
+        self._log(self.level, text, fields)
 
     @taskmw.hookimpl
     def on_finish(self, event: TaskFinishEvent) -> None:
@@ -167,6 +168,9 @@ class TaskLogger:
             "duration": round(event.duration, 6),
             "worker_id": event.worker_id,
         }
+        if event.attempts > 1:
+            fields["attempts"] = event.attempts
+            text += f" after {event.attempts} attempts"
         if event.error is not None:
             text += f": {event.error.type}: {event.error.message}"
             fields["error"] = {"type": event.error.type, "message": event.error.message}
