@@ -22,18 +22,16 @@ import os
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
 from taskmw import _codec, _table
-from taskmw._codec import CHANNEL_MASK, KIND_CALL, KIND_MASK, KIND_STOP, OPTS, SPILLED, TIMED, WANT
+from taskmw._codec import CHANNEL_MASK, KIND_MASK, KIND_STOP, OPTS, SPILLED, TIMED, WANT
 from taskmw._table import ASYNC_DONE, ASYNC_OK, ASYNC_TIMEOUT, BUSY, DEADLINE, DONE, IDLE, SEQ, STARTED, STATE, TASK
-from taskmw.events import TaskError, TaskEvent
+from taskmw.events import TaskError
+from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
 from taskmw.ring import RingFull
-from taskmw.tasks import _make_task, _set_default
+from taskmw.tasks import _set_default
 
 if TYPE_CHECKING:
     from taskmw.server import TaskServer
@@ -74,9 +72,7 @@ class _Worker:
         self.ring = server._submit
         self.runner: _AsyncRunner | None = None
         # on_task implementations, in call order: plugins are fixed once the worker is forked
-        self.on_task: list[tuple[Callable[..., Any], bool]] = [
-            (impl.function, bool(impl.argnames)) for impl in reversed(server.hook.on_task.get_hookimpls())
-        ]
+        self.on_task = on_task_calls(server.hook)
         self.words = server._table.words
         self.row = server._table.row(worker_id)
         self.words[self.row + _table.PID] = os.getpid()  # the supervisor writes it too, after fork() returns
@@ -87,13 +83,13 @@ class _Worker:
         _set_default(server)
 
     def run(self) -> int:
-        _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
+        call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
         try:
             self.loop()
         finally:
             if self.runner is not None:
                 self.runner.drain()
-            _call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
+            call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
         return 0
 
     def loop(self) -> None:
@@ -164,26 +160,16 @@ class _Worker:
             if aux & OPTS:
                 own_limit, attempt, task_id, record = _codec.split_options(record)
                 limit = own_limit or limit
+        except Exception as exc:  # an unreadable record: the task cannot run
+            error: TaskError | None = error_of(exc)
+            status, value = _codec.ERROR, None
+        else:
             words[row + TASK] = task_id
             if limit:  # the supervisor kills this worker if the task is still running then
                 words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
-            data = _codec.decode(record)
-            if aux & KIND_MASK == KIND_CALL:
-                data = _make_task(*data)
-            event = TaskEvent(task_id, self.worker_id, data, self.server, attempt)
-            for fn, takes_event in self.on_task:
-                if takes_event:
-                    fn(event)
-                else:
-                    fn()
-                if event.completed:
-                    break
-            else:
-                raise LookupError(
-                    f"nothing handled the task: no on_task hook completed it, and no listener is registered "
-                    f"for {type(data).__module__}.{type(data).__qualname__}"
-                )
-            value = event.return_value
+            status, value, error = run_task(
+                self.on_task, self.server, task_id, self.worker_id, record, aux & KIND_MASK, attempt
+            )
             if inspect.iscoroutine(value):
                 if limit:
                     words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
@@ -191,16 +177,12 @@ class _Worker:
                     self.runner = _AsyncRunner(self, self.server.task_concurrency)
                 self.runner.submit(value, seq, aux, started, limit)
                 return None
-        except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, not ours
-            if limit:
-                words[row + DEADLINE] = 0
-            words[row + DONE] += 1
-            return self.finish(seq, _codec.ERROR, None, error_of(exc), started)
         if limit:
             words[row + DEADLINE] = 0
         words[row + DONE] += 1
-        words[row + _table.OK] += 1
-        return self.finish(seq, _codec.OK, value, None, started)
+        if status == _codec.OK:
+            words[row + _table.OK] += 1
+        return self.finish(seq, status, value, error, started)
 
     def finish(self, seq: int, status: int, value: Any, error: TaskError | None, started: float) -> bytes:
         """The finish record of task ``seq``."""
@@ -228,16 +210,6 @@ class _Worker:
                     return
 
 
-def _call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:
-    """Call every implementation of ``hook`` in pluggy's order; an exception
-    is logged and does not stop the others."""
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception:
-            log.exception("plugin %s failed in %s", impl.plugin_name, hook.name)
-
-
 def _channel_claimed(server: TaskServer, index: int) -> bool:
     """True if a live process holds completion channel ``index``."""
     comp = server._comp
@@ -250,19 +222,6 @@ def _channel_claimed(server: TaskServer, index: int) -> bool:
         return True
     fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
     return False
-
-
-def error_of(exc: BaseException) -> TaskError:
-    """The :class:`TaskError` describing ``exc`` (type, message, traceback text)."""
-    cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        tb = tb.tb_next  # start the traceback at the task's own code
-    return TaskError(name, str(exc), "".join(traceback.format_exception(cls, exc, tb or exc.__traceback__)))
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class _AsyncRunner:
