@@ -22,17 +22,16 @@ import os
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-from taskmw import _codec
-from taskmw._codec import CHANNEL_MASK, KIND_CALL, KIND_MASK, KIND_STOP, WANT
-from taskmw.events import TaskError, TaskEvent
+from taskmw import _codec, _table
+from taskmw._codec import CHANNEL_MASK, KIND_MASK, KIND_STOP, OPTS, SPILLED, TIMED, WANT
+from taskmw._table import ASYNC_DONE, ASYNC_OK, ASYNC_TIMEOUT, BUSY, DEADLINE, DONE, IDLE, SEQ, STARTED, STATE, TASK
+from taskmw.events import TaskError
+from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
 from taskmw.ring import RingFull
-from taskmw.tasks import _make_task, _set_default
+from taskmw.tasks import _set_default
 
 if TYPE_CHECKING:
     from taskmw.server import TaskServer
@@ -46,6 +45,7 @@ _IDLE_CHECK = 1.0  # seconds an idle worker waits before checking its supervisor
 
 def spawn(server: TaskServer, worker_id: int) -> int:
     """Fork task worker ``worker_id``; returns its pid (in the supervisor)."""
+    supervisor = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -57,7 +57,7 @@ def spawn(server: TaskServer, worker_id: int) -> int:
         # before unblocking what the supervisor blocks.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        code = _Worker(server, worker_id).run()
+        code = _Worker(server, worker_id, supervisor).run()
     except BaseException:
         log.exception("taskmw task worker %d failed", worker_id)
     finally:
@@ -65,38 +65,54 @@ def spawn(server: TaskServer, worker_id: int) -> int:
 
 
 class _Worker:
-    def __init__(self, server: TaskServer, worker_id: int) -> None:
+    def __init__(self, server: TaskServer, worker_id: int, supervisor: int) -> None:
+        self.supervisor = supervisor  # if it dies (even before this line), this worker is an orphan
         self.server = server
         self.worker_id = worker_id
         self.ring = server._submit
         self.runner: _AsyncRunner | None = None
         # on_task implementations, in call order: plugins are fixed once the worker is forked
-        self.on_task = on_task_impls(server.hook)
+        self.on_task = on_task_calls(server.hook)
+        self.words = server._table.words
+        self.row = server._table.row(worker_id)
+        self.words[self.row + _table.PID] = os.getpid()  # the supervisor writes it too, after fork() returns
+        self.generation = self.words[server._table.sup + _table.GENERATION]
+        self.tasks_left = server.max_tasks_per_worker or -1
+        self.spill_at = server._channels[0].max_record // 4  # larger finishes travel as files
         server.worker_id = worker_id
         _set_default(server)
 
     def run(self) -> int:
-        _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
+        call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
         try:
             self.loop()
         finally:
             if self.runner is not None:
                 self.runner.drain()
-            _call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
+            call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
         return 0
 
     def loop(self) -> None:
         ring = self.ring
-        supervisor = os.getppid()
+        supervisor = self.supervisor
+        words, row = self.words, self.row
+        reload_word = self.server._table.sup + _table.GENERATION
+        max_batch = 1 if self.server.task_timeout else MAX_BATCH  # a timed task is held alone
         size = 1
+        words[row + STATE] = IDLE
         while True:
-            batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True)
+            batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True, alone=TIMED)
             if not batch.records:
                 if os.getppid() != supervisor:
                     log.warning("task worker %d: the supervisor is gone, exiting", self.worker_id)
                     return
+                if words[reload_word] != self.generation:
+                    return  # reloaded: a fresh worker takes this one's place
                 continue
             started = time.perf_counter()
+            words[row + SEQ] = batch.first_seq  # a timed task is always first (alone)
+            words[row + STARTED] = time.monotonic_ns()
+            words[row + STATE] = BUSY
             finishes: dict[int, list[bytes]] = {}
             done: list[int] = []
             stops = 0
@@ -114,88 +130,84 @@ class _Worker:
             for key, records in finishes.items():
                 self.send(key, records)
             ring.release(done)
-            size = min(size * 2, MAX_BATCH) if time.perf_counter() - started < QUICK else 1
+            words[row + TASK] = 0
+            words[row + STATE] = IDLE
+            size = min(size * 2, max_batch) if time.perf_counter() - started < QUICK else 1
+            orphan = os.getppid() != supervisor  # its supervisor died: a new one runs new workers
             if stops:
-                if stops > 1:  # took another worker's stop marker too: put it back
-                    ring.push_many([b""] * (stops - 1), aux=KIND_STOP, timeout=5.0)
+                # Took another worker's stop marker too (or, as an orphan, the new workers'): put it back.
+                extra = stops if orphan else stops - 1
+                if extra:
+                    ring.push_many([b""] * extra, aux=KIND_STOP, timeout=5.0)
                 return
+            if orphan or words[reload_word] != self.generation:
+                return
+            if self.tasks_left > 0:
+                self.tasks_left -= len(batch.records)
+                if self.tasks_left <= 0:
+                    log.info("task worker %d: max_tasks_per_worker reached, recycling", self.worker_id)
+                    return
 
-    def run_one(self, task_id: int, record: bytes, aux: int) -> bytes | None:
+    def run_one(self, seq: int, record: bytes, aux: int) -> bytes | None:
         """Run one task; returns its finish record (None: an async task, which
         sends its own finish when it is done)."""
+        words, row = self.words, self.row
         started = time.perf_counter()
+        task_id, attempt, limit = seq, 1, self.server.task_timeout
         try:
-            value = run_task(self.server, self.on_task, self.worker_id, task_id, record, aux & KIND_MASK)
+            if aux & SPILLED:
+                record = _codec.unspill(record)
+            if aux & OPTS:
+                own_limit, attempt, task_id, record = _codec.split_options(record)
+                limit = own_limit or limit
+        except Exception as exc:  # an unreadable record: the task cannot run
+            error: TaskError | None = error_of(exc)
+            status, value = _codec.ERROR, None
+        else:
+            words[row + TASK] = task_id
+            if limit:  # the supervisor kills this worker if the task is still running then
+                words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
+            status, value, error = run_task(
+                self.on_task, self.server, task_id, self.worker_id, record, aux & KIND_MASK, attempt
+            )
             if inspect.iscoroutine(value):
+                if limit:
+                    words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
                 if self.runner is None:
                     self.runner = _AsyncRunner(self, self.server.task_concurrency)
-                self.runner.submit(value, task_id, aux, started)
+                self.runner.submit(value, seq, aux, started, limit)
                 return None
-        except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, not ours
-            return _codec.encode_finish(
-                task_id, _codec.ERROR, None, error_of(exc), time.perf_counter() - started, self.worker_id
-            )
-        return _codec.encode_finish(task_id, _codec.OK, value, None, time.perf_counter() - started, self.worker_id)
+        if limit:
+            words[row + DEADLINE] = 0
+        words[row + DONE] += 1
+        if status == _codec.OK:
+            words[row + _table.OK] += 1
+        return self.finish(seq, status, value, error, started)
+
+    def finish(self, seq: int, status: int, value: Any, error: TaskError | None, started: float) -> bytes:
+        """The finish record of task ``seq``."""
+        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id)
 
     def send(self, key: int, records: list[bytes]) -> None:
         """Write finishes into a completion channel, waiting while it is full
-        for as long as its process lives."""
+        for as long as its process lives. A large finish travels as a file."""
+        if any(len(r) > self.spill_at for r in records):
+            small = [r for r in records if len(r) <= self.spill_at]
+            for r in records:
+                if len(r) > self.spill_at:
+                    self.send(key | SPILLED, [_codec.spill(r, self.server._spill_dir)])
+            records = small
         channel = self.server._channels[key & CHANNEL_MASK]
+        aux = key & (WANT | SPILLED)
         while records:
             try:
-                channel.push_many(records, aux=key & WANT, timeout=1.0)
+                channel.push_many(records, aux=aux, timeout=1.0)
                 return
             except RingFull as full:
                 records = records[full.accepted :]
                 if not _channel_claimed(self.server, key & CHANNEL_MASK):
                     log.warning("dropped %d finishes: the process that queued them is gone", len(records))
                     return
-
-
-OnTask = list[tuple[Callable[..., Any], bool]]
-"""``on_task`` implementations in call order, each with whether it takes the event."""
-
-
-def on_task_impls(hook: pluggy.HookRelay) -> OnTask:
-    """The ``on_task`` implementations of a plugin manager's ``hook``, in call order."""
-    return [(impl.function, bool(impl.argnames)) for impl in reversed(hook.on_task.get_hookimpls())]
-
-
-def run_task(server: TaskServer, on_task: OnTask, worker_id: int, task_id: int, record: bytes, kind: int) -> Any:
-    """Decode a task record (of ``kind`` ``KIND_CALL`` or ``KIND_DATA``) and
-    call the ``on_task`` implementations with its :class:`TaskEvent` until one
-    completes it; returns the event's return value (a coroutine for an async
-    task). The one pipeline of every backend.
-
-    Raises:
-        LookupError: nothing completed the task.
-        Exception: whatever decoding it or a handler raised.
-    """
-    data = _codec.decode(record)
-    if kind == KIND_CALL:
-        data = _make_task(*data)
-    event = TaskEvent(task_id, worker_id, data, server)
-    for fn, takes_event in on_task:
-        if takes_event:
-            fn(event)
-        else:
-            fn()
-        if event.completed:
-            return event.return_value
-    raise LookupError(
-        f"nothing handled the task: no on_task hook completed it, and no listener is registered "
-        f"for {type(data).__module__}.{type(data).__qualname__}"
-    )
-
-
-def _call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:
-    """Call every implementation of ``hook`` in pluggy's order; an exception
-    is logged and does not stop the others."""
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception:
-            log.exception("plugin %s failed in %s", impl.plugin_name, hook.name)
 
 
 def _channel_claimed(server: TaskServer, index: int) -> bool:
@@ -212,19 +224,6 @@ def _channel_claimed(server: TaskServer, index: int) -> bool:
     return False
 
 
-def error_of(exc: BaseException) -> TaskError:
-    """The :class:`TaskError` describing ``exc`` (type, message, traceback text)."""
-    cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        tb = tb.tb_next  # start the traceback at the task's own code
-    return TaskError(name, str(exc), "".join(traceback.format_exception(cls, exc, tb or exc.__traceback__)))
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
 class _AsyncRunner:
     """An event loop on its own thread, running one worker's async tasks."""
 
@@ -236,23 +235,33 @@ class _AsyncRunner:
         self.thread = threading.Thread(target=self.loop.run_forever, name="taskmw-async", daemon=True)
         self.thread.start()
 
-    def submit(self, coro: Coroutine[Any, Any, Any], task_id: int, aux: int, started: float) -> None:
+    def submit(self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None) -> None:
         """Start ``coro`` on the loop (waiting while ``limit`` already run)."""
         self.slots.acquire()
-        asyncio.run_coroutine_threadsafe(self.run(coro, task_id, aux, started), self.loop)
+        asyncio.run_coroutine_threadsafe(self.run(coro, seq, aux, started, limit), self.loop)
 
-    async def run(self, coro: Coroutine[Any, Any, Any], task_id: int, aux: int, started: float) -> None:
+    async def run(
+        self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None
+    ) -> None:
         w = self.worker
+        words, row = w.words, w.row
+        timer = asyncio.timeout(limit)
         try:
-            value = await coro
-            finish = _codec.encode_finish(task_id, _codec.OK, value, None, time.perf_counter() - started, w.worker_id)
+            async with timer:
+                value = await coro
+            finish = w.finish(seq, _codec.OK, value, None, started)
+            words[row + ASYNC_OK] += 1
         except BaseException as exc:  # noqa: B036
-            finish = _codec.encode_finish(
-                task_id, _codec.ERROR, None, error_of(exc), time.perf_counter() - started, w.worker_id
-            )
+            if isinstance(exc, TimeoutError) and timer.expired():
+                message = f"the task ran longer than its time limit of {limit}s and was cancelled"
+                finish = w.finish(seq, _codec.TIMEOUT, None, TaskError("TimeoutError", message, ""), started)
+                words[row + ASYNC_TIMEOUT] += 1
+            else:
+                finish = w.finish(seq, _codec.ERROR, None, error_of(exc), started)
+        words[row + ASYNC_DONE] += 1
         try:
             w.send(aux & (CHANNEL_MASK | WANT), [finish])
-            w.ring.release([task_id])
+            w.ring.release([seq])
         finally:
             self.slots.release()
 

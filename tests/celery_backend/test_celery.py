@@ -235,6 +235,15 @@ def test_under_asgi_finishes_come_on_the_event_loop(worker: Any, redis_server: R
     assert not _listener_threads()
 
 
+def test_time_limits_and_retries_work_as_locally(server: TaskServer, finishes: Finishes, tmp_path: Path) -> None:
+    slow = server.task(Task(cjobs.sleep_for, 60), timeout=2)  # Celery's hard time limit kills its process
+    flaky = server.task(Task(cjobs.fail_first, str(tmp_path)), retries=2)
+    got = finishes.wait([slow, flaky])
+    assert got[slow].status == "timeout" and got[slow].error.type.endswith("TimeLimitExceeded"), got[slow]
+    assert (got[flaky].status, got[flaky].return_value, got[flaky].attempts) == ("ok", 2, 2), got[flaky]
+    assert len(finishes.events[flaky]) == 1
+
+
 def test_a_killed_pool_process_runs_the_task_again_with_acks_late(
     server: TaskServer, finishes: Finishes, worker: Any, tmp_path: Path
 ) -> None:
@@ -247,12 +256,11 @@ def test_a_killed_pool_process_runs_the_task_again_with_acks_late(
     assert len(finishes.events[task_id]) == 1
 
 
-def test_lost_without_acks_late_and_timeout_past_the_time_limit(redis_server: Redis, tmp_path: Path) -> None:
+def test_a_killed_pool_process_finishes_lost_without_acks_late(redis_server: Redis, tmp_path: Path) -> None:
     url = redis_server.url_for(1)  # its own queue: the module's worker (acks_late) serves db 0
     finishes = Finishes()
-    with celery_worker(url, tmp_path, acks_late=False, time_limit=8) as early:
+    with celery_worker(url, tmp_path, acks_late=False) as early:
         with TaskServer(backend="celery", celery_app=cjobs.make_app(url), plugins=[finishes]) as server:
-            slow = server.task(cjobs.sleep_for, 60)  # on the other pool process, killed at 8 s
             attempts = tmp_path / "attempts"
             attempts.mkdir()
             task_id = server.task(cjobs.hang_first_time, str(attempts))
@@ -260,8 +268,6 @@ def test_lost_without_acks_late_and_timeout_past_the_time_limit(redis_server: Re
             event = finishes.wait([task_id])[task_id]
             assert event.status == "lost" and event.error is not None and event.error.type == "WorkerLost", event
             assert server.taskwait(cjobs.add, 1, 2, timeout=WAIT) == 3  # the worker goes on
-            timed_out = finishes.wait([slow])[slow]
-            assert timed_out.status == "timeout" and timed_out.error.type.endswith("TimeLimitExceeded"), timed_out
         assert len(list(attempts.glob("attempt-*"))) == 1
     life = read_records(tmp_path, "life")
     stopped = {r["pid"] for r in life if r["event"] == "stop"}

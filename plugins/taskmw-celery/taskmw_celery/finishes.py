@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from taskmw import _codec
 from taskmw._codec import WANT
 from taskmw.events import TaskError
-from taskmw.worker import error_of
+from taskmw.pipeline import error_of
 
 log = logging.getLogger(__name__)
 

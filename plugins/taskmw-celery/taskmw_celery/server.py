@@ -15,30 +15,30 @@ counts), ``TaskServer._deliver`` and ``_keep_settings``, and ``_live``
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from taskmw._codec import KIND_MASK, WANT
-from taskmw.errors import PoolClosed, QueueFull
-from taskmw.listeners import Listener
+from taskmw.errors import QueueFull
 from taskmw.ring import Batch
-from taskmw.server import TaskServer, _Completions, _live, _running_loop, plugin_manager
+from taskmw.server import TaskServer, _check_int, _check_seconds, _Completions, _live, _running_loop, plugin_manager
 from taskmw.tasks import _set_default
 from taskmw_celery.finishes import FinishListener, Pending
 from taskmw_celery.settings import IDS_KEY, IN_WORKER, TASK_NAME, redis_backend
 
 log = logging.getLogger(__name__)
 
-LOCAL_ONLY = frozenset({"queue_bytes", "max_dispatchers", "result_bytes"})
-"""TaskServer settings of the local pool's shared memory: accepted and unused here,
-so that switching a configured pool to Celery changes one setting."""
+_SETTINGS = frozenset(inspect.signature(TaskServer.__init__).parameters) - {"self", "task_workers", "backend"}
+"""Every TaskServer setting is accepted, so that switching a configured pool
+to Celery changes one setting; those of the local pool's shared memory and
+processes are unused here."""
 
 
 class CeleryServer(TaskServer):
@@ -57,14 +57,15 @@ class CeleryServer(TaskServer):
             ``TASKMW_CELERY_APP`` environment variable, so that
             ``TASKMW_BACKEND=celery TASKMW_CELERY_APP=proj.celery:app``
             moves an app to Celery with no code change.
-        plugins, listeners, entrypoints: as for :class:`~taskmw.TaskServer`
-            (here only ``on_finish`` runs; ``on_task`` and listeners run in
-            the Celery workers, which get theirs from ``install()``).
-        queue_timeout, task_concurrency: accepted for compatibility; the
-            broker's queue has no bound, and the Celery worker runs one task
-            per process.
-        shutdown_timeout: seconds :meth:`close` waits for the finishes of
-            this process's tasks.
+        **settings: :class:`~taskmw.TaskServer`'s. Used here: ``plugins``,
+            ``entrypoints``, ``disable_plugins`` (only ``on_finish`` runs in
+            this process; the Celery workers get their plugins and
+            ``listeners`` from ``install()``), ``shutdown_timeout`` (how long
+            :meth:`close` waits for this process's finishes),
+            ``task_timeout`` and a task's ``timeout`` (Celery's per-task hard
+            time limit), ``retries`` and ``retry_backoff`` (as in the local
+            pool: this process queues a failed task again), and
+            ``max_payload_bytes``. The others are accepted and unused.
 
     Raises:
         ValueError: a setting is out of range, or the result backend is not Redis.
@@ -75,33 +76,34 @@ class CeleryServer(TaskServer):
     _pending: Pending
     _prefix: str
 
-    def __init__(
-        self,
-        task_workers: int = 4,
-        *,
-        celery_app: Any = None,
-        backend: str | None = None,
-        plugins: Iterable[object] = (),
-        listeners: Mapping[type, Sequence[Listener]] | None = None,
-        entrypoints: bool = True,
-        queue_timeout: float = 5.0,
-        task_concurrency: int = 100,
-        shutdown_timeout: float = 30.0,
-        **local_only: Any,
-    ) -> None:
+    def __init__(self, task_workers: int = 4, *, celery_app: Any = None, **settings: Any) -> None:
         if getattr(self, "celery_app", None) is not None:
             return  # TaskServer(backend="celery") built it already; type() calls __init__ again
-        unknown = set(local_only) - LOCAL_ONLY
+        unknown = set(settings) - _SETTINGS
         if unknown:
             raise TypeError(f"CeleryServer got unknown settings: {', '.join(sorted(unknown))}")
         celery_app = _find_app(celery_app)
-        self._keep_settings(task_workers, queue_timeout, task_concurrency, shutdown_timeout)
+        _check_int("task_workers", task_workers, 1, 1024)
+        self.task_workers = task_workers
+        self.shutdown_timeout = _seconds(settings, "shutdown_timeout", 30.0)
+        self.queue_timeout = _seconds(settings, "queue_timeout", 5.0)
+        self.retry_backoff = _seconds(settings, "retry_backoff", 0.5)
+        self.retries: int = settings.get("retries", 0)
+        _check_int("retries", self.retries, 0, 1000)
+        self.max_payload_bytes: int = settings.get("max_payload_bytes", 128 << 20)
+        _check_int("max_payload_bytes", self.max_payload_bytes, 1, 1 << 40)
+        timeout = settings.get("task_timeout")
+        if timeout is not None:
+            _check_seconds("task_timeout", timeout, positive=True)
+        self.task_timeout = None if timeout is None else float(timeout)
+        listeners = settings.get("listeners")
         if listeners and not IN_WORKER.get():
             log.warning(
                 "listeners given to the dispatching side of the celery backend are not used: the Celery workers "
                 "dispatch data objects, give them to taskmw_celery.install(app, listeners=...)"
             )
-        self.plugins = plugin_manager(plugins, listeners, entrypoints)
+        plugins, entrypoints = settings.get("plugins", ()), settings.get("entrypoints", True)
+        self.plugins = plugin_manager(plugins, listeners, entrypoints, settings.get("disable_plugins", ()))
         """The pluggy plugin manager (``on_finish`` runs here)."""
         self.hook = self.plugins.hook
         self._backend = redis_backend(celery_app)
@@ -109,6 +111,7 @@ class CeleryServer(TaskServer):
         """The Celery app tasks are sent with."""
         self.worker_id: int | None = None
         """In a Celery worker: the index of its pool process; elsewhere ``None``."""
+        self._state = bytearray(1)  # type: ignore[assignment]  # [0] == 1 once closed, like TaskServer's page
         self._closed = False
         self._forget_process_state()
         _live.add(self)
@@ -116,28 +119,33 @@ class CeleryServer(TaskServer):
 
     # -- sending ---------------------------------------------------------------
 
-    def _queue(self, payload: bytes, aux: int) -> int:
-        if self._closed:
-            raise PoolClosed("the task server is closed; no more tasks can be queued")
-        task_id = -1
+    def _push(
+        self, comp: _Completions, payload: bytes, aux: int, timeout: float | None, attempt: int, task_id: int
+    ) -> int:
+        """Send one task to Celery (``TaskServer._queue`` calls it, and its
+        retries); returns its id (a retry's is new: the finish is mapped back)."""
+        if len(payload) > self.max_payload_bytes:
+            raise ValueError(
+                f"the task is {len(payload)} bytes pickled, more than max_payload_bytes={self.max_payload_bytes}"
+            )
+        limit = timeout if timeout is not None else self.task_timeout
+        options = {} if limit is None else {"time_limit": limit}
+        seq = -1
         try:
-            comp = self._comp
-            if comp is None or (comp.loop is not None and comp.loop.is_closed()):
-                comp = self._claim()
-            task_id = self._backend.client.incr(IDS_KEY)
-            self._pending[task_id] = (aux & WANT, time.monotonic())
+            seq = self._backend.client.incr(IDS_KEY)
+            self._pending[seq] = (aux & WANT, time.monotonic())
             self.celery_app.send_task(
                 TASK_NAME,
-                args=(task_id, payload, aux & KIND_MASK),
-                task_id=f"{self._prefix}{task_id}",
+                args=(seq, payload, aux & KIND_MASK, attempt, task_id or seq),
+                task_id=f"{self._prefix}{seq}",
                 serializer="pickle",
                 ignore_result=True,  # the taskmw task stores its finish itself: see README
+                **options,
             )
-        except (RedisError, OperationalError, TimeoutError) as exc:
-            self._pending.pop(task_id, None)
-            raise QueueFull(f"the task was not queued: Celery's broker or Redis could not be reached: {exc}") from exc
-        comp.sent += 1
-        return task_id
+        except _UNREACHABLE as exc:
+            self._pending.pop(seq, None)
+            raise _queue_full(exc) from exc
+        return seq
 
     # -- finishes --------------------------------------------------------------
 
@@ -149,7 +157,10 @@ class CeleryServer(TaskServer):
             if comp is None:
                 comp = _Completions(0, None, 0)  # type: ignore[arg-type]  # no ring: finishes come from Redis
                 self._prefix = f"taskmw-{os.urandom(5).hex()}-"
-                self._listener = FinishListener(self._backend, self._prefix, self._pending, self._on_finishes)
+                try:
+                    self._listener = FinishListener(self._backend, self._prefix, self._pending, self._on_finishes)
+                except _UNREACHABLE as exc:
+                    raise _queue_full(exc) from exc
                 self._comp = comp
             comp.loop = _running_loop()
             return comp
@@ -171,10 +182,13 @@ class CeleryServer(TaskServer):
 
     # -- lifetime ----------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
+    def stats(self) -> dict[str, Any]:
+        """This process's view: the Celery workers are Celery's (``celery inspect``)."""
+        return {"backend": "celery", "pending": len(self._pending), "task_workers": None, "workers": []}
+
+    def reload(self) -> None:
+        """Not here: restart the Celery workers (``celery control pool_restart`` or your process manager)."""
+        raise NotImplementedError("the celery backend's workers are Celery's: restart them with Celery's tools")
 
     def close(self, timeout: float | None = None) -> None:
         """Stop sending: wait up to ``shutdown_timeout`` seconds for the
@@ -184,6 +198,7 @@ class CeleryServer(TaskServer):
         if self._closed:
             return
         self._closed = True
+        self._state[0] = 1
         timeout = self.shutdown_timeout if timeout is None else timeout
         comp, self._comp = self._comp, None
         if comp is not None:
@@ -229,3 +244,16 @@ def _find_app(celery_app: Any) -> Any:
             f"the celery backend needs celery_app=<a Celery app> (or {APP_ENV}=module:attribute), got {celery_app!r}"
         )
     return celery_app
+
+
+_UNREACHABLE = (RedisError, OperationalError, TimeoutError)
+
+
+def _queue_full(exc: BaseException) -> QueueFull:
+    return QueueFull(f"the task was not queued: Celery's broker or Redis could not be reached: {exc}")
+
+
+def _seconds(settings: dict[str, Any], name: str, default: float) -> float:
+    value = settings.get(name, default)
+    _check_seconds(name, value)
+    return float(value)

@@ -25,11 +25,10 @@ from typing import Any
 
 from billiard.process import current_process
 from celery import signals, states
-from celery.exceptions import SoftTimeLimitExceeded
 
 from taskmw import _codec
 from taskmw.listeners import Listener
-from taskmw.worker import _call_each, error_of, on_task_impls, run_task
+from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
 from taskmw_celery.server import CeleryServer
 from taskmw_celery.settings import IN_WORKER, TASK_NAME, configure
 
@@ -49,33 +48,28 @@ class _WorkerProcess:
         finally:
             IN_WORKER.reset(token)
         self.server.worker_id = self.worker_id
-        self.on_task = on_task_impls(self.server.hook)
+        self.calls = on_task_calls(self.server.hook)
         self.loops = threading.local()  # an event loop per thread that runs async tasks (--pool threads)
-        _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
+        call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
 
-    def run(self, task_id: int, payload: bytes, kind: int) -> bytes:
-        """Run one task; returns its finish record."""
+    def run(self, seq: int, payload: bytes, kind: int, attempt: int, task_id: int) -> bytes:
+        """Run one task (``task_id`` as the user knows it, attempt ``attempt``);
+        returns its finish record (for ``seq``, the id it was sent under)."""
         started = time.perf_counter()
-        try:
-            value = run_task(self.server, self.on_task, self.worker_id, task_id, payload, kind)
-            if inspect.iscoroutine(value):
-                loop = getattr(self.loops, "loop", None)
-                if loop is None:
-                    loop = self.loops.loop = asyncio.new_event_loop()
+        status, value, error = run_task(self.calls, self.server, task_id, self.worker_id, payload, kind, attempt)
+        if inspect.iscoroutine(value):
+            loop = getattr(self.loops, "loop", None)
+            if loop is None:
+                loop = self.loops.loop = asyncio.new_event_loop()
+            try:
                 value = loop.run_until_complete(value)
-        except SoftTimeLimitExceeded as exc:
-            return _codec.encode_finish(
-                task_id, _codec.TIMEOUT, None, error_of(exc), time.perf_counter() - started, self.worker_id
-            )
-        except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, as in the local pool
-            return _codec.encode_finish(
-                task_id, _codec.ERROR, None, error_of(exc), time.perf_counter() - started, self.worker_id
-            )
-        return _codec.encode_finish(task_id, _codec.OK, value, None, time.perf_counter() - started, self.worker_id)
+            except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, as in the local pool
+                status, value, error = _codec.ERROR, None, error_of(exc)
+        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id)
 
     def stop(self) -> None:
         """Run ``on_worker_stop`` and close what the process opened."""
-        _call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
+        call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
         loop = getattr(self.loops, "loop", None)
         if loop is not None:
             loop.close()
@@ -129,6 +123,7 @@ def install(
     plugins: Iterable[object] = (),
     listeners: Mapping[type, Sequence[Listener]] | None = None,
     entrypoints: bool = True,
+    disable_plugins: Iterable[str] = (),
     acks_late: bool = True,
     time_limit: float | None = None,
 ) -> Any:
@@ -142,7 +137,7 @@ def install(
 
     Args:
         celery_app: the Celery app (Redis result backend).
-        plugins, listeners, entrypoints: the worker side's plugins (``on_task``,
+        plugins, listeners, entrypoints, disable_plugins: the worker side's plugins (``on_task``,
             ``resolve_service``, ``on_worker_start``/``stop``, and ``on_finish``
             for tasks queued by tasks) and the dispatcher's listeners, as
             :class:`~taskmw.TaskServer` takes them.
@@ -163,9 +158,8 @@ def install(
     if id(celery_app) in _installed:
         raise ValueError(f"taskmw_celery.install() was already called for the Celery app {celery_app.main!r}")
     limit = configure(celery_app, time_limit)
-    state = _Installed(
-        celery_app, {"plugins": list(plugins), "listeners": listeners, "entrypoints": bool(entrypoints)}
-    )
+    settings = {"plugins": list(plugins), "listeners": listeners, "entrypoints": entrypoints}
+    state = _Installed(celery_app, {**settings, "disable_plugins": disable_plugins})
     _installed[id(celery_app)] = state
 
     @celery_app.task(
@@ -179,8 +173,8 @@ def install(
         time_limit=limit,
         typing=False,
     )
-    def run(self: Any, task_id: int, payload: bytes, kind: int) -> None:
-        finish = state.get().run(task_id, payload, kind)
+    def run(self: Any, seq: int, payload: bytes, kind: int, attempt: int = 1, task_id: int = 0) -> None:
+        finish = state.get().run(seq, payload, kind, attempt, task_id or seq)
         self.backend.store_result(self.request.id, finish, states.SUCCESS, request=self.request)
 
     signals.worker_init.connect(state.on_worker_init, weak=False)

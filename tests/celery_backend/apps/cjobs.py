@@ -78,6 +78,16 @@ def hang_first_time(folder: str, seconds: float = 30.0) -> int:
     return attempt
 
 
+def fail_first(folder: str) -> int:
+    """Raise on the first attempt (counted in ``folder``); return the attempt after."""
+    d = Path(folder)
+    attempt = len(list(d.glob("try-*"))) + 1
+    (d / f"try-{attempt}").write_text("")
+    if attempt == 1:
+        raise RuntimeError("the first attempt fails")
+    return attempt
+
+
 def sleep_for(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
