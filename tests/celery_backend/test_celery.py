@@ -124,7 +124,7 @@ def test_tasks_run_on_the_celery_worker_and_finish_here(server: TaskServer, fini
     assert [got[i].return_value for i in ids] == [i + 1 for i in range(40)]
     pid, ppid = got[who].return_value
     assert ppid == worker.pid and pid in pool_pids(worker), "the task did not run in a pool process of the worker"
-    assert got[who].worker_id in (0, 1, 2) and got[who].duration >= 0
+    assert got[who].worker_id in (0, 1, 2) and got[who].duration >= 0 and got[who].name == "cjobs.whoami"
     assert all(len(finishes.events[i]) == 1 for i in ids), "a task got more than one finish"
     assert all(name.startswith("taskmw-celery-finishes") for name in finishes.threads)
     seen = {r["task_id"]: r for r in read_records(records, "ontask")}

@@ -56,7 +56,7 @@ class _WorkerProcess:
         """Run one task (``task_id`` as the user knows it, attempt ``attempt``);
         returns its finish record (for ``seq``, the id it was sent under)."""
         started = time.perf_counter()
-        status, value, error = run_task(self.calls, self.server, task_id, self.worker_id, payload, kind, attempt)
+        status, value, error, name = run_task(self.calls, self.server, task_id, self.worker_id, payload, kind, attempt)
         if inspect.iscoroutine(value):
             loop = getattr(self.loops, "loop", None)
             if loop is None:
@@ -65,7 +65,7 @@ class _WorkerProcess:
                 value = loop.run_until_complete(value)
             except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, as in the local pool
                 status, value, error = _codec.ERROR, None, error_of(exc)
-        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id)
+        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id, name)
 
     def stop(self) -> None:
         """Run ``on_worker_stop`` and close what the process opened."""
