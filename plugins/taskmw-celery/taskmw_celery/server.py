@@ -2,14 +2,16 @@
 delivers their finishes to the process that sent them.
 
 It is a :class:`taskmw.TaskServer` whose queue is Celery's: ``task()``,
-``taskwait()``, ``taskwait_multi()``, ``task_async()``, the plugin manager and
-the delivery of finishes (``on_finish`` hooks, waiters) are TaskServer's own
-code; this class replaces where a task goes (``_queue``: a Redis ``INCR``
-for the id, then ``send_task``), where finishes come from (``_claim``: a
-:class:`~taskmw_celery.finishes.FinishListener`) and ``close()``. It uses
-these parts of ``taskmw.server``: ``_Completions`` (a process's waiters and
-counts), ``TaskServer._deliver`` and ``_keep_settings``, and ``_live``
-(after-fork reset and close at exit).
+``taskwait()``, ``taskwait_multi()``, ``task_async()``, ``_queue`` (with
+retries), the plugin manager and the delivery of finishes (``_deliver``:
+``on_finish`` hooks, waiters, retries, duplicates dropped) are TaskServer's
+own code. This class replaces where a task goes (``_push``: a Redis
+``INCR`` for the id, then ``send_task``), where finishes come from
+(``_claim``: a :class:`~taskmw_celery.finishes.FinishListener`), ``close()``,
+``stats()`` and ``reload()``. It relies on these parts of ``taskmw.server``:
+``_Completions`` (a process's waiters and counts), ``_queue``/``_push``,
+``_deliver``, ``_state[0]`` (1 once closed), ``_live`` (after-fork reset and
+close at exit) and the settings checks.
 """
 
 from __future__ import annotations
