@@ -125,7 +125,7 @@ def send_receipt(order: int) -> str:
     return f"receipt {order} from pid {os.getpid()}"
 
 
-deferred_receipt = taskmw.deferred(send_receipt, "shop.receipt")
+deferred_receipt = taskmw.deferred(send_receipt, "celery_tests.receipt")
 
 LISTENERS: dict[type, list[Any]] = {Signup: [welcome], VipSignup: [vip_welcome]}
 
