@@ -345,10 +345,10 @@ class TaskServer:
                 comp.registering += 1
             try:
                 task_id = self._push(comp, payload, aux, timeout, 1, 0)
+                comp.retries[task_id] = _Retry(payload, aux, timeout, retries, task_id)
             finally:
                 with comp.lock:
                     comp.registering -= 1
-            comp.retries[task_id] = _Retry(payload, aux, timeout, retries, task_id)
         else:
             task_id = self._push(comp, payload, aux, timeout, 1, 0)
         comp.sent += 1
@@ -605,10 +605,11 @@ class TaskServer:
                 log.exception("plugin %s failed in on_finish", impl.plugin_name)
 
     def _retry_of(self, comp: _Completions, seq: int, status: str) -> _Retry | None:
-        """The retry record of ``seq`` (None: it has none). A failure that
-        comes before ``_queue`` has registered its task waits for that."""
+        """The retry record of ``seq`` (None: it has none). A finish that
+        comes before its task (a first run or a retry) is registered waits
+        for that: a retry's finish would otherwise go out under its seq."""
         retry = comp.retries.pop(seq, None)
-        if retry is None and status != "ok" and comp.registering:
+        if retry is None and comp.registering:
             deadline = time.monotonic() + 1.0
             while retry is None and comp.registering and time.monotonic() < deadline:
                 time.sleep(0.0005)
@@ -622,8 +623,11 @@ class TaskServer:
         retry.left -= 1
 
         def requeue() -> None:
+            with comp.lock:
+                comp.registering += 1  # its finish may come before it is registered: _retry_of waits
             try:
                 seq = self._push(comp, retry.payload, retry.aux, retry.timeout, retry.attempt, retry.task_id)
+                comp.retries[seq] = retry
             except Exception as exc:
                 log.warning("task %d could not be queued again: %s", retry.task_id, exc)
                 error = _codec.decode_finish(
@@ -637,8 +641,9 @@ class TaskServer:
                     comp.done += 1
                     if comp.done >= comp.sent:
                         comp.idle.notify_all()
-                return
-            comp.retries[seq] = retry
+            finally:
+                with comp.lock:
+                    comp.registering -= 1
 
         timer = threading.Timer(delay, requeue)
         timer.daemon = True

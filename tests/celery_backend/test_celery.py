@@ -8,6 +8,7 @@ Every wait is bounded; every process started here is stopped and checked gone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import logging
@@ -23,7 +24,7 @@ import pytest
 from e2e.servers import gunicorn_argv, read_records, running_server
 
 import taskmw
-from taskmw import QueueFull, ServiceTask, Task, TaskFailed, TaskServer
+from taskmw import QueueFull, ServiceTask, Task, TaskFailed, TaskServer, testing
 
 from .procs import Redis, celery_worker, pool_pids, require
 
@@ -37,26 +38,23 @@ WAIT = 30.0
 """Seconds any single wait may take (a busy 2-core machine)."""
 
 
-class Finishes:
-    """A plugin recording every finish, and the thread it came on."""
+class Finishes(testing.Finishes):
+    """``taskmw.testing``'s recorder, also counting the finishes of each id
+    (exactly one is the promise) and naming the threads they came on."""
 
     def __init__(self) -> None:
-        self.events: dict[int, list[taskmw.TaskFinishEvent]] = {}
+        super().__init__()
+        self.count: collections.Counter[int] = collections.Counter()
         self.threads: set[str] = set()
-        self.cond = threading.Condition()
 
     @taskmw.hookimpl
     def on_finish(self, event: taskmw.TaskFinishEvent) -> None:
-        with self.cond:
-            self.events.setdefault(event.task_id, []).append(event)
-            self.threads.add(threading.current_thread().name)
-            self.cond.notify_all()
+        self.count[event.task_id] += 1
+        self.threads.add(threading.current_thread().name)
+        super().on_finish(event)
 
     def wait(self, ids: list[int], timeout: float = WAIT) -> dict[int, taskmw.TaskFinishEvent]:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: all(i in self.events for i in ids), timeout)
-        assert ok, f"no finish within {timeout}s for {[i for i in ids if i not in self.events]}"
-        return {i: self.events[i][0] for i in ids}
+        return super().wait(ids, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +123,7 @@ def test_tasks_run_on_the_celery_worker_and_finish_here(server: TaskServer, fini
     pid, ppid = got[who].return_value
     assert ppid == worker.pid and pid in pool_pids(worker), "the task did not run in a pool process of the worker"
     assert got[who].worker_id in (0, 1, 2) and got[who].duration >= 0 and got[who].name == "cjobs.whoami"
-    assert all(len(finishes.events[i]) == 1 for i in ids), "a task got more than one finish"
+    assert all(finishes.count[i] == 1 for i in ids), "a task got more than one finish"
     assert all(name.startswith("taskmw-celery-finishes") for name in finishes.threads)
     seen = {r["task_id"]: r for r in read_records(records, "ontask")}
     assert all(seen[i]["pid"] != os.getpid() for i in [*ids, who]), "on_task did not run in the Celery worker"
@@ -227,7 +225,7 @@ def test_under_asgi_finishes_come_on_the_event_loop(worker: Any, redis_server: R
 
     try:
         ids, value, loop_thread = asyncio.run(asyncio.wait_for(main(), WAIT))
-        assert value == 21 and [finishes.events[i][0].return_value for i in ids] == list(range(5))
+        assert value == 21 and [finishes.events[i].return_value for i in ids] == list(range(5))
         assert loop_thread in finishes.threads
         assert server.taskwait(cjobs.add, 2, 3, timeout=WAIT) == 5  # the loop is gone: a thread delivers
     finally:
@@ -241,7 +239,7 @@ def test_time_limits_and_retries_work_as_locally(server: TaskServer, finishes: F
     got = finishes.wait([slow, flaky])
     assert got[slow].status == "timeout" and got[slow].error.type.endswith("TimeLimitExceeded"), got[slow]
     assert (got[flaky].status, got[flaky].return_value, got[flaky].attempts) == ("ok", 2, 2), got[flaky]
-    assert len(finishes.events[flaky]) == 1
+    assert finishes.count[flaky] == 1
 
 
 def test_a_killed_pool_process_runs_the_task_again_with_acks_late(
@@ -253,7 +251,7 @@ def test_a_killed_pool_process_runs_the_task_again_with_acks_late(
     assert (event.status, event.return_value) == ("ok", 2), event
     assert len(list(tmp_path.glob("attempt-*"))) == 2
     _wait_for(lambda: len(pool_pids(worker)) == 2, "the worker replaced its pool process")
-    assert len(finishes.events[task_id]) == 1
+    assert finishes.count[task_id] == 1
 
 
 def test_a_killed_pool_process_finishes_lost_without_acks_late(redis_server: Redis, tmp_path: Path) -> None:
@@ -307,7 +305,7 @@ def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finish
         later = server.task(cjobs.add, 2, 2)
         backend.store_result(celery_id(later), _codec.encode_finish(later, _codec.OK, 4, None, 0.1, 0), states.SUCCESS)
         assert finishes.wait([later])[later].return_value == 4
-        assert len(finishes.events[ok]) == 1
+        assert finishes.count[ok] == 1
         key = backend.get_key_for_task(celery_id(later))
         _wait_for(lambda: backend.client.get(key) is None, "a delivered result is deleted")
 
@@ -333,7 +331,7 @@ def test_finishes_survive_a_redis_restart(tmp_path: Path, finishes: Finishes) ->
             record = _codec.encode_finish(task_id, _codec.OK, 2, None, 0.1, 0)
             _wait_for(lambda: _stored(app, f"{prefix}{task_id}", record, states.SUCCESS), "Redis is back")
             assert finishes.wait([task_id])[task_id].return_value == 2
-            assert len(finishes.events[task_id]) == 1
+            assert finishes.count[task_id] == 1
     finally:
         for r in (first, again):
             if r is not None and r.proc.poll() is None:
