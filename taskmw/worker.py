@@ -43,6 +43,10 @@ MAX_BATCH = 64
 QUICK = 0.001  # seconds: a batch this fast lets the next one be twice as large
 _IDLE_CHECK = 1.0  # seconds an idle worker waits before checking its supervisor is alive
 
+before_run: list[Callable[[TaskServer, int], None]] = []
+"""Called in each new task worker before it looks up its hooks (``taskmw
+start`` imports the app there, so the app's plugins reach the worker)."""
+
 
 def spawn(server: TaskServer, worker_id: int) -> int:
     """Fork task worker ``worker_id``; returns its pid (in the supervisor)."""
@@ -57,6 +61,8 @@ def spawn(server: TaskServer, worker_id: int) -> int:
         # before unblocking what the supervisor blocks.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        for setup in before_run:
+            setup(server, worker_id)
         code = _Worker(server, worker_id).run()
     except BaseException:
         log.exception("taskmw task worker %d failed", worker_id)
