@@ -567,6 +567,8 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
                 rc = TMW_ECORRUPT;
                 break;
             }
+            int alone = (rh.aux & b->alone_mask) != 0;
+            if (alone && n > 0) break; /* it starts the next pop's batch */
             if (used_out + rh.len > out_cap) {
                 if (n == 0) {
                     b->first_len = rh.len;
@@ -585,6 +587,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
             st.head += span;
             st.head_seq++;
             n++;
+            if (alone) break;
         }
         if (rc == TMW_OK && n > 0) commit(r, &st, hold ? slot : -1, held + (uint32_t)(hold ? n : 0));
         int left = st.head != st.tail;

@@ -121,7 +121,8 @@ typedef struct {
     size_t n;           /* out: records popped */
     uint64_t first_seq; /* out: seq of the first (the rest are consecutive) */
     uint32_t first_len; /* out, TMW_EBUFSMALL: bytes the first record needs */
-    uint32_t _pad;
+    uint32_t alone_mask; /* in: a record whose aux has one of these bits is
+                            popped alone (a batch of one) */
 } tmw_pop_buf;
 
 /* Pop up to max records into b (payloads into b->out, their lengths into
@@ -129,7 +130,9 @@ typedef struct {
  * slot, in the same critical section. Waits while the ring is empty
  * (timeout < 0 forever, 0 never). TMW_EBUFSMALL: the first record needs
  * b->first_len bytes of out; nothing was taken. TMW_EHELDFULL: the slot
- * holds max_held records already. */
+ * holds max_held records already. A record with aux & b->alone_mask ends a
+ * batch before it (it starts the next pop's) and is popped alone, so a
+ * consumer that may be killed while running it holds nothing else. */
 int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
                  double timeout);
 

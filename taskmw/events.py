@@ -31,9 +31,9 @@ class TaskEvent:
     logger, see every task).
     """
 
-    __slots__ = ("task_id", "worker_id", "data", "server", "return_value", "completed")
+    __slots__ = ("task_id", "worker_id", "data", "server", "return_value", "completed", "attempt")
 
-    def __init__(self, task_id: int, worker_id: int, data: Any, server: TaskServer) -> None:
+    def __init__(self, task_id: int, worker_id: int, data: Any, server: TaskServer, attempt: int = 1) -> None:
         self.task_id = task_id
         """The id ``task()`` returned for this task."""
         self.worker_id = worker_id
@@ -46,6 +46,8 @@ class TaskEvent:
         """What the finish event will carry back (set with :meth:`set_return_value`)."""
         self.completed = False
         """True once a handler called :meth:`complete`."""
+        self.attempt = attempt
+        """1 the first time the task runs; 2, 3, … when ``retries`` re-run it."""
 
     def set_return_value(self, value: Any) -> None:
         """Set the value that the finish event carries back to the dispatcher."""
@@ -77,6 +79,8 @@ class TaskFinishEvent(NamedTuple):
     """Seconds the task ran in its worker."""
     worker_id: int = -1
     """Index of the task worker that ran it (-1: none did)."""
+    attempts: int = 1
+    """How many times it ran (more than 1 when ``retries`` re-ran it)."""
 
     @property
     def ok(self) -> bool:

@@ -435,7 +435,9 @@ class Ring:
             b = self._local.bufs = _Buffers(max(size, b.size if b else 0), max(nrec, b.nrec if b else 1))
         return b
 
-    def pop_many(self, max_records: int = 256, *, timeout: float | None = None, hold: bool = False) -> Batch:
+    def pop_many(
+        self, max_records: int = 256, *, timeout: float | None = None, hold: bool = False, alone: int = 0
+    ) -> Batch:
         """Take up to ``max_records`` records, oldest first, waiting up to
         ``timeout`` seconds (``None``: forever; 0: not at all) while the ring
         is empty.
@@ -444,7 +446,8 @@ class Ring:
         timeout passed. A pop takes the records that fit its buffer (1 MiB,
         grown for larger records). With ``hold=True`` the records are also
         recorded as held by this process, atomically with their removal from
-        the ring, until :meth:`release`.
+        the ring, until :meth:`release`. A record whose aux word has any bit
+        of ``alone`` is taken in a batch of its own.
 
         Raises:
             RingError: ``hold=True`` and this process holds ``max_held``
@@ -465,6 +468,7 @@ class Ring:
         ctimeout, deadline = _timeouts(timeout)
         while True:
             pb = b.pb
+            pb.alone_mask = alone
             rc = lib.tmw_ring_pop(r, slot, pb, max_records, hold, ctimeout)
             if rc == 0:
                 n = pb.n

@@ -24,7 +24,9 @@ import logging
 import mmap
 import os
 import pickle
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import weakref
@@ -35,12 +37,12 @@ from typing import Any
 
 import pluggy
 
-from taskmw import _codec, hookspecs
-from taskmw._codec import KIND_CALL, KIND_DATA, READER_STOP, WANT
+from taskmw import _codec, _table, hookspecs
+from taskmw._codec import KIND_CALL, KIND_DATA, OPTS, READER_STOP, SPILLED, TIMED, WANT
 from taskmw.errors import PoolClosed, QueueFull, TaskFailed
-from taskmw.events import TaskFinishEvent
+from taskmw.events import TaskError, TaskFinishEvent
 from taskmw.listeners import DeferredResolver, Dispatcher, Invoker, Listener
-from taskmw.ring import Batch, RecordTooLarge, Ring, RingFull
+from taskmw.ring import Batch, Ring, RingFull
 from taskmw.tasks import ServiceTask, Task, _set_default
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,9 @@ class _Completions:
         self.early: dict[int, TaskFinishEvent] = {}  # waited-for finishes that beat their waiter
         self.sent = 0  # tasks queued by this process
         self.done = 0  # finishes delivered to it
+        self.retries: dict[int, _Retry] = {}  # by seq: tasks that may run again
+        self.registering = 0  # tasks with retries being queued right now (see _retry_of)
+        self.recent: dict[int, None] = {}  # seqs finished lately, oldest first: a second finish is dropped
         self.idle = threading.Condition(self.lock)
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -81,6 +86,24 @@ class _Completions:
         if early is None:
             self.waiters[task_id] = deliver
         return early
+
+
+class _Retry:
+    """What a dispatcher keeps to queue a failed task again."""
+
+    __slots__ = ("payload", "aux", "timeout", "left", "attempt", "task_id")
+
+    def __init__(self, payload: bytes, aux: int, timeout: float | None, left: int, task_id: int) -> None:
+        self.payload = payload  # without the options header
+        self.aux = aux
+        self.timeout = timeout
+        self.left = left
+        self.attempt = 1
+        self.task_id = task_id
+
+
+_RETRIED = ("error", "lost", "timeout")
+_RECENT = 1 << 16  # finished seqs remembered to drop a duplicate finish
 
 
 class TaskServer:
@@ -113,6 +136,20 @@ class TaskServer:
         max_dispatchers: processes that may queue tasks at once (each
             claims a completion channel; a dead one's is reused).
         result_bytes: size of each process's completion channel.
+        task_timeout: seconds a task may run (``None``: no limit). A task
+            over it finishes ``timeout``: a sync task's worker is killed and
+            replaced, an async task is cancelled. Per task:
+            ``task(Task(fn, ...), timeout=s)``.
+        retries: times a task that finished ``error``, ``lost`` or
+            ``timeout`` is run again (for idempotent work; per task:
+            ``task(Task(fn, ...), retries=n)``). Its finish event says how
+            many ``attempts`` ran.
+        retry_backoff: seconds before the first retry, doubling after each.
+        max_tasks_per_worker: a worker that ran this many tasks is replaced
+            by a fresh one (``None``: never), to bound leaks.
+        max_payload_bytes: largest task (pickled) ``task()`` accepts.
+            Tasks and results too large for the rings travel as files in a
+            private directory (on ``/dev/shm`` when there is one).
 
         backend: where tasks run: ``"local"`` (this pool) or the name of a
             backend installed in the entry-point group ``taskmw.backends``
@@ -145,6 +182,11 @@ class TaskServer:
         shutdown_timeout: float = 30.0,
         max_dispatchers: int = 32,
         result_bytes: int = 1 << 20,
+        task_timeout: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.5,
+        max_tasks_per_worker: int | None = None,
+        max_payload_bytes: int = 128 << 20,
     ) -> None:
         _check_int("task_workers", task_workers, 1, 1024)
         _check_int("task_concurrency", task_concurrency, 1, 10000)
@@ -153,6 +195,18 @@ class TaskServer:
         _check_int("result_bytes", result_bytes, 4096, 1 << 40)
         _check_seconds("queue_timeout", queue_timeout)
         _check_seconds("shutdown_timeout", shutdown_timeout)
+        _check_seconds("retry_backoff", retry_backoff)
+        _check_int("retries", retries, 0, 1000)
+        _check_int("max_payload_bytes", max_payload_bytes, 1, 1 << 40)
+        if task_timeout is not None:
+            _check_seconds("task_timeout", task_timeout, positive=True)
+        if max_tasks_per_worker is not None:
+            _check_int("max_tasks_per_worker", max_tasks_per_worker, 1, 1 << 62)
+        self.task_timeout = None if task_timeout is None else float(task_timeout)
+        self.retries = retries
+        self.retry_backoff = float(retry_backoff)
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.max_payload_bytes = max_payload_bytes
         self.task_workers = task_workers
         self.queue_timeout = float(queue_timeout)
         self.task_concurrency = task_concurrency
@@ -183,6 +237,10 @@ class TaskServer:
             Ring(result_bytes, slots=2 * task_workers + 8, max_held=1, spin_us=_SPIN_US) for _ in range(dispatchers)
         ]
         self._state = mmap.mmap(-1, mmap.PAGESIZE)  # shared (MAP_SHARED|MAP_ANONYMOUS) with every forked process
+        self._table = _table.WorkerTable(task_workers)
+        self._spill_at = min(1 << 20, self._submit.max_record)  # larger tasks travel as files
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self._spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=shm)  # mode 0700
         self._owner = os.getpid()
         self._closed = False
         self._comp: _Completions | None = None
@@ -223,45 +281,64 @@ class TaskServer:
             if b"__main__" in payload:
                 payload = _codec.encode_call(fn_or_data, args, kwargs)
             return self._queue(payload, KIND_CALL)
-        payload, kind = self._encode(fn_or_data, args, kwargs)
-        return self._queue(payload, kind)
+        payload, kind, options = self._encode(fn_or_data, args, kwargs)
+        return self._queue(payload, kind, **options)
 
-    def _encode(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, int]:
+    def _encode(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, int, dict[str, Any]]:
+        """``(payload, kind, options)`` of what ``task()`` was given."""
         if type(obj) is Task:
-            if args or kwargs:
-                raise TypeError("task(Task(...)) takes no further arguments: put them in the Task")
-            return _codec.encode_call(obj.fn, obj.args, obj.kwargs), KIND_CALL
+            return _codec.encode_call(obj.fn, obj.args, obj.kwargs), KIND_CALL, _options(obj, args, kwargs)
         if isinstance(obj, ServiceTask) or not callable(obj) or isinstance(obj, type):
-            if args or kwargs:
-                raise TypeError(
-                    f"task() got arguments with a data object of type {type(obj).__qualname__}: "
-                    "only a callable takes arguments"
-                )
-            return _codec.encode_data(obj), KIND_DATA
-        return _codec.encode_call(obj, args, kwargs), KIND_CALL
+            return _codec.encode_data(obj), KIND_DATA, _options(obj, args, kwargs)
+        return _codec.encode_call(obj, args, kwargs), KIND_CALL, {}
 
-    def _queue(self, payload: bytes, aux: int) -> int:
+    def _queue(self, payload: bytes, aux: int, timeout: float | None = None, retries: int | None = None) -> int:
         comp = self._comp
         if comp is None or (comp.loop is not None and comp.loop.is_closed()):
             comp = self._claim()
         if self._state[0]:
             raise PoolClosed("the task pool has stopped; no more tasks can be queued")
+        if retries is None:
+            retries = self.retries
+        if retries:
+            with comp.lock:
+                comp.registering += 1
+            try:
+                task_id = self._push(comp, payload, aux, timeout, 1, 0)
+            finally:
+                with comp.lock:
+                    comp.registering -= 1
+            comp.retries[task_id] = _Retry(payload, aux, timeout, retries, task_id)
+        else:
+            task_id = self._push(comp, payload, aux, timeout, 1, 0)
+        comp.sent += 1
+        return task_id
+
+    def _push(
+        self, comp: _Completions, payload: bytes, aux: int, timeout: float | None, attempt: int, task_id: int
+    ) -> int:
+        """Write a task into the submit ring; returns its seq."""
+        if timeout is not None or attempt > 1:
+            payload = _codec.with_options(payload, timeout, attempt, task_id)
+            aux |= OPTS | (TIMED if timeout is not None else 0)
+        if len(payload) > self._spill_at:
+            if len(payload) > self.max_payload_bytes:
+                raise ValueError(
+                    f"the task is {len(payload)} bytes pickled, more than max_payload_bytes={self.max_payload_bytes}"
+                )
+            payload = _codec.spill(payload, self._spill_dir)
+            aux |= SPILLED
         try:
-            task_id = self._submit.push(payload, aux=comp.index | aux, timeout=self.queue_timeout)
+            return self._submit.push(payload, aux=comp.index | aux, timeout=self.queue_timeout)
         except RingFull:
+            if aux & SPILLED:
+                os.unlink(os.fsdecode(payload))
             if not _alive(self.supervisor_pid):
                 raise PoolClosed(f"the pool's supervisor (pid {self.supervisor_pid}) is gone") from None
             raise QueueFull(
                 f"the task queue stayed full for queue_timeout={self.queue_timeout}s "
                 f"({self._submit.stats().records} tasks waiting): the task was not queued"
             ) from None
-        except RecordTooLarge:
-            raise ValueError(
-                f"the task is {len(payload)} bytes pickled; the queue carries at most "
-                f"{self._submit.max_record} (raise queue_bytes)"
-            ) from None
-        comp.sent += 1
-        return task_id
 
     # -- waiting for results ---------------------------------------------------
 
@@ -326,8 +403,8 @@ class TaskServer:
         return event.return_value
 
     def _queue_waited(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-        payload, kind = self._encode(obj, args, kwargs)
-        return self._queue(payload, kind | WANT)
+        payload, kind, options = self._encode(obj, args, kwargs)
+        return self._queue(payload, kind | WANT, **options)
 
     def _wait_ids(self, ids: list[int], timeout: float | None) -> list[TaskFinishEvent | None]:
         comp = self._comp
@@ -430,36 +507,37 @@ class TaskServer:
         stop = False
         delivered = 0
         impls = [(impl.function, bool(impl.argnames), impl) for impl in reversed(self.hook.on_finish.get_hookimpls())]
-        floor = comp.floor
+        floor, recent, retries = comp.floor, comp.recent, comp.retries
         for rec, aux in zip(batch.records, batch.auxs, strict=True):
             if aux & READER_STOP:
                 stop = True
                 continue
             try:
+                if aux & SPILLED:
+                    rec = _codec.unspill(rec)
                 event = _codec.decode_finish(rec)
             except Exception:
                 log.exception("completion channel %d: an unreadable finish record was dropped", comp.index)
                 continue
-            if event.task_id < floor:
-                log.warning("dropped the finish of task %d, queued by an earlier process", event.task_id)
+            seq = event.task_id
+            if seq < floor:
+                log.warning("dropped the finish of task %d, queued by an earlier process", seq)
                 continue
+            if seq in recent:  # its worker died after sending it: the supervisor's "lost" comes too
+                log.debug("dropped a second finish for task %d (%s)", seq, event.status)
+                continue
+            recent[seq] = None
+            if len(recent) > _RECENT:
+                del recent[next(iter(recent))]
+            if retries or comp.registering:
+                retry = self._retry_of(comp, seq, event.status)
+                if retry is not None:
+                    if event.status in _RETRIED and retry.left > 0:
+                        self._schedule_retry(comp, retry)
+                        continue
+                    event = event._replace(task_id=retry.task_id, attempts=retry.attempt)
             delivered += 1
-            if aux & WANT:
-                with comp.lock:
-                    if event.task_id in comp.waiters:
-                        deliver = comp.waiters.pop(event.task_id)
-                        if deliver is not None:
-                            deliver(event)
-                    else:
-                        comp.early[event.task_id] = event
-            for fn, takes_event, impl in impls:
-                try:
-                    if takes_event:
-                        fn(event)
-                    else:
-                        fn()
-                except Exception:
-                    log.exception("plugin %s failed in on_finish", impl.plugin_name)
+            self._hand_over(comp, event, aux & WANT, impls)
         if delivered:
             with comp.lock:
                 comp.done += delivered
@@ -467,7 +545,91 @@ class TaskServer:
                     comp.idle.notify_all()
         return stop
 
+    def _hand_over(self, comp: _Completions, event: TaskFinishEvent, want: int, impls: list[Any]) -> None:
+        """Give a task's final finish to its waiter and the ``on_finish`` hooks."""
+        if want:
+            with comp.lock:
+                if event.task_id in comp.waiters:
+                    deliver = comp.waiters.pop(event.task_id)
+                    if deliver is not None:
+                        deliver(event)
+                else:
+                    comp.early[event.task_id] = event
+        for fn, takes_event, impl in impls:
+            try:
+                if takes_event:
+                    fn(event)
+                else:
+                    fn()
+            except Exception:
+                log.exception("plugin %s failed in on_finish", impl.plugin_name)
+
+    def _retry_of(self, comp: _Completions, seq: int, status: str) -> _Retry | None:
+        """The retry record of ``seq`` (None: it has none). A failure that
+        comes before ``_queue`` has registered its task waits for that."""
+        retry = comp.retries.pop(seq, None)
+        if retry is None and status != "ok" and comp.registering:
+            deadline = time.monotonic() + 1.0
+            while retry is None and comp.registering and time.monotonic() < deadline:
+                time.sleep(0.0005)
+                retry = comp.retries.pop(seq, None)
+        return retry
+
+    def _schedule_retry(self, comp: _Completions, retry: _Retry) -> None:
+        """Queue a failed task again after its backoff (on a timer thread)."""
+        delay = self.retry_backoff * 2 ** (retry.attempt - 1)
+        retry.attempt += 1
+        retry.left -= 1
+
+        def requeue() -> None:
+            try:
+                seq = self._push(comp, retry.payload, retry.aux, retry.timeout, retry.attempt, retry.task_id)
+            except Exception as exc:
+                log.warning("task %d could not be queued again: %s", retry.task_id, exc)
+                error = _codec.decode_finish(
+                    _codec.encode_finish(
+                        retry.task_id, _codec.ERROR, None, TaskError(type(exc).__qualname__, str(exc), ""), 0.0, -1
+                    )
+                )._replace(attempts=retry.attempt - 1)
+                impls = [(i.function, bool(i.argnames), i) for i in reversed(self.hook.on_finish.get_hookimpls())]
+                self._hand_over(comp, error, retry.aux & WANT, impls)
+                with comp.lock:
+                    comp.done += 1
+                    if comp.done >= comp.sent:
+                        comp.idle.notify_all()
+                return
+            comp.retries[seq] = retry
+
+        timer = threading.Timer(delay, requeue)
+        timer.daemon = True
+        timer.start()
+
     # -- lifetime ------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The pool now, as plain data (what ``taskmw status`` shows).
+
+        ``{"supervisor_pid", "task_workers", "queue_depth", "workers": [{"worker_id",
+        "pid", "state", "task_id", "task_started", "tasks_done", "rss_bytes",
+        "restarts"}, ...], "totals": {status: count}}``: ``state`` is one of
+        ``starting``, ``idle``, ``busy``, ``stopping``; ``task_started`` is a
+        ``time.time()`` value; ``totals`` counts every finish the pool made.
+        Works in every process that shares the pool.
+        """
+        out = self._table.snapshot()
+        out["supervisor_pid"] = self.supervisor_pid
+        out["task_workers"] = self.task_workers
+        out["queue_depth"] = self._submit.stats().records
+        return out
+
+    def reload(self) -> None:
+        """Replace every task worker by a fresh one: each finishes the tasks
+        it holds, exits, and the supervisor forks its successor (new code
+        imported since the pool was built is then used). Queued tasks wait,
+        nothing is dropped. Idle workers go within a second."""
+        if self.closed:
+            raise PoolClosed("the task pool has stopped")
+        self._table.words[self._table.sup + _table.GENERATION] += 1
 
     @property
     def closed(self) -> bool:
@@ -496,6 +658,8 @@ class TaskServer:
                         if time.monotonic() > deadline or not _alive(self.supervisor_pid):
                             break
             self._stop_reader(comp)
+        if os.getpid() == self._owner:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
         _live.discard(self)
 
     def _stop_supervisor(self, timeout: float) -> None:
@@ -583,6 +747,26 @@ def _check_no_wrappers(pm: pluggy.PluginManager) -> None:
                 )
 
 
+def _options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The per-task options (``timeout``, ``retries``) given with a Task or data object."""
+    if args:
+        raise TypeError(
+            f"task() got positional arguments with a {type(obj).__qualname__}: only a plain callable takes "
+            "arguments (put them in the Task)"
+        )
+    unknown = set(kwargs) - {"timeout", "retries"}
+    if unknown:
+        raise TypeError(
+            f"task() got unexpected keyword arguments {sorted(unknown)} with a {type(obj).__qualname__}: "
+            "the options are timeout= and retries= (a Task's own arguments go in the Task)"
+        )
+    if kwargs.get("timeout") is not None:
+        _check_seconds("timeout", kwargs["timeout"], positive=True)
+    if kwargs.get("retries") is not None:
+        _check_int("retries", kwargs["retries"], 0, 1000)
+    return kwargs
+
+
 def _load_backend(name: str) -> Callable[..., Any]:
     """The factory of the backend called ``name`` (entry-point group ``taskmw.backends``)."""
     found = {ep.name: ep for ep in entry_points(group=BACKEND_GROUP)}
@@ -610,9 +794,15 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> None:
         raise ValueError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
 
 
-def _check_seconds(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1e9:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
+    lo = "> 0" if positive else ">= 0"
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not 0 <= value < 1e9
+        or (positive and value == 0)
+    ):
+        raise ValueError(f"{name} must be a number of seconds {lo}, got {value!r}")
 
 
 def _after_fork_in_child() -> None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from taskmw import _codec, worker
+from taskmw import _codec, _table, worker
+from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK
 from taskmw.events import TaskError
 from taskmw.ring import RingFull
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WATCHED = {signal.SIGCHLD, signal.SIGTERM}
-_TICK = 0.25  # seconds between checks that the pool's builder is alive
+_TICK = 0.1  # seconds between checks of time limits and that the pool's builder is alive
 
 
 def spawn(server: TaskServer) -> int:
@@ -84,7 +86,10 @@ class _Supervisor:
         self.server = server
         self.owner = server._owner
         self.workers: dict[int, int] = {}  # pid -> worker id
+        self.timed_out: dict[int, tuple[int, float]] = {}  # pid -> (seq, limit) of the task it was killed for
         self.stopping = False
+        self.words = server._table.words
+        self.sup = server._table.sup
 
     def run(self) -> int:
         for worker_id in range(self.server.task_workers):
@@ -96,12 +101,16 @@ class _Supervisor:
             elif os.getppid() != self.owner:
                 log.warning("the process that built the pool (pid %d) is gone: stopping the pool", self.owner)
                 self.stopping = True
+            self.enforce_time_limits()
             self.reap()
         self.stop()
         return 0
 
     def start(self, worker_id: int) -> None:
+        w, r = self.words, worker_id * ROW
+        w[r + STATE], w[r + TASK], w[r + DEADLINE] = STARTING, 0, 0
         pid = worker.spawn(self.server, worker_id)
+        w[r + PID] = pid
         self.workers[pid] = worker_id
         log.debug("task worker %d started, pid %d", worker_id, pid)
 
@@ -122,16 +131,46 @@ class _Supervisor:
             if not self.stopping:
                 self.start(worker_id)
 
+    def enforce_time_limits(self) -> None:
+        """Kill every worker whose task ran past its deadline."""
+        w, now = self.words, time.monotonic_ns()
+        for pid, worker_id in self.workers.items():
+            r = worker_id * ROW
+            seq, deadline, started = w[r + SEQ], w[r + DEADLINE], w[r + _table.STARTED]
+            if deadline and now > deadline and pid not in self.timed_out and w[r + SEQ] == seq:
+                limit = (deadline - started) / 1e9
+                log.warning(
+                    "task worker %d (pid %d): task %d passed its time limit of %.3gs: killing it",
+                    worker_id,
+                    pid,
+                    w[r + TASK],
+                    limit,
+                )
+                self.timed_out[pid] = (seq, limit)
+                os.kill(pid, signal.SIGKILL)
+
     def settle(self, pid: int, worker_id: int, status: int) -> None:
-        """Finish, as ``lost``, every task the dead worker ``pid`` held."""
+        """Finish every task the dead worker ``pid`` held: ``timeout`` for the
+        one it was killed for, ``lost`` for the others."""
         held = self.server._submit.reclaim(pid)
         cause = _describe(status)
+        timed_seq, limit = self.timed_out.pop(pid, (0, 0.0))
+        w, sup = self.words, self.sup
+        if status != 0:
+            w[worker_id * ROW + RESTARTS] += 1
         lost = [h for h in held if h.aux & _codec.KIND_MASK != _codec.KIND_STOP]
-        if status != 0 or lost:
+        if (status != 0 or lost) and not timed_seq:
             log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))
         error = TaskError("WorkerLost", f"task worker {worker_id} (pid {pid}) {cause} while running the task", "")
         for h in lost:
-            self.finish(h.aux, _codec.encode_finish(h.seq, _codec.LOST, None, error, 0.0, worker_id))
+            if h.seq == timed_seq:
+                message = f"the task ran longer than its time limit of {limit:.3g}s; its worker was replaced"
+                timeout = TaskError("TimeoutError", message, "")
+                w[sup + _table.TIMEOUT] += 1
+                self.finish(h.aux, _codec.encode_finish(h.seq, _codec.TIMEOUT, None, timeout, limit, worker_id))
+            else:
+                w[sup + _table.LOST] += 1
+                self.finish(h.aux, _codec.encode_finish(h.seq, _codec.LOST, None, error, 0.0, worker_id))
 
     def finish(self, aux: int, record: bytes) -> None:
         """Send a finish the supervisor made itself (lost, cancelled)."""
@@ -154,6 +193,7 @@ class _Supervisor:
             log.warning("the queue stayed full: only %d of %d workers were asked to stop", full.accepted, markers)
         while self.workers and time.monotonic() < deadline:
             signal.sigtimedwait({signal.SIGCHLD}, 0.05)
+            self.enforce_time_limits()
             self.reap()
         if self.workers:
             log.warning("%d task worker(s) still busy after shutdown_timeout: killing them", len(self.workers))
@@ -164,6 +204,8 @@ class _Supervisor:
                 del self.workers[pid]
                 self.settle(pid, worker_id, status)
         self.cancel_queued()
+        if os.getppid() != self.owner:  # else the builder removes it, once it has read its finishes
+            shutil.rmtree(server._spill_dir, ignore_errors=True)
 
     def cancel_queued(self) -> None:
         """Finish every task still queued as ``cancelled``."""
@@ -177,9 +219,19 @@ class _Supervisor:
                 if aux & _codec.KIND_MASK == _codec.KIND_STOP:
                     continue
                 cancelled += 1
+                if aux & _codec.SPILLED:
+                    _remove(batch.records[i])
                 self.finish(aux, _codec.encode_finish(batch.first_seq + i, _codec.CANCELLED, None, error, 0.0, -1))
         if cancelled:
+            self.words[self.sup + _table.CANCELLED] += cancelled
             log.warning("pool stopped: %d queued task(s) cancelled", cancelled)
+
+
+def _remove(record: bytes) -> None:
+    try:
+        os.unlink(os.fsdecode(record))
+    except OSError:
+        pass
 
 
 def _describe(status: int) -> str:

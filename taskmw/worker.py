@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from taskmw import _codec
-from taskmw._codec import CHANNEL_MASK, KIND_CALL, KIND_MASK, KIND_STOP, WANT
+from taskmw import _codec, _table
+from taskmw._codec import CHANNEL_MASK, KIND_CALL, KIND_MASK, KIND_STOP, OPTS, SPILLED, TIMED, WANT
+from taskmw._table import ASYNC_DONE, ASYNC_OK, ASYNC_TIMEOUT, BUSY, DEADLINE, DONE, IDLE, SEQ, STARTED, STATE, TASK
 from taskmw.events import TaskError, TaskEvent
 from taskmw.ring import RingFull
 from taskmw.tasks import _make_task, _set_default
@@ -80,6 +81,11 @@ class _Worker:
         self.on_task: list[tuple[Callable[..., Any], bool]] = [
             (impl.function, bool(impl.argnames)) for impl in reversed(server.hook.on_task.get_hookimpls())
         ]
+        self.words = server._table.words
+        self.row = server._table.row(worker_id)
+        self.generation = self.words[server._table.sup + _table.GENERATION]
+        self.tasks_left = server.max_tasks_per_worker or -1
+        self.spill_at = server._channels[0].max_record // 4  # larger finishes travel as files
         server.worker_id = worker_id
         _set_default(server)
 
@@ -96,15 +102,22 @@ class _Worker:
     def loop(self) -> None:
         ring = self.ring
         supervisor = os.getppid()
+        words, row = self.words, self.row
+        reload_word = self.server._table.sup + _table.GENERATION
+        max_batch = 1 if self.server.task_timeout else MAX_BATCH  # a timed task is held alone
         size = 1
+        words[row + STATE] = IDLE
         while True:
-            batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True)
+            batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True, alone=TIMED)
             if not batch.records:
                 if os.getppid() != supervisor:
                     log.warning("task worker %d: the supervisor is gone, exiting", self.worker_id)
                     return
+                if words[reload_word] != self.generation:
+                    return  # reloaded: a fresh worker takes this one's place
                 continue
             started = time.perf_counter()
+            words[row + STATE] = BUSY
             finishes: dict[int, list[bytes]] = {}
             done: list[int] = []
             stops = 0
@@ -122,21 +135,42 @@ class _Worker:
             for key, records in finishes.items():
                 self.send(key, records)
             ring.release(done)
-            size = min(size * 2, MAX_BATCH) if time.perf_counter() - started < QUICK else 1
+            words[row + TASK] = 0
+            words[row + STATE] = IDLE
+            size = min(size * 2, max_batch) if time.perf_counter() - started < QUICK else 1
             if stops:
                 if stops > 1:  # took another worker's stop marker too: put it back
                     ring.push_many([b""] * (stops - 1), aux=KIND_STOP, timeout=5.0)
                 return
+            if words[reload_word] != self.generation:
+                return
+            if self.tasks_left > 0:
+                self.tasks_left -= len(batch.records)
+                if self.tasks_left <= 0:
+                    log.info("task worker %d: max_tasks_per_worker reached, recycling", self.worker_id)
+                    return
 
-    def run_one(self, task_id: int, record: bytes, aux: int) -> bytes | None:
+    def run_one(self, seq: int, record: bytes, aux: int) -> bytes | None:
         """Run one task; returns its finish record (None: an async task, which
         sends its own finish when it is done)."""
+        words, row = self.words, self.row
         started = time.perf_counter()
+        task_id, attempt, limit = seq, 1, self.server.task_timeout
+        words[row + SEQ] = seq
+        words[row + STARTED] = now = time.monotonic_ns()
         try:
+            if aux & SPILLED:
+                record = _codec.unspill(record)
+            if aux & OPTS:
+                own_limit, attempt, task_id, record = _codec.split_options(record)
+                limit = own_limit or limit
+            words[row + TASK] = task_id
+            if limit:
+                words[row + DEADLINE] = now + int(limit * 1e9)
             data = _codec.decode(record)
             if aux & KIND_MASK == KIND_CALL:
                 data = _make_task(*data)
-            event = TaskEvent(task_id, self.worker_id, data, self.server)
+            event = TaskEvent(task_id, self.worker_id, data, self.server, attempt)
             for fn, takes_event in self.on_task:
                 if takes_event:
                     fn(event)
@@ -151,23 +185,38 @@ class _Worker:
                 )
             value = event.return_value
             if inspect.iscoroutine(value):
+                words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
                 if self.runner is None:
                     self.runner = _AsyncRunner(self, self.server.task_concurrency)
-                self.runner.submit(value, task_id, aux, started)
+                self.runner.submit(value, seq, aux, started, limit)
                 return None
         except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, not ours
-            return _codec.encode_finish(
-                task_id, _codec.ERROR, None, error_of(exc), time.perf_counter() - started, self.worker_id
-            )
-        return _codec.encode_finish(task_id, _codec.OK, value, None, time.perf_counter() - started, self.worker_id)
+            words[row + DEADLINE] = 0
+            words[row + DONE] += 1
+            return self.finish(seq, _codec.ERROR, None, error_of(exc), started)
+        words[row + DEADLINE] = 0
+        words[row + DONE] += 1
+        words[row + _table.OK] += 1
+        return self.finish(seq, _codec.OK, value, None, started)
+
+    def finish(self, seq: int, status: int, value: Any, error: TaskError | None, started: float) -> bytes:
+        """The finish record of task ``seq``."""
+        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id)
 
     def send(self, key: int, records: list[bytes]) -> None:
         """Write finishes into a completion channel, waiting while it is full
-        for as long as its process lives."""
+        for as long as its process lives. A large finish travels as a file."""
+        if any(len(r) > self.spill_at for r in records):
+            small = [r for r in records if len(r) <= self.spill_at]
+            for r in records:
+                if len(r) > self.spill_at:
+                    self.send(key | SPILLED, [_codec.spill(r, self.server._spill_dir)])
+            records = small
         channel = self.server._channels[key & CHANNEL_MASK]
+        aux = key & (WANT | SPILLED)
         while records:
             try:
-                channel.push_many(records, aux=key & WANT, timeout=1.0)
+                channel.push_many(records, aux=aux, timeout=1.0)
                 return
             except RingFull as full:
                 records = records[full.accepted :]
@@ -224,23 +273,33 @@ class _AsyncRunner:
         self.thread = threading.Thread(target=self.loop.run_forever, name="taskmw-async", daemon=True)
         self.thread.start()
 
-    def submit(self, coro: Coroutine[Any, Any, Any], task_id: int, aux: int, started: float) -> None:
+    def submit(self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None) -> None:
         """Start ``coro`` on the loop (waiting while ``limit`` already run)."""
         self.slots.acquire()
-        asyncio.run_coroutine_threadsafe(self.run(coro, task_id, aux, started), self.loop)
+        asyncio.run_coroutine_threadsafe(self.run(coro, seq, aux, started, limit), self.loop)
 
-    async def run(self, coro: Coroutine[Any, Any, Any], task_id: int, aux: int, started: float) -> None:
+    async def run(
+        self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None
+    ) -> None:
         w = self.worker
+        words, row = w.words, w.row
+        timer = asyncio.timeout(limit)
         try:
-            value = await coro
-            finish = _codec.encode_finish(task_id, _codec.OK, value, None, time.perf_counter() - started, w.worker_id)
+            async with timer:
+                value = await coro
+            finish = w.finish(seq, _codec.OK, value, None, started)
+            words[row + ASYNC_OK] += 1
         except BaseException as exc:  # noqa: B036
-            finish = _codec.encode_finish(
-                task_id, _codec.ERROR, None, error_of(exc), time.perf_counter() - started, w.worker_id
-            )
+            if isinstance(exc, TimeoutError) and timer.expired():
+                message = f"the task ran longer than its time limit of {limit}s and was cancelled"
+                finish = w.finish(seq, _codec.TIMEOUT, None, TaskError("TimeoutError", message, ""), started)
+                words[row + ASYNC_TIMEOUT] += 1
+            else:
+                finish = w.finish(seq, _codec.ERROR, None, error_of(exc), started)
+        words[row + ASYNC_DONE] += 1
         try:
             w.send(aux & (CHANNEL_MASK | WANT), [finish])
-            w.ring.release([task_id])
+            w.ring.release([seq])
         finally:
             self.slots.release()
 

@@ -30,6 +30,17 @@ def test_push_pop_roundtrip_with_seq_and_aux() -> None:
         assert batch.auxs == [7, 8]
 
 
+def test_alone_records_are_popped_in_a_batch_of_their_own() -> None:
+    ring = Ring(1 << 16)
+    for aux in [0, 0, 4, 0, 4 | 1, 4, 0]:
+        ring.push(b"x", aux=aux)
+    batches = []
+    while (b := ring.pop_many(10, timeout=0, alone=4, hold=True)).records:
+        batches.append((b.first_seq, b.auxs))
+    assert batches == [(1, [0, 0]), (3, [4]), (4, [0]), (5, [5]), (6, [4]), (7, [0])]
+    assert sorted(h.seq for h in ring.held()) == list(range(1, 8))
+
+
 def test_empty_ring_returns_empty_batch() -> None:
     with Ring(4096) as ring:
         assert ring.try_pop_many().records == []

@@ -1,0 +1,107 @@
+"""The pool's worker table: one row of counters per task worker, in shared
+memory, for time limits and for :meth:`taskmw.TaskServer.stats`.
+
+Each row is written by one process at a time: most fields by the worker
+that holds the row now (a replacement continues its predecessor's counts),
+the rest by the supervisor (marked below). One more row, after the
+workers', holds the supervisor's own counts. Readers (the supervisor,
+``stats()`` in any process of the pool) may see a row mid-update; every
+field is a single aligned 64-bit word, so each value read is one that was
+written.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from typing import Any
+
+# Fields of a worker row (int64 each).
+PID = 0  # supervisor
+STATE = 1  # worker (supervisor sets STARTING)
+TASK = 2  # the task id it runs now (0: none)
+STARTED = 3  # time.monotonic_ns() when it started that task
+DEADLINE = 4  # time.monotonic_ns() by which it must be done (0: no limit)
+DONE = 5  # tasks it finished
+OK = 6  # of those, ok (the rest: error)
+ASYNC_DONE = 7  # async tasks finished (written by the worker's event-loop thread)
+ASYNC_OK = 8
+RESTARTS = 9  # supervisor: times this worker was replaced after dying
+SEQ = 10  # the ring seq of the task it runs now (its id, unless it is a retry)
+ASYNC_TIMEOUT = 11  # async tasks stopped at their time limit
+ROW = 16
+
+# Fields of the supervisor's row.
+LOST = 0
+TIMEOUT = 1
+CANCELLED = 2
+GENERATION = 3  # bumped by TaskServer.reload(): workers of an older one exit
+
+STARTING, IDLE, BUSY, STOPPING = range(4)
+STATE_NAMES = ("starting", "idle", "busy", "stopping")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class WorkerTable:
+    """``task_workers`` rows plus the supervisor's, shared by every process
+    forked after it is built."""
+
+    def __init__(self, task_workers: int) -> None:
+        self.task_workers = task_workers
+        size = (task_workers + 1) * ROW * 8
+        self._map = mmap.mmap(-1, max(size, _PAGE))  # MAP_SHARED | MAP_ANONYMOUS
+        self.words = memoryview(self._map).cast("q")
+        """The table as int64 words: row ``w`` starts at ``w * ROW``."""
+        self.sup = task_workers * ROW
+        """Index of the supervisor's row."""
+
+    def row(self, worker_id: int) -> int:
+        """Index of the first word of worker ``worker_id``'s row."""
+        return worker_id * ROW
+
+    def snapshot(self) -> dict[str, Any]:
+        """Workers and totals as plain data (see :meth:`TaskServer.stats`)."""
+        w = self.words
+        now_ns = time.monotonic_ns()
+        now = time.time()
+        workers = []
+        ok = error = timeout = 0
+        for worker_id in range(self.task_workers):
+            r = worker_id * ROW
+            done, good = w[r + DONE] + w[r + ASYNC_DONE], w[r + OK] + w[r + ASYNC_OK]
+            ok += good
+            timeout += w[r + ASYNC_TIMEOUT]
+            error += done - good - w[r + ASYNC_TIMEOUT]
+            task = w[r + TASK]
+            pid = w[r + PID]
+            workers.append(
+                {
+                    "worker_id": worker_id,
+                    "pid": pid,
+                    "state": STATE_NAMES[w[r + STATE]] if 0 <= w[r + STATE] < len(STATE_NAMES) else "unknown",
+                    "task_id": task or None,
+                    "task_started": now - (now_ns - w[r + STARTED]) / 1e9 if task else None,
+                    "tasks_done": done,
+                    "rss_bytes": _rss(pid),
+                    "restarts": w[r + RESTARTS],
+                }
+            )
+        s = self.sup
+        totals = {
+            "ok": ok,
+            "error": error,
+            "lost": w[s + LOST],
+            "timeout": timeout + w[s + TIMEOUT],
+            "cancelled": w[s + CANCELLED],
+        }
+        return {"workers": workers, "totals": totals}
+
+
+def _rss(pid: int) -> int | None:
+    """Resident memory of ``pid`` in bytes (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
