@@ -445,20 +445,18 @@ def _daemonize_and_run(master: Master) -> int:
     pid = os.fork()
     if pid == 0:  # becomes the daemon (gunicorn's double fork, setsid, stdio on /dev/null)
         os.close(read_fd)
-        code = 1
+        util.daemonize(False)
+        master.ready_fd = write_fd
         try:
-            util.daemonize(False)
-            master.ready_fd = write_fd
-            master.run()
-            code = 0
-        except BaseException:  # noqa: B036
-            log.exception("taskmw daemon failed")
-        finally:
-            os._exit(code)
+            master.run()  # it and its HTTP workers leave by SystemExit: a normal exit, atexit included
+        except CLIError as exc:
+            log.error("taskmw start: %s", exc)  # stderr is /dev/null now: say it in the log
+            raise
+        return 0
     os.close(write_fd)
     os.waitpid(pid, 0)  # the first fork of the daemonizing exits at once
     with os.fdopen(read_fd, "rb") as ready:
-        said = ready.read()  # "ready", or nothing: the daemon ended first
+        said = ready.readline()  # "ready", or nothing: the daemon ended first
     if not said.startswith(b"ready"):
         raise CLIError(f"the server did not start; see {master.settings.log_file}")
     print(f"taskmw: serving {master.spec} on http://{master.settings.host}:{master.settings.port} in the "
