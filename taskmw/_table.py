@@ -37,6 +37,7 @@ LOST = 0
 TIMEOUT = 1
 CANCELLED = 2
 GENERATION = 3  # bumped by TaskServer.reload(): workers of an older one exit
+SUPERVISOR = 4  # pid of the supervisor now (the builder's watchdog replaces a dead one)
 
 STARTING, IDLE, BUSY, STOPPING = range(4)
 STATE_NAMES = ("starting", "idle", "busy", "stopping")

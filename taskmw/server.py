@@ -24,6 +24,7 @@ import logging
 import mmap
 import os
 import pickle
+import select
 import shutil
 import signal
 import tempfile
@@ -103,6 +104,7 @@ class _Retry:
 
 
 _RETRIED = ("error", "lost", "timeout")
+_RESTARTING = 2  # _state[0]: 0 running, 1 stopped, 2 the supervisor is being replaced
 _RECENT = 1 << 16  # finished seqs remembered to drop a duplicate finish
 
 
@@ -250,11 +252,48 @@ class TaskServer:
 
         from taskmw import supervisor  # here: supervisor imports worker, which imports this module
 
-        self.supervisor_pid: int = supervisor.spawn(self)
-        """The pid of the process that owns the task workers."""
+        self._table.words[self._table.sup + _table.SUPERVISOR] = supervisor.spawn(self)
+        self._watchdog = threading.Thread(target=self._watch_supervisor, name="taskmw-watchdog", daemon=True)
+        self._watchdog.start()
         _live.add(self)
         _set_default(self)
         log.debug("pool started: %d task workers, supervisor pid %d", task_workers, self.supervisor_pid)
+
+    @property
+    def supervisor_pid(self) -> int:
+        """The pid of the process that owns the task workers."""
+        return self._table.words[self._table.sup + _table.SUPERVISOR]
+
+    def _watch_supervisor(self) -> None:
+        """In the builder: if the supervisor dies while the pool runs, fork a
+        new one (its workers carry on with the queue; the old workers finish
+        what they hold and exit). ``task()`` raises :class:`PoolClosed` in
+        between."""
+        from taskmw import supervisor
+
+        while True:
+            pid = self.supervisor_pid
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                fd = -1
+            try:
+                if fd >= 0:
+                    select.select([fd], [], [])
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if self._closed or self._state[0] or os.getpid() != self._owner:
+                return
+            self._state[0] = _RESTARTING
+            log.error("the pool's supervisor (pid %d) died: starting a new one", pid)
+            self._table.words[self._table.sup + _table.SUPERVISOR] = supervisor.spawn(self)
+            if self._state[0] == _RESTARTING:
+                self._state[0] = 0
 
     # -- queuing -------------------------------------------------------------
 
@@ -297,6 +336,8 @@ class TaskServer:
         if comp is None or (comp.loop is not None and comp.loop.is_closed()):
             comp = self._claim()
         if self._state[0]:
+            if self._state[0] == _RESTARTING:
+                raise PoolClosed("the pool's supervisor died and is being restarted: try again in a moment")
             raise PoolClosed("the task pool has stopped; no more tasks can be queued")
         if retries is None:
             retries = self.retries
@@ -634,7 +675,7 @@ class TaskServer:
     @property
     def closed(self) -> bool:
         """True once the pool stopped taking tasks."""
-        return self._closed or bool(self._state[0])
+        return self._closed or self._state[0] == 1
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the pool (in the process that built it) or leave it (in any

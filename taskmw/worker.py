@@ -138,11 +138,14 @@ class _Worker:
             words[row + TASK] = 0
             words[row + STATE] = IDLE
             size = min(size * 2, max_batch) if time.perf_counter() - started < QUICK else 1
+            orphan = os.getppid() != supervisor  # its supervisor died: a new one runs new workers
             if stops:
-                if stops > 1:  # took another worker's stop marker too: put it back
-                    ring.push_many([b""] * (stops - 1), aux=KIND_STOP, timeout=5.0)
+                # Took another worker's stop marker too (or, as an orphan, the new workers'): put it back.
+                extra = stops if orphan else stops - 1
+                if extra:
+                    ring.push_many([b""] * extra, aux=KIND_STOP, timeout=5.0)
                 return
-            if words[reload_word] != self.generation:
+            if orphan or words[reload_word] != self.generation:
                 return
             if self.tasks_left > 0:
                 self.tasks_left -= len(batch.records)
