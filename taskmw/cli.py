@@ -429,9 +429,16 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _check_not_running(pid_file: str) -> None:
+    """Refuse to start over a running master; remove a stale pid file (its
+    pid may belong to another process by now, which gunicorn would refuse)."""
     pid = _read_pid(pid_file)
-    if pid is not None and _is_master(pid, pid_file):
+    if pid is None:
+        return
+    if _is_master(pid, pid_file):
         raise CLIError(f"taskmw already runs with pid {pid} (pid file {pid_file}): `taskmw stop` first")
+    log.warning("removing the stale pid file %s (pid %d is no taskmw master)", pid_file, pid)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pid_file)
 
 
 def _daemonize_and_run(master: Master) -> int:

@@ -101,13 +101,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("task_timeout", ("--task-timeout",), _seconds_or_none, None,
            "seconds a task may run before it is stopped (status 'timeout'); 'none': no limit", pool=True,
            metavar="SECONDS"),
-    Option("retries", ("--retries",), int, 0, "times a lost or failed task is run again", pool=True, metavar="N"),
+    Option("retries", ("--retries",), int, 0,
+           "times a task that finished error, lost or timeout is run again (idempotent work only)", pool=True,
+           metavar="N"),
     Option("retry_backoff", ("--retry-backoff",), float, 0.5, "seconds before the first retry (doubling)",
            pool=True, metavar="SECONDS"),
     Option("max_tasks_per_worker", ("--max-tasks-per-worker",), _int_or_none, None,
            "a task worker is replaced after this many tasks; 'none': never", pool=True, metavar="N"),
-    Option("max_payload_bytes", ("--max-payload-bytes",), _size, 128 << 20, "largest task or result",
-           pool=True, metavar="SIZE"),
+    Option("max_payload_bytes", ("--max-payload-bytes",), _size, 128 << 20,
+           "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
