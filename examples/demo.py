@@ -15,8 +15,8 @@ and, in another terminal, ``.venv/bin/taskmw status --watch``.
 
 Each finish comes back to the HTTP worker that queued the job (its
 ``on_finish`` hook, :class:`FinishLog`), which appends it to a JSON-lines file
-(``TASKMW_DEMO_LOG``, default ``<tmp>/taskmw-demo-<uid>.jsonl``) so that
-every HTTP worker can list all of them.
+(``TASKMW_DEMO_LOG``, default ``<tmp>/taskmw-demo-<master pid>.jsonl``) so
+that every HTTP worker can list all of them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,13 @@ try:
 except ImportError:  # the plugin is optional: pip install ./plugins/taskmw-prometheus
     taskmw_prometheus = None
 
-FINISHED = os.environ.get("TASKMW_DEMO_LOG") or os.path.join(tempfile.gettempdir(), f"taskmw-demo-{os.getuid()}.jsonl")
+
+def finished_log() -> str:
+    """The file of finished jobs: ``TASKMW_DEMO_LOG``, else one per server run,
+    named after the HTTP workers' parent (the master under ``taskmw start``)."""
+    return os.environ.get("TASKMW_DEMO_LOG") or os.path.join(tempfile.gettempdir(), f"taskmw-demo-{os.getppid()}.jsonl")
+
+
 SHOWN = 50  # finished jobs listed, newest first
 
 
@@ -67,14 +73,14 @@ class FinishLog:
             "worker": event.worker_id,
             "finished": time.time(),
         }
-        with open(FINISHED, "a", encoding="utf-8") as f:
+        with open(finished_log(), "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 
 
 def finished_jobs() -> list[dict[str, Any]]:
     """The finished jobs, newest first (a line still being written is skipped)."""
     try:
-        with open(FINISHED, encoding="utf-8") as f:
+        with open(finished_log(), encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return []
