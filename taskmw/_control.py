@@ -2,10 +2,11 @@
 next to the pid file) on which a thread of the master answers ``status``
 requests with JSON, one request per connection.
 
-The protocol is one JSON line each way: the client sends ``{"cmd":
-"status"}``, the master answers ``{"ok": true, ...}`` or ``{"ok": false,
-"error": "..."}``. Stop and reload are signals to the master's pid, not
-socket requests.
+The protocol is one JSON line each way: the client sends ``{"cmd": NAME,
+...arguments}``, the master answers ``{"ok": true, ...}`` or ``{"ok":
+false, "error": "..."}``. The commands are the master's (``status``, and
+``reload`` with new settings); stop and a plain reload are signals to the
+master's pid.
 """
 
 from __future__ import annotations
@@ -29,16 +30,20 @@ _MAX_REQUEST = 1 << 16
 
 
 class ControlServer:
-    """Serves ``answer()`` (a JSON-able dict) on the unix socket ``path``.
+    """Serves ``commands`` on the unix socket ``path``: a request
+    ``{"cmd": name, **kwargs}`` is answered with ``commands[name](**kwargs)``
+    (a JSON-able dict).
 
     It also samples the pool's finished-task count every second, so that a
     single ``status`` request can report tasks/s over the last ten seconds
     (:meth:`rate`).
     """
 
-    def __init__(self, path: str, answer: Callable[[], dict[str, Any]], finished: Callable[[], int | None]) -> None:
+    def __init__(
+        self, path: str, commands: dict[str, Callable[..., dict[str, Any]]], finished: Callable[[], int | None]
+    ) -> None:
         self.path = path
-        self.answer = answer
+        self.commands = commands
         self.finished = finished
         self.samples: collections.deque[tuple[float, int]] = collections.deque()
         self._stop = threading.Event()
@@ -118,9 +123,10 @@ class ControlServer:
         conn.settimeout(5.0)
         try:
             request = json.loads(_read_line(conn))
-            if request.get("cmd") != "status":
-                raise ValueError(f"unknown command {request.get('cmd')!r} (known: 'status')")
-            reply: dict[str, Any] = {"ok": True, **self.answer()}
+            command = self.commands.get(request.pop("cmd", None))
+            if command is None:
+                raise ValueError(f"unknown command (known: {', '.join(self.commands)})")
+            reply: dict[str, Any] = {"ok": True, **command(**request)}
         except Exception as exc:
             log.exception("control socket request failed")
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -140,8 +146,9 @@ def _read_line(conn: socket.socket) -> bytes:
     return data
 
 
-def request(path: str, cmd: str = "status", timeout: float = 5.0) -> dict[str, Any]:
-    """Ask the master listening on ``path``; returns its answer.
+def request(path: str, cmd: str = "status", timeout: float = 5.0, **kwargs: Any) -> dict[str, Any]:
+    """Send the master listening on ``path`` the command ``cmd`` with
+    ``kwargs``; returns its answer.
 
     Raises:
         ConnectionError: nothing listens there, or it answered with an error.
@@ -152,7 +159,7 @@ def request(path: str, cmd: str = "status", timeout: float = 5.0) -> dict[str, A
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ConnectionError(f"no taskmw master answers on {path} ({exc.strerror})") from None
-        sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        sock.sendall(json.dumps({"cmd": cmd, **kwargs}).encode() + b"\n")
         reply = json.loads(_read_line(sock) or b"null")
     if not isinstance(reply, dict) or not reply.get("ok"):
         error = reply.get("error") if isinstance(reply, dict) else "no answer"

@@ -30,6 +30,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -135,7 +136,7 @@ def _wait_child(pid: int, timeout: float) -> None:
         if done:
             return
         time.sleep(0.01)
-    os.kill(pid, 9)
+    os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
 
 
@@ -199,6 +200,7 @@ class Master:
     # gunicorn's settings and hooks
 
     def gunicorn_settings(self) -> dict[str, Any]:
+        """gunicorn's settings (read again on every reload), hooks included."""
         s = self.settings
         out: dict[str, Any] = {
             "bind": [f"{s.host}:{s.port}"] if ":" not in s.host else [f"[{s.host}]:{s.port}"],
@@ -235,10 +237,11 @@ class Master:
         worker.before_run.append(_import_in_task_worker(self.spec))
         try:
             self.server = TaskServer(**pool)
-        except TypeError as exc:
-            raise CLIError(f"this taskmw's TaskServer does not take these settings ({exc}): {sorted(pool)}") from None
-        middleware.adopt_pool(self.server)
-        self.control = _control.ControlServer(config.socket_path(self.settings.pid_file), self.status, self.finished)
+            middleware.adopt_pool(self.server)
+            commands = {"status": self.status, "reload": self.reload}
+            self.control = _control.ControlServer(config.socket_path(self.settings.pid_file), commands, self.finished)
+        except (TypeError, ValueError, OSError) as exc:  # a bad setting (named), an unusable socket path
+            raise CLIError(f"cannot start the task pool: {exc}") from None
 
     def when_ready(self, arbiter: Any) -> None:
         assert self.control is not None
@@ -311,6 +314,16 @@ class Master:
             "tasks_per_second": self.control.rate() if self.control is not None else None,
             "reload_task_workers": hasattr(server, "reload"),
         }
+
+    def reload(self, num_workers: int | None = None) -> dict[str, Any]:
+        """The ``reload`` command: take a new HTTP worker count (if given),
+        then reload as on SIGHUP (gunicorn re-reads the settings)."""
+        if num_workers is not None:
+            if not isinstance(num_workers, int) or not 1 <= num_workers <= 1024:
+                raise ValueError(f"num_workers must be an int in 1..1024, got {num_workers!r}")
+            self.settings.values["num_workers"] = num_workers
+        os.kill(os.getpid(), signal.SIGHUP)
+        return {"num_workers": self.settings.num_workers}
 
     def finished(self) -> int | None:
         assert self.server is not None
@@ -516,7 +529,7 @@ def _gone(pid: int) -> bool:
 def cmd_stop(args: argparse.Namespace) -> int:
     pid_file = config.pid_file_from(args.pid_file)
     pid = _running_master(pid_file)
-    os.kill(pid, 15)
+    os.kill(pid, signal.SIGTERM)
     print(f"taskmw: stopping master {pid} (requests finish, then queued tasks run)...", flush=True)
     deadline = time.monotonic() + args.timeout
     while not _gone(pid):
@@ -535,7 +548,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
     before = _control.request(socket)
     old_http = {w["pid"] for w in before["http_workers"]}
     old_tasks = {w["pid"] for w in before["pool"]["workers"]} if before["reload_task_workers"] else set()
-    os.kill(pid, 1)
+    if args.num_workers is not None:
+        _control.request(socket, "reload", num_workers=args.num_workers)  # new settings, then SIGHUP
+    else:
+        os.kill(pid, signal.SIGHUP)
     print(f"taskmw: reloading master {pid}: new HTTP workers"
           + (" and task workers" if old_tasks else " (task workers keep their code: the pool cannot reload)"),
           flush=True)  # fmt: skip
@@ -672,41 +688,47 @@ def build_parser() -> argparse.ArgumentParser:
         start.add_argument(*opt.flags, **kwargs)
     start.set_defaults(func=cmd_start)
 
-    def pid_file_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--pid-file", default=None, metavar="PATH",
-                       help=f"pid file of the master [TASKMW_PID_FILE; ./{config.DEFAULT_PID_FILE}]")  # fmt: skip
-
-    stop = sub.add_parser("stop", help="stop gracefully: requests finish, then queued tasks run",
-                          description="Send SIGTERM to the master and wait until it exits: HTTP workers finish their "
-                          "requests, then the task pool runs what is queued (up to shutdown_timeout).")  # fmt: skip
-    pid_file_arg(stop)
-    stop.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                      help="give up waiting after this many seconds (the master goes on stopping) [120]")  # fmt: skip
-    stop.set_defaults(func=cmd_stop)
-
-    reload = sub.add_parser("reload", help="load new code into HTTP and task workers, dropping nothing",
-                            description="Send SIGHUP to the master: new HTTP workers (a fresh import of the app) "
-                            "replace the old ones after they finish their requests, and new task workers replace the "
-                            "old ones after they finish their task; queued tasks stay queued. Waits until every "
-                            "worker is new.")  # fmt: skip
-    pid_file_arg(reload)
-    reload.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                        help="give up waiting for new workers after this many seconds [120]")  # fmt: skip
+    _command(
+        sub, "stop", cmd_stop, "stop gracefully: requests finish, then queued tasks run",
+        "Send SIGTERM to the master and wait until it exits: HTTP workers finish their requests, then the task pool "
+        "runs what is queued (up to shutdown_timeout).",
+        wait="give up waiting after this many seconds (the master goes on stopping)",
+    )  # fmt: skip
+    reload = _command(
+        sub, "reload", cmd_reload, "load new code into HTTP and task workers, dropping nothing",
+        "Send SIGHUP to the master: new HTTP workers (a fresh import of the app) replace the old ones after they "
+        "finish their requests, and new task workers replace the old ones after they finish their task; queued tasks "
+        "stay queued. Waits until every worker is new.",
+        wait="give up waiting for new workers after this many seconds",
+    )  # fmt: skip
     reload.add_argument("--no-wait", action="store_true", help="send the signal and return")
-    reload.set_defaults(func=cmd_reload)
-
-    status = sub.add_parser("status", help="HTTP workers, task workers, queue depth, totals, tasks/s",
-                            description="Show the running server: HTTP workers (pid, memory); task workers (pid, "
-                            "state, task in flight and for how long, tasks done, memory, restarts); queue depth; "
-                            "finished tasks by status; tasks/s over the last 10 seconds. Read from the pool's shared "
-                            "counters through the master's control socket.")  # fmt: skip
-    pid_file_arg(status)
+    reload.add_argument("-w", "--num-workers", type=int, default=None, metavar="N",
+                        help="run N HTTP workers from now on (the pool's settings need a restart)")  # fmt: skip
+    status = _command(
+        sub, "status", cmd_status, "HTTP workers, task workers, queue depth, totals, tasks/s",
+        "Show the running server: HTTP workers (pid, memory); task workers (pid, state, task in flight and for how "
+        "long, tasks done, memory, restarts); queue depth; finished tasks by status; tasks/s over the last 10 "
+        "seconds. Read from the pool's shared counters through the master's control socket.",
+    )  # fmt: skip
     status.add_argument("--json", action="store_true", help="print JSON (one object; one a line with --watch)")
     status.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
     status.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                         help="seconds between redraws with --watch (at least 0.2) [1]")  # fmt: skip
     status.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N redraws")
-    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def _command(
+    sub: Any, name: str, func: Any, summary: str, description: str, wait: str | None = None
+) -> argparse.ArgumentParser:
+    """A command that acts on a running master: ``--pid-file``, and
+    ``--timeout`` when it waits (``wait`` says for what)."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description)
+    parser.add_argument("--pid-file", default=None, metavar="PATH",
+                        help=f"pid file of the master [TASKMW_PID_FILE; ./{config.DEFAULT_PID_FILE}]")  # fmt: skip
+    if wait is not None:
+        parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help=f"{wait} [120]")
+    parser.set_defaults(func=func)
     return parser
 
 

@@ -113,6 +113,8 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
+APP_ONLY = ("entrypoints", "backend")
+"""TaskServer settings taken from the app's ``TaskMiddleware(...)`` that have no option."""
 POOL_SETTING = {"num_task_workers": "task_workers"}
 """Options whose TaskServer argument has another name."""
 
@@ -128,6 +130,8 @@ class Resolved:
 
     values: dict[str, Any]
     sources: dict[str, str]  # name -> "flag", "env", "app" or "default"
+    app_only: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Pool settings the app gives that have no option (``entrypoints``, ``backend``)."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -139,7 +143,7 @@ class Resolved:
         """Arguments for :class:`~taskmw.TaskServer`: the pool options that
         were given (by flag, environment or the app), leaving the rest to
         TaskServer's own defaults."""
-        return {
+        return self.app_only | {
             pool_name(opt): self.values[opt.name]
             for opt in OPTIONS
             if opt.pool and (self.sources[opt.name] != "default" or opt.name == "num_task_workers")
@@ -172,7 +176,8 @@ def resolve(
             values[opt.name], sources[opt.name] = app_settings[pool_name(opt)], "app"
         else:
             values[opt.name], sources[opt.name] = opt.default, "default"
-    return Resolved(values, sources)
+    app_only = {name: app_settings[name] for name in APP_ONLY if name in app_settings}
+    return Resolved(values, sources, app_only)
 
 
 def pid_file_from(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:

@@ -312,6 +312,16 @@ def test_reload_under_load_loses_nothing_and_loads_new_code(tmp_path: Path) -> N
         assert totals["ok"] == len(load.ids) + 2  # and the two /version taskwaits
         assert totals["lost"] == totals["error"] == totals["cancelled"] == 0
 
+        # reload -w: another HTTP worker count from now on, every worker new again
+        done = taskmw("reload", "-w", "3", "--pid-file", str(pid_file), "--timeout", "60", env=env)
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{server.log_tail()}"
+        server.snapshot()
+        last = status(pid_file, env)
+        assert last["num_workers"] == 3 and len(last["http_workers"]) == 3
+        assert not {w["pid"] for w in last["http_workers"]} & {w["pid"] for w in after["http_workers"]}
+        with server.client() as client:
+            assert client.get("/version").json() == {"http": "v2", "task": "v2"}
+
         stop_and_check(server, pid_file)
 
 

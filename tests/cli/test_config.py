@@ -27,9 +27,10 @@ def test_flag_beats_env_beats_app_beats_default() -> None:
 
 
 def test_app_settings_do_not_set_http_options() -> None:
-    got = config.resolve({}, {}, {"num_workers": 9, "task_workers": 2})
+    got = config.resolve({}, {}, {"num_workers": 9, "task_workers": 2, "entrypoints": False, "other": 1})
     assert got.num_workers == 2 and got.sources["num_workers"] == "default"
     assert got.num_task_workers == 2
+    assert got.pool_settings() == {"task_workers": 2, "entrypoints": False}
 
 
 @pytest.mark.parametrize(
