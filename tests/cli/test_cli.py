@@ -364,6 +364,14 @@ def test_asgi_app_daemonized(tmp_path: Path) -> None:
         assert st["interface"] == "asgi" and st["master_pid"] == daemon
         assert len(st["http_workers"]) == 2 and len(st["pool"]["workers"]) == 2
         server.snapshot(extra=[daemon])
+
+        # the old HTTP workers' lifespan shutdown leaves the master's pool running
+        done = taskmw("reload", "--pid-file", str(pid_file), "--timeout", "60", env=env)
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+        server.snapshot(extra=[daemon])
+        with server.client() as client:
+            assert client.get("/wait", params={"x": 5}).json()["value"] == 10
+        assert status(pid_file, env)["pool"]["totals"]["ok"] == 12
         stop_and_check(server, pid_file, log_file)
     finally:
         if daemon is not None and server.stop_report is None:
