@@ -35,7 +35,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskmw import _control, config, middleware, worker
@@ -140,7 +140,7 @@ def _wait_child(pid: int, timeout: float) -> None:
     os.waitpid(pid, 0)
 
 
-def _import_in_task_worker(spec: str) -> Any:
+def _import_in_task_worker(spec: str) -> Callable[[TaskServer, int], None]:
     """The ``worker.before_run`` hook: import the app in a new task worker,
     joining the inherited pool, so the app's plugins run there too."""
 
@@ -289,7 +289,7 @@ class Master:
         its shared counters."""
         server = self.server
         assert server is not None
-        pool = pool_stats(server)
+        pool = server.stats()
         http = []
         if self.arbiter is not None:
             for _ in range(5):  # the arbiter's loop changes WORKERS meanwhile
@@ -327,8 +327,7 @@ class Master:
 
     def finished(self) -> int | None:
         assert self.server is not None
-        totals = pool_stats(self.server).get("totals")
-        return sum(totals.values()) if totals else None
+        return sum(self.server.stats()["totals"].values())
 
     # running
 
@@ -365,42 +364,6 @@ def _unlink_own_pid_file(pid_file: str) -> None:
         with open(pid_file) as f:
             if int(f.read().strip() or 0) == os.getpid():
                 os.unlink(pid_file)
-
-
-def pool_stats(server: TaskServer) -> dict[str, Any]:
-    """``server.stats()``, or, for a pool without it, what can be read from
-    outside: the queue depth and the task workers' pids (no states, no totals)."""
-    stats = getattr(server, "stats", None)
-    if stats is not None:
-        return stats()  # type: ignore[no-any-return]
-    workers = [
-        {"worker_id": None, "pid": pid, "state": "unknown", "task_id": None, "task_started": None,
-         "tasks_done": None, "rss_bytes": rss_bytes(pid), "restarts": None}
-        for pid in children_of(server.supervisor_pid)
-    ]  # fmt: skip
-    return {
-        "supervisor_pid": server.supervisor_pid,
-        "task_workers": server.task_workers,
-        "queue_depth": server._submit.stats().records,
-        "workers": workers,
-        "totals": None,
-    }
-
-
-def children_of(pid: int) -> list[int]:
-    """The pids of ``pid``'s live children (from /proc)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in "ZX":
-            out.append(int(name))
-    return sorted(out)
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -644,12 +607,9 @@ def render_status(s: dict[str, Any]) -> str:
             f"{running:>6}  {_opt(w.get('tasks_done')):>7}  {_mib(w.get('rss_bytes')):>8}  "
             f"{_opt(w.get('restarts')):>8}"
         )
-    totals = pool.get("totals")
+    totals = pool["totals"]
     lines.append("")
-    if totals is None:
-        lines.append("Totals: not counted by this pool")
-    else:
-        lines.append("Totals: " + "  ".join(f"{k} {v}" for k, v in totals.items()) + f"  (all {sum(totals.values())})")
+    lines.append("Totals: " + "  ".join(f"{k} {v}" for k, v in totals.items()) + f"  (all {sum(totals.values())})")
     return "\n".join(lines)
 
 
@@ -719,7 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(
-    sub: Any, name: str, func: Any, summary: str, description: str, wait: str | None = None
+    sub: Any,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    summary: str,
+    description: str,
+    wait: str | None = None,
 ) -> argparse.ArgumentParser:
     """A command that acts on a running master: ``--pid-file``, and
     ``--timeout`` when it waits (``wait`` says for what)."""

@@ -81,19 +81,15 @@ plugin = PrometheusPlugin()
 
 
 class PoolCollector:
-    """Gauges read from a pool at scrape time: queue depth, task workers by
-    state, restarts per worker (the last two need ``TaskServer.stats()``)."""
+    """Gauges read from the pool's shared counters (``TaskServer.stats()``)
+    at scrape time: queue depth, task workers by state, restarts per worker."""
 
     def __init__(self, server: TaskServer) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
-        stats_fn = getattr(self.server, "stats", None)
-        stats = stats_fn() if stats_fn is not None else None
-        depth = stats["queue_depth"] if stats else self.server._submit.stats().records
-        yield GaugeMetricFamily("taskmw_queue_depth", "Tasks waiting in the queue.", value=depth)
-        if not stats:
-            return
+        stats = self.server.stats()
+        yield GaugeMetricFamily("taskmw_queue_depth", "Tasks waiting in the queue.", value=stats["queue_depth"])
         states = GaugeMetricFamily("taskmw_task_workers", "Task workers, by state.", labels=["state"])
         counts: dict[str, int] = {}
         for w in stats["workers"]:
@@ -105,7 +101,7 @@ class PoolCollector:
             "taskmw_task_worker_restarts", "Times each task worker was replaced.", labels=["worker_id"]
         )
         for w in stats["workers"]:
-            restarts.add_metric([str(w["worker_id"])], w.get("restarts") or 0)
+            restarts.add_metric([str(w["worker_id"])], w["restarts"])
         yield restarts
 
 
