@@ -27,6 +27,27 @@ log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+_PREFIX = "taskmw-prometheus-"
+
+
+def _remove_orphaned_dirs() -> None:
+    """Remove this user's directories made by processes that are gone without
+    removing them (killed, or left by ``os._exit``)."""
+    with os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            pid = entry.name[len(_PREFIX) :].partition("-")[0]
+            if not entry.name.startswith(_PREFIX) or not pid.isdigit():
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != os.getuid() or not entry.is_dir(follow_symlinks=False):
+                    continue
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:
+                continue
+
+
 def _multiproc_dir() -> str:
     """The multiprocess directory: ``PROMETHEUS_MULTIPROC_DIR``, or a fresh
     temporary one made (and, at exit, removed) by this process."""
@@ -34,9 +55,10 @@ def _multiproc_dir() -> str:
     if path:
         os.makedirs(path, exist_ok=True)
         return path
-    path = tempfile.mkdtemp(prefix="taskmw-prometheus-")
-    os.environ[MULTIPROC_ENV] = path
+    _remove_orphaned_dirs()
     creator = os.getpid()
+    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{creator}-")
+    os.environ[MULTIPROC_ENV] = path
 
     def remove() -> None:
         if os.getpid() == creator:
