@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import FunctionType
@@ -75,7 +76,7 @@ class _Completions:
         self.done = 0  # finishes delivered to it
         self.retries: dict[int, _Retry] = {}  # by seq: tasks that may run again
         self.registering = 0  # tasks with retries being queued right now (see _retry_of)
-        self.recent: dict[int, None] = {}  # seqs finished lately, oldest first: a second finish is dropped
+        self.recent: OrderedDict[int, None] = OrderedDict()  # seqs finished lately, oldest first
         self.idle = threading.Condition(self.lock)
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -128,7 +129,12 @@ class TaskServer:
         plugins: objects with ``@taskmw.hookimpl`` methods.
         listeners: ``{DataType: [listener or service name, ...]}`` for the
             built-in dispatcher of data objects.
-        entrypoints: also load plugins of the entry-point group ``taskmw``.
+        entrypoints: also load the installed plugins (entry-point group
+            ``taskmw``); ``False`` loads none.
+        disable_plugins: names of installed plugins not to load (the
+            entry-point names, e.g. ``["logging"]``). The environment
+            variable ``TASKMW_DISABLE_PLUGINS`` adds more (comma-separated;
+            ``*`` disables them all).
         queue_bytes: size of the task queue (shared memory, allocated as used).
         queue_timeout: seconds ``task()`` waits for room in a full queue
             before raising :class:`~taskmw.QueueFull`.
@@ -178,6 +184,7 @@ class TaskServer:
         plugins: Iterable[object] = (),
         listeners: Mapping[type, Sequence[Listener]] | None = None,
         entrypoints: bool = True,
+        disable_plugins: Iterable[str] = (),
         queue_bytes: int = 16 << 20,
         queue_timeout: float = 5.0,
         task_concurrency: int = 100,
@@ -214,19 +221,10 @@ class TaskServer:
         self.task_concurrency = task_concurrency
         self.shutdown_timeout = float(shutdown_timeout)
 
-        self.plugins = pluggy.PluginManager(hookspecs.PROJECT)
+        self.plugins = plugin_manager(plugins, listeners, entrypoints, disable_plugins)
         """The pluggy plugin manager. The task workers are forked with the plugins
         given here; one registered later reaches only this process (its ``on_finish``)."""
-        self.plugins.add_hookspecs(hookspecs)
-        self.plugins.register(Invoker(), "taskmw.invoker")
-        self.plugins.register(Dispatcher(listeners or {}), "taskmw.dispatcher")
-        self.plugins.register(DeferredResolver(), "taskmw.deferred")
-        if entrypoints:
-            _load_entrypoints(self.plugins)
-        for plugin in plugins:
-            self.plugins.register(plugin)
         self.hook = self.plugins.hook
-        _check_no_wrappers(self.plugins)
 
         dispatchers = max_dispatchers
         self._submit = Ring(
@@ -323,8 +321,9 @@ class TaskServer:
         payload, kind, options = self._encode(fn_or_data, args, kwargs)
         return self._queue(payload, kind, **options)
 
-    def _encode(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, int, dict[str, Any]]:
-        """``(payload, kind, options)`` of what ``task()`` was given."""
+    @staticmethod
+    def _encode(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, int, dict[str, Any]]:
+        """``(payload, kind, options)`` of what ``task()`` was given (any backend may use it)."""
         if type(obj) is Task:
             return _codec.encode_call(obj.fn, obj.args, obj.kwargs), KIND_CALL, _options(obj, args, kwargs)
         if isinstance(obj, ServiceTask) or not callable(obj) or isinstance(obj, type):
@@ -569,7 +568,7 @@ class TaskServer:
                 continue
             recent[seq] = None
             if len(recent) > _RECENT:
-                del recent[next(iter(recent))]
+                recent.popitem(last=False)
             if retries or comp.registering:
                 retry = self._retry_of(comp, seq, event.status)
                 if retry is not None:
@@ -818,15 +817,54 @@ def _load_backend(name: str) -> Callable[..., Any]:
     return factory
 
 
-def _load_entrypoints(pm: pluggy.PluginManager) -> None:
-    """Register the plugins of the entry-point group ``taskmw``; one that fails
-    to load is logged once, by name, and skipped."""
+def plugin_manager(
+    plugins: Iterable[object],
+    listeners: Mapping[type, Sequence[Listener]] | None,
+    entrypoints: bool,
+    disable_plugins: Iterable[str],
+) -> pluggy.PluginManager:
+    """The plugin manager of a pool (any backend): the built-in plugins, the
+    installed ones (unless disabled), then ``plugins``.
+
+    Raises:
+        ValueError: ``disable_plugins`` is not a list of names, or a plugin
+            implements a hook as a wrapper.
+    """
+    names = [] if isinstance(disable_plugins, str) else list(disable_plugins)
+    if isinstance(disable_plugins, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"disable_plugins must be a list of plugin names, got {disable_plugins!r}")
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(Invoker(), "taskmw.invoker")
+    pm.register(Dispatcher(listeners or {}), "taskmw.dispatcher")
+    pm.register(DeferredResolver(), "taskmw.deferred")
+    disabled = set(names) | {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    if entrypoints and "*" not in disabled:
+        _load_entrypoints(pm, disabled)
+    for plugin in plugins:
+        pm.register(plugin)
+    _check_no_wrappers(pm)
+    return pm
+
+
+DISABLE_ENV = "TASKMW_DISABLE_PLUGINS"
+_failed_plugins: set[str] = set()  # entry points that failed to load in this process: reported once
+
+
+def _load_entrypoints(pm: pluggy.PluginManager, disabled: set[str]) -> None:
+    """Register the plugins of the entry-point group ``taskmw`` but the
+    ``disabled`` ones; one that fails to load is logged once per process, by
+    name, and skipped."""
     for ep in entry_points(group=hookspecs.PROJECT):
-        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+        if ep.name in disabled:
+            log.debug("taskmw plugin %r is disabled", ep.name)
+            continue
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name) or ep.name in _failed_plugins:
             continue
         try:
             pm.register(ep.load(), name=ep.name)
         except Exception:
+            _failed_plugins.add(ep.name)
             log.exception("taskmw plugin %r (%s) failed to load and is skipped", ep.name, ep.value)
 
 

@@ -22,18 +22,16 @@ import os
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
 from taskmw import _codec, _table
-from taskmw._codec import CHANNEL_MASK, KIND_CALL, KIND_MASK, KIND_STOP, OPTS, SPILLED, TIMED, WANT
+from taskmw._codec import CHANNEL_MASK, KIND_MASK, KIND_STOP, OPTS, SPILLED, TIMED, WANT
 from taskmw._table import ASYNC_DONE, ASYNC_OK, ASYNC_TIMEOUT, BUSY, DEADLINE, DONE, IDLE, SEQ, STARTED, STATE, TASK
-from taskmw.events import TaskError, TaskEvent
+from taskmw.events import TaskError
+from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
 from taskmw.ring import RingFull
-from taskmw.tasks import _make_task, _set_default
+from taskmw.tasks import _set_default
 
 if TYPE_CHECKING:
     from taskmw.server import TaskServer
@@ -51,6 +49,7 @@ start`` imports the app there, so the app's plugins reach the worker)."""
 
 def spawn(server: TaskServer, worker_id: int) -> int:
     """Fork task worker ``worker_id``; returns its pid (in the supervisor)."""
+    supervisor = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -64,7 +63,7 @@ def spawn(server: TaskServer, worker_id: int) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for setup in before_run:
             setup(server, worker_id)
-        code = _Worker(server, worker_id).run()
+        code = _Worker(server, worker_id, supervisor).run()
     except BaseException:
         log.exception("taskmw task worker %d failed", worker_id)
     finally:
@@ -72,17 +71,17 @@ def spawn(server: TaskServer, worker_id: int) -> int:
 
 
 class _Worker:
-    def __init__(self, server: TaskServer, worker_id: int) -> None:
+    def __init__(self, server: TaskServer, worker_id: int, supervisor: int) -> None:
+        self.supervisor = supervisor  # if it dies (even before this line), this worker is an orphan
         self.server = server
         self.worker_id = worker_id
         self.ring = server._submit
         self.runner: _AsyncRunner | None = None
         # on_task implementations, in call order: plugins are fixed once the worker is forked
-        self.on_task: list[tuple[Callable[..., Any], bool]] = [
-            (impl.function, bool(impl.argnames)) for impl in reversed(server.hook.on_task.get_hookimpls())
-        ]
+        self.on_task = on_task_calls(server.hook)
         self.words = server._table.words
         self.row = server._table.row(worker_id)
+        self.words[self.row + _table.PID] = os.getpid()  # the supervisor writes it too, after fork() returns
         self.generation = self.words[server._table.sup + _table.GENERATION]
         self.tasks_left = server.max_tasks_per_worker or -1
         self.spill_at = server._channels[0].max_record // 4  # larger finishes travel as files
@@ -90,18 +89,18 @@ class _Worker:
         _set_default(server)
 
     def run(self) -> int:
-        _call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
+        call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
         try:
             self.loop()
         finally:
             if self.runner is not None:
                 self.runner.drain()
-            _call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
+            call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
         return 0
 
     def loop(self) -> None:
         ring = self.ring
-        supervisor = os.getppid()
+        supervisor = self.supervisor
         words, row = self.words, self.row
         reload_word = self.server._table.sup + _table.GENERATION
         max_batch = 1 if self.server.task_timeout else MAX_BATCH  # a timed task is held alone
@@ -117,6 +116,8 @@ class _Worker:
                     return  # reloaded: a fresh worker takes this one's place
                 continue
             started = time.perf_counter()
+            words[row + SEQ] = batch.first_seq  # a timed task is always first (alone)
+            words[row + STARTED] = time.monotonic_ns()
             words[row + STATE] = BUSY
             finishes: dict[int, list[bytes]] = {}
             done: list[int] = []
@@ -159,48 +160,35 @@ class _Worker:
         words, row = self.words, self.row
         started = time.perf_counter()
         task_id, attempt, limit = seq, 1, self.server.task_timeout
-        words[row + SEQ] = seq
-        words[row + STARTED] = now = time.monotonic_ns()
         try:
             if aux & SPILLED:
                 record = _codec.unspill(record)
             if aux & OPTS:
                 own_limit, attempt, task_id, record = _codec.split_options(record)
                 limit = own_limit or limit
+        except Exception as exc:  # an unreadable record: the task cannot run
+            error: TaskError | None = error_of(exc)
+            status, value = _codec.ERROR, None
+        else:
             words[row + TASK] = task_id
-            if limit:
-                words[row + DEADLINE] = now + int(limit * 1e9)
-            data = _codec.decode(record)
-            if aux & KIND_MASK == KIND_CALL:
-                data = _make_task(*data)
-            event = TaskEvent(task_id, self.worker_id, data, self.server, attempt)
-            for fn, takes_event in self.on_task:
-                if takes_event:
-                    fn(event)
-                else:
-                    fn()
-                if event.completed:
-                    break
-            else:
-                raise LookupError(
-                    f"nothing handled the task: no on_task hook completed it, and no listener is registered "
-                    f"for {type(data).__module__}.{type(data).__qualname__}"
-                )
-            value = event.return_value
+            if limit:  # the supervisor kills this worker if the task is still running then
+                words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
+            status, value, error = run_task(
+                self.on_task, self.server, task_id, self.worker_id, record, aux & KIND_MASK, attempt
+            )
             if inspect.iscoroutine(value):
-                words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
+                if limit:
+                    words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
                 if self.runner is None:
                     self.runner = _AsyncRunner(self, self.server.task_concurrency)
                 self.runner.submit(value, seq, aux, started, limit)
                 return None
-        except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, not ours
+        if limit:
             words[row + DEADLINE] = 0
-            words[row + DONE] += 1
-            return self.finish(seq, _codec.ERROR, None, error_of(exc), started)
-        words[row + DEADLINE] = 0
         words[row + DONE] += 1
-        words[row + _table.OK] += 1
-        return self.finish(seq, _codec.OK, value, None, started)
+        if status == _codec.OK:
+            words[row + _table.OK] += 1
+        return self.finish(seq, status, value, error, started)
 
     def finish(self, seq: int, status: int, value: Any, error: TaskError | None, started: float) -> bytes:
         """The finish record of task ``seq``."""
@@ -228,16 +216,6 @@ class _Worker:
                     return
 
 
-def _call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:
-    """Call every implementation of ``hook`` in pluggy's order; an exception
-    is logged and does not stop the others."""
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception:
-            log.exception("plugin %s failed in %s", impl.plugin_name, hook.name)
-
-
 def _channel_claimed(server: TaskServer, index: int) -> bool:
     """True if a live process holds completion channel ``index``."""
     comp = server._comp
@@ -250,19 +228,6 @@ def _channel_claimed(server: TaskServer, index: int) -> bool:
         return True
     fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
     return False
-
-
-def error_of(exc: BaseException) -> TaskError:
-    """The :class:`TaskError` describing ``exc`` (type, message, traceback text)."""
-    cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        tb = tb.tb_next  # start the traceback at the task's own code
-    return TaskError(name, str(exc), "".join(traceback.format_exception(cls, exc, tb or exc.__traceback__)))
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class _AsyncRunner:

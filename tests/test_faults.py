@@ -105,14 +105,36 @@ def finishes() -> Finishes:
     return Finishes()
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+
+
 @pytest.fixture(autouse=True)
 def no_process_left() -> Iterator[None]:
+    """No process may outlive a test: orphans (workers whose supervisor was
+    killed) are re-parented to this process, so they count too."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     before = descendants()
     yield
     deadline = time.monotonic() + 10
     while descendants() - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert descendants() - before == set(), "the test left processes behind"
+    left = descendants() - before
+    for pid in _zombies_of_mine():
+        os.waitpid(pid, 0)
+    assert left == set(), "the test left processes behind"
+
+
+def _zombies_of_mine() -> list[int]:
+    out = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == os.getpid():
+            out.append(int(entry))
+    return out
 
 
 def wait_until(predicate: Any, timeout: float = WAIT) -> bool:

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.e2e.servers import Server, base_env, free_port, read_records, running_server
+from tests.plugins.installed import require
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"
@@ -149,6 +150,7 @@ def test_start_reports_an_app_that_does_not_import(tmp_path: Path) -> None:
 
 
 def test_demo_status_metrics_and_stop(tmp_path: Path) -> None:
+    require("taskmw-prometheus")  # the demo's /metrics
     from prometheus_client.parser import text_string_to_metric_families
 
     demo_log = tmp_path / "demo.jsonl"

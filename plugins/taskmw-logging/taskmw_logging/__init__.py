@@ -1,0 +1,251 @@
+"""taskmw-logging: every task in the logs, with no code change.
+
+Installed (``pip install taskmw-logging``), it registers itself in every
+taskmw pool through the entry point ``logging`` of the group ``taskmw`` and
+logs, with :mod:`logging`:
+
+- one line when a task starts, in the task worker: its id, what runs (the
+  callable's ``module.qualname``, ``service:<name>`` for a
+  :class:`~taskmw.ServiceTask`, or the data object's type) and the worker;
+- one line when it finishes, in the process that queued it: its id, status,
+  duration, worker and, unless ``ok``, the error's type and message;
+- one line when a task worker starts and one when it stops. A worker that
+  died is reported by taskmw's supervisor (logger ``taskmw.supervisor``, a
+  warning naming the worker, its pid and the signal); the replacement then
+  logs ``started`` with the same worker id and a new pid.
+
+Settings (read from the environment when the module is imported, or set in
+code with ``taskmw_logging.plugin.configure(...)``):
+
+=========================  ===================  ==================================
+variable                   default              meaning
+=========================  ===================  ==================================
+``TASKMW_LOGGING_LOGGER``  ``taskmw.tasks``     logger the lines go to
+``TASKMW_LOGGING_LEVEL``   ``INFO``             level of the lines (failures are
+                                                logged at ``WARNING`` at least)
+``TASKMW_LOGGING_FORMAT``  ``text``             ``text`` or ``json`` (JSON lines)
+=========================  ===================  ==================================
+
+If nothing has configured :mod:`logging` when the plugin loads (as the first
+pool is built: no handler on the root logger or on the plugin's logger), it
+adds a handler writing to stderr on the ``taskmw`` logger (and on its own
+logger if that is not under ``taskmw``), which the pool's processes inherit,
+so the lines show with no setup at all; an app that configures logging
+before it builds its pool decides itself where they go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import taskmw
+from taskmw import ServiceTask, Task, TaskEvent, TaskFinishEvent
+
+__all__ = ["JsonFormatter", "TaskLogger", "plugin"]
+
+FORMATS = ("text", "json")
+HANDLER_NAME = "taskmw_logging.stderr"
+TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+"""The stderr handler's format in ``text`` mode."""
+FIELDS = "taskmw"
+"""The attribute of a log record holding the line's fields (a dict), for structured handlers."""
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats every record as one JSON object: ``time``, ``level``,
+    ``logger``, then the plugin's fields (``event``, ``task_id``, …) or
+    ``message`` for other records."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": round(record.created, 6),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        fields = getattr(record, FIELDS, None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        else:
+            out["message"] = record.getMessage()
+            if record.exc_info:
+                out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=repr)
+
+
+class TaskLogger:
+    """The plugin: logs task starts, finishes and worker starts and stops.
+
+    Args:
+        logger: name of the logger the lines go to.
+        level: level of the lines (a name such as ``"INFO"`` or a number);
+            a finish that is not ``ok`` is logged at ``WARNING`` at least.
+        format: ``"text"`` (one readable line) or ``"json"`` (the message is a
+            JSON object; the stderr handler the plugin adds then writes JSON
+            lines for every ``taskmw`` record).
+        stderr: add a stderr handler when nothing configured logging.
+
+    Raises:
+        ValueError: an unknown level or format.
+    """
+
+    def __init__(
+        self, logger: str = "taskmw.tasks", level: int | str = "INFO", format: str = "text", stderr: bool = True
+    ) -> None:
+        self.logger = logging.getLogger(logger)
+        self.level = _level(level)
+        self.json = _format(format)
+        self.stderr = stderr
+        self._handler: logging.Handler | None = None
+        self._install_handler()
+
+    @classmethod
+    def from_env(cls) -> TaskLogger:
+        """The plugin configured by the ``TASKMW_LOGGING_*`` environment variables."""
+        env = os.environ
+        return cls(
+            env.get("TASKMW_LOGGING_LOGGER") or "taskmw.tasks",
+            env.get("TASKMW_LOGGING_LEVEL") or "INFO",
+            env.get("TASKMW_LOGGING_FORMAT") or "text",
+        )
+
+    def configure(
+        self,
+        *,
+        logger: str | None = None,
+        level: int | str | None = None,
+        format: str | None = None,
+        stderr: bool | None = None,
+    ) -> None:
+        """Change settings (those given); call it before the pool is built, so
+        that its task workers are forked with them."""
+        self._remove_handler()
+        if logger is not None:
+            self.logger = logging.getLogger(logger)
+        if level is not None:
+            self.level = _level(level)
+        if format is not None:
+            self.json = _format(format)
+        if stderr is not None:
+            self.stderr = stderr
+        self._install_handler()
+
+    # -- hooks ------------------------------------------------------------------------
+
+    @taskmw.hookimpl
+    def on_worker_start(self, worker_id: int, server: Any) -> None:
+        self._worker_line(worker_id, "start", "started")
+
+    @taskmw.hookimpl
+    def on_worker_stop(self, worker_id: int, server: Any) -> None:
+        self._worker_line(worker_id, "stop", "stopped")
+
+    @taskmw.hookimpl(tryfirst=True)
+    def on_task(self, event: TaskEvent) -> None:
+        if not self.logger.isEnabledFor(self.level):
+            return
+        name = task_name(event.data)
+        fields = {"event": "task.start", "task_id": event.task_id, "name": name, "worker_id": event.worker_id}
+        text = f"task {event.task_id} started: {name} on worker {event.worker_id}"
+        if event.attempt > 1:
+            fields["attempt"] = event.attempt
+            text += f" (attempt {event.attempt})"
+        self._log(self.level, text, fields)
+
+    @taskmw.hookimpl
+    def on_finish(self, event: TaskFinishEvent) -> None:
+        level = self.level if event.ok else max(self.level, logging.WARNING)
+        if not self.logger.isEnabledFor(level):
+            return
+        text = f"task {event.task_id} {event.status} in {event.duration:.4f}s on worker {event.worker_id}"
+        fields: dict[str, Any] = {
+            "event": "task.finish",
+            "task_id": event.task_id,
+            "status": event.status,
+            "duration": round(event.duration, 6),
+            "worker_id": event.worker_id,
+        }
+        if event.attempts > 1:
+            fields["attempts"] = event.attempts
+            text += f" after {event.attempts} attempts"
+        if event.error is not None:
+            text += f": {event.error.type}: {event.error.message}"
+            fields["error"] = {"type": event.error.type, "message": event.error.message}
+            if event.error.traceback:
+                fields["error"]["traceback"] = event.error.traceback
+        self._log(level, text, fields)
+
+    # -- output -------------------------------------------------------------------------
+
+    def _worker_line(self, worker_id: int, event: str, text: str) -> None:
+        pid = os.getpid()
+        self._log(
+            self.level,
+            f"task worker {worker_id} {text} (pid {pid})",
+            {"event": f"worker.{event}", "worker_id": worker_id, "pid": pid},
+        )
+
+    def _log(self, level: int, text: str, fields: dict[str, Any]) -> None:
+        if self.logger.isEnabledFor(level):
+            message = json.dumps(fields, default=repr) if self.json else text
+            self.logger.log(level, "%s", message, extra={FIELDS: fields})
+
+    def _install_handler(self) -> None:
+        """Add the stderr handler if nothing configured logging (the pool's
+        processes, forked later, inherit it)."""
+        taskmw_logger = logging.getLogger("taskmw")
+        if not self.stderr or self.logger.hasHandlers() or any(h.name == HANDLER_NAME for h in taskmw_logger.handlers):
+            return
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(HANDLER_NAME)
+        handler.setFormatter(JsonFormatter() if self.json else logging.Formatter(TEXT_FORMAT))
+        targets = [taskmw_logger]  # the supervisor's warnings (a worker died) too
+        if not self.logger.name.startswith("taskmw."):
+            targets.append(self.logger)
+        for lg in targets:
+            lg.addHandler(handler)
+            if lg.getEffectiveLevel() > self.level:
+                lg.setLevel(self.level)
+        self._handler = handler
+
+    def _remove_handler(self) -> None:
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            for lg in (logging.getLogger("taskmw"), self.logger):
+                lg.removeHandler(handler)
+
+
+def task_name(data: Any) -> str:
+    """What a task runs, for the log: ``module.qualname`` of its callable,
+    ``service:<name>`` of a service task, or the type of a data object."""
+    if isinstance(data, Task):
+        fn = data.fn
+        qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        module = getattr(fn, "__module__", None) or type(fn).__module__
+        return f"{module}.{qualname}"
+    if isinstance(data, ServiceTask):
+        return f"service:{data.name}"
+    cls = type(data)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _level(level: int | str) -> int:
+    if isinstance(level, int) and not isinstance(level, bool):
+        return level
+    value = logging.getLevelName(str(level).upper())
+    if not isinstance(value, int):
+        raise ValueError(f"taskmw-logging: level must be a logging level name such as INFO or DEBUG, got {level!r}")
+    return value
+
+
+def _format(fmt: str) -> bool:
+    if fmt not in FORMATS:
+        raise ValueError(f"taskmw-logging: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt == "json"
+
+
+plugin = TaskLogger.from_env()
+"""The instance the entry point registers in every pool."""

@@ -1,0 +1,148 @@
+"""taskmw-logging, installed with pip as a user would (``.ci/run``): a script
+that never mentions logging gets every task, and its workers' starts and
+stops, in its stderr. Each test runs the script in a real subprocess (its
+pool is real too) and checks that none of its processes is left."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from importlib.metadata import distribution, entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .installed import require
+
+DEMO = Path(__file__).with_name("log_demo.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _installed() -> None:
+    require("taskmw-logging")
+
+
+def run_demo(**env: str) -> tuple[dict[str, Any], list[str]]:
+    """Run log_demo.py with ``env`` added; returns its report and its stderr lines."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TASKMW_", "PYTEST_"))}
+    environ.update(env)
+    proc = subprocess.run(
+        [sys.executable, str(DEMO)], env=environ, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["tasks"] == [[1, "ok"], [2, "error"], [3, "lost"], [4, "ok"]], proc.stderr
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{p}").exists() for p in report["pool"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{p}").exists() for p in report["pool"]), "pool processes left behind"
+    return report, proc.stderr.splitlines()
+
+
+def test_installed_as_a_distribution_with_an_entry_point() -> None:
+    import taskmw_logging
+
+    dist = distribution("taskmw-logging")
+    assert [ep.value for ep in entry_points(group="taskmw") if ep.name == "logging"] == ["taskmw_logging:plugin"]
+    assert dist.locate_file("taskmw_logging/__init__.py") == Path(taskmw_logging.__file__)
+    assert ROOT / "plugins" not in Path(taskmw_logging.__file__).parents  # installed, not the source tree
+
+
+def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
+    report, lines = run_demo()
+    main = report["pid"]
+    pattern = re.compile(r"^\S+ \S+ \[(\d+)\] (\w+) (\S+): (.*)$")
+    parsed = [m.groups() for m in map(pattern.match, lines) if m]
+    assert len(parsed) == len(lines), f"unexpected stderr lines: {lines}"
+    by_text = {text: (int(pid), level, logger) for pid, level, logger, text in parsed}
+
+    def one(regex: str) -> tuple[re.Match[str], int, str, str]:
+        found = [(m, *by_text[t]) for t in by_text if (m := re.fullmatch(regex, t))]
+        assert len(found) == 1, f"{regex!r} matched {len(found)} lines: {lines}"
+        return found[0]
+
+    # starts in the task worker, with the callable's name
+    first = one(r"task 1 started: __main__\.add on worker 0")
+    assert first[1] != main and first[3] == "taskmw.tasks" and first[2] == "INFO"
+    one(r"task 2 started: __main__\.boom on worker 0")
+    # finishes in the process that queued the task, with status, duration and the error
+    ok = one(r"task 1 ok in (\d+\.\d+)s on worker 0")
+    assert ok[1] == main and ok[2] == "INFO"
+    err = one(r"task 2 error in \d+\.\d+s on worker 0: ValueError: bad input")
+    assert err[1] == main and err[2] == "WARNING"
+    lost = one(r"task 3 lost in \d+\.\d+s on worker 0: WorkerLost: task worker 0 \(pid (\d+)\) was killed by SIGKILL.*")
+    dead = int(lost[0].group(1))
+    # worker start, death (the supervisor's line), replacement, stop
+    starts = [int(m.group(1)) for t in by_text if (m := re.fullmatch(r"task worker 0 started \(pid (\d+)\)", t))]
+    assert len(starts) == 2 and starts[0] == dead and starts[1] != dead
+    died = one(rf"task worker 0 \(pid {dead}\) was killed by SIGKILL; 1 task\(s\) lost")
+    assert died[3] == "taskmw.supervisor"
+    stop = one(rf"task worker 0 stopped \(pid {starts[1]}\)")
+    assert stop[1] == starts[1]
+    replaced = one(r"task 4 started: __main__\.add on worker 0")
+    assert replaced[1] == starts[1]
+
+
+def test_json_lines_logger_name_and_level_are_settings() -> None:
+    report, lines = run_demo(
+        TASKMW_LOGGING_FORMAT="json", TASKMW_LOGGING_LOGGER="shop.tasks", TASKMW_LOGGING_LEVEL="debug"
+    )
+    records = [json.loads(line) for line in lines]  # every line is a JSON object
+    tasks = [r for r in records if r["logger"] == "shop.tasks"]
+    finishes = {r["task_id"]: r for r in tasks if r["event"] == "task.finish"}
+    assert {r["task_id"] for r in tasks if r["event"] == "task.start"} == {1, 2, 3, 4}
+    assert finishes[1]["status"] == "ok" and finishes[1]["level"] == "DEBUG" and finishes[1]["duration"] >= 0
+    assert finishes[2]["level"] == "WARNING" and finishes[2]["error"]["type"] == "ValueError"
+    assert "bad input" in finishes[2]["error"]["traceback"]
+    assert [r["event"] for r in tasks if r["event"].startswith("worker.")] == [
+        "worker.start",
+        "worker.start",
+        "worker.stop",
+    ]
+    assert any(r["logger"] == "taskmw.supervisor" and "SIGKILL" in r["message"] for r in records)
+
+
+def test_disabled_by_name_it_logs_nothing() -> None:
+    _, lines = run_demo(TASKMW_DISABLE_PLUGINS="logging")
+    assert not [line for line in lines if "taskmw.tasks" in line], lines
+
+
+def test_a_bad_setting_is_reported_once_by_name_and_the_pool_still_runs() -> None:
+    _, lines = run_demo(TASKMW_LOGGING_FORMAT="xml")  # run_demo checks that every task still ran
+    failures = [line for line in lines if "taskmw plugin 'logging'" in line]
+    assert len(failures) == 1 and "failed to load" in failures[0], lines
+    assert any("format must be one of text, json, got 'xml'" in line for line in lines)
+
+
+_runs: list[int] = []
+
+
+def fails_once() -> str:
+    _runs.append(1)
+    if len(_runs) == 1:
+        raise RuntimeError("first run fails")
+    return "ok"
+
+
+def test_retries_show_their_attempts(caplog: pytest.LogCaptureFixture) -> None:
+    from taskmw_logging import TaskLogger
+
+    import taskmw
+
+    caplog.set_level(logging.INFO, logger="shop.tasks")
+    _runs.clear()
+    logger = TaskLogger("shop.tasks", stderr=False)  # given in code, instead of the installed one
+    with taskmw.TaskServer(1, backend="eager", disable_plugins=["logging"], plugins=[logger]) as eager:
+        task_id = eager.task(taskmw.Task(fails_once), retries=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "shop.tasks"]
+    assert f"task {task_id} started: {__name__}.fails_once on worker 0" in lines
+    assert f"task {task_id} started: {__name__}.fails_once on worker 0 (attempt 2)" in lines
+    assert any(re.fullmatch(rf"task {task_id} ok in \d+\.\d+s on worker 0 after 2 attempts", line) for line in lines)
+    assert lines[0] == f"task worker 0 started (pid {os.getpid()})" and lines[-1].startswith("task worker 0 stopped")
