@@ -86,7 +86,8 @@ def load_app(spec: str) -> Any:
 def inspect_app(spec: str) -> tuple[str, dict[str, Any]]:
     """Import the app in a forked child that builds no pool; returns its
     interface (``"wsgi"`` or ``"asgi"``) and the pool settings of its
-    ``TaskMiddleware(...)`` (JSON-able ones: numbers, strings, booleans).
+    ``TaskMiddleware(...)`` (JSON-able ones: numbers, strings, booleans,
+    lists of strings).
 
     Raises:
         CLIError: the app could not be imported (the child's traceback is in
@@ -105,7 +106,7 @@ def inspect_app(spec: str) -> tuple[str, dict[str, Any]]:
             app = load_app(spec)
             kind = "asgi" if isinstance(app, ASGITaskMiddleware) or (
                 not isinstance(app, TaskMiddleware) and _is_asgi(app)) else "wsgi"  # fmt: skip
-            plain = {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) or v is None}
+            plain = {k: v for k, v in settings.items() if _plain(v)}
             answer = {"interface": kind, "settings": plain}
         except CLIError as exc:
             answer, code = {"error": str(exc)}, 1
@@ -127,6 +128,13 @@ def inspect_app(spec: str) -> tuple[str, dict[str, Any]]:
     if "error" in answer:
         raise CLIError(answer["error"])
     return answer["interface"], answer["settings"]
+
+
+def _plain(value: Any) -> bool:
+    """True for a setting that can travel as JSON: a scalar, or a list of strings."""
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, str) for v in value)
+    return value is None or isinstance(value, (int, float, str, bool))
 
 
 def _wait_child(pid: int, timeout: float) -> None:

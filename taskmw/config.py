@@ -113,7 +113,7 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
-APP_ONLY = ("entrypoints", "backend")
+APP_ONLY = ("entrypoints", "backend", "disable_plugins")
 """TaskServer settings taken from the app's ``TaskMiddleware(...)`` that have no option."""
 POOL_SETTING = {"num_task_workers": "task_workers"}
 """Options whose TaskServer argument has another name."""
@@ -131,7 +131,7 @@ class Resolved:
     values: dict[str, Any]
     sources: dict[str, str]  # name -> "flag", "env", "app" or "default"
     app_only: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Pool settings the app gives that have no option (``entrypoints``, ``backend``)."""
+    """Pool settings the app gives that have no option (see :data:`APP_ONLY`)."""
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -27,10 +27,11 @@ def test_flag_beats_env_beats_app_beats_default() -> None:
 
 
 def test_app_settings_do_not_set_http_options() -> None:
-    got = config.resolve({}, {}, {"num_workers": 9, "task_workers": 2, "entrypoints": False, "other": 1})
+    app = {"num_workers": 9, "task_workers": 2, "entrypoints": False, "disable_plugins": ["logging"], "other": 1}
+    got = config.resolve({}, {}, app)
     assert got.num_workers == 2 and got.sources["num_workers"] == "default"
     assert got.num_task_workers == 2
-    assert got.pool_settings() == {"task_workers": 2, "entrypoints": False}
+    assert got.pool_settings() == {"task_workers": 2, "entrypoints": False, "disable_plugins": ["logging"]}
 
 
 @pytest.mark.parametrize(
