@@ -11,6 +11,7 @@ master's pid.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import json
@@ -20,9 +21,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskmw.server import TaskServer
 
 log = logging.getLogger(__name__)
+
+STATUS_SOCKET_ENV = "TASKMW_STATUS_SOCKET"
+"""Where a pool built outside ``taskmw start`` answers ``taskmw status --socket``."""
 
 _RATE_WINDOW = 10.0  # seconds of finished-task totals behind tasks/s
 _SAMPLE_EVERY = 1.0
@@ -165,3 +172,49 @@ def request(path: str, cmd: str = "status", timeout: float = 5.0, **kwargs: Any)
         error = reply.get("error") if isinstance(reply, dict) else "no answer"
         raise ConnectionError(f"the taskmw master on {path} answered with an error: {error}")
     return reply
+
+
+def pool_status(server: TaskServer, started: float, rate: float | None) -> dict[str, Any]:
+    """The ``status`` answer for ``server`` as seen from the process that
+    built it (``taskmw start`` adds its HTTP workers and app)."""
+    return {
+        "master_pid": os.getpid(),
+        "app": None,
+        "interface": None,
+        "bind": None,
+        "started": started,
+        "now": time.time(),
+        "num_workers": None,
+        "http_workers": [],
+        "pool": server.stats(),
+        "tasks_per_second": rate,
+        "reload_task_workers": hasattr(server, "reload"),
+    }
+
+
+def finished_count(server: TaskServer) -> int:
+    """Every finish the pool made (what tasks/s is computed from)."""
+    return sum(server.stats()["totals"].values())
+
+
+def serve_status(server: TaskServer, path: str) -> ControlServer | None:
+    """Answer ``taskmw status --socket PATH`` for ``server`` from this process
+    (the pool's builder: gunicorn's master with ``--preload``, a uvicorn
+    process, a script) until it exits. Returns None, with a warning, if
+    another live process already answers on ``path``."""
+    with contextlib.suppress(ConnectionError, OSError, ValueError):
+        request(path, timeout=1.0)
+        log.warning("status socket %s: another process answers there; this pool serves no status", path)
+        return None
+    started = time.time()
+    control = ControlServer(path, {"status": lambda: pool_status(server, started, control.rate())},
+                            lambda: finished_count(server))  # fmt: skip
+    control.start()
+    owner = os.getpid()
+
+    def close() -> None:
+        if os.getpid() == owner:  # not in a forked child (an HTTP worker)
+            control.close()
+
+    atexit.register(close)
+    return control

@@ -247,7 +247,10 @@ class Master:
             self.server = TaskServer(**pool)
             middleware.adopt_pool(self.server)
             commands = {"status": self.status, "reload": self.reload}
-            self.control = _control.ControlServer(config.socket_path(self.settings.pid_file), commands, self.finished)
+            server = self.server
+            self.control = _control.ControlServer(
+                config.socket_path(self.settings.pid_file), commands, lambda: _control.finished_count(server)
+            )
         except (TypeError, ValueError, OSError) as exc:  # a bad setting (named), an unusable socket path
             raise CLIError(f"cannot start the task pool: {exc}") from None
 
@@ -295,9 +298,8 @@ class Master:
     def status(self) -> dict[str, Any]:
         """The ``status`` answer: HTTP workers from the arbiter, the pool from
         its shared counters."""
-        server = self.server
-        assert server is not None
-        pool = server.stats()
+        assert self.server is not None
+        answer = _control.pool_status(self.server, self.started, self.control.rate() if self.control else None)
         http = []
         if self.arbiter is not None:
             for _ in range(5):  # the arbiter's loop changes WORKERS meanwhile
@@ -309,19 +311,14 @@ class Master:
             else:
                 workers = []
             http = [{"pid": pid, "age": age, "rss_bytes": rss_bytes(pid)} for age, pid in workers]
-        return {
-            "master_pid": os.getpid(),
-            "app": self.spec,
-            "interface": self.interface,
-            "bind": f"http://{self.settings.host}:{self.settings.port}",
-            "started": self.started,
-            "now": time.time(),
-            "num_workers": self.settings.num_workers,
-            "http_workers": http,
-            "pool": pool,
-            "tasks_per_second": self.control.rate() if self.control is not None else None,
-            "reload_task_workers": hasattr(server, "reload"),
-        }
+        answer.update(
+            app=self.spec,
+            interface=self.interface,
+            bind=f"http://{self.settings.host}:{self.settings.port}",
+            num_workers=self.settings.num_workers,
+            http_workers=http,
+        )
+        return answer
 
     def reload(self, num_workers: int | None = None) -> dict[str, Any]:
         """The ``reload`` command: take a new HTTP worker count (if given),
@@ -332,10 +329,6 @@ class Master:
             self.settings.values["num_workers"] = num_workers
         os.kill(os.getpid(), signal.SIGHUP)
         return {"num_workers": self.settings.num_workers}
-
-    def finished(self) -> int | None:
-        assert self.server is not None
-        return sum(self.server.stats()["totals"].values())
 
     # running
 
@@ -543,9 +536,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    pid_file = config.pid_file_from(args.pid_file)
-    socket = config.socket_path(pid_file)
-    _running_master(pid_file)
+    socket = args.socket or os.environ.get(_control.STATUS_SOCKET_ENV)
+    if not socket:
+        pid_file = config.pid_file_from(args.pid_file)
+        socket = config.socket_path(pid_file)
+        _running_master(pid_file)
     interval = max(args.interval, 0.2)
     shown = 0
     try:
@@ -594,14 +589,17 @@ def render_status(s: dict[str, Any]) -> str:
     pool = s["pool"]
     now = s["now"]
     rate = s.get("tasks_per_second")
-    lines = [
-        f"taskmw  {s['app']} ({s['interface']})  {s['bind']}  master pid {s['master_pid']}  "
-        f"up {_duration(now - s['started'])}",
-        "",
-        f"HTTP workers: {len(s['http_workers'])} of {s['num_workers']}",
-        f"  {'PID':>8}  {'MEM':>8}",
-    ]
-    lines += [f"  {w['pid']:>8}  {_mib(w['rss_bytes']):>8}" for w in s["http_workers"]]
+    up = _duration(now - s["started"])
+    if s["app"] is None:  # a pool built outside `taskmw start`: only the pool is known
+        lines = [f"taskmw pool  built by pid {s['master_pid']}  up {up}"]
+    else:
+        lines = [
+            f"taskmw  {s['app']} ({s['interface']})  {s['bind']}  master pid {s['master_pid']}  up {up}",
+            "",
+            f"HTTP workers: {len(s['http_workers'])} of {s['num_workers']}",
+            f"  {'PID':>8}  {'MEM':>8}",
+        ]
+        lines += [f"  {w['pid']:>8}  {_mib(w['rss_bytes']):>8}" for w in s["http_workers"]]
     lines += [
         "",
         f"Task workers: {len(pool['workers'])} of {pool['task_workers']}   supervisor pid {pool['supervisor_pid']}   "
@@ -678,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
         "long, tasks done, memory, restarts); queue depth; finished tasks by status; tasks/s over the last 10 "
         "seconds. Read from the pool's shared counters through the master's control socket.",
     )  # fmt: skip
+    status.add_argument("--socket", default=None, metavar="PATH",
+                        help="ask the pool of a server not started by taskmw start (gunicorn --preload, uvicorn) on "
+                        "the socket it serves with TASKMW_STATUS_SOCKET=PATH [TASKMW_STATUS_SOCKET]")  # fmt: skip
     status.add_argument("--json", action="store_true", help="print JSON (one object; one a line with --watch)")
     status.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
     status.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
+from taskmw import _control
 from taskmw.listeners import Dispatcher
 from taskmw.server import TaskServer, _check_no_wrappers
 from taskmw.tasks import _current
@@ -84,6 +86,10 @@ class TaskMiddleware:
         server: use this pool instead of building one (the other settings
             must then be omitted).
         interface: ``"wsgi"`` or ``"asgi"`` to skip detection.
+        status_socket: a unix socket path (default: the
+            ``TASKMW_STATUS_SOCKET`` environment variable) on which the
+            process that builds the pool answers ``taskmw status --socket
+            PATH``. Not needed under ``taskmw start``, which has its own.
         **settings: the other :class:`TaskServer` settings (``plugins``,
             ``listeners``, ``queue_timeout``, …).
 
@@ -108,6 +114,7 @@ class TaskMiddleware:
         server: TaskServer | None = None,
         interface: Literal["wsgi", "asgi"] | None = None,
         plugins: Iterable[object] = (),
+        status_socket: str | None = None,
         **settings: Any,
     ) -> TaskMiddleware:
         if cls is TaskMiddleware:
@@ -127,6 +134,7 @@ class TaskMiddleware:
         server: TaskServer | None = None,
         interface: Literal["wsgi", "asgi"] | None = None,
         plugins: Iterable[object] = (),
+        status_socket: str | None = None,
         **settings: Any,
     ) -> None:
         if server is not None and (settings or plugins):
@@ -139,8 +147,13 @@ class TaskMiddleware:
             self.server = None  # type: ignore[assignment] # never served: only inspected
         elif server is None and _adopted is not None:
             self.server = _join(_adopted, plugins, settings.pop("listeners", None))
+        elif server is not None:
+            self.server = server
         else:
-            self.server = server if server is not None else TaskServer(plugins=plugins, **settings)
+            self.server = TaskServer(plugins=plugins, **settings)
+            path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
+            if path:
+                _control.serve_status(self.server, path)
 
     def close(self) -> None:
         """Stop the pool (see :meth:`TaskServer.close`)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.servers import Server, base_env, free_port, read_records, running_server
+from tests.e2e.servers import Server, base_env, free_port, gunicorn_argv, read_records, running_server
 from tests.plugins.installed import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -381,3 +381,36 @@ def test_asgi_app_daemonized(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(daemon, signal.SIGTERM)
         server.stop(sig=None)
+
+
+# -- status of a pool served without taskmw start ----------------------------------------------------
+
+
+def test_status_of_a_pool_under_gunicorn_preload(tmp_path: Path) -> None:
+    """``TASKMW_STATUS_SOCKET`` makes the pool's builder (gunicorn's master)
+    answer ``taskmw status --socket``; the socket goes when it exits."""
+    sock = tmp_path / "status.sock"
+    env = cli_env(tmp_path) | {"TASKMW_STATUS_SOCKET": str(sock)}
+    with running_server(
+        lambda port: gunicorn_argv("flask_app:app", port, 2, preload=True), tmp_path, env=env
+    ) as server:
+        with server.client() as client:
+            for i in range(5):
+                assert client.get("/queue", params={"a": i, "b": 1}).status_code == 200
+            assert client.get("/wait", params={"a": 2, "b": 3}).json()["result"]["sum"] == 5
+
+        def counted() -> dict | bool:
+            done = taskmw("status", "--json", "--socket", str(sock), env=cli_env(tmp_path), timeout=30)
+            assert done.returncode == 0, done.stderr
+            st = json.loads(done.stdout)
+            return st["pool"]["totals"]["ok"] == 6 and st
+
+        st = wait_for(counted, "6 finished tasks in status")
+        assert st["master_pid"] == server.pid and st["app"] is None and st["http_workers"] == []
+        assert st["pool"]["task_workers"] == 2 and st["pool"]["queue_depth"] == 0
+        text = taskmw("status", env=env, timeout=30)  # the socket from the environment
+        assert text.returncode == 0, text.stderr
+        assert f"built by pid {server.pid}" in text.stdout and "ok 6" in text.stdout
+        report = server.stop()
+        assert not report.problems(), report.problems()
+    assert not sock.exists()
