@@ -124,21 +124,21 @@ def decode(payload: bytes) -> Any:
 
 
 def encode_finish(
-    task_id: int, status: int, value: Any, error: TaskError | None, duration: float, worker_id: int
+    task_id: int, status: int, value: Any, error: TaskError | None, duration: float, worker_id: int, name: str = ""
 ) -> bytes:
     """A finish record. A return value that cannot be pickled turns the
     finish into an ``error`` naming it (the task did run)."""
     try:
-        return dumps((task_id, status, value, error, duration, worker_id))
+        return dumps((task_id, status, value, error, duration, worker_id, name))
     except Exception as exc:
         err = TaskError("TypeError", str(_unpicklable("the return value", value, exc)), "")
-        return _dumps((task_id, ERROR, None, err, duration, worker_id), _PROTOCOL)
+        return _dumps((task_id, ERROR, None, err, duration, worker_id, name), _PROTOCOL)
 
 
 def decode_finish(payload: bytes) -> TaskFinishEvent:
     """The :class:`TaskFinishEvent` of a finish record."""
-    task_id, status, value, error, duration, worker_id = _loads(payload)
-    return _new_finish(TaskFinishEvent, (task_id, STATUSES[status], value, error, duration, worker_id, 1))
+    task_id, status, value, error, duration, worker_id, name = _loads(payload)
+    return _new_finish(TaskFinishEvent, (task_id, STATUSES[status], value, error, duration, worker_id, 1, name))
 
 
 _OPTIONS = struct.Struct("<dIQ")

@@ -138,7 +138,7 @@ class EagerServer:
         with self._as_worker():
             for attempt in range(1, (self._retries if retries is None else retries) + 2):
                 started = time.perf_counter()
-                status, value, error = run_task(calls, self, task_id, WORKER_ID, payload, kind, attempt)
+                status, value, error, name = run_task(calls, self, task_id, WORKER_ID, payload, kind, attempt)
                 if inspect.iscoroutine(value):
                     try:
                         value = _run_coroutine(value)
@@ -146,7 +146,7 @@ class EagerServer:
                         status, value, error = _codec.ERROR, None, error_of(exc)
                 if status == _codec.OK:
                     break
-        record = _codec.encode_finish(task_id, status, value, error, time.perf_counter() - started, WORKER_ID)
+        record = _codec.encode_finish(task_id, status, value, error, time.perf_counter() - started, WORKER_ID, name)
         event = _codec.decode_finish(record)._replace(attempts=attempt)
         call_each(self.hook.on_finish, {"event": event})
         return event

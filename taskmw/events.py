@@ -81,6 +81,10 @@ class TaskFinishEvent(NamedTuple):
     """Index of the task worker that ran it (-1: none did)."""
     attempts: int = 1
     """How many times it ran (more than 1 when ``retries`` re-ran it)."""
+    name: str = ""
+    """What ran: ``module.qualname`` of the callable, ``service:<name>`` of
+    a service task, or the type of a data object (empty when no worker read
+    the task: ``lost``, ``cancelled``, or killed at its time limit)."""
 
     @property
     def ok(self) -> bool:

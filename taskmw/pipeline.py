@@ -22,7 +22,7 @@ import pluggy
 from taskmw import _codec
 from taskmw._codec import KIND_CALL
 from taskmw.events import TaskError, TaskEvent
-from taskmw.tasks import _make_task
+from taskmw.tasks import ServiceTask, Task, _make_task
 
 if TYPE_CHECKING:
     from taskmw.server import TaskServer
@@ -41,20 +41,23 @@ def on_task_calls(hook: pluggy.HookRelay) -> Calls:
 
 def run_task(
     calls: Calls, server: TaskServer | Any, task_id: int, worker_id: int, payload: bytes, kind: int, attempt: int = 1
-) -> tuple[int, Any, TaskError | None]:
+) -> tuple[int, Any, TaskError | None, str]:
     """Decode a task's payload (a call if ``kind`` is ``KIND_CALL``, else a
     data object; without the options header) and run it through ``calls``,
     as attempt ``attempt`` (1 the first time).
 
-    Returns ``(status, value, error)``: ``(_codec.OK, return value, None)``,
-    or ``(_codec.ERROR, None, TaskError)`` if decoding or a hook raised, or
-    nothing completed the task. The value may be a coroutine (an ``async
+    Returns ``(status, value, error, name)``: ``(_codec.OK, return value,
+    None, name)``, or ``(_codec.ERROR, None, TaskError, name)`` if decoding
+    or a hook raised, or nothing completed the task; ``name`` is
+    :func:`task_name` of what ran ("" if it could not be decoded). The value may be a coroutine (an ``async
     def`` task): the caller awaits it.
     """
+    name = ""
     try:
         data = _codec.decode(payload)
         if kind == KIND_CALL:
             data = _make_task(*data)
+        name = task_name(data)
         event = TaskEvent(task_id, worker_id, data, server, attempt)
         for fn, takes_event in calls:
             if takes_event:
@@ -62,13 +65,27 @@ def run_task(
             else:
                 fn()
             if event.completed:
-                return _codec.OK, event.return_value, None
+                return _codec.OK, event.return_value, None, name
         raise LookupError(
             f"nothing handled the task: no on_task hook completed it, and no listener is registered "
             f"for {type(data).__module__}.{type(data).__qualname__}"
         )
     except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, not ours
-        return _codec.ERROR, None, error_of(exc)
+        return _codec.ERROR, None, error_of(exc), name
+
+
+def task_name(data: Any) -> str:
+    """What a task runs: ``module.qualname`` of its callable,
+    ``service:<name>`` of a service task, or the type of a data object."""
+    if isinstance(data, Task):
+        fn = data.fn
+        qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        module = getattr(fn, "__module__", None) or type(fn).__module__
+        return f"{module}.{qualname}"
+    if isinstance(data, ServiceTask):
+        return f"service:{data.name}"
+    cls = type(data)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:

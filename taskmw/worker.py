@@ -168,12 +168,12 @@ class _Worker:
                 limit = own_limit or limit
         except Exception as exc:  # an unreadable record: the task cannot run
             error: TaskError | None = error_of(exc)
-            status, value = _codec.ERROR, None
+            status, value, name = _codec.ERROR, None, ""
         else:
             words[row + TASK] = task_id
             if limit:  # the supervisor kills this worker if the task is still running then
                 words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
-            status, value, error = run_task(
+            status, value, error, name = run_task(
                 self.on_task, self.server, task_id, self.worker_id, record, aux & KIND_MASK, attempt
             )
             if inspect.iscoroutine(value):
@@ -181,18 +181,18 @@ class _Worker:
                     words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
                 if self.runner is None:
                     self.runner = _AsyncRunner(self, self.server.task_concurrency)
-                self.runner.submit(value, seq, aux, started, limit)
+                self.runner.submit(value, seq, aux, started, limit, name)
                 return None
         if limit:
             words[row + DEADLINE] = 0
         words[row + DONE] += 1
         if status == _codec.OK:
             words[row + _table.OK] += 1
-        return self.finish(seq, status, value, error, started)
+        return self.finish(seq, status, value, error, started, name)
 
-    def finish(self, seq: int, status: int, value: Any, error: TaskError | None, started: float) -> bytes:
+    def finish(self, seq: int, status: int, value: Any, error: TaskError | None, started: float, name: str) -> bytes:
         """The finish record of task ``seq``."""
-        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id)
+        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id, name)
 
     def send(self, key: int, records: list[bytes]) -> None:
         """Write finishes into a completion channel, waiting while it is full
@@ -241,13 +241,15 @@ class _AsyncRunner:
         self.thread = threading.Thread(target=self.loop.run_forever, name="taskmw-async", daemon=True)
         self.thread.start()
 
-    def submit(self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None) -> None:
+    def submit(
+        self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None, name: str
+    ) -> None:
         """Start ``coro`` on the loop (waiting while ``limit`` already run)."""
         self.slots.acquire()
-        asyncio.run_coroutine_threadsafe(self.run(coro, seq, aux, started, limit), self.loop)
+        asyncio.run_coroutine_threadsafe(self.run(coro, seq, aux, started, limit, name), self.loop)
 
     async def run(
-        self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None
+        self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None, name: str
     ) -> None:
         w = self.worker
         words, row = w.words, w.row
@@ -255,15 +257,15 @@ class _AsyncRunner:
         try:
             async with timer:
                 value = await coro
-            finish = w.finish(seq, _codec.OK, value, None, started)
+            finish = w.finish(seq, _codec.OK, value, None, started, name)
             words[row + ASYNC_OK] += 1
         except BaseException as exc:  # noqa: B036
             if isinstance(exc, TimeoutError) and timer.expired():
                 message = f"the task ran longer than its time limit of {limit}s and was cancelled"
-                finish = w.finish(seq, _codec.TIMEOUT, None, TaskError("TimeoutError", message, ""), started)
+                finish = w.finish(seq, _codec.TIMEOUT, None, TaskError("TimeoutError", message, ""), started, name)
                 words[row + ASYNC_TIMEOUT] += 1
             else:
-                finish = w.finish(seq, _codec.ERROR, None, error_of(exc), started)
+                finish = w.finish(seq, _codec.ERROR, None, error_of(exc), started, name)
         words[row + ASYNC_DONE] += 1
         try:
             w.send(aux & (CHANNEL_MASK | WANT), [finish])

@@ -73,11 +73,13 @@ def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
     assert first[1] != main and first[3] == "taskmw.tasks" and first[2] == "INFO"
     one(r"task 2 started: __main__\.boom on worker 0")
     # finishes in the process that queued the task, with status, duration and the error
-    ok = one(r"task 1 ok in (\d+\.\d+)s on worker 0")
+    ok = one(r"task 1 ok: __main__\.add in (\d+\.\d+)s on worker 0")
     assert ok[1] == main and ok[2] == "INFO"
-    err = one(r"task 2 error in \d+\.\d+s on worker 0: ValueError: bad input")
+    err = one(r"task 2 error: __main__\.boom in \d+\.\d+s on worker 0: ValueError: bad input")
     assert err[1] == main and err[2] == "WARNING"
-    lost = one(r"task 3 lost in \d+\.\d+s on worker 0: WorkerLost: task worker 0 \(pid (\d+)\) was killed by SIGKILL.*")
+    lost = one(
+        r"task 3 lost: \? in \d+\.\d+s on worker 0: WorkerLost: task worker 0 \(pid (\d+)\) was killed by SIGKILL.*"
+    )
     dead = int(lost[0].group(1))
     # worker start, death (the supervisor's line), replacement, stop
     starts = [int(m.group(1)) for t in by_text if (m := re.fullmatch(r"task worker 0 started \(pid (\d+)\)", t))]
@@ -98,6 +100,7 @@ def test_json_lines_logger_name_and_level_are_settings() -> None:
     tasks = [r for r in records if r["logger"] == "shop.tasks"]
     finishes = {r["task_id"]: r for r in tasks if r["event"] == "task.finish"}
     assert {r["task_id"] for r in tasks if r["event"] == "task.start"} == {1, 2, 3, 4}
+    assert finishes[1]["name"] == "__main__.add" and finishes[2]["name"] == "__main__.boom"
     assert finishes[1]["status"] == "ok" and finishes[1]["level"] == "DEBUG" and finishes[1]["duration"] >= 0
     assert finishes[2]["level"] == "WARNING" and finishes[2]["error"]["type"] == "ValueError"
     assert "bad input" in finishes[2]["error"]["traceback"]
@@ -144,5 +147,6 @@ def test_retries_show_their_attempts(caplog: pytest.LogCaptureFixture) -> None:
     lines = [r.getMessage() for r in caplog.records if r.name == "shop.tasks"]
     assert f"task {task_id} started: {__name__}.fails_once on worker 0" in lines
     assert f"task {task_id} started: {__name__}.fails_once on worker 0 (attempt 2)" in lines
-    assert any(re.fullmatch(rf"task {task_id} ok in \d+\.\d+s on worker 0 after 2 attempts", line) for line in lines)
+    done = rf"task {task_id} ok: {__name__}\.fails_once in \d+\.\d+s on worker 0 after 2 attempts"
+    assert any(re.fullmatch(done, line) for line in lines)
     assert lines[0] == f"task worker 0 started (pid {os.getpid()})" and lines[-1].startswith("task worker 0 stopped")

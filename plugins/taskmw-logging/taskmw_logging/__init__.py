@@ -8,6 +8,7 @@ logs, with :mod:`logging`:
   callable's ``module.qualname``, ``service:<name>`` for a
   :class:`~taskmw.ServiceTask`, or the data object's type) and the worker;
 - one line when it finishes, in the process that queued it: its id, status,
+  what ran (empty when no worker read it: lost, cancelled),
   duration, worker and, unless ``ok``, the error's type and message;
 - one line when a task worker starts and one when it stops. A worker that
   died is reported by taskmw's supervisor (logger ``taskmw.supervisor``, a
@@ -43,7 +44,8 @@ import sys
 from typing import Any
 
 import taskmw
-from taskmw import ServiceTask, Task, TaskEvent, TaskFinishEvent
+from taskmw import TaskEvent, TaskFinishEvent
+from taskmw.pipeline import task_name
 
 __all__ = ["JsonFormatter", "TaskLogger", "plugin"]
 
@@ -160,10 +162,12 @@ class TaskLogger:
         level = self.level if event.ok else max(self.level, logging.WARNING)
         if not self.logger.isEnabledFor(level):
             return
-        text = f"task {event.task_id} {event.status} in {event.duration:.4f}s on worker {event.worker_id}"
+        name = event.name or "?"
+        text = f"task {event.task_id} {event.status}: {name} in {event.duration:.4f}s on worker {event.worker_id}"
         fields: dict[str, Any] = {
             "event": "task.finish",
             "task_id": event.task_id,
+            "name": event.name,
             "status": event.status,
             "duration": round(event.duration, 6),
             "worker_id": event.worker_id,
@@ -216,20 +220,6 @@ class TaskLogger:
         if handler is not None:
             for lg in (logging.getLogger("taskmw"), self.logger):
                 lg.removeHandler(handler)
-
-
-def task_name(data: Any) -> str:
-    """What a task runs, for the log: ``module.qualname`` of its callable,
-    ``service:<name>`` of a service task, or the type of a data object."""
-    if isinstance(data, Task):
-        fn = data.fn
-        qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-        module = getattr(fn, "__module__", None) or type(fn).__module__
-        return f"{module}.{qualname}"
-    if isinstance(data, ServiceTask):
-        return f"service:{data.name}"
-    cls = type(data)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _level(level: int | str) -> int:
