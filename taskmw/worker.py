@@ -164,8 +164,9 @@ class _Worker:
             if aux & SPILLED:
                 record = _codec.unspill(record)
             if aux & OPTS:
-                own_limit, attempt, task_id, record = _codec.split_options(record)
+                own_limit, attempt, first_id, record = _codec.split_options(record)
                 limit = own_limit or limit
+                task_id = first_id or seq  # a retry carries the id its first run had
         except Exception as exc:  # an unreadable record: the task cannot run
             error: TaskError | None = error_of(exc)
             status, value, name = _codec.ERROR, None, ""
