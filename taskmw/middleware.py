@@ -18,16 +18,24 @@ Example::
 The app kind is detected (an ``async def __call__`` or coroutine function is
 ASGI 3) and the wrapper looks like what it wraps to the server that inspects
 it. The pool is ``app.server``.
+
+Under ``taskmw start`` the master builds the pool before any process imports
+the app and hands it down (:func:`adopt_pool`): a ``TaskMiddleware`` built
+in such a process joins that pool (registers its plugins and listeners
+there) instead of building another one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
-from taskmw.server import TaskServer
+from taskmw import _control
+from taskmw.listeners import Dispatcher
+from taskmw.server import TaskServer, _check_no_wrappers
 from taskmw.tasks import _current
 
 Scope = MutableMapping[str, Any]
@@ -36,6 +44,30 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ENVIRON_KEY = "taskmw.server"
 """The key under which handlers find the pool: ``environ[...]`` or ``scope[...]``."""
+
+_adopted: TaskServer | None = None
+_inspected: dict[str, Any] | None = None
+
+
+def adopt_pool(server: TaskServer | None) -> None:
+    """Make ``server`` the pool that every :class:`TaskMiddleware` built
+    later in this process (and in processes forked from it) joins instead of
+    building its own; ``None`` undoes it. ``taskmw start`` calls it."""
+    global _adopted
+    _adopted = server
+
+
+def inspect_only(settings: dict[str, Any] | None) -> None:
+    """While ``settings`` is a dict, a :class:`TaskMiddleware` builds no pool
+    and records its pool settings there instead (``taskmw start`` imports the
+    app this way, once, to learn its kind and settings); ``None`` ends it."""
+    global _inspected
+    _inspected = settings
+
+
+def adopted_pool() -> TaskServer | None:
+    """The pool given to :func:`adopt_pool` in this process, if any."""
+    return _adopted
 
 
 def _is_asgi(app: Any) -> bool:
@@ -50,12 +82,21 @@ class TaskMiddleware:
 
     Args:
         app: the WSGI or ASGI 3 application.
-        task_workers: task worker processes.
+        task_workers: task worker processes (default 4).
         server: use this pool instead of building one (the other settings
             must then be omitted).
         interface: ``"wsgi"`` or ``"asgi"`` to skip detection.
+        status_socket: a unix socket path (default: the
+            ``TASKMW_STATUS_SOCKET`` environment variable) on which the
+            process that builds the pool answers ``taskmw status --socket
+            PATH``. Not needed under ``taskmw start``, which has its own.
         **settings: the other :class:`TaskServer` settings (``plugins``,
             ``listeners``, ``queue_timeout``, …).
+
+    In a process given a pool by :func:`adopt_pool` (under ``taskmw
+    start``), the wrapper joins that pool: ``plugins`` and ``listeners`` are
+    registered on it, and the other settings were already read by the
+    master (see docs/configuration.md).
 
     Handlers find the pool at ``environ["taskmw.server"]`` (WSGI) or
     ``scope["taskmw.server"]`` (ASGI), and :func:`taskmw.current_server`
@@ -68,11 +109,12 @@ class TaskMiddleware:
     def __new__(
         cls,
         app: Any,
-        task_workers: int = 4,
+        task_workers: int | None = None,
         *,
         server: TaskServer | None = None,
         interface: Literal["wsgi", "asgi"] | None = None,
         plugins: Iterable[object] = (),
+        status_socket: str | None = None,
         **settings: Any,
     ) -> TaskMiddleware:
         if cls is TaskMiddleware:
@@ -87,17 +129,31 @@ class TaskMiddleware:
     def __init__(
         self,
         app: Any,
-        task_workers: int = 4,
+        task_workers: int | None = None,
         *,
         server: TaskServer | None = None,
         interface: Literal["wsgi", "asgi"] | None = None,
         plugins: Iterable[object] = (),
+        status_socket: str | None = None,
         **settings: Any,
     ) -> None:
         if server is not None and (settings or plugins):
             raise ValueError("give either server= or the settings of a new pool, not both")
         self.app = app
-        self.server = server if server is not None else TaskServer(task_workers, plugins=plugins, **settings)
+        if task_workers is not None:
+            settings["task_workers"] = task_workers
+        if server is None and _inspected is not None:
+            _inspected.update(settings)
+            self.server = None  # type: ignore[assignment] # never served: only inspected
+        elif server is None and _adopted is not None:
+            self.server = _join(_adopted, plugins, settings.pop("listeners", None))
+        elif server is not None:
+            self.server = server
+        else:
+            self.server = TaskServer(plugins=plugins, **settings)
+            path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
+            if path:
+                _control.serve_status(self.server, path)
 
     def close(self) -> None:
         """Stop the pool (see :meth:`TaskServer.close`)."""
@@ -108,6 +164,21 @@ class TaskMiddleware:
         if name == "app":  # not set yet: during __init__ or unpickling
             raise AttributeError(name)
         return getattr(self.app, name)
+
+
+def _join(server: TaskServer, plugins: Iterable[object], listeners: Any) -> TaskServer:
+    """Register ``plugins`` and ``listeners`` on the adopted pool ``server``
+    (in this process; a plugin already registered is skipped)."""
+    for plugin in plugins:
+        if not server.plugins.is_registered(plugin):
+            server.plugins.register(plugin)
+    _check_no_wrappers(server.plugins)
+    if listeners:
+        extra = Dispatcher(listeners)  # validates them
+        dispatcher = server.plugins.get_plugin("taskmw.dispatcher")
+        for cls, items in extra.listeners.items():
+            dispatcher.listeners.setdefault(cls, []).extend(items)
+    return server
 
 
 class WSGITaskMiddleware(TaskMiddleware):

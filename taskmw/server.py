@@ -341,18 +341,26 @@ class TaskServer:
         if retries is None:
             retries = self.retries
         if retries:
-            with comp.lock:
-                comp.registering += 1
-            try:
-                task_id = self._push(comp, payload, aux, timeout, 1, 0)
-                comp.retries[task_id] = _Retry(payload, aux, timeout, retries, task_id)
-            finally:
-                with comp.lock:
-                    comp.registering -= 1
+            task_id = self._push_retriable(comp, _Retry(payload, aux, timeout, retries, 0))
         else:
             task_id = self._push(comp, payload, aux, timeout, 1, 0)
         comp.sent += 1
         return task_id
+
+    def _push_retriable(self, comp: _Completions, retry: _Retry) -> int:
+        """Queue (again) a task that may be retried; its finish is matched
+        to ``retry`` by the seq it gets. The reader waits while
+        ``registering``, so a finish cannot overtake the registration."""
+        with comp.lock:
+            comp.registering += 1
+        try:
+            seq = self._push(comp, retry.payload, retry.aux, retry.timeout, retry.attempt, retry.task_id)
+            retry.task_id = retry.task_id or seq
+            comp.retries[seq] = retry
+        finally:
+            with comp.lock:
+                comp.registering -= 1
+        return seq
 
     def _push(
         self, comp: _Completions, payload: bytes, aux: int, timeout: float | None, attempt: int, task_id: int
@@ -570,7 +578,7 @@ class TaskServer:
             if len(recent) > _RECENT:
                 recent.popitem(last=False)
             if retries or comp.registering:
-                retry = self._retry_of(comp, seq, event.status)
+                retry = self._retry_of(comp, seq)
                 if retry is not None:
                     if event.status in _RETRIED and retry.left > 0:
                         self._schedule_retry(comp, retry)
@@ -604,10 +612,9 @@ class TaskServer:
             except Exception:
                 log.exception("plugin %s failed in on_finish", impl.plugin_name)
 
-    def _retry_of(self, comp: _Completions, seq: int, status: str) -> _Retry | None:
+    def _retry_of(self, comp: _Completions, seq: int) -> _Retry | None:
         """The retry record of ``seq`` (None: it has none). A finish that
-        comes before its task (a first run or a retry) is registered waits
-        for that: a retry's finish would otherwise go out under its seq."""
+        comes while a retriable task is being queued waits for that."""
         retry = comp.retries.pop(seq, None)
         if retry is None and comp.registering:
             deadline = time.monotonic() + 1.0
@@ -623,11 +630,8 @@ class TaskServer:
         retry.left -= 1
 
         def requeue() -> None:
-            with comp.lock:
-                comp.registering += 1  # its finish may come before it is registered: _retry_of waits
             try:
-                seq = self._push(comp, retry.payload, retry.aux, retry.timeout, retry.attempt, retry.task_id)
-                comp.retries[seq] = retry
+                self._push_retriable(comp, retry)
             except Exception as exc:
                 log.warning("task %d could not be queued again: %s", retry.task_id, exc)
                 error = _codec.decode_finish(
@@ -641,9 +645,6 @@ class TaskServer:
                     comp.done += 1
                     if comp.done >= comp.sent:
                         comp.idle.notify_all()
-            finally:
-                with comp.lock:
-                    comp.registering -= 1
 
         timer = threading.Timer(delay, requeue)
         timer.daemon = True

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from taskmw import _codec, _table
@@ -42,6 +42,10 @@ MAX_BATCH = 64
 QUICK = 0.001  # seconds: a batch this fast lets the next one be twice as large
 _IDLE_CHECK = 1.0  # seconds an idle worker waits before checking its supervisor is alive
 
+before_run: list[Callable[[TaskServer, int], None]] = []
+"""Called in each new task worker before it looks up its hooks (``taskmw
+start`` imports the app there, so the app's plugins reach the worker)."""
+
 
 def spawn(server: TaskServer, worker_id: int) -> int:
     """Fork task worker ``worker_id``; returns its pid (in the supervisor)."""
@@ -57,6 +61,8 @@ def spawn(server: TaskServer, worker_id: int) -> int:
         # before unblocking what the supervisor blocks.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        for setup in before_run:
+            setup(server, worker_id)
         code = _Worker(server, worker_id, supervisor).run()
     except BaseException:
         log.exception("taskmw task worker %d failed", worker_id)
@@ -158,8 +164,9 @@ class _Worker:
             if aux & SPILLED:
                 record = _codec.unspill(record)
             if aux & OPTS:
-                own_limit, attempt, task_id, record = _codec.split_options(record)
+                own_limit, attempt, first_id, record = _codec.split_options(record)
                 limit = own_limit or limit
+                task_id = first_id or seq  # a retry carries the id its first run had
         except Exception as exc:  # an unreadable record: the task cannot run
             error: TaskError | None = error_of(exc)
             status, value, name = _codec.ERROR, None, ""

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from test_server import WAIT, Finishes, add, pids_gone, pool_pids, sleep_then
 
-from taskmw import PoolClosed, Task, TaskServer, _codec
+from taskmw import PoolClosed, Task, TaskEvent, TaskServer, _codec, hookimpl
 
 # -- tasks ---------------------------------------------------------------------
 
@@ -75,6 +75,21 @@ def noop(_: int) -> None:
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+class SeenInWorker:
+    """A plugin writing ``task_id attempt`` of every task a worker starts to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @hookimpl(tryfirst=True)
+    def on_task(self, event: TaskEvent) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{event.task_id} {event.attempt}\n")
+
+    def seen(self) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in (line.split() for line in self.path.read_text().splitlines())]
 
 
 def descendants() -> set[int]:
@@ -199,7 +214,9 @@ def test_the_pool_default_time_limit_and_async_tasks() -> None:
     finishes = Finishes()
     with TaskServer(1, plugins=[finishes], task_timeout=0.3) as server:
         pid = server.taskwait(pid_then_sleep, 0, timeout=WAIT)
-        ids = [server.task(async_sleep, 10), server.task(async_sleep, 0.01), server.task(pid_then_sleep, 10)]
+        ids = [server.task(async_sleep, 10), server.task(async_sleep, 0.01)]
+        got = finishes.wait(ids)  # (a sync timeout kills the worker: its async tasks in flight would be lost)
+        ids.append(server.task(pid_then_sleep, 10))
         got = finishes.wait(ids)
         assert [got[i].status for i in ids] == ["timeout", "ok", "timeout"]
         assert "cancelled" in got[ids[0]].error.message  # type: ignore[union-attr]
@@ -212,7 +229,8 @@ def test_the_pool_default_time_limit_and_async_tasks() -> None:
 
 def test_retries_run_a_failing_task_again_until_it_succeeds(tmp_path: Path) -> None:
     finishes = Finishes()
-    with TaskServer(1, plugins=[finishes], retry_backoff=0.01) as server:
+    seen = SeenInWorker(tmp_path / "seen")
+    with TaskServer(1, plugins=[finishes, seen], retry_backoff=0.01) as server:
         flaky = server.task(Task(fail_until, str(tmp_path / "a"), 3), retries=5)
         hopeless = server.task(Task(fail_until, str(tmp_path / "b"), 100), retries=2)
         lost_once = server.task(Task(die_on_first, str(tmp_path / "c")), retries=1)
@@ -221,6 +239,13 @@ def test_retries_run_a_failing_task_again_until_it_succeeds(tmp_path: Path) -> N
         assert (got[hopeless].status, got[hopeless].attempts) == ("error", 3)
         assert "attempt 3 fails" in got[hopeless].error.message  # type: ignore[union-attr]
         assert (got[lost_once].status, got[lost_once].attempts) == ("ok", 2)
+        # in the worker, every run of a task has the id task() returned, and its attempt number
+        assert sorted(seen.seen()) == sorted(
+            [(flaky, 1), (flaky, 2), (flaky, 3), (hopeless, 1), (hopeless, 2), (hopeless, 3)]
+            + [(lost_once, 1), (lost_once, 2)]
+        )
+        timed = server.task(Task(add, 1, 1), timeout=5, retries=1)
+        assert finishes.wait([timed])[timed].return_value == 2 and seen.seen()[-1] == (timed, 1)
         assert server.taskwait(Task(fail_until, str(tmp_path / "d"), 2), retries=1, timeout=WAIT) == 2
     assert all(len(finishes.events[i]) == 1 for i in (flaky, hopeless, lost_once))
 

@@ -315,18 +315,21 @@ def gunicorn_has_setting(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def running_server(argv_for_port, workdir: Path) -> Iterator[Server]:
+def running_server(
+    argv_for_port, workdir: Path, ready_path: str = "/pool", env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """Start the server ``argv_for_port(port)`` in ``workdir`` (its
-    ``TASKMW_E2E_DIR``), wait until ``/pool`` answers, yield it; stop it on exit
+    ``TASKMW_E2E_DIR``; ``env`` instead of :func:`base_env`), wait until
+    ``ready_path`` answers, yield it; stop it on exit
     (SIGTERM, bounded waits, SIGKILL as a last resort: see
     :meth:`Server.stop`, whose report the test checks)."""
     workdir.mkdir(parents=True, exist_ok=True)
     last_error: Exception | None = None
     for _attempt in range(3):  # a free port can be taken between free_port() and bind()
         port = free_port()
-        server = Server(argv_for_port(port), workdir, base_env(workdir), port)
+        server = Server(argv_for_port(port), workdir, env if env is not None else base_env(workdir), port)
         try:
-            server.wait_ready()
+            server.wait_ready(ready_path)
         except Exception as e:
             server.stop(signal.SIGKILL)
             last_error = e

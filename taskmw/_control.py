@@ -1,0 +1,220 @@
+"""The control socket of a ``taskmw start`` master: a unix socket (mode 0600,
+next to the pid file) on which a thread of the master answers ``status``
+requests with JSON, one request per connection.
+
+The protocol is one JSON line each way: the client sends ``{"cmd": NAME,
+...arguments}``, the master answers ``{"ok": true, ...}`` or ``{"ok":
+false, "error": "..."}``. The commands are the master's (``status``, and
+``reload`` with new settings); stop and a plain reload are signals to the
+master's pid.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskmw.server import TaskServer
+
+log = logging.getLogger(__name__)
+
+STATUS_SOCKET_ENV = "TASKMW_STATUS_SOCKET"
+"""Where a pool built outside ``taskmw start`` answers ``taskmw status --socket``."""
+
+_RATE_WINDOW = 10.0  # seconds of finished-task totals behind tasks/s
+_SAMPLE_EVERY = 1.0
+_MAX_REQUEST = 1 << 16
+
+
+class ControlServer:
+    """Serves ``commands`` on the unix socket ``path``: a request
+    ``{"cmd": name, **kwargs}`` is answered with ``commands[name](**kwargs)``
+    (a JSON-able dict).
+
+    It also samples the pool's finished-task count every second, so that a
+    single ``status`` request can report tasks/s over the last ten seconds
+    (:meth:`rate`).
+    """
+
+    def __init__(
+        self, path: str, commands: dict[str, Callable[..., dict[str, Any]]], finished: Callable[[], int | None]
+    ) -> None:
+        self.path = path
+        self.commands = commands
+        self.finished = finished
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._stop = threading.Event()
+        if len(os.fsencode(path)) >= 108:
+            raise ValueError(f"control socket path {path!r} is too long for a unix socket: use a shorter --pid-file")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a master that was killed (its pid file was checked first)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is created 0600: only this user may ask
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        self.sock.listen(8)
+        self.sock.settimeout(_SAMPLE_EVERY)
+        self.thread = threading.Thread(target=self._serve, name="taskmw-control", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop answering and remove the socket file."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.thread.join(5.0)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def forget(self) -> None:
+        """In a forked child: close this process's copy of the socket (the
+        master's thread is not here; the socket file stays)."""
+        with contextlib.suppress(OSError):
+            os.close(self.sock.detach())
+
+    def rate(self) -> float | None:
+        """Tasks finished per second over the last ten seconds (None until
+        two samples exist)."""
+        if len(self.samples) < 2:
+            return None
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else None
+
+    def _sample(self) -> None:
+        try:
+            done = self.finished()
+        except Exception:
+            log.debug("sampling the pool's totals failed", exc_info=True)
+            return
+        if done is None:
+            return
+        now = time.monotonic()
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[0][0] > _RATE_WINDOW:
+            self.samples.popleft()
+
+    def _serve(self) -> None:
+        next_sample = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_sample:
+                self._sample()
+                next_sample = time.monotonic() + _SAMPLE_EVERY
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                log.exception("control socket %s: accept failed", self.path)
+                time.sleep(_SAMPLE_EVERY)
+                continue
+            with conn:
+                self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5.0)
+        try:
+            request = json.loads(_read_line(conn))
+            command = self.commands.get(request.pop("cmd", None))
+            if command is None:
+                raise ValueError(f"unknown command (known: {', '.join(self.commands)})")
+            reply: dict[str, Any] = {"ok": True, **command(**request)}
+        except Exception as exc:
+            log.exception("control socket request failed")
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > _MAX_REQUEST:
+            raise ValueError("control request too large")
+    return data
+
+
+def request(path: str, cmd: str = "status", timeout: float = 5.0, **kwargs: Any) -> dict[str, Any]:
+    """Send the master listening on ``path`` the command ``cmd`` with
+    ``kwargs``; returns its answer.
+
+    Raises:
+        ConnectionError: nothing listens there, or it answered with an error.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ConnectionError(f"no taskmw master answers on {path} ({exc.strerror})") from None
+        sock.sendall(json.dumps({"cmd": cmd, **kwargs}).encode() + b"\n")
+        reply = json.loads(_read_line(sock) or b"null")
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        error = reply.get("error") if isinstance(reply, dict) else "no answer"
+        raise ConnectionError(f"the taskmw master on {path} answered with an error: {error}")
+    return reply
+
+
+def pool_status(server: TaskServer, started: float, rate: float | None) -> dict[str, Any]:
+    """The ``status`` answer for ``server`` as seen from the process that
+    built it (``taskmw start`` adds its HTTP workers and app)."""
+    return {
+        "master_pid": os.getpid(),
+        "app": None,
+        "interface": None,
+        "bind": None,
+        "started": started,
+        "now": time.time(),
+        "num_workers": None,
+        "http_workers": [],
+        "pool": server.stats(),
+        "tasks_per_second": rate,
+        "reload_task_workers": hasattr(server, "reload"),
+    }
+
+
+def finished_count(server: TaskServer) -> int:
+    """Every finish the pool made (what tasks/s is computed from)."""
+    return sum(server.stats()["totals"].values())
+
+
+def serve_status(server: TaskServer, path: str) -> ControlServer | None:
+    """Answer ``taskmw status --socket PATH`` for ``server`` from this process
+    (the pool's builder: gunicorn's master with ``--preload``, a uvicorn
+    process, a script) until it exits. Returns None, with a warning, if
+    another live process already answers on ``path``."""
+    with contextlib.suppress(ConnectionError, OSError, ValueError):
+        request(path, timeout=1.0)
+        log.warning("status socket %s: another process answers there; this pool serves no status", path)
+        return None
+    started = time.time()
+    control = ControlServer(path, {"status": lambda: pool_status(server, started, control.rate())},
+                            lambda: finished_count(server))  # fmt: skip
+    control.start()
+    owner = os.getpid()
+
+    def close() -> None:
+        if os.getpid() == owner:  # not in a forked child (an HTTP worker)
+            control.close()
+
+    atexit.register(close)
+    return control

@@ -1,0 +1,190 @@
+"""Settings of ``taskmw start``: one table, read from flags, environment
+variables and the app module's ``TaskMiddleware(...)``.
+
+Every option has a command-line flag and an environment variable
+(``TASKMW_`` + its name in capitals). The first of these that gives a value
+wins: the flag, the environment variable, the app module's own
+``TaskMiddleware(app, ...)`` arguments (pool options only), the default.
+``docs/configuration.md`` lists the same table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+ENV_PREFIX = "TASKMW_"
+DEFAULT_PID_FILE = "taskmw.pid"
+"""The pid file, relative to the directory ``taskmw`` runs in."""
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _seconds_or_none(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "none", "off") else float(text)
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.strip().lower() in ("", "none", "off") else int(text)
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text[:-1] if factor > 1 else text) * factor
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting of ``taskmw start``."""
+
+    name: str
+    flags: tuple[str, ...]
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    pool: bool = False
+    """A :class:`~taskmw.TaskServer` setting (given to the pool built by the
+    master); otherwise a setting of the HTTP side or of the CLI."""
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        """The environment variable of this option."""
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def is_flag(self) -> bool:
+        """True for an on/off switch (no value on the command line)."""
+        return self.parse is _bool
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("num_workers", ("-w", "--num-workers"), int, 2, "HTTP worker processes", metavar="N"),
+    Option("num_task_workers", ("-t", "--num-task-workers"), int, 4, "task worker processes (the pool's task_workers)",
+           pool=True, metavar="N"),
+    Option("host", ("--host",), str, "127.0.0.1", "address to listen on"),
+    Option("port", ("--port",), int, 8000, "TCP port to listen on"),
+    Option("pid_file", ("--pid-file",), str, DEFAULT_PID_FILE,
+           "pid file of the master; its control socket is this path + '.sock'", metavar="PATH"),
+    Option("daemonize", ("--daemonize",), _bool, False, "detach from the terminal and run in the background"),
+    Option("chdir", ("--chdir",), str, ".", "directory to run in (and import the app from)", metavar="DIR"),
+    Option("log_file", ("--log-file",), str, "-", "where the server logs go ('-': stderr)", metavar="PATH"),
+    Option("log_level", ("--log-level",), str, "info", "debug, info, warning, error or critical"),
+    Option("graceful_timeout", ("--graceful-timeout",), int, 30,
+           "seconds HTTP workers get to finish their requests on stop and reload", metavar="SECONDS"),
+    Option("http_timeout", ("--http-timeout",), int, 30,
+           "an HTTP worker silent for this many seconds is killed and replaced (gunicorn's --timeout)",
+           metavar="SECONDS"),
+    Option("queue_bytes", ("--queue-bytes",), _size, 16 << 20, "size of the task queue (K, M, G suffixes)",
+           pool=True, metavar="SIZE"),
+    Option("queue_timeout", ("--queue-timeout",), float, 5.0,
+           "seconds task() waits for room in a full queue before raising QueueFull", pool=True, metavar="SECONDS"),
+    Option("task_concurrency", ("--task-concurrency",), int, 100, "async def tasks one task worker runs at once",
+           pool=True, metavar="N"),
+    Option("shutdown_timeout", ("--shutdown-timeout",), float, 30.0,
+           "seconds queued tasks may run on stop before the rest finish 'cancelled'", pool=True, metavar="SECONDS"),
+    Option("max_dispatchers", ("--max-dispatchers",), int, 32,
+           "processes that may queue tasks at once (each claims a completion channel)", pool=True, metavar="N"),
+    Option("result_bytes", ("--result-bytes",), _size, 1 << 20, "size of each process's completion channel",
+           pool=True, metavar="SIZE"),
+    Option("task_timeout", ("--task-timeout",), _seconds_or_none, None,
+           "seconds a task may run before it is stopped (status 'timeout'); 'none': no limit", pool=True,
+           metavar="SECONDS"),
+    Option("retries", ("--retries",), int, 0,
+           "times a task that finished error, lost or timeout is run again (idempotent work only)", pool=True,
+           metavar="N"),
+    Option("retry_backoff", ("--retry-backoff",), float, 0.5, "seconds before the first retry (doubling)",
+           pool=True, metavar="SECONDS"),
+    Option("max_tasks_per_worker", ("--max-tasks-per-worker",), _int_or_none, None,
+           "a task worker is replaced after this many tasks; 'none': never", pool=True, metavar="N"),
+    Option("max_payload_bytes", ("--max-payload-bytes",), _size, 128 << 20,
+           "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
+)  # fmt: skip
+
+BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
+APP_ONLY = ("entrypoints", "backend", "disable_plugins")
+"""TaskServer settings taken from the app's ``TaskMiddleware(...)`` that have no option."""
+POOL_SETTING = {"num_task_workers": "task_workers"}
+"""Options whose TaskServer argument has another name."""
+
+
+def pool_name(option: Option) -> str:
+    """The :class:`~taskmw.TaskServer` argument an option sets."""
+    return POOL_SETTING.get(option.name, option.name)
+
+
+@dataclasses.dataclass
+class Resolved:
+    """The settings of one ``taskmw start``: values and where each came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]  # name -> "flag", "env", "app" or "default"
+    app_only: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Pool settings the app gives that have no option (see :data:`APP_ONLY`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def pool_settings(self) -> dict[str, Any]:
+        """Arguments for :class:`~taskmw.TaskServer`: the pool options that
+        were given (by flag, environment or the app), leaving the rest to
+        TaskServer's own defaults."""
+        return self.app_only | {
+            pool_name(opt): self.values[opt.name]
+            for opt in OPTIONS
+            if opt.pool and (self.sources[opt.name] != "default" or opt.name == "num_task_workers")
+        }
+
+
+def resolve(
+    flags: Mapping[str, Any], environ: Mapping[str, str], app_settings: Mapping[str, Any] | None = None
+) -> Resolved:
+    """Combine the sources: ``flags`` (``None`` where a flag was not given),
+    ``environ`` and the app's ``TaskMiddleware`` pool settings (keyed by
+    TaskServer argument name).
+
+    Raises:
+        ValueError: an environment variable does not parse (the message names it).
+    """
+    app_settings = app_settings or {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        if flags.get(opt.name) is not None:
+            values[opt.name], sources[opt.name] = flags[opt.name], "flag"
+        elif environ.get(opt.env) is not None:
+            try:
+                values[opt.name] = opt.parse(environ[opt.env])
+            except ValueError as exc:
+                raise ValueError(f"{opt.env}={environ[opt.env]!r}: {exc}") from None
+            sources[opt.name] = "env"
+        elif opt.pool and pool_name(opt) in app_settings:
+            values[opt.name], sources[opt.name] = app_settings[pool_name(opt)], "app"
+        else:
+            values[opt.name], sources[opt.name] = opt.default, "default"
+    app_only = {name: app_settings[name] for name in APP_ONLY if name in app_settings}
+    return Resolved(values, sources, app_only)
+
+
+def pid_file_from(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The pid file that ``stop``, ``reload`` and ``status`` look for."""
+    return flag or environ.get(BY_NAME["pid_file"].env) or DEFAULT_PID_FILE
+
+
+def socket_path(pid_file: str) -> str:
+    """The control socket of the master whose pid file is ``pid_file``."""
+    return pid_file + ".sock"
