@@ -36,7 +36,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from taskmw import _control, config, middleware, worker
 from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware, _is_asgi
@@ -83,7 +83,7 @@ def load_app(spec: str) -> Any:
     return obj
 
 
-def inspect_app(spec: str) -> tuple[str, dict[str, Any]]:
+def inspect_app(spec: str) -> tuple[Literal["wsgi", "asgi"], dict[str, Any]]:
     """Import the app in a forked child that builds no pool; returns its
     interface (``"wsgi"`` or ``"asgi"``) and the pool settings of its
     ``TaskMiddleware(...)`` (JSON-able ones: numbers, strings, booleans,
@@ -194,7 +194,7 @@ class Master:
     """What the gunicorn master holds: the settings, the pool, the control
     socket. :meth:`run` builds the pool and runs gunicorn's arbiter."""
 
-    def __init__(self, spec: str, settings: config.Resolved, interface: str) -> None:
+    def __init__(self, spec: str, settings: config.Resolved, interface: Literal["wsgi", "asgi"]) -> None:
         self.spec = spec
         self.settings = settings
         self.interface = interface

@@ -176,6 +176,7 @@ def _join(server: TaskServer, plugins: Iterable[object], listeners: Any) -> Task
     if listeners:
         extra = Dispatcher(listeners)  # validates them
         dispatcher = server.plugins.get_plugin("taskmw.dispatcher")
+        assert isinstance(dispatcher, Dispatcher)  # registered by every TaskServer
         for cls, items in extra.listeners.items():
             dispatcher.listeners.setdefault(cls, []).extend(items)
     return server

@@ -554,7 +554,7 @@ class TaskServer:
         """Run ``on_finish`` for each finish of a batch; True if the stop marker came."""
         stop = False
         delivered = 0
-        impls = [(impl.function, bool(impl.argnames), impl) for impl in reversed(self.hook.on_finish.get_hookimpls())]
+        impls = self._finish_impls()
         floor, recent, retries = comp.floor, comp.recent, comp.retries
         for rec, aux in zip(batch.records, batch.auxs, strict=True):
             if aux & READER_STOP:
@@ -587,11 +587,13 @@ class TaskServer:
             delivered += 1
             self._hand_over(comp, event, aux & WANT, impls)
         if delivered:
-            with comp.lock:
-                comp.done += delivered
-                if comp.done >= comp.sent:
-                    comp.idle.notify_all()
+            _count_done(comp, delivered)
         return stop
+
+    def _finish_impls(self) -> list[tuple[Callable[..., Any], bool, Any]]:
+        """The ``on_finish`` implementations in call order, each with whether
+        it takes the event (and itself, for error messages)."""
+        return [(impl.function, bool(impl.argnames), impl) for impl in reversed(self.hook.on_finish.get_hookimpls())]
 
     def _hand_over(self, comp: _Completions, event: TaskFinishEvent, want: int, impls: list[Any]) -> None:
         """Give a task's final finish to its waiter and the ``on_finish`` hooks."""
@@ -634,17 +636,10 @@ class TaskServer:
                 self._push_retriable(comp, retry)
             except Exception as exc:
                 log.warning("task %d could not be queued again: %s", retry.task_id, exc)
-                error = _codec.decode_finish(
-                    _codec.encode_finish(
-                        retry.task_id, _codec.ERROR, None, TaskError(type(exc).__qualname__, str(exc), ""), 0.0, -1
-                    )
-                )._replace(attempts=retry.attempt - 1)
-                impls = [(i.function, bool(i.argnames), i) for i in reversed(self.hook.on_finish.get_hookimpls())]
-                self._hand_over(comp, error, retry.aux & WANT, impls)
-                with comp.lock:
-                    comp.done += 1
-                    if comp.done >= comp.sent:
-                        comp.idle.notify_all()
+                error = TaskError(type(exc).__qualname__, str(exc), "")
+                event = TaskFinishEvent(retry.task_id, "error", None, error, 0.0, -1, retry.attempt - 1)
+                self._hand_over(comp, event, retry.aux & WANT, self._finish_impls())
+                _count_done(comp, 1)
 
         timer = threading.Timer(delay, requeue)
         timer.daemon = True
@@ -759,6 +754,14 @@ class TaskServer:
         """After fork: this process has claimed no channel and runs no reader."""
         self._comp = None
         self._claim_lock = threading.Lock()
+
+
+def _count_done(comp: _Completions, n: int) -> None:
+    """``n`` more of this process's tasks got their final finish."""
+    with comp.lock:
+        comp.done += n
+        if comp.done >= comp.sent:
+            comp.idle.notify_all()
 
 
 def _set_result(fut: asyncio.Future[TaskFinishEvent], event: TaskFinishEvent) -> None:
