@@ -27,7 +27,20 @@ from typing import TYPE_CHECKING, Any
 
 from taskmw import _codec, _table
 from taskmw._codec import CHANNEL_MASK, KIND_MASK, KIND_STOP, OPTS, SPILLED, TIMED, WANT
-from taskmw._table import ASYNC_DONE, ASYNC_OK, ASYNC_TIMEOUT, BUSY, DEADLINE, DONE, IDLE, SEQ, STARTED, STATE, TASK
+from taskmw._table import (
+    ASYNC_DONE,
+    ASYNC_OK,
+    ASYNC_TIMEOUT,
+    BUSY,
+    DEADLINE,
+    DONE,
+    IDLE,
+    SEQ,
+    STARTED,
+    STATE,
+    STOPPING,
+    TASK,
+)
 from taskmw.events import TaskError
 from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
 from taskmw.ring import RingFull
@@ -93,6 +106,7 @@ class _Worker:
         try:
             self.loop()
         finally:
+            self.words[self.row + STATE] = STOPPING  # draining its async tasks, running on_worker_stop
             if self.runner is not None:
                 self.runner.drain()
             call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
