@@ -1,0 +1,27 @@
+"""Facts about other processes (through psutil): one place for every
+``/proc`` look-up taskmw makes."""
+
+from __future__ import annotations
+
+import psutil
+
+
+def alive(pid: int) -> bool:
+    """True if a process ``pid`` exists and is not a zombie (one owned by
+    another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of ``pid`` in bytes (``None`` if it is gone or hidden)."""
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
