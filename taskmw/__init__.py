@@ -17,6 +17,7 @@ process that queued it. Without a web app: ``with TaskServer() as server``.
 from taskmw.errors import PoolClosed, QueueFull, TaskFailed, TaskmwError
 from taskmw.events import STATUSES, Status, TaskError, TaskEvent, TaskFinishEvent
 from taskmw.hookspecs import hookimpl, hookspec
+from taskmw.interfaces import Server, Transport
 from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware, WSGITaskMiddleware
 from taskmw.ring import (
     Batch,
@@ -28,7 +29,8 @@ from taskmw.ring import (
     RingFull,
     RingStats,
 )
-from taskmw.server import TaskServer
+from taskmw.server import TaskServer, create_server
+from taskmw.settings import Settings
 from taskmw.tasks import DeferredListener, ServiceTask, Task, TaskFunction, current_server, deferred, task
 
 __all__ = [
@@ -45,7 +47,9 @@ __all__ = [
     "RingFull",
     "RingStats",
     "STATUSES",
+    "Server",
     "ServiceTask",
+    "Settings",
     "Status",
     "Task",
     "TaskError",
@@ -56,7 +60,9 @@ __all__ = [
     "TaskMiddleware",
     "TaskServer",
     "TaskmwError",
+    "Transport",
     "WSGITaskMiddleware",
+    "create_server",
     "current_server",
     "deferred",
     "hookimpl",

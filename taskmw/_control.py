@@ -21,10 +21,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from taskmw.server import TaskServer
+from taskmw.interfaces import Server
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def request(path: str, cmd: str = "status", timeout: float = 5.0, **kwargs: Any)
     return reply
 
 
-def pool_status(server: TaskServer, started: float, rate: float | None) -> dict[str, Any]:
+def pool_status(server: Server, started: float, rate: float | None) -> dict[str, Any]:
     """The ``status`` answer for ``server`` as seen from the process that
     built it (``taskmw start`` adds its HTTP workers and app)."""
     return {
@@ -192,12 +191,12 @@ def pool_status(server: TaskServer, started: float, rate: float | None) -> dict[
     }
 
 
-def finished_count(server: TaskServer) -> int:
+def finished_count(server: Server) -> int:
     """Every finish the pool made (what tasks/s is computed from)."""
     return sum(server.stats()["totals"].values())
 
 
-def serve_status(server: TaskServer, path: str) -> ControlServer | None:
+def serve_status(server: Server, path: str) -> ControlServer | None:
     """Answer ``taskmw status --socket PATH`` for ``server`` from this process
     (the pool's builder: gunicorn's master with ``--preload``, a uvicorn
     process, a script) until it exits. Returns None, with a warning, if

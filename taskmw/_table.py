@@ -13,9 +13,10 @@ written.
 from __future__ import annotations
 
 import mmap
-import os
 import time
 from typing import Any
+
+from taskmw._proc import rss_bytes
 
 # Fields of a worker row (int64 each).
 PID = 0  # supervisor
@@ -41,7 +42,7 @@ SUPERVISOR = 4  # pid of the supervisor now (the builder's watchdog replaces a d
 
 STARTING, IDLE, BUSY, STOPPING = range(4)
 STATE_NAMES = ("starting", "idle", "busy", "stopping")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+_PAGE = mmap.PAGESIZE
 
 
 class WorkerTable:
@@ -60,6 +61,28 @@ class WorkerTable:
     def row(self, worker_id: int) -> int:
         """Index of the first word of worker ``worker_id``'s row."""
         return worker_id * ROW
+
+    @property
+    def supervisor_pid(self) -> int:
+        """The pid of the pool's supervisor now."""
+        return self.words[self.sup + SUPERVISOR]
+
+    @supervisor_pid.setter
+    def supervisor_pid(self, pid: int) -> None:
+        self.words[self.sup + SUPERVISOR] = pid
+
+    @property
+    def generation(self) -> int:
+        """Bumped by each reload: workers of an older generation exit."""
+        return self.words[self.sup + GENERATION]
+
+    def bump_generation(self) -> None:
+        """Ask every worker to make way for a fresh one."""
+        self.words[self.sup + GENERATION] += 1
+
+    def count(self, field: int, n: int = 1) -> None:
+        """Add ``n`` to one of the supervisor row's totals (``LOST``, ``TIMEOUT``, ``CANCELLED``)."""
+        self.words[self.sup + field] += n
 
     def snapshot(self) -> dict[str, Any]:
         """Workers and totals as plain data (see :meth:`TaskServer.stats`)."""
@@ -84,7 +107,7 @@ class WorkerTable:
                     "task_id": task or None,
                     "task_started": now - (now_ns - w[r + STARTED]) / 1e9 if task else None,
                     "tasks_done": done,
-                    "rss_bytes": _rss(pid),
+                    "rss_bytes": rss_bytes(pid) if pid else None,
                     "restarts": w[r + RESTARTS],
                 }
             )
@@ -98,11 +121,3 @@ class WorkerTable:
         }
         return {"workers": workers, "totals": totals}
 
-
-def _rss(pid: int) -> int | None:
-    """Resident memory of ``pid`` in bytes (None if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return None

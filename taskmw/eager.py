@@ -1,7 +1,8 @@
 """The eager backend: ``task()`` runs the task inline, in the caller.
 
-``TaskServer(..., backend="eager")`` (or the environment variable
-``TASKMW_BACKEND=eager``) builds an :class:`EagerServer` instead of a pool,
+``create_server(backend="eager")`` or ``TaskServer(..., backend="eager")`` (or
+the environment variable ``TASKMW_BACKEND=eager``) builds a server on an
+:class:`EagerTransport` instead of a pool,
 like Celery's eager mode: no process is forked, and every hook still fires.
 Meant for tests; the ``taskmw_eager`` pytest fixture (:mod:`taskmw.testing`)
 turns it on.
@@ -19,183 +20,124 @@ What differs: the task has finished, and ``on_finish`` has run, when
 ``retries`` re-run a failed task at once (no backoff); time limits
 (``task_timeout``, a task's ``timeout``) are not applied, and ``taskwait``'s
 ``timeout`` has nothing to wait for; the other pool settings
-(``queue_bytes``, ``shutdown_timeout``, …) are accepted and ignored.
+(``queue_bytes``, ``shutdown_timeout``, …) are checked as for the pool and
+otherwise unused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import inspect
 import itertools
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from taskmw import _codec
-from taskmw.errors import PoolClosed, TaskFailed
-from taskmw.events import TaskFinishEvent
-from taskmw.listeners import Listener
-from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
-from taskmw.server import TaskServer, _check_int, plugin_manager
-from taskmw.tasks import _set_default
+from taskmw.errors import PoolClosed
+from taskmw.interfaces import Deliver, Registered, Server
+from taskmw.pipeline import error_of, run_task
+from taskmw.plugins import call_each, implementations
+from taskmw.records import ERROR, FinishRecord, SubmitRecord
+from taskmw.settings import Settings
 
 WORKER_ID = 0
 """The worker id eager tasks run with."""
 
-_POOL_SETTINGS = frozenset(inspect.signature(TaskServer.__init__).parameters) - {
-    "self",
-    "task_workers",
-    "plugins",
-    "listeners",
-    "entrypoints",
-    "disable_plugins",
-    "backend",
-}
 
+class EagerTransport:
+    """Runs each task inline, in the thread that queues it (a
+    :class:`~taskmw.interfaces.Transport`). See the module documentation."""
 
-class EagerServer:
-    """A :class:`~taskmw.TaskServer` look-alike that runs each task inline.
+    inline = True
+    supervisor_pid = None
+    reader_loop = None
 
-    Build it through ``TaskServer(..., backend="eager")``; it takes the same
-    arguments. See the module documentation for what differs from the pool.
-    """
-
-    def __init__(
-        self,
-        task_workers: int = 1,
-        *,
-        plugins: Iterable[object] = (),
-        listeners: Mapping[type, Sequence[Listener]] | None = None,
-        entrypoints: bool = True,
-        disable_plugins: Iterable[str] = (),
-        **pool_settings: Any,
-    ) -> None:
-        unknown = set(pool_settings) - _POOL_SETTINGS
-        if unknown:
-            raise TypeError(f"EagerServer got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
-        _check_int("task_workers", task_workers, 1, 1024)
-        _check_int("retries", pool_settings.get("retries", 0), 0, 1000)
-        self.task_workers = task_workers
-        self._retries: int = pool_settings.get("retries", 0)
-        self.plugins = plugin_manager(plugins, listeners, entrypoints, disable_plugins)
-        """The pluggy plugin manager (every hook runs in this process)."""
-        self.hook = self.plugins.hook
-        self.worker_id: int | None = None
-        """``0`` while a task (or ``on_worker_start``) runs, else ``None``: what a
-        task sees in a pool's worker."""
-        self._ids = itertools.count(1)
+    def __init__(self, settings: Settings, server: Server, **options: Any) -> None:
+        if options:
+            raise TypeError(f"the eager backend got unexpected settings: {', '.join(sorted(options))}")
+        self._settings = settings
+        self._server = server
+        self._deliver: Deliver | None = None
+        self._seqs = itertools.count(1)
         self._closed = False
         self._lock = threading.RLock()  # one task at a time, as in a one-worker pool
-        atexit.register(self.close)  # like the pool: stopped (on_worker_stop) at exit
-        _set_default(self)  # type: ignore[arg-type]  # a TaskServer look-alike for current_server()
+
+    @contextmanager
+    def _as_worker(self) -> Iterator[None]:
+        """Hold the lock and set the server's ``worker_id`` while a task runs."""
+        with self._lock:
+            previous, self._server.worker_id = self._server.worker_id, WORKER_ID
+            try:
+                yield
+            finally:
+                self._server.worker_id = previous
+
+    def start(self, deliver: Deliver) -> None:
+        """Run ``on_worker_start``; finishes go to ``deliver`` before :meth:`send` returns."""
+        self._deliver = deliver
         with self._as_worker():
-            call_each(self.hook.on_worker_start, {"worker_id": WORKER_ID, "server": self})
+            call_each(self._server.hook.on_worker_start, {"worker_id": WORKER_ID, "server": self._server})
 
-    # -- queuing (running, here) -------------------------------------------------
-
-    def task(self, fn_or_data: Any, /, *args: Any, **kwargs: Any) -> int:
-        """Run a task now; returns its id once it finished and ``on_finish`` ran.
-
-        Raises:
-            TypeError: something cannot be pickled, as :meth:`TaskServer.task`.
-            PoolClosed: the server was closed.
-        """
-        return self._run(fn_or_data, args, kwargs).task_id
-
-    def taskwait(self, fn_or_data: Any, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Run a task now and return its return value.
-
-        Raises:
-            TaskFailed: it did not finish ``ok``.
-        """
-        event = self._run(fn_or_data, args, kwargs)
-        if not event.ok:
-            raise TaskFailed(event)
-        return event.return_value
-
-    def taskwait_multi(self, tasks: Sequence[Any], *, timeout: float | None = None) -> list[TaskFinishEvent | None]:
-        """Run several tasks now, in order; returns their finish events."""
-        return [self._run(t, (), {}) for t in tasks]
-
-    async def task_async(self, fn_or_data: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """Run a task now (blocking the event loop while it runs) and return its value.
-
-        Raises:
-            TaskFailed: it did not finish ``ok``.
-        """
-        return self.taskwait(fn_or_data, *args, **kwargs)
-
-    def _run(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskFinishEvent:
+    def send(self, record: bytes, header: int, registered: Registered | None = None) -> int:
+        """Run the task now and deliver its finish; returns its seq."""
         if self._closed:
             raise PoolClosed("the eager task server was closed; no more tasks can be run")
-        payload, kind, options = TaskServer._encode(obj, args, kwargs)
-        retries = options.get("retries")
-        task_id = next(self._ids)
-        calls = on_task_calls(self.hook)
+        seq = next(self._seqs)
+        if registered is not None:
+            registered(seq)
+        task = SubmitRecord.read(seq, record, header)
+        server = self._server
         with self._as_worker():
-            for attempt in range(1, (self._retries if retries is None else retries) + 2):
-                started = time.perf_counter()
-                status, value, error, name = run_task(calls, self, task_id, WORKER_ID, payload, kind, attempt)
-                if inspect.iscoroutine(value):
-                    try:
-                        value = _run_coroutine(value)
-                    except BaseException as exc:  # noqa: B036 - the task's failure
-                        status, value, error = _codec.ERROR, None, error_of(exc)
-                if status == _codec.OK:
-                    break
-        record = _codec.encode_finish(task_id, status, value, error, time.perf_counter() - started, WORKER_ID, name)
-        event = _codec.decode_finish(record)._replace(attempts=attempt)
-        call_each(self.hook.on_finish, {"event": event})
-        return event
-
-    def _as_worker(self) -> _WorkerScope:
-        return _WorkerScope(self)
-
-    # -- lifetime -----------------------------------------------------------------
+            started = time.perf_counter()
+            calls = implementations(server.hook.on_task)
+            status, value, error, name = run_task(
+                calls, server, task.task_id, WORKER_ID, task.payload, task.kind, task.attempt
+            )
+            if inspect.iscoroutine(value):
+                try:
+                    value = _run_coroutine(value)
+                except BaseException as exc:  # noqa: B036 - the task's failure
+                    status, value, error = ERROR, None, error_of(exc)
+            duration = time.perf_counter() - started
+        finish = FinishRecord(seq, task.task_id, status, value, error, duration, WORKER_ID, name).encode()
+        assert self._deliver is not None, "start() was not called"
+        self._deliver([finish], [task.reply], 0)
+        return seq
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed
 
-    def close(self, timeout: float | None = None) -> None:
+    def alive(self) -> bool:
+        """Always: there is nothing to wait for."""
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Nothing runs in the background: no workers, no queue."""
+        return {"backend": "eager", "task_workers": self._settings.task_workers, "workers": [], "queue_depth": 0}
+
+    def reload(self) -> None:
+        """Nothing to reload: tasks run in this process."""
+
+    def close(self, timeout: float) -> None:
         """Stop: runs ``on_worker_stop`` (once)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        atexit.unregister(self.close)
         with self._as_worker():
-            call_each(self.hook.on_worker_stop, {"worker_id": WORKER_ID, "server": self})
+            call_each(self._server.hook.on_worker_stop, {"worker_id": WORKER_ID, "server": self._server})
 
-    def __enter__(self) -> EagerServer:
-        return self
+    def stop_receiving(self) -> None:
+        """Nothing to stop."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<EagerServer {'closed' if self._closed else 'running'}>"
-
-
-class _WorkerScope:
-    """Holds the server's lock and sets its ``worker_id`` while a task runs."""
-
-    def __init__(self, server: EagerServer) -> None:
-        self.server = server
-        self.previous: int | None = None
-
-    def __enter__(self) -> None:
-        self.server._lock.acquire()
-        self.previous = self.server.worker_id
-        self.server.worker_id = WORKER_ID
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.worker_id = self.previous
-        self.server._lock.release()
+    def after_fork(self) -> None:
+        """A forked child runs its own tasks inline too."""
+        self._lock = threading.RLock()
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-if TYPE_CHECKING:
-    from taskmw.server import TaskServer
+from taskmw.interfaces import Server
 
 Status = Literal["ok", "error", "lost", "timeout", "cancelled"]
 STATUSES: tuple[Status, ...] = ("ok", "error", "lost", "timeout", "cancelled")
@@ -33,7 +32,7 @@ class TaskEvent:
 
     __slots__ = ("task_id", "worker_id", "data", "server", "return_value", "completed", "attempt")
 
-    def __init__(self, task_id: int, worker_id: int, data: Any, server: TaskServer, attempt: int = 1) -> None:
+    def __init__(self, task_id: int, worker_id: int, data: Any, server: Server, attempt: int = 1) -> None:
         self.task_id = task_id
         """The id ``task()`` returned for this task."""
         self.worker_id = worker_id

@@ -18,7 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from taskmw.events import TaskEvent, TaskFinishEvent
-    from taskmw.server import TaskServer
+    from taskmw.interfaces import Server
 
 PROJECT = "taskmw"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -64,12 +64,12 @@ def resolve_service(name: str) -> Any:
 
 
 @hookspec
-def on_worker_start(worker_id: int, server: TaskServer) -> None:
+def on_worker_start(worker_id: int, server: Server) -> None:
     """A task worker started, before it takes its first task. Called in the
     **task worker** (open per-worker resources here: a database connection)."""
 
 
 @hookspec
-def on_worker_stop(worker_id: int, server: TaskServer) -> None:
+def on_worker_stop(worker_id: int, server: Server) -> None:
     """A task worker is stopping after its last task. Called in the **task
     worker** (close what ``on_worker_start`` opened)."""

@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 from taskmw import _control
 from taskmw.listeners import Dispatcher
-from taskmw.server import TaskServer, _check_no_wrappers
+from taskmw.plugins import check_no_wrappers
+from taskmw.server import TaskServer, create_server
 from taskmw.tasks import _current
 
 Scope = MutableMapping[str, Any]
@@ -150,7 +151,7 @@ class TaskMiddleware:
         elif server is not None:
             self.server = server
         else:
-            self.server = TaskServer(plugins=plugins, **settings)
+            self.server = create_server(plugins=plugins, **settings)
             path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
             if path:
                 _control.serve_status(self.server, path)
@@ -172,7 +173,7 @@ def _join(server: TaskServer, plugins: Iterable[object], listeners: Any) -> Task
     for plugin in plugins:
         if not server.plugins.is_registered(plugin):
             server.plugins.register(plugin)
-    _check_no_wrappers(server.plugins)
+    check_no_wrappers(server.plugins)
     if listeners:
         extra = Dispatcher(listeners)  # validates them
         dispatcher = server.plugins.get_plugin("taskmw.dispatcher")

@@ -5,8 +5,8 @@ the eager backend in :mod:`taskmw.eager`, a remote one) takes a task's
 payload (as :mod:`taskmw._codec` wrote it) and calls :func:`run_task`, which
 decodes it, makes the :class:`~taskmw.TaskEvent` and calls the ``on_task``
 implementations until one completes it. The outcome comes back as a status
-code of :mod:`taskmw._codec`, a return value and a
-:class:`~taskmw.TaskError`, ready for :func:`taskmw._codec.encode_finish`.
+code of :mod:`taskmw.records`, a return value and a
+:class:`~taskmw.TaskError`, ready for a :class:`taskmw.records.FinishRecord`.
 """
 
 from __future__ import annotations
@@ -14,40 +14,28 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import pluggy
+from typing import Any
 
 from taskmw import _codec
-from taskmw._codec import KIND_CALL
 from taskmw.events import TaskError, TaskEvent
+from taskmw.interfaces import Server
+from taskmw.plugins import Impl
+from taskmw.records import ERROR, OK, Kind
 from taskmw.tasks import ServiceTask, Task, _make_task
-
-if TYPE_CHECKING:
-    from taskmw.server import TaskServer
 
 log = logging.getLogger(__name__)
 
-Calls = list[tuple[Callable[..., Any], bool]]
-"""``on_task`` implementations in call order, each with whether it takes the event."""
-
-
-def on_task_calls(hook: pluggy.HookRelay) -> Calls:
-    """The ``on_task`` implementations of ``hook`` in the order they run (fix
-    them once the plugins are fixed, e.g. in a forked worker)."""
-    return [(impl.function, bool(impl.argnames)) for impl in reversed(hook.on_task.get_hookimpls())]
-
 
 def run_task(
-    calls: Calls, server: TaskServer | Any, task_id: int, worker_id: int, payload: bytes, kind: int, attempt: int = 1
+    calls: list[Impl], server: Server, task_id: int, worker_id: int, payload: bytes, kind: int, attempt: int = 1
 ) -> tuple[int, Any, TaskError | None, str]:
-    """Decode a task's payload (a call if ``kind`` is ``KIND_CALL``, else a
-    data object; without the options header) and run it through ``calls``,
+    """Decode a task's payload (a call if ``kind`` is ``Kind.CALL``, else a
+    data object; without the options header) and run it through ``calls``
+    (the ``on_task`` implementations, see :func:`taskmw.plugins.implementations`),
     as attempt ``attempt`` (1 the first time).
 
-    Returns ``(status, value, error, name)``: ``(_codec.OK, return value,
-    None, name)``, or ``(_codec.ERROR, None, TaskError, name)`` if decoding
+    Returns ``(status, value, error, name)``: ``(OK, return value,
+    None, name)``, or ``(ERROR, None, TaskError, name)`` if decoding
     or a hook raised, or nothing completed the task; ``name`` is
     :func:`task_name` of what ran ("" if it could not be decoded). The value may be a coroutine (an ``async
     def`` task): the caller awaits it.
@@ -55,23 +43,23 @@ def run_task(
     name = ""
     try:
         data = _codec.decode(payload)
-        if kind == KIND_CALL:
+        if kind == Kind.CALL:
             data = _make_task(*data)
         name = task_name(data)
         event = TaskEvent(task_id, worker_id, data, server, attempt)
-        for fn, takes_event in calls:
-            if takes_event:
+        for fn, argnames, _ in calls:
+            if argnames:
                 fn(event)
             else:
                 fn()
             if event.completed:
-                return _codec.OK, event.return_value, None, name
+                return OK, event.return_value, None, name
         raise LookupError(
             f"nothing handled the task: no on_task hook completed it, and no listener is registered "
             f"for {type(data).__module__}.{type(data).__qualname__}"
         )
     except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, not ours
-        return _codec.ERROR, None, error_of(exc), name
+        return ERROR, None, error_of(exc), name
 
 
 def task_name(data: Any) -> str:
@@ -86,16 +74,6 @@ def task_name(data: Any) -> str:
         return f"service:{data.name}"
     cls = type(data)
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def call_each(hook: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:
-    """Call every implementation of ``hook`` in pluggy's order; an exception
-    is logged and does not stop the others."""
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception:
-            log.exception("plugin %s failed in %s", impl.plugin_name, hook.name)
 
 
 def error_of(exc: BaseException) -> TaskError:

@@ -1,7 +1,7 @@
 """The supervisor: the one process that forks, watches and stops a pool's
 task workers.
 
-The process that builds a :class:`~taskmw.TaskServer` forks the supervisor,
+The process that builds a local pool forks the supervisor,
 and the supervisor forks the workers, so an app server that reaps every
 child of its own (gunicorn's arbiter) never reaps a task worker. Like
 gunicorn's arbiter it acts on signals in one loop: SIGCHLD (a worker died:
@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from taskmw import _codec, _table, worker
+from taskmw import _table, records
 from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK
 from taskmw.events import TaskError
+from taskmw.pool import STOPPED, Pool
+from taskmw.records import CANCELLED, LOST, TIMEOUT
 from taskmw.ring import RingFull
 
-if TYPE_CHECKING:
-    from taskmw.server import TaskServer
+StartWorker = Callable[[int], int]
+"""Forks task worker ``worker_id`` and returns its pid (see :func:`taskmw.worker.spawn`)."""
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,9 @@ _WATCHED = {signal.SIGCHLD, signal.SIGTERM}
 _TICK = 0.1  # seconds between checks of time limits and that the pool's builder is alive
 
 
-def spawn(server: TaskServer) -> int:
-    """Fork the supervisor of ``server``; returns its pid (in the caller)."""
+def spawn(pool: Pool, start_worker: StartWorker) -> int:
+    """Fork the supervisor of ``pool``, which starts its workers with
+    ``start_worker``; returns its pid (in the caller)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # Fork with SIGTERM and SIGCHLD blocked, so that a close() right after the
@@ -49,7 +51,7 @@ def spawn(server: TaskServer) -> int:
     code = 1
     try:
         reset_signals()
-        code = _Supervisor(server).run()
+        code = _Supervisor(pool, start_worker).run()
     except BaseException:
         log.exception("taskmw supervisor failed")
     finally:
@@ -82,17 +84,18 @@ def reset_signals() -> None:
 
 
 class _Supervisor:
-    def __init__(self, server: TaskServer) -> None:
-        self.server = server
-        self.owner = server._owner
+    def __init__(self, pool: Pool, start_worker: StartWorker) -> None:
+        self.pool = pool
+        self.start_worker = start_worker
+        self.owner = pool.owner
         self.workers: dict[int, int] = {}  # pid -> worker id
         self.timed_out: dict[int, tuple[int, float]] = {}  # pid -> (seq, limit) of the task it was killed for
         self.stopping = False
-        self.words = server._table.words
-        self.sup = server._table.sup
+        self.table = pool.table
+        self.words = pool.table.words
 
     def run(self) -> int:
-        for worker_id in range(self.server.task_workers):
+        for worker_id in range(self.pool.settings.task_workers):
             self.start(worker_id)
         while not self.stopping:
             info = signal.sigtimedwait(_WATCHED, _TICK)
@@ -109,7 +112,7 @@ class _Supervisor:
     def start(self, worker_id: int) -> None:
         w, r = self.words, worker_id * ROW
         w[r + STATE], w[r + TASK], w[r + DEADLINE] = STARTING, 0, 0
-        pid = worker.spawn(self.server, worker_id)
+        pid = self.start_worker(worker_id)
         w[r + PID] = pid
         self.workers[pid] = worker_id
         log.debug("task worker %d started, pid %d", worker_id, pid)
@@ -152,13 +155,12 @@ class _Supervisor:
     def settle(self, pid: int, worker_id: int, status: int) -> None:
         """Finish every task the dead worker ``pid`` held: ``timeout`` for the
         one it was killed for, ``lost`` for the others."""
-        held = self.server._submit.reclaim(pid)
+        held = self.pool.submit.reclaim(pid)
         cause = _describe(status)
         timed_seq, limit = self.timed_out.pop(pid, (0, 0.0))
-        w, sup = self.words, self.sup
         if status != 0:
-            w[worker_id * ROW + RESTARTS] += 1
-        lost = [h for h in held if h.aux & _codec.KIND_MASK != _codec.KIND_STOP]
+            self.words[worker_id * ROW + RESTARTS] += 1
+        lost = [h for h in held if not records.is_stop(h.aux)]
         if (status != 0 or lost) and not timed_seq:
             log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))
         error = TaskError("WorkerLost", f"task worker {worker_id} (pid {pid}) {cause} while running the task", "")
@@ -166,29 +168,28 @@ class _Supervisor:
             if h.seq == timed_seq:
                 message = f"the task ran longer than its time limit of {limit:.3g}s; its worker was replaced"
                 timeout = TaskError("TimeoutError", message, "")
-                w[sup + _table.TIMEOUT] += 1
-                self.finish(h.aux, _codec.encode_finish(h.seq, _codec.TIMEOUT, None, timeout, limit, worker_id))
+                self.table.count(_table.TIMEOUT)
+                self.finish(h.aux, records.lost(h.seq, timeout, TIMEOUT, limit, worker_id))
             else:
-                w[sup + _table.LOST] += 1
-                self.finish(h.aux, _codec.encode_finish(h.seq, _codec.LOST, None, error, 0.0, worker_id))
+                self.table.count(_table.LOST)
+                self.finish(h.aux, records.lost(h.seq, error, LOST, 0.0, worker_id))
 
-    def finish(self, aux: int, record: bytes) -> None:
-        """Send a finish the supervisor made itself (lost, cancelled)."""
-        channel = self.server._channels[aux & _codec.CHANNEL_MASK]
-        try:
-            channel.push(record, aux=aux & _codec.WANT, timeout=5.0)
-        except RingFull:
+    def finish(self, header: int, record: bytes) -> None:
+        """Send a finish the supervisor made itself (lost, timeout, cancelled)
+        for the task sent with ``header``."""
+        if self.pool.send_finishes(records.reply_to(header), [record], patience=5.0):
             log.error("a completion channel stayed full for 5s: a finish was dropped")
 
     def stop(self) -> None:
         """Let the workers drain the queue for up to ``shutdown_timeout``
         seconds, kill what is left, and cancel the tasks nobody ran."""
-        server = self.server
-        server._state[0] = 1
-        deadline = time.monotonic() + server.shutdown_timeout
+        pool = self.pool
+        pool.state = STOPPED
+        grace = pool.settings.shutdown_timeout
+        deadline = time.monotonic() + grace
         markers = len(self.workers)
         try:
-            server._submit.push_many([b""] * markers, aux=_codec.KIND_STOP, timeout=server.shutdown_timeout)
+            pool.submit.push_many([b""] * markers, aux=records.STOP, timeout=grace)
         except RingFull as full:
             log.warning("the queue stayed full: only %d of %d workers were asked to stop", full.accepted, markers)
         while self.workers and time.monotonic() < deadline:
@@ -205,33 +206,26 @@ class _Supervisor:
                 self.settle(pid, worker_id, status)
         self.cancel_queued()
         if os.getppid() != self.owner:  # else the builder removes it, once it has read its finishes
-            shutil.rmtree(server._spill_dir, ignore_errors=True)
+            pool.remove_files()
 
     def cancel_queued(self) -> None:
         """Finish every task still queued as ``cancelled``."""
         error = TaskError("Cancelled", "the pool stopped before the task ran", "")
         cancelled = 0
         while True:
-            batch = self.server._submit.try_pop_many(256)
+            batch = self.pool.submit.try_pop_many(256)
             if not batch.records:
                 break
-            for i, aux in enumerate(batch.auxs):
-                if aux & _codec.KIND_MASK == _codec.KIND_STOP:
+            for i, header in enumerate(batch.auxs):
+                if records.is_stop(header):
                     continue
                 cancelled += 1
-                if aux & _codec.SPILLED:
-                    _remove(batch.records[i])
-                self.finish(aux, _codec.encode_finish(batch.first_seq + i, _codec.CANCELLED, None, error, 0.0, -1))
+                if records.is_spilled(header):
+                    records.discard(batch.records[i])
+                self.finish(header, records.lost(batch.first_seq + i, error, CANCELLED))
         if cancelled:
-            self.words[self.sup + _table.CANCELLED] += cancelled
+            self.table.count(_table.CANCELLED, cancelled)
             log.warning("pool stopped: %d queued task(s) cancelled", cancelled)
-
-
-def _remove(record: bytes) -> None:
-    try:
-        os.unlink(os.fsdecode(record))
-    except OSError:
-        pass
 
 
 def _describe(status: int) -> str:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-if TYPE_CHECKING:
-    from taskmw.server import TaskServer
+from taskmw.interfaces import Server
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,11 +80,11 @@ def _make_service_task(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 # -- finding the pool ----------------------------------------------------------
 
-_current: contextvars.ContextVar[TaskServer | None] = contextvars.ContextVar("taskmw_current_server", default=None)
-_default: list[TaskServer] = []  # the pool this process uses when no request set one
+_current: contextvars.ContextVar[Server | None] = contextvars.ContextVar("taskmw_current_server", default=None)
+_default: list[Server] = []  # the pool this process uses when no request set one
 
 
-def current_server() -> TaskServer:
+def current_server() -> Server:
     """The pool serving this request or process: the one ``TaskMiddleware``
     handles the current request with, else the last pool built (or, in a task
     worker, joined) by this process.
@@ -104,7 +103,7 @@ def current_server() -> TaskServer:
     return server
 
 
-def _set_default(server: TaskServer | None) -> None:
+def _set_default(server: Server | None) -> None:
     """Make ``server`` this process's default pool (``None``: forget it)."""
     _default.clear()
     if server is not None:

@@ -32,15 +32,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
+from taskmw.events import TaskFinishEvent
 from taskmw.hookspecs import hookimpl
-
-if TYPE_CHECKING:
-    from taskmw.events import TaskFinishEvent
-    from taskmw.server import TaskServer
+from taskmw.server import BACKEND_ENV, TaskServer, create_server
 
 WAIT = 30.0
 """Seconds a fixture waits for a pool's processes to be gone after closing it."""
@@ -110,8 +108,6 @@ def close_pool(server: TaskServer) -> None:
 
 
 def _pool(workers: int, **settings: Any) -> Iterator[TaskServer]:
-    from taskmw.server import TaskServer
-
     server = TaskServer(workers, backend="local", queue_timeout=10.0, shutdown_timeout=10.0, **settings)
     try:
         yield server
@@ -133,16 +129,13 @@ def taskmw_pool2() -> Iterator[TaskServer]:
 
 
 @pytest.fixture
-def taskmw_eager(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def taskmw_eager(monkeypatch: pytest.MonkeyPatch) -> Iterator[TaskServer]:
     """Eager mode for the test (``TASKMW_BACKEND=eager``): every pool built
     during it runs tasks inline. Its value is an eager server, closed after
     the test."""
-    from taskmw.eager import EagerServer
-    from taskmw.server import BACKEND_ENV, TaskServer
-
     monkeypatch.setenv(BACKEND_ENV, "eager")
-    server = TaskServer(1)
-    assert isinstance(server, EagerServer), f"TASKMW_BACKEND=eager built {server!r}"
+    server = create_server(1)
+    assert server.backend == "eager", f"TASKMW_BACKEND=eager built {server!r}"
     try:
         yield server
     finally:

@@ -15,7 +15,6 @@ event loop in a second thread of the worker, ``task_concurrency`` at once.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import inspect
 import logging
 import os
@@ -23,10 +22,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from taskmw import _codec, _table
-from taskmw._codec import CHANNEL_MASK, KIND_MASK, KIND_STOP, OPTS, SPILLED, TIMED, WANT
+from taskmw import _table, records
 from taskmw._table import (
     ASYNC_DONE,
     ASYNC_OK,
@@ -42,12 +40,12 @@ from taskmw._table import (
     TASK,
 )
 from taskmw.events import TaskError
-from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
-from taskmw.ring import RingFull
+from taskmw.interfaces import Server
+from taskmw.pipeline import error_of, run_task
+from taskmw.plugins import call_each, implementations
+from taskmw.pool import Pool
+from taskmw.records import ERROR, OK, TIMEOUT, FinishRecord, SubmitRecord
 from taskmw.tasks import _set_default
-
-if TYPE_CHECKING:
-    from taskmw.server import TaskServer
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +53,14 @@ MAX_BATCH = 64
 QUICK = 0.001  # seconds: a batch this fast lets the next one be twice as large
 _IDLE_CHECK = 1.0  # seconds an idle worker waits before checking its supervisor is alive
 
-before_run: list[Callable[[TaskServer, int], None]] = []
+before_run: list[Callable[[Server, int], None]] = []
 """Called in each new task worker before it looks up its hooks (``taskmw
 start`` imports the app there, so the app's plugins reach the worker)."""
 
 
-def spawn(server: TaskServer, worker_id: int) -> int:
-    """Fork task worker ``worker_id``; returns its pid (in the supervisor)."""
+def spawn(pool: Pool, server: Server, worker_id: int) -> int:
+    """Fork task worker ``worker_id`` of ``pool``; returns its pid (in the
+    supervisor). ``server`` is what its tasks and hooks see as the server."""
     supervisor = os.getpid()
     pid = os.fork()
     if pid:
@@ -76,7 +75,9 @@ def spawn(server: TaskServer, worker_id: int) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for setup in before_run:
             setup(server, worker_id)
-        code = _Worker(server, worker_id, supervisor).run()
+        server.worker_id = worker_id
+        _set_default(server)
+        code = _Worker(pool, server, worker_id, supervisor).run()
     except BaseException:
         log.exception("taskmw task worker %d failed", worker_id)
     finally:
@@ -84,49 +85,49 @@ def spawn(server: TaskServer, worker_id: int) -> int:
 
 
 class _Worker:
-    def __init__(self, server: TaskServer, worker_id: int, supervisor: int) -> None:
+    def __init__(self, pool: Pool, server: Server, worker_id: int, supervisor: int) -> None:
         self.supervisor = supervisor  # if it dies (even before this line), this worker is an orphan
+        self.pool = pool
         self.server = server
         self.worker_id = worker_id
-        self.ring = server._submit
+        self.ring = pool.submit
         self.runner: _AsyncRunner | None = None
         # on_task implementations, in call order: plugins are fixed once the worker is forked
-        self.on_task = on_task_calls(server.hook)
-        self.words = server._table.words
-        self.row = server._table.row(worker_id)
+        self.on_task = implementations(server.hook.on_task)
+        self.table = pool.table
+        self.words = pool.table.words
+        self.row = pool.table.row(worker_id)
         self.words[self.row + _table.PID] = os.getpid()  # the supervisor writes it too, after fork() returns
-        self.generation = self.words[server._table.sup + _table.GENERATION]
-        self.tasks_left = server.max_tasks_per_worker or -1
-        self.spill_at = server._channels[0].max_record // 4  # larger finishes travel as files
-        server.worker_id = worker_id
-        _set_default(server)
+        self.generation = pool.table.generation
+        self.timeout = pool.settings.task_timeout
+        self.tasks_left = pool.settings.max_tasks_per_worker or -1
 
     def run(self) -> int:
-        call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
+        hook_args = {"worker_id": self.worker_id, "server": self.server}
+        call_each(self.server.hook.on_worker_start, hook_args)
         try:
             self.loop()
         finally:
             self.words[self.row + STATE] = STOPPING  # draining its async tasks, running on_worker_stop
             if self.runner is not None:
                 self.runner.drain()
-            call_each(self.server.hook.on_worker_stop, {"worker_id": self.worker_id, "server": self.server})
+            call_each(self.server.hook.on_worker_stop, hook_args)
         return 0
 
     def loop(self) -> None:
-        ring = self.ring
+        ring, table = self.ring, self.table
         supervisor = self.supervisor
         words, row = self.words, self.row
-        reload_word = self.server._table.sup + _table.GENERATION
-        max_batch = 1 if self.server.task_timeout else MAX_BATCH  # a timed task is held alone
+        max_batch = 1 if self.timeout else MAX_BATCH  # a timed task is held alone
         size = 1
         words[row + STATE] = IDLE
         while True:
-            batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True, alone=TIMED)
+            batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True, alone=records.TIMED)
             if not batch.records:
                 if os.getppid() != supervisor:
                     log.warning("task worker %d: the supervisor is gone, exiting", self.worker_id)
                     return
-                if words[reload_word] != self.generation:
+                if table.generation != self.generation:
                     return  # reloaded: a fresh worker takes this one's place
                 continue
             started = time.perf_counter()
@@ -137,18 +138,18 @@ class _Worker:
             done: list[int] = []
             stops = 0
             seq = batch.first_seq
-            for record, aux in zip(batch.records, batch.auxs, strict=True):
-                if aux & KIND_MASK == KIND_STOP:
+            for record, header in zip(batch.records, batch.auxs, strict=True):
+                if records.is_stop(header):
                     stops += 1
                     done.append(seq)
                 else:
-                    finish = self.run_one(seq, record, aux)
+                    finish = self.run_one(seq, record, header)
                     if finish is not None:
-                        finishes.setdefault(aux & (CHANNEL_MASK | WANT), []).append(finish)
+                        finishes.setdefault(records.reply_to(header), []).append(finish)
                         done.append(seq)
                 seq += 1
-            for key, records in finishes.items():
-                self.send(key, records)
+            for reply, outcomes in finishes.items():
+                self.send(reply, outcomes)
             ring.release(done)
             words[row + TASK] = 0
             words[row + STATE] = IDLE
@@ -158,9 +159,9 @@ class _Worker:
                 # Took another worker's stop marker too (or, as an orphan, the new workers'): put it back.
                 extra = stops if orphan else stops - 1
                 if extra:
-                    ring.push_many([b""] * extra, aux=KIND_STOP, timeout=5.0)
+                    ring.push_many([b""] * extra, aux=records.STOP, timeout=5.0)
                 return
-            if orphan or words[reload_word] != self.generation:
+            if orphan or table.generation != self.generation:
                 return
             if self.tasks_left > 0:
                 self.tasks_left -= len(batch.records)
@@ -168,81 +169,49 @@ class _Worker:
                     log.info("task worker %d: max_tasks_per_worker reached, recycling", self.worker_id)
                     return
 
-    def run_one(self, seq: int, record: bytes, aux: int) -> bytes | None:
+    def run_one(self, seq: int, record: bytes, header: int) -> bytes | None:
         """Run one task; returns its finish record (None: an async task, which
         sends its own finish when it is done)."""
         words, row = self.words, self.row
         started = time.perf_counter()
-        task_id, attempt, limit = seq, 1, self.server.task_timeout
         try:
-            if aux & SPILLED:
-                record = _codec.unspill(record)
-            if aux & OPTS:
-                own_limit, attempt, first_id, record = _codec.split_options(record)
-                limit = own_limit or limit
-                task_id = first_id or seq  # a retry carries the id its first run had
+            task = SubmitRecord.read(seq, record, header)
         except Exception as exc:  # an unreadable record: the task cannot run
-            error: TaskError | None = error_of(exc)
-            status, value, name = _codec.ERROR, None, ""
-        else:
-            words[row + TASK] = task_id
-            if limit:  # the supervisor kills this worker if the task is still running then
-                words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
-            status, value, error, name = run_task(
-                self.on_task, self.server, task_id, self.worker_id, record, aux & KIND_MASK, attempt
-            )
-            if inspect.iscoroutine(value):
-                if limit:
-                    words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
-                if self.runner is None:
-                    self.runner = _AsyncRunner(self, self.server.task_concurrency)
-                self.runner.submit(value, seq, aux, started, limit, name)
-                return None
+            return self.finish(seq, seq, ERROR, None, error_of(exc), started, "")
+        limit = task.timeout or self.timeout
+        words[row + TASK] = task.task_id
+        if limit:  # the supervisor kills this worker if the task is still running then
+            words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
+        status, value, error, name = run_task(
+            self.on_task, self.server, task.task_id, self.worker_id, task.payload, task.kind, task.attempt
+        )
+        if inspect.iscoroutine(value):
+            if limit:
+                words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
+            if self.runner is None:
+                self.runner = _AsyncRunner(self, self.pool.settings.task_concurrency)
+            self.runner.submit(value, task, started, limit, name)
+            return None
         if limit:
             words[row + DEADLINE] = 0
         words[row + DONE] += 1
-        if status == _codec.OK:
+        if status == OK:
             words[row + _table.OK] += 1
-        return self.finish(seq, status, value, error, started, name)
+        return self.finish(seq, task.task_id, status, value, error, started, name)
 
-    def finish(self, seq: int, status: int, value: Any, error: TaskError | None, started: float, name: str) -> bytes:
+    def finish(
+        self, seq: int, task_id: int, status: int, value: Any, error: TaskError | None, started: float, name: str
+    ) -> bytes:
         """The finish record of task ``seq``."""
-        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id, name)
+        duration = time.perf_counter() - started
+        return FinishRecord(seq, task_id, status, value, error, duration, self.worker_id, name).encode()
 
-    def send(self, key: int, records: list[bytes]) -> None:
-        """Write finishes into a completion channel, waiting while it is full
-        for as long as its process lives. A large finish travels as a file."""
-        if any(len(r) > self.spill_at for r in records):
-            small = [r for r in records if len(r) <= self.spill_at]
-            for r in records:
-                if len(r) > self.spill_at:
-                    self.send(key | SPILLED, [_codec.spill(r, self.server._spill_dir)])
-            records = small
-        channel = self.server._channels[key & CHANNEL_MASK]
-        aux = key & (WANT | SPILLED)
-        while records:
-            try:
-                channel.push_many(records, aux=aux, timeout=1.0)
-                return
-            except RingFull as full:
-                records = records[full.accepted :]
-                if not _channel_claimed(self.server, key & CHANNEL_MASK):
-                    log.warning("dropped %d finishes: the process that queued them is gone", len(records))
-                    return
-
-
-def _channel_claimed(server: TaskServer, index: int) -> bool:
-    """True if a live process holds completion channel ``index``."""
-    comp = server._comp
-    if comp is not None and comp.index == index:
-        return True
-    fd = server._channels[index].memfd()
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-    except OSError:
-        return True
-    fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
-    return False
+    def send(self, reply: int, finishes: list[bytes]) -> None:
+        """Write finishes back, waiting while the channel is full for as long
+        as its process lives."""
+        dropped = self.pool.send_finishes(reply, finishes)
+        if dropped:
+            log.warning("dropped %d finishes: the process that queued them is gone", dropped)
 
 
 class _AsyncRunner:
@@ -257,33 +226,35 @@ class _AsyncRunner:
         self.thread.start()
 
     def submit(
-        self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None, name: str
+        self, coro: Coroutine[Any, Any, Any], task: SubmitRecord, started: float, limit: float | None, name: str
     ) -> None:
         """Start ``coro`` on the loop (waiting while ``limit`` already run)."""
         self.slots.acquire()
-        asyncio.run_coroutine_threadsafe(self.run(coro, seq, aux, started, limit, name), self.loop)
+        asyncio.run_coroutine_threadsafe(self.run(coro, task, started, limit, name), self.loop)
 
     async def run(
-        self, coro: Coroutine[Any, Any, Any], seq: int, aux: int, started: float, limit: float | None, name: str
+        self, coro: Coroutine[Any, Any, Any], task: SubmitRecord, started: float, limit: float | None, name: str
     ) -> None:
         w = self.worker
         words, row = w.words, w.row
+        seq, task_id = task.seq, task.task_id
         timer = asyncio.timeout(limit)
         try:
             async with timer:
                 value = await coro
-            finish = w.finish(seq, _codec.OK, value, None, started, name)
+            finish = w.finish(seq, task_id, OK, value, None, started, name)
             words[row + ASYNC_OK] += 1
         except BaseException as exc:  # noqa: B036
             if isinstance(exc, TimeoutError) and timer.expired():
                 message = f"the task ran longer than its time limit of {limit}s and was cancelled"
-                finish = w.finish(seq, _codec.TIMEOUT, None, TaskError("TimeoutError", message, ""), started, name)
+                error = TaskError("TimeoutError", message, "")
+                finish = w.finish(seq, task_id, TIMEOUT, None, error, started, name)
                 words[row + ASYNC_TIMEOUT] += 1
             else:
-                finish = w.finish(seq, _codec.ERROR, None, error_of(exc), started, name)
+                finish = w.finish(seq, task_id, ERROR, None, error_of(exc), started, name)
         words[row + ASYNC_DONE] += 1
         try:
-            w.send(aux & (CHANNEL_MASK | WANT), [finish])
+            w.send(task.reply, [finish])
             w.ring.release([seq])
         finally:
             self.slots.release()

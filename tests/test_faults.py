@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from test_server import WAIT, Finishes, add, pids_gone, pool_pids, sleep_then
 
-from taskmw import PoolClosed, Task, TaskEvent, TaskServer, _codec, hookimpl
+from taskmw import PoolClosed, Task, TaskEvent, TaskServer, _codec, hookimpl, records
+from taskmw.local import LocalTransport
+from taskmw.pool import Pool
 
 # -- tasks ---------------------------------------------------------------------
 
@@ -185,6 +187,12 @@ def test_a_worker_dying_mid_task_is_replaced_and_its_task_finishes_lost(how: str
     assert len(finishes.events[dead]) == 1
 
 
+def _pool(server: TaskServer) -> Pool:
+    """The shared state of a local pool."""
+    assert isinstance(server.transport, LocalTransport)
+    return server.transport.pool
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -347,8 +355,8 @@ def test_a_100mb_payload_and_result_travel_and_their_files_are_removed() -> None
     with TaskServer(1) as server:
         assert server.taskwait(size_of, big, timeout=60) == len(big)
         assert server.taskwait(make_bytes, 100 << 20, timeout=60) == b"r" * (100 << 20)
-        assert os.listdir(server._spill_dir) == []
-        spill_dir = server._spill_dir
+        assert os.listdir(_pool(server).spill_dir) == []
+        spill_dir = _pool(server).spill_dir
     assert not os.path.exists(spill_dir)
 
 
@@ -360,7 +368,7 @@ def test_large_payloads_of_crashed_and_cancelled_tasks_leave_no_file(finishes: F
     blocker = server.task(sleep_then, 5)
     queued = [server.task(size_of, big) for _ in range(3)]
     assert wait_until(lambda: server.stats()["workers"][0]["task_id"] == blocker)
-    spill_dir = server._spill_dir
+    spill_dir = _pool(server).spill_dir
     server.close()
     assert [finishes.events[i][0].status for i in [blocker, *queued]] == ["lost", "cancelled", "cancelled", "cancelled"]
     assert not os.path.exists(spill_dir)
@@ -380,13 +388,16 @@ def test_corrupt_records_finish_error_and_never_crash_a_worker(finishes: Finishe
     with TaskServer(1, plugins=[finishes]) as server:
         pids = worker_pids(server)
         server.taskwait(add, 0, 0, timeout=WAIT)
-        channel = server._comp.index  # type: ignore[union-attr]
+        pool = _pool(server)
+        assert pool.own_channel is not None
+        call = records.with_channel(records.submit_header(records.Kind.CALL), pool.own_channel)
+        data = records.with_channel(records.submit_header(records.Kind.DATA), pool.own_channel)
         bad = [
-            server._submit.push(b"\x80\x05garbage", aux=channel | _codec.KIND_CALL),
-            server._submit.push(b"", aux=channel | _codec.KIND_DATA),
-            server._submit.push(b"short", aux=channel | _codec.KIND_CALL | _codec.OPTS),
-            server._submit.push(b"/nonexistent/taskmw", aux=channel | _codec.KIND_CALL | _codec.SPILLED),
-            server._submit.push(_codec.dumps((add, (1,), None)), aux=channel | _codec.KIND_CALL),
+            pool.submit.push(b"\x80\x05garbage", aux=call),
+            pool.submit.push(b"", aux=data),
+            pool.submit.push(b"short", aux=call | records.Flag.OPTS),
+            pool.submit.push(b"/nonexistent/taskmw", aux=call | records.SPILLED),
+            pool.submit.push(_codec.dumps((add, (1,), None)), aux=call),
         ]
         got = finishes.wait(bad)
         assert [got[i].status for i in bad] == ["error"] * 5
@@ -424,7 +435,9 @@ def test_a_second_finish_for_a_task_is_dropped(finishes: Finishes) -> None:
     with TaskServer(1, plugins=[finishes]) as server:
         task_id = server.task(add, 1, 2)
         finishes.wait([task_id])
-        late = _codec.encode_finish(task_id, _codec.LOST, None, None, 0.0, 0)
-        server._channels[server._comp.index].push(late)  # type: ignore[union-attr]
+        late = records.FinishRecord(task_id, task_id, records.LOST, None, None, 0.0, 0).encode()
+        pool = _pool(server)
+        assert pool.own_channel is not None
+        pool.channels[pool.own_channel].push(late)
         assert server.taskwait(add, 2, 2, timeout=WAIT) == 4  # delivered after the duplicate
     assert [e.status for e in finishes.events[task_id]] == ["ok"]

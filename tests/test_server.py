@@ -475,7 +475,7 @@ def test_a_killed_worker_is_replaced_and_its_task_finishes_lost(tmp_path: Path, 
         victim, _ = server.taskwait(whoami, timeout=WAIT)
         task_id = server.task(wait_for_file, str(tmp_path / "never"))
         deadline = time.monotonic() + WAIT
-        while server._submit.stats().records and time.monotonic() < deadline:
+        while server.stats()["queue_depth"] and time.monotonic() < deadline:
             time.sleep(0.01)  # wait until the worker took it
         os.kill(victim, signal.SIGKILL)
         ev = finishes.wait([task_id])[task_id]

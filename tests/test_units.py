@@ -21,9 +21,11 @@ from taskmw import (
     TaskMiddleware,
     WSGITaskMiddleware,
     _codec,
+    records,
     deferred,
 )
 from taskmw.listeners import Dispatcher
+from taskmw.records import FinishRecord
 
 
 def module_function(x: int) -> int:
@@ -68,15 +70,15 @@ def test_unpicklable_parts_are_named() -> None:
 
 def test_finish_records_round_trip_and_bad_return_values_become_errors() -> None:
     err = TaskError("ValueError", "bad", "Traceback ...")
-    ev = _codec.decode_finish(_codec.encode_finish(7, _codec.ERROR, None, err, 0.5, 1))
-    assert ev == TaskFinishEvent(7, "error", None, err, 0.5, 1) and not ev.ok
-    ok = _codec.decode_finish(_codec.encode_finish(8, _codec.OK, {"a": 1}, None, 0.1, 0))
-    assert ok.ok and ok.return_value == {"a": 1} and ok.error is None
-    bad = _codec.decode_finish(_codec.encode_finish(9, _codec.OK, threading.Lock(), None, 0.1, 0))
-    assert bad.status == "error" and bad.error is not None
+    ev = FinishRecord.decode(FinishRecord(7, 7, records.ERROR, None, err, 0.5, 1).encode())
+    assert ev == FinishRecord(7, 7, records.ERROR, None, err, 0.5, 1)
+    ok = FinishRecord.decode(FinishRecord(8, 3, records.OK, {"a": 1}, None, 0.1, 0).encode())
+    assert ok.seq == 8 and ok.task_id == 3 and ok.value == {"a": 1} and ok.error is None
+    bad = FinishRecord.decode(FinishRecord(9, 9, records.OK, threading.Lock(), None, 0.1, 0).encode())
+    assert bad.status == records.ERROR and bad.error is not None
     assert "the return value cannot be pickled: _thread.lock" in bad.error.message
     with pytest.raises(AttributeError):
-        ok.status = "error"  # type: ignore[misc]
+        ok.status = records.ERROR  # type: ignore[misc]
 
 
 def test_task_failed_carries_the_event() -> None:

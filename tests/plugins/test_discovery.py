@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmw import TaskFailed, TaskServer, server
+from taskmw import TaskFailed, TaskServer, plugins
 from taskmw.testing import close_pool
 
 PLUGIN = '''
@@ -47,7 +47,7 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pong-plugin\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[taskmw]\npong = pong_plugin:plugin\nbroken = no_such_module:plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(server, "_failed_plugins", set())
+    monkeypatch.setattr(plugins, "_failed_plugins", set())
     monkeypatch.delenv("TASKMW_DISABLE_PLUGINS", raising=False)
     yield tmp_path
     sys.modules.pop("pong_plugin", None)

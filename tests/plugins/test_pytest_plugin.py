@@ -15,7 +15,6 @@ import pytest
 
 import taskmw
 from taskmw import TaskFinishEvent, TaskServer, hookimpl
-from taskmw.eager import EagerServer
 from taskmw.testing import pool_processes
 
 from .flask_shop import create_app
@@ -63,11 +62,11 @@ def where_worker() -> int | None:
 # -- the same app in eager mode --------------------------------------------------------
 
 
-def test_flask_app_in_eager_mode_with_no_code_change(taskmw_eager: EagerServer) -> None:
+def test_flask_app_in_eager_mode_with_no_code_change(taskmw_eager: TaskServer) -> None:
     app = create_app()  # builds TaskMiddleware(app.wsgi_app, task_workers=2) itself
     pool = app.extensions["taskmw"].server
     try:
-        assert isinstance(pool, EagerServer) and pool is not taskmw_eager
+        assert pool.backend == "eager" and pool is not taskmw_eager
         client = app.test_client()
         assert client.get("/where").get_json() == {"pid": os.getpid(), "worker_id": 0}  # inline, as worker 0
         placed = client.post("/orders", data={"cents": "250", "email": "b@example.com"}).get_json()
@@ -113,11 +112,11 @@ async def async_double(x: int) -> int:
     return 2 * x
 
 
-def test_eager_fires_every_hook_inline(taskmw_eager: EagerServer) -> None:
+def test_eager_fires_every_hook_inline(taskmw_eager: TaskServer) -> None:
     journal = Journal()
     me = threading.get_ident()
     with TaskServer(1, plugins=[journal]) as eager:
-        assert isinstance(eager, EagerServer)
+        assert eager.backend == "eager"
         first = eager.task(double, 2)
         assert journal.calls == [("start", 0, 0), ("task", first, 0), ("finish", first, "ok", me)]
         assert eager.task(double, 3) == first + 1  # ids increase
@@ -133,14 +132,14 @@ def test_eager_fires_every_hook_inline(taskmw_eager: EagerServer) -> None:
         eager.task(double, 1)
 
 
-def test_eager_pickles_like_the_pool(taskmw_eager: EagerServer) -> None:
+def test_eager_pickles_like_the_pool(taskmw_eager: TaskServer) -> None:
     with pytest.raises(TypeError, match="task argument 0 cannot be pickled: _thread.lock"):
         taskmw_eager.task(double, threading.Lock())
     event = taskmw_eager.taskwait_multi([taskmw.Task(threading.Lock)])[0]
     assert event is not None and event.status == "error" and "return value cannot be pickled" in event.error.message
 
 
-def test_eager_task_async(taskmw_eager: EagerServer) -> None:
+def test_eager_task_async(taskmw_eager: TaskServer) -> None:
     async def handler() -> tuple[int, int]:
         # an async task runs on a loop of its own: this one is busy running the handler
         return await taskmw_eager.task_async(double, 21), await taskmw_eager.task_async(async_double, 5)
@@ -159,7 +158,7 @@ def flaky(fails: int) -> int:
     return len(_runs)
 
 
-def test_eager_retries_like_the_pool(taskmw_eager: EagerServer) -> None:
+def test_eager_retries_like_the_pool(taskmw_eager: TaskServer) -> None:
     _runs.clear()
     event = taskmw_eager.taskwait_multi([taskmw.Task(flaky, 2)])[0]
     assert event is not None and event.status == "error" and event.attempts == 1  # no retries by default

@@ -1,0 +1,133 @@
+"""This process's completion channel of a local pool, and its reader.
+
+Each process that queues tasks claims one completion channel (a small ring)
+of the pool the first time it queues. A claim is a POSIX record lock on the
+channel's memfd, so it dies with its process and the channel can be claimed
+again; finishes meant for the dead owner (seqs below the new owner's first)
+are dropped by the delivery (the channel's :attr:`Channel.floor`).
+
+The reader runs on the event loop that is running when the channel is
+claimed (``loop.add_reader`` on the ring's eventfd), else on a daemon thread.
+It hands every batch of finish records to the server's delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from taskmw import records
+from taskmw.errors import PoolClosed
+from taskmw.interfaces import Deliver
+from taskmw.pool import Pool
+from taskmw.ring import Batch, Ring
+
+log = logging.getLogger(__name__)
+
+_BATCH = 256
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Channel:
+    """A claimed completion channel and its reader."""
+
+    def __init__(self, pool: Pool, index: int, deliver: Deliver) -> None:
+        self.pool = pool
+        self.index = index
+        self.ring: Ring = pool.channels[index]
+        self.floor = pool.submit.stats().next_seq
+        """Seqs below it were queued by an earlier owner of the channel."""
+        self.deliver = deliver
+        self.header = index
+        """The channel bits of this process's submit records."""
+        self.thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def claim(cls, pool: Pool, deliver: Deliver) -> Channel:
+        """Claim a free channel of ``pool`` (dropping what its last owner left).
+
+        Raises:
+            PoolClosed: every channel is held by a live process.
+        """
+        for index, ring in enumerate(pool.channels):
+            if not pool.try_claim(index):
+                continue
+            stale = 0
+            while True:
+                batch = ring.try_pop_many(_BATCH)
+                if not batch.records:
+                    break
+                stale += len(batch.records)
+            if stale:
+                log.info("completion channel %d: dropped %d finishes of its previous owner", index, stale)
+            return cls(pool, index, deliver)
+        raise PoolClosed(
+            f"all {len(pool.channels)} completion channels are claimed by live processes: "
+            "raise max_dispatchers to let more processes queue tasks"
+        )
+
+    @property
+    def stale(self) -> bool:
+        """True if the event loop that read it has closed (read it anew)."""
+        return self.loop is not None and self.loop.is_closed()
+
+    def start_reader(self) -> None:
+        """Read on the running event loop if there is one, else on a thread."""
+        self.loop = None
+        loop = running_loop()
+        if loop is not None:
+            self.loop = loop
+            loop.add_reader(self.ring.fileno(), self._on_readable)
+            if self.ring.arm():
+                loop.call_soon(self._on_readable)
+        else:
+            self.thread = threading.Thread(target=self._read_forever, name=f"taskmw-finishes-{self.index}", daemon=True)
+            self.thread.start()
+
+    def _read_forever(self) -> None:
+        while True:
+            batch = self.ring.pop_many(_BATCH, timeout=None)
+            if self._hand_on(batch):
+                return
+
+    def _on_readable(self) -> None:
+        ring = self.ring
+        ring.disarm()
+        while True:
+            batch = ring.try_pop_many(_BATCH)
+            if batch.records:
+                self._hand_on(batch)
+                continue
+            if not ring.arm():
+                return  # armed and empty: wait for the eventfd
+            ring.disarm()
+
+    def _hand_on(self, batch: Batch) -> bool:
+        """Deliver a batch; True if the reader's stop marker was in it."""
+        if any(records.is_reader_stop(h) for h in batch.auxs):
+            kept = [(r, h) for r, h in zip(batch.records, batch.auxs, strict=True) if not records.is_reader_stop(h)]
+            self.deliver([r for r, _ in kept], [h for _, h in kept], self.floor)
+            return True
+        self.deliver(batch.records, batch.auxs, self.floor)
+        return False
+
+    def stop(self) -> None:
+        """Stop the reader and give the channel up."""
+        if self.thread is not None:
+            self.ring.push(b"", aux=records.READER_STOP, timeout=5.0)
+            self.thread.join(5.0)
+        elif self.loop is not None and not self.loop.is_closed():
+            try:
+                self.loop.remove_reader(self.ring.fileno())
+            except RuntimeError:  # the loop is closing from another thread
+                pass
+        self.pool.unclaim(self.index)

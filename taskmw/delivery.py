@@ -1,0 +1,156 @@
+"""Where a task is finished: its finish record becomes a
+:class:`~taskmw.TaskFinishEvent` for its waiter and the ``on_finish`` hooks,
+exactly once, in the process that queued it.
+
+Every backend hands this process's finish records to :meth:`Delivery.deliver`
+(the local pool from its channel reader, a thread or the event loop; Celery
+from its listener thread; the eager backend inline). Here a record is
+decoded, dropped if it belongs to an earlier owner of the channel or is a
+second finish of the same seq (a worker that died after sending it), passed
+to :mod:`taskmw.retries` if the task may run again, and else handed over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import pluggy
+
+from taskmw import records
+from taskmw.events import STATUSES, TaskError, TaskFinishEvent
+from taskmw.plugins import Impl, implementations
+from taskmw.records import FinishRecord
+from taskmw.retries import Retries, Retry
+
+log = logging.getLogger(__name__)
+
+_RECENT = 1 << 16  # finished seqs remembered to drop a duplicate finish
+_new_finish = tuple.__new__  # builds a TaskFinishEvent without NamedTuple's slower __new__
+
+Waiter = Callable[[TaskFinishEvent], None]
+
+
+class Delivery:
+    """One process's tasks in flight: waiters, counts, recent seqs, retries."""
+
+    def __init__(self, hook: pluggy.HookRelay, retries: Retries) -> None:
+        self.hook = hook
+        self.retries = retries
+        retries.failed = self.retry_failed
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.waiters: dict[int, Waiter | None] = {}  # None: abandoned, drop its finish
+        self.early: dict[int, TaskFinishEvent] = {}  # waited-for finishes that beat their waiter
+        self.sent = 0  # tasks queued by this process
+        self.done = 0  # finishes delivered to it
+        self.recent: OrderedDict[int, None] = OrderedDict()  # seqs finished lately, oldest first
+
+    # -- waiters ------------------------------------------------------------------
+
+    def expect(self, task_id: int, deliver: Waiter) -> TaskFinishEvent | None:
+        """With ``lock`` held: have the finish of ``task_id`` passed to
+        ``deliver``, or return it if it came already."""
+        early = self.early.pop(task_id, None)
+        if early is None:
+            self.waiters[task_id] = deliver
+        return early
+
+    def abandon(self, task_id: int) -> None:
+        """With ``lock`` held: nobody waits for ``task_id`` any more."""
+        self.waiters[task_id] = None
+
+    # -- delivering ------------------------------------------------------------------
+
+    def deliver(self, finishes: Sequence[bytes], headers: Sequence[int], floor: int = 0) -> None:
+        """Deliver finish records (see :data:`taskmw.interfaces.Deliver`)."""
+        delivered = 0
+        impls = implementations(self.hook.on_finish)
+        recent, retries = self.recent, self.retries
+        for record, header in zip(finishes, headers, strict=True):
+            try:
+                if records.is_spilled(header):
+                    record = records.unspill(record)
+                finish = FinishRecord.decode(record)
+            except Exception:
+                log.exception("an unreadable finish record was dropped")
+                continue
+            seq = finish.seq
+            if seq < floor:
+                log.warning("dropped the finish of task %d, queued by an earlier process", seq)
+                continue
+            if seq in recent:  # its worker died after sending it: the supervisor's "lost" comes too
+                log.debug("dropped a second finish for task %d (%s)", seq, STATUSES[finish.status])
+                continue
+            recent[seq] = None
+            if len(recent) > _RECENT:
+                recent.popitem(last=False)
+            task_id, attempts = finish.task_id, 1
+            if retries.active:
+                retry = retries.take(seq)
+                if retry is not None:
+                    if retries.again(retry, finish.status):
+                        continue
+                    task_id, attempts = retry.task_id, retry.attempt
+            event = _new_finish(
+                TaskFinishEvent,
+                (
+                    task_id,
+                    STATUSES[finish.status],
+                    finish.value,
+                    finish.error,
+                    finish.duration,
+                    finish.worker_id,
+                    attempts,
+                    finish.name,
+                ),
+            )
+            delivered += 1
+            self.hand_over(event, records.wants(header), impls)
+        if delivered:
+            self.count_done(delivered)
+
+    def hand_over(self, event: TaskFinishEvent, want: bool, impls: list[Impl] | None = None) -> None:
+        """Give a task's final finish to its waiter and the ``on_finish`` hooks."""
+        if want:
+            with self.lock:
+                if event.task_id in self.waiters:
+                    waiter = self.waiters.pop(event.task_id)
+                    if waiter is not None:
+                        waiter(event)
+                else:
+                    self.early[event.task_id] = event
+        for fn, argnames, plugin in impls if impls is not None else implementations(self.hook.on_finish):
+            try:
+                if argnames:
+                    fn(event)
+                else:
+                    fn()
+            except Exception:
+                log.exception("plugin %s failed in on_finish", plugin)
+
+    def count_done(self, n: int) -> None:
+        """``n`` more of this process's tasks got their final finish."""
+        with self.lock:
+            self.done += n
+            if self.done >= self.sent:
+                self.idle.notify_all()
+
+    def wait_idle(self, timeout: float, alive: Callable[[], bool]) -> None:
+        """Wait up to ``timeout`` seconds for the finish of every task this
+        process queued, while ``alive()`` says more can come."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while not self.idle.wait_for(lambda: self.done >= self.sent, timeout=0.25):
+                if time.monotonic() > deadline or not alive():
+                    break
+
+    def retry_failed(self, retry: Retry, exc: BaseException) -> None:
+        """A retry could not be queued: its task finishes ``error`` saying why."""
+        error = TaskError(type(exc).__qualname__, str(exc), "")
+        event = TaskFinishEvent(retry.task_id, "error", None, error, 0.0, -1, retry.attempt - 1)
+        self.hand_over(event, records.wants(retry.header))
+        self.count_done(1)

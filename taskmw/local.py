@@ -1,0 +1,197 @@
+"""The local pool as a :class:`~taskmw.interfaces.Transport`: tasks go into
+the shared :class:`~taskmw.pool.Pool`, task workers forked by the pool's
+supervisor run them, and finishes come back through this process's
+:class:`~taskmw.channel.Channel`.
+
+The process that builds it forks the supervisor (with the pool and a way to
+fork workers, nothing else) and keeps a watchdog thread that forks a new
+supervisor if that one dies while the pool runs. Every process forked later
+from the builder (gunicorn's HTTP workers with ``--preload``) shares the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from typing import Any
+
+from taskmw import _proc, supervisor, worker
+from taskmw.channel import Channel
+from taskmw.errors import PoolClosed
+from taskmw.interfaces import Deliver, Registered, Server
+from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
+from taskmw.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LocalTransport:
+    """A local pool: built (and its processes forked) when this is made.
+
+    Args:
+        settings: the pool's settings.
+        server: what the tasks and hooks in the workers see as their server.
+    """
+
+    inline = False
+
+    def __init__(self, settings: Settings, server: Server, **options: Any) -> None:
+        if options:
+            raise TypeError(f"the local pool got unexpected settings: {', '.join(sorted(options))}")
+        self.pool = Pool(settings)
+        self._server = server
+        self._deliver: Deliver | None = None
+        self._channel: Channel | None = None
+        self._claim_lock = threading.Lock()
+        self._closed = False
+
+    def _spawn_supervisor(self) -> int:
+        pool, server = self.pool, self._server
+        return supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id))
+
+    @property
+    def supervisor_pid(self) -> int:
+        """The pid of the process that owns the task workers."""
+        return self.pool.supervisor_pid
+
+    def _watch_supervisor(self) -> None:
+        """In the builder: if the supervisor dies while the pool runs, fork a
+        new one (its workers carry on with the queue; the old workers finish
+        what they hold and exit). ``send()`` raises :class:`PoolClosed` in
+        between."""
+        pool = self.pool
+        while True:
+            pid = pool.supervisor_pid
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                fd = -1
+            try:
+                if fd >= 0:
+                    poller = select.poll()  # not select(): the fd may be above FD_SETSIZE
+                    poller.register(fd, select.POLLIN)
+                    poller.poll()
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if self._closed or pool.state or os.getpid() != pool.owner:
+                return
+            pool.state = RESTARTING
+            log.error("the pool's supervisor (pid %d) died: starting a new one", pid)
+            pool.table.supervisor_pid = self._spawn_supervisor()
+            if pool.state == RESTARTING:
+                pool.state = RUNNING
+
+    # -- the transport -------------------------------------------------------------
+
+    def start(self, deliver: Deliver) -> None:
+        """Fork the supervisor (which forks the workers) and start the
+        watchdog; finishes go to ``deliver`` (the channel is claimed at the
+        first send)."""
+        self._deliver = deliver
+        self.pool.table.supervisor_pid = self._spawn_supervisor()
+        watchdog = threading.Thread(target=self._watch_supervisor, name="taskmw-watchdog", daemon=True)
+        watchdog.start()
+
+    def send(self, record: bytes, header: int, registered: Registered | None = None) -> int:
+        """Queue one task in the pool; returns its seq."""
+        channel = self._channel
+        if channel is None or channel.stale:
+            channel = self._claim()
+        self.pool.check_open()
+        seq = self.pool.push_task(record, header | channel.header)
+        if registered is not None:
+            registered(seq)
+        return seq
+
+    def _claim(self) -> Channel:
+        """Claim a completion channel (once per process) and start its reader:
+        on the running event loop if there is one, else on a thread."""
+        with self._claim_lock:
+            channel = self._channel
+            if channel is not None and not channel.stale:
+                return channel
+            if channel is None:  # else its event loop closed: keep the channel, read it anew
+                assert self._deliver is not None, "start() was not called"
+                channel = Channel.claim(self.pool, self._deliver)
+            channel.start_reader()
+            self._channel = channel
+            return channel
+
+    @property
+    def reader_loop(self) -> Any:
+        """The event loop reading this process's finishes (``None``: a thread, or none yet)."""
+        return None if self._channel is None else self._channel.loop
+
+    @property
+    def closed(self) -> bool:
+        """True once the pool stopped taking tasks."""
+        return self._closed or self.pool.state == STOPPED
+
+    def alive(self) -> bool:
+        """True while the pool's supervisor runs."""
+        return _proc.alive(self.pool.supervisor_pid)
+
+    def stats(self) -> dict[str, Any]:
+        """Workers, totals and queue depth (see :meth:`taskmw.TaskServer.stats`)."""
+        out = self.pool.table.snapshot()
+        out["supervisor_pid"] = self.pool.supervisor_pid
+        out["task_workers"] = self.pool.settings.task_workers
+        out["queue_depth"] = self.pool.submit.stats().records
+        return out
+
+    def reload(self) -> None:
+        """Have every worker make way for a fresh one."""
+        if self.closed:
+            raise PoolClosed("the task pool has stopped")
+        self.pool.table.bump_generation()
+
+    def close(self, timeout: float) -> None:
+        """Take no more tasks; in the builder, stop the supervisor (it drains
+        the queue for up to ``timeout`` seconds, then cancels the rest)."""
+        self._closed = True
+        if os.getpid() == self.pool.owner:
+            self._stop_supervisor(timeout)
+
+    def _stop_supervisor(self, timeout: float) -> None:
+        self.pool.state = STOPPED
+        pid = self.pool.supervisor_pid
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout + 5.0
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else (an app server's arbiter)
+                done = pid if not _proc.alive(pid) else 0
+            if done:
+                return
+            if time.monotonic() > deadline:
+                log.error("supervisor %d did not stop within %.1fs: killing it", pid, timeout + 5.0)
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+            time.sleep(0.01)
+
+    def stop_receiving(self) -> None:
+        """Stop this process's reader; the builder removes the pool's files."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.stop()
+        if os.getpid() == self.pool.owner:
+            self.pool.remove_files()
+
+    def after_fork(self) -> None:
+        """In a forked child: no channel claimed, no reader."""
+        self._channel = None
+        self._claim_lock = threading.Lock()
+        self.pool.after_fork()

@@ -1,0 +1,197 @@
+"""The local pool's shared state: everything made before the first fork and
+used by every process of the pool.
+
+:class:`Pool` holds the submit ring (tasks), one completion channel (a small
+ring) per process that queues tasks, the worker table, a state page, the
+spill directory for records too large for a ring, and the settings the
+workers need. The process that builds it (:class:`taskmw.local.LocalTransport`)
+forks the supervisor, which forks the workers; each is handed this object,
+never the server. Its methods are the two ends of the carrying:
+:meth:`push_task` (queue a task) and :meth:`send_finishes` (write outcomes back).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import mmap
+import os
+import shutil
+import tempfile
+import time
+
+from taskmw import _proc, records
+from taskmw._table import WorkerTable
+from taskmw.errors import PoolClosed, QueueFull
+from taskmw.ring import Ring, RingFull
+from taskmw.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SPIN_US = 0.0
+"""Waiters of the pool's rings sleep at once: at web request rates a spin
+before sleeping costs more CPU (taken from the HTTP workers on a small
+machine) than the wake-up it saves."""
+
+RUNNING, STOPPED, RESTARTING = 0, 1, 2
+"""The pool's state (its state page): taking tasks, stopped, or its
+supervisor is being replaced."""
+
+
+class Pool:
+    """The shared memory, files and settings of one local pool.
+
+    Args:
+        settings: the pool's settings (sizes, limits, timeouts).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        workers = settings.task_workers
+        self.submit = Ring(
+            settings.queue_bytes,
+            slots=settings.max_dispatchers + 2 * workers + 8,
+            max_held=max(256, settings.task_concurrency + 128),
+            spin_us=_SPIN_US,
+        )
+        """The task queue: submit records of :mod:`taskmw.records`."""
+        self.channels = [
+            Ring(settings.result_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
+            for _ in range(settings.max_dispatchers)
+        ]
+        """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`)."""
+        self.table = WorkerTable(workers)
+        """One row of counters per worker, plus the supervisor's."""
+        self._state = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with every forked process
+        self.spill_at = min(1 << 20, self.submit.max_record)
+        """Tasks larger than this travel as files."""
+        self.finish_spill_at = self.channels[0].max_record // 4
+        """Finishes larger than this travel as files."""
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=shm)  # mode 0700
+        """Where spilled records live (removed by :meth:`remove_files`)."""
+        self.owner = os.getpid()
+        """The pid of the process that built the pool (the supervisor's parent)."""
+        self.own_channel: int | None = None
+        """The completion channel this process has claimed (``None``: none)."""
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def state(self) -> int:
+        """:data:`RUNNING`, :data:`STOPPED` or :data:`RESTARTING`."""
+        return self._state[0]
+
+    @state.setter
+    def state(self, value: int) -> None:
+        self._state[0] = value
+
+    @property
+    def supervisor_pid(self) -> int:
+        """The pid of the supervisor now."""
+        return self.table.supervisor_pid
+
+    def check_open(self) -> None:
+        """Raise :class:`PoolClosed` unless the pool takes tasks."""
+        state = self._state[0]
+        if state == RESTARTING:
+            raise PoolClosed("the pool's supervisor died and is being restarted: try again in a moment")
+        if state:
+            raise PoolClosed("the task pool has stopped; no more tasks can be queued")
+
+    # -- carrying -------------------------------------------------------------------
+
+    def push_task(self, record: bytes, header: int) -> int:
+        """Write a submit record into the task queue (as a file if it is
+        large); returns its seq.
+
+        Raises:
+            ValueError: it is larger than ``max_payload_bytes``.
+            QueueFull: the queue stayed full for ``queue_timeout`` seconds.
+            PoolClosed: the supervisor is gone.
+        """
+        if len(record) > self.spill_at:
+            limit = self.settings.max_payload_bytes
+            if len(record) > limit:
+                raise ValueError(f"the task is {len(record)} bytes pickled, more than max_payload_bytes={limit}")
+            record = records.spill(record, self.spill_dir)
+            header |= records.SPILLED
+        try:
+            return self.submit.push(record, aux=header, timeout=self.settings.queue_timeout)
+        except RingFull:
+            if records.is_spilled(header):
+                records.discard(record)
+            if not _proc.alive(self.supervisor_pid):
+                raise PoolClosed(f"the pool's supervisor (pid {self.supervisor_pid}) is gone") from None
+            raise QueueFull(
+                f"the task queue stayed full for queue_timeout={self.settings.queue_timeout}s "
+                f"({self.submit.stats().records} tasks waiting): the task was not queued"
+            ) from None
+
+    def send_finishes(self, reply: int, finishes: list[bytes], patience: float | None = None) -> int:
+        """Write finish records into the completion channel ``reply``
+        addresses (see :func:`taskmw.records.reply_to`); a large one travels
+        as a file. While the channel is full, wait for as long as its process
+        lives (or ``patience`` seconds). Returns how many were dropped."""
+        big = [r for r in finishes if len(r) > self.finish_spill_at]
+        if big:
+            for r in big:
+                self.send_finishes(reply | records.SPILLED, [records.spill(r, self.spill_dir)], patience)
+            finishes = [r for r in finishes if len(r) <= self.finish_spill_at]
+        index = records.channel_of(reply)
+        channel = self.channels[index]
+        header = reply & ~records.CHANNEL_MASK
+        deadline = None if patience is None else time.monotonic() + patience
+        while finishes:
+            try:
+                channel.push_many(finishes, aux=header, timeout=1.0)
+                return 0
+            except RingFull as full:
+                finishes = finishes[full.accepted :]
+                if not self.channel_claimed(index) or (deadline is not None and time.monotonic() > deadline):
+                    for r in finishes:
+                        if records.is_spilled(header):
+                            records.discard(r)
+                    return len(finishes)
+        return 0
+
+    # -- completion channels ------------------------------------------------------------
+
+    def try_claim(self, index: int) -> bool:
+        """Claim channel ``index`` for this process (a POSIX record lock on its
+        memfd, which dies with the process); False if a live process holds it."""
+        try:
+            fcntl.lockf(self.channels[index].memfd(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+        except OSError:
+            return False
+        self.own_channel = index
+        return True
+
+    def unclaim(self, index: int) -> None:
+        """Give channel ``index`` up."""
+        try:
+            fcntl.lockf(self.channels[index].memfd(), fcntl.LOCK_UN, 1, 0)
+        except OSError:
+            pass
+        if self.own_channel == index:
+            self.own_channel = None
+
+    def channel_claimed(self, index: int) -> bool:
+        """True if a live process holds completion channel ``index``."""
+        if self.own_channel == index:
+            return True
+        fd = self.channels[index].memfd()
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+        except OSError:
+            return True
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+        return False
+
+    def after_fork(self) -> None:
+        """In a forked child: it holds no channel (locks are not inherited)."""
+        self.own_channel = None
+
+    def remove_files(self) -> None:
+        """Remove the spill directory (by the builder, once the pool stopped)."""
+        shutil.rmtree(self.spill_dir, ignore_errors=True)

@@ -1,0 +1,294 @@
+"""The two records of a task's trip, and the one place that knows their layout.
+
+A **submit record** carries a task from the process that queued it to a task
+worker; a **finish record** carries its outcome back. Both travel as a ring
+record (bytes) plus the ring's 32-bit aux word, the record's *header*:
+
+====================  ===============================================
+bits 0-15             the completion channel of the queuing process
+bits 16-23            the :class:`Kind` (a call, a data object, a stop marker)
+:attr:`Flag.WANT`     a ``taskwait``/``task_async``/``result`` caller waits for the finish
+:attr:`Flag.READER_STOP`  (finish) the marker that ends a completion reader thread
+:attr:`Flag.OPTS`     (submit) the payload starts with the options header
+:attr:`Flag.TIMED`    (submit) the task has a time limit: a worker takes it alone
+:attr:`Flag.SPILLED`  the record is the path of a file holding the payload
+====================  ===============================================
+
+A task's **seq** is its record's sequence number in the submit ring; its
+**id** (what ``task()`` returned) is the seq of its first run: a retry is
+queued again under a new seq and carries its id in the options header
+(:func:`task_id_of` is the one place that decides this).
+
+Nothing outside this module builds or masks header bits; the hot paths use
+the plain-int constants below (an :class:`enum.IntFlag` costs more per
+operation than an int).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import tempfile
+from typing import Any, NamedTuple
+
+from taskmw import _codec
+from taskmw.events import STATUSES, TaskError
+from taskmw.settings import check_int, check_seconds
+from taskmw.tasks import ServiceTask, Task
+
+
+class Kind(enum.IntEnum):
+    """What a submit record holds."""
+
+    CALL = 0
+    """``pickle((fn, args, kwargs or None))``"""
+    DATA = 1
+    """``pickle(obj)``: a data object or a :class:`~taskmw.ServiceTask`"""
+    STOP = 2
+    """no payload: the worker that takes it stops"""
+
+
+class Flag(enum.IntFlag):
+    """The header's flag bits."""
+
+    WANT = 1 << 24
+    READER_STOP = 1 << 25
+    OPTS = 1 << 26
+    TIMED = 1 << 27
+    SPILLED = 1 << 28
+
+
+CHANNEL_MASK = 0xFFFF
+_KIND_SHIFT = 16
+_KIND_MASK = 0xFF << _KIND_SHIFT
+WANT = int(Flag.WANT)
+READER_STOP = int(Flag.READER_STOP)
+TIMED = int(Flag.TIMED)
+"""The ring's ``alone`` mask: a worker pops a timed task on its own."""
+SPILLED = int(Flag.SPILLED)
+_OPTS = int(Flag.OPTS)
+_REPLY = CHANNEL_MASK | WANT
+STOP = Kind.STOP << _KIND_SHIFT
+"""The header of a stop marker."""
+
+# Finish status codes: indexes into taskmw.events.STATUSES.
+OK, ERROR, LOST, TIMEOUT, CANCELLED = range(5)
+assert STATUSES[OK] == "ok" and STATUSES[CANCELLED] == "cancelled"
+
+
+def submit_header(kind: Kind, want: bool = False) -> int:
+    """The header bits of a new task of ``kind`` (the channel and the
+    transport's own bits are added when it is sent)."""
+    return (kind << _KIND_SHIFT) | (WANT if want else 0)
+
+
+def with_channel(header: int, channel: int) -> int:
+    """``header`` addressed to completion channel ``channel``."""
+    return header | channel
+
+
+def kind_of(header: int) -> Kind:
+    """The :class:`Kind` of a submit record."""
+    return Kind((header & _KIND_MASK) >> _KIND_SHIFT)
+
+
+def is_stop(header: int) -> bool:
+    """True for a stop marker."""
+    return header & _KIND_MASK == STOP
+
+
+def wants(header: int) -> bool:
+    """True if someone waits for this task's finish."""
+    return bool(header & WANT)
+
+
+def reply_to(header: int) -> int:
+    """The header of the finish of a task sent with ``header``: its channel and ``WANT``."""
+    return header & _REPLY
+
+
+def channel_of(header: int) -> int:
+    """The completion channel a header addresses."""
+    return header & CHANNEL_MASK
+
+
+def is_spilled(header: int) -> bool:
+    """True if the record is the path of a spill file (see :func:`spill`)."""
+    return bool(header & SPILLED)
+
+
+def is_reader_stop(header: int) -> bool:
+    """True for the marker that stops a completion reader."""
+    return bool(header & READER_STOP)
+
+
+# -- submit records ------------------------------------------------------------
+
+_OPTIONS = struct.Struct("<dIQ")
+
+
+class Options(NamedTuple):
+    """Per-task options that travel in the record's options header."""
+
+    timeout: float | None = None
+    """The task's own time limit (``None``: the pool's)."""
+    attempt: int = 1
+    """Which run this is (1 the first time)."""
+    task_id: int = 0
+    """The id of the task's first run (0: the first run, whose id is its seq)."""
+
+
+def task_id_of(seq: int, first_id: int) -> int:
+    """A task's id: the seq of its first run (``first_id``, 0 for a first run)."""
+    return first_id or seq
+
+
+def encode_task(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, Kind, dict[str, Any]]:
+    """``(payload, kind, options)`` of what ``task()`` was given: a callable
+    and its arguments, a :class:`~taskmw.Task` or :class:`~taskmw.ServiceTask`
+    (``kwargs`` are then the per-task options ``timeout`` and ``retries``), or
+    a data object.
+
+    Raises:
+        TypeError: something cannot be pickled (the message names it), or
+            arguments were given with a Task or data object.
+        ValueError: an option is out of range.
+    """
+    if type(obj) is Task:
+        return _codec.encode_call(obj.fn, obj.args, obj.kwargs), Kind.CALL, _options(obj, args, kwargs)
+    if isinstance(obj, ServiceTask) or not callable(obj) or isinstance(obj, type):
+        return _codec.encode_data(obj), Kind.DATA, _options(obj, args, kwargs)
+    return _codec.encode_call(obj, args, kwargs), Kind.CALL, {}
+
+
+def _options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The per-task options (``timeout``, ``retries``) given with a Task or data object."""
+    if args:
+        raise TypeError(
+            f"task() got positional arguments with a {type(obj).__qualname__}: only a plain callable takes "
+            "arguments (put them in the Task)"
+        )
+    unknown = set(kwargs) - {"timeout", "retries"}
+    if unknown:
+        raise TypeError(
+            f"task() got unexpected keyword arguments {sorted(unknown)} with a {type(obj).__qualname__}: "
+            "the options are timeout= and retries= (a Task's own arguments go in the Task)"
+        )
+    if kwargs.get("timeout") is not None:
+        check_seconds("timeout", kwargs["timeout"], positive=True)
+    if kwargs.get("retries") is not None:
+        check_int("retries", kwargs["retries"], 0, 1000)
+    return kwargs
+
+
+def encode_submit(payload: bytes, header: int, options: Options | None) -> tuple[bytes, int]:
+    """``(record, header)`` of a task: the options header goes in front when
+    there are options (a time limit, a retry)."""
+    if options is None:
+        return payload, header
+    timed = TIMED if options.timeout is not None else 0
+    record = _OPTIONS.pack(options.timeout or 0.0, options.attempt, options.task_id) + payload
+    return record, header | _OPTS | timed
+
+
+class SubmitRecord(NamedTuple):
+    """A task as a worker reads it."""
+
+    seq: int
+    task_id: int
+    kind: Kind
+    reply: int
+    """The header of its finish (see :func:`reply_to`)."""
+    timeout: float | None
+    attempt: int
+    payload: bytes
+    """Its pickled call or data object (without the options header)."""
+
+    @classmethod
+    def read(cls, seq: int, record: bytes, header: int) -> SubmitRecord:
+        """Decode a popped record (reading, and removing, its spill file).
+
+        Raises:
+            OSError: a spill file is gone. ``struct.error``: a bad options header.
+        """
+        if header & SPILLED:
+            record = unspill(record)
+        timeout, attempt, first_id = None, 1, 0
+        if header & _OPTS:
+            own, attempt, first_id = _OPTIONS.unpack_from(record)
+            timeout = own or None
+            record = record[_OPTIONS.size :]
+        return cls(seq, task_id_of(seq, first_id), kind_of(header), header & _REPLY, timeout, attempt, record)
+
+
+# -- finish records ------------------------------------------------------------
+
+
+class FinishRecord(NamedTuple):
+    """A task's outcome as it travels back."""
+
+    seq: int
+    task_id: int
+    status: int
+    """One of :data:`OK`, :data:`ERROR`, :data:`LOST`, :data:`TIMEOUT`, :data:`CANCELLED`."""
+    value: Any = None
+    error: TaskError | None = None
+    duration: float = 0.0
+    worker_id: int = -1
+    name: str = ""
+
+    def encode(self) -> bytes:
+        """The record's bytes. A return value that cannot be pickled turns
+        the finish into an ``error`` naming it (the task did run)."""
+        try:
+            return _codec.dumps(tuple(self))
+        except BaseException as exc:  # noqa: B036 - a value's __reduce__ may raise anything
+            message = _codec.unpicklable_message("the return value", self.value, exc)
+            return _codec.dumps(tuple(self._replace(status=ERROR, value=None, error=TaskError("TypeError", message, ""))))
+
+    @classmethod
+    def decode(cls, record: bytes) -> FinishRecord:
+        """The finish in ``record`` (raises what unpickling raises)."""
+        return cls._make(_codec.decode(record))
+
+
+def lost(seq: int, error: TaskError, status: int = LOST, duration: float = 0.0, worker_id: int = -1) -> bytes:
+    """The finish record of a task that no worker finished (``lost``,
+    ``timeout`` at a killed worker, ``cancelled``); its id is its seq's
+    unless the queuing process knows better (a retry)."""
+    return FinishRecord(seq, seq, status, None, error, duration, worker_id).encode()
+
+
+# -- records too large for a ring --------------------------------------------------
+
+
+def spill(payload: bytes, directory: str) -> bytes:
+    """Write ``payload`` to a new file in ``directory``; returns the record
+    that stands for it (its path). Send it with :data:`SPILLED` in the header."""
+    fd, path = tempfile.mkstemp(dir=directory, prefix="payload-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return os.fsencode(path)
+
+
+def unspill(record: bytes) -> bytes:
+    """Read back, and delete, the file of a record written by :func:`spill`."""
+    path = os.fsdecode(record)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def discard(record: bytes) -> None:
+    """Delete the spill file of a record that will never be read."""
+    try:
+        os.unlink(os.fsdecode(record))
+    except OSError:
+        pass

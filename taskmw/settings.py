@@ -1,0 +1,86 @@
+"""The pool's settings: one type with every setting's default and check,
+used by every backend (local pool, eager, Celery) and by ``taskmw start``'s
+configuration table (:mod:`taskmw.config`).
+
+A :class:`Settings` is checked when it is made, so a bad value raises
+``ValueError`` naming the setting where the caller gave it, before any
+process is forked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+def check_int(name: str, value: object, lo: int, hi: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int in ``lo..hi``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
+
+
+def check_seconds(name: str, value: object, *, positive: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number of seconds (>= 0, or > 0)."""
+    lo = "> 0" if positive else ">= 0"
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not 0 <= value < 1e9
+        or (positive and value == 0)
+    ):
+        raise ValueError(f"{name} must be a number of seconds {lo}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every setting of a pool, with its default. See :class:`taskmw.TaskServer`
+    for what each one does; ``docs/configuration.md`` lists them with their
+    ``taskmw start`` flags and environment variables.
+
+    Raises:
+        ValueError: a setting is out of range (the message names it).
+    """
+
+    task_workers: int = 4
+    queue_bytes: int = 16 << 20
+    queue_timeout: float = 5.0
+    task_concurrency: int = 100
+    shutdown_timeout: float = 30.0
+    max_dispatchers: int = 32
+    result_bytes: int = 1 << 20
+    task_timeout: float | None = None
+    retries: int = 0
+    retry_backoff: float = 0.5
+    max_tasks_per_worker: int | None = None
+    max_payload_bytes: int = 128 << 20
+
+    def __post_init__(self) -> None:
+        check_int("task_workers", self.task_workers, 1, 1024)
+        check_int("task_concurrency", self.task_concurrency, 1, 10000)
+        check_int("max_dispatchers", self.max_dispatchers, 1, 4096)
+        check_int("queue_bytes", self.queue_bytes, 4096, 1 << 40)
+        check_int("result_bytes", self.result_bytes, 4096, 1 << 40)
+        check_seconds("queue_timeout", self.queue_timeout)
+        check_seconds("shutdown_timeout", self.shutdown_timeout)
+        check_seconds("retry_backoff", self.retry_backoff)
+        check_int("retries", self.retries, 0, 1000)
+        check_int("max_payload_bytes", self.max_payload_bytes, 1, 1 << 40)
+        if self.task_timeout is not None:
+            check_seconds("task_timeout", self.task_timeout, positive=True)
+        if self.max_tasks_per_worker is not None:
+            check_int("max_tasks_per_worker", self.max_tasks_per_worker, 1, 1 << 62)
+        for name in ("queue_timeout", "shutdown_timeout", "retry_backoff", "task_timeout"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """The name of every setting."""
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default value of setting ``name``."""
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
