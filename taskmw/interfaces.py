@@ -29,6 +29,8 @@ import pluggy
 class Server(Protocol):
     """A taskmw server, as the code running inside tasks and hooks sees it."""
 
+    plugins: pluggy.PluginManager
+    """The plugin manager."""
     hook: pluggy.HookRelay
     """The plugins' hooks."""
     worker_id: int | None

@@ -192,6 +192,14 @@ def encode_submit(payload: bytes, header: int, options: Options | None) -> tuple
     return record, header | _OPTS | timed
 
 
+def options_of(record: bytes, header: int) -> Options:
+    """The options a submit record carries (the defaults when it has none)."""
+    if not header & _OPTS:
+        return Options()
+    timeout, attempt, first_id = _OPTIONS.unpack_from(record)
+    return Options(timeout or None, attempt, first_id)
+
+
 class SubmitRecord(NamedTuple):
     """A task as a worker reads it."""
 
@@ -214,10 +222,8 @@ class SubmitRecord(NamedTuple):
         """
         if header & SPILLED:
             record = unspill(record)
-        timeout, attempt, first_id = None, 1, 0
+        timeout, attempt, first_id = options_of(record, header)
         if header & _OPTS:
-            own, attempt, first_id = _OPTIONS.unpack_from(record)
-            timeout = own or None
             record = record[_OPTIONS.size :]
         return cls(seq, task_id_of(seq, first_id), kind_of(header), header & _REPLY, timeout, attempt, record)
 

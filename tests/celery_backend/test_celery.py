@@ -110,9 +110,9 @@ def _kill_first_attempt(folder: Path, worker: Any) -> None:
 
 def test_tasks_run_on_the_celery_worker_and_finish_here(server: TaskServer, finishes: Finishes, worker: Any,
                                                         records: Path) -> None:  # fmt: skip
-    from taskmw_celery import CeleryServer
+    from taskmw_celery import CeleryTransport
 
-    assert isinstance(server, CeleryServer) and isinstance(server, TaskServer)
+    assert isinstance(server.transport, CeleryTransport) and server.backend == "celery"
     assert taskmw.current_server() is server
     ids = [server.task(cjobs.add, i, 1) for i in range(40)]
     who = server.task(cjobs.whoami)
@@ -128,7 +128,7 @@ def test_tasks_run_on_the_celery_worker_and_finish_here(server: TaskServer, fini
     seen = {r["task_id"]: r for r in read_records(records, "ontask")}
     assert all(seen[i]["pid"] != os.getpid() for i in [*ids, who]), "on_task did not run in the Celery worker"
     starts = [r for r in read_records(records, "life") if r["event"] == "start"]
-    assert {r["pid"] for r in starts} >= {seen[who]["pid"]} and {r["server"] for r in starts} == {"CeleryServer"}
+    assert {r["pid"] for r in starts} >= {seen[who]["pid"]} and {r["server"] for r in starts} == {"celery"}
 
 
 def test_finishes_go_to_the_process_that_queued(server: TaskServer, finishes: Finishes, tmp_path: Path) -> None:
@@ -280,18 +280,18 @@ def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finish
     from celery import states
     from celery.exceptions import TimeLimitExceeded
 
-    from taskmw import _codec
+    from taskmw import records
 
     app = cjobs.make_app(redis_server.url_for(2))
     with TaskServer(backend="celery", celery_app=app, plugins=[finishes], shutdown_timeout=1) as server:
         ok, lost, slow, revoked = (server.task(cjobs.add, 1, 1) for _ in range(4))
         backend = app.backend
-        prefix: str = server._prefix  # type: ignore[attr-defined]  # this process's Celery task id prefix
+        prefix: str = server.transport.prefix  # type: ignore[attr-defined]  # this process's Celery task id prefix
 
         def celery_id(task_id: int) -> str:
             return f"{prefix}{task_id}"
 
-        record = _codec.encode_finish(ok, _codec.OK, 2, None, 0.5, 1)
+        record = records.FinishRecord(ok, ok, records.OK, 2, None, 0.5, 1).encode()
         meta = {"status": states.SUCCESS, "result": record, "traceback": None, "children": [], "task_id": celery_id(ok)}
         backend.client.set(backend.get_key_for_task(celery_id(ok)), backend.encode(meta))  # not published
         backend.mark_as_failure(celery_id(lost), WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."))
@@ -303,7 +303,7 @@ def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finish
         assert got[slow].status == "timeout" and got[revoked].status == "cancelled"
         backend.store_result(celery_id(ok), record, states.SUCCESS)  # it ran twice
         later = server.task(cjobs.add, 2, 2)
-        backend.store_result(celery_id(later), _codec.encode_finish(later, _codec.OK, 4, None, 0.1, 0), states.SUCCESS)
+        backend.store_result(celery_id(later), records.FinishRecord(later, later, records.OK, 4, None, 0.1, 0).encode(), states.SUCCESS)
         assert finishes.wait([later])[later].return_value == 4
         assert finishes.count[ok] == 1
         key = backend.get_key_for_task(celery_id(later))
@@ -315,7 +315,7 @@ def test_finishes_survive_a_redis_restart(tmp_path: Path, finishes: Finishes) ->
     went away: a result stored after the restart still arrives, once."""
     from celery import states
 
-    from taskmw import _codec
+    from taskmw import records
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -327,8 +327,8 @@ def test_finishes_survive_a_redis_restart(tmp_path: Path, finishes: Finishes) ->
             task_id = server.task(cjobs.add, 1, 1)  # no worker: its result is written below
             first.stop()
             again = Redis(tmp_path / "b", port=first.port)
-            prefix: str = server._prefix  # type: ignore[attr-defined]
-            record = _codec.encode_finish(task_id, _codec.OK, 2, None, 0.1, 0)
+            prefix: str = server.transport.prefix  # type: ignore[attr-defined]
+            record = records.FinishRecord(task_id, task_id, records.OK, 2, None, 0.1, 0).encode()
             _wait_for(lambda: _stored(app, f"{prefix}{task_id}", record, states.SUCCESS), "Redis is back")
             assert finishes.wait([task_id])[task_id].return_value == 2
             assert finishes.count[task_id] == 1
@@ -364,7 +364,7 @@ def test_gunicorn_app_unchanged_on_celery(worker: Any, redis_server: Redis, reco
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:  # both HTTP workers queue
             for body in pool.map(queue, range(40)):
-                assert body["server"] == "CeleryServer"
+                assert body["server"] == "celery"
                 queued[body["id"]] = (body["pid"], "ok")
         with web.client() as c:
             for m in ("first", "second"):
@@ -442,7 +442,7 @@ def test_the_middleware_takes_the_backend_setting(redis_server: Redis, worker: A
 
     wrapped = TaskMiddleware(app, backend="celery", celery_app=cjobs.make_app(redis_server.url))
     try:
-        assert type(wrapped.server).__name__ == "CeleryServer"
+        assert wrapped.server.backend == "celery"
         assert wrapped({"PATH_INFO": "/"}, lambda *a: None) == [b"2"]
     finally:
         wrapped.close()

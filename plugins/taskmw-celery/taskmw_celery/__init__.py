@@ -19,8 +19,8 @@ back, from Celery's Redis result backend, to the ``on_finish`` hooks of the
 process that sent it. See README's Celery section for the guarantees.
 """
 
-from taskmw_celery.server import CeleryServer
+from taskmw_celery.server import CeleryTransport
 from taskmw_celery.settings import TASK_NAME, configure
 from taskmw_celery.worker import install
 
-__all__ = ["TASK_NAME", "CeleryServer", "configure", "install"]
+__all__ = ["TASK_NAME", "CeleryTransport", "configure", "install"]

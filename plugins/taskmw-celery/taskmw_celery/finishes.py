@@ -11,7 +11,7 @@ published meanwhile), so results of tasks pending for longer than
 A result is deleted once delivered; a second result for the same id (a task
 that ran twice) finds no pending entry and is dropped.
 
-What Celery stores becomes a finish record (:mod:`taskmw._codec`):
+What Celery stores becomes a finish record (:mod:`taskmw.records`):
 ``SUCCESS`` carries the record the taskmw task made itself (statuses ``ok``
 and ``error``, exactly as in the local pool); ``FAILURE`` is Celery's own:
 the pool process died (``lost``), the hard time limit killed it
@@ -30,10 +30,10 @@ from typing import Any
 from celery import states
 from redis.exceptions import RedisError
 
-from taskmw import _codec
-from taskmw._codec import WANT
+from taskmw import records
 from taskmw.events import TaskError
 from taskmw.pipeline import error_of
+from taskmw.records import CANCELLED, ERROR, LOST, TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ BATCH = 256
 """Most finishes delivered at once."""
 
 Pending = dict[int, tuple[int, float]]
-"""Task id -> (WANT or 0, when it was sent): the tasks of this process with no finish yet."""
+"""Task id -> (its finish's header, when it was sent): the tasks of this process with no finish yet."""
 Deliver = Callable[[list[bytes], list[int]], None]
 
 
@@ -57,20 +57,19 @@ def finish_record(task_id: int, meta: dict[str, Any]) -> bytes | None:
         if isinstance(result, bytes):
             return result
         error = TaskError("TypeError", f"the Celery task returned {type(result).__name__}, not a taskmw finish", "")
-        return _codec.encode_finish(task_id, _codec.ERROR, None, error, 0.0, -1)
+        return records.lost(task_id, error, ERROR)
     if status == states.REVOKED:
         error = TaskError("Revoked", "the task was revoked on Celery before it finished", "")
-        return _codec.encode_finish(task_id, _codec.CANCELLED, None, error, 0.0, -1)
+        return records.lost(task_id, error, CANCELLED)
     if status != states.FAILURE:
         return None
     kind = type(result).__name__
     if kind == "WorkerLostError":
         error = TaskError("WorkerLost", f"the Celery pool process running the task died: {result}", "")
-        return _codec.encode_finish(task_id, _codec.LOST, None, error, 0.0, -1)
+        return records.lost(task_id, error, LOST)
     error = error_of(result if isinstance(result, BaseException) else RuntimeError(repr(result)))
     error = error._replace(traceback=meta.get("traceback") or error.traceback)
-    code = _codec.TIMEOUT if kind == "TimeLimitExceeded" else _codec.ERROR
-    return _codec.encode_finish(task_id, code, None, error, 0.0, -1)
+    return records.lost(task_id, error, TIMEOUT if kind == "TimeLimitExceeded" else ERROR)
 
 
 class FinishListener:
@@ -163,8 +162,8 @@ class FinishListener:
 
     def _handle(self, got: list[tuple[bytes, bytes]]) -> None:
         """Turn stored results into finish records, delete them, and deliver those still pending."""
-        records: list[bytes] = []
-        auxs: list[int] = []
+        finishes: list[bytes] = []
+        headers: list[int] = []
         keys: list[bytes] = []
         start = len(self.key_prefix)
         for key, data in got:
@@ -178,7 +177,7 @@ class FinishListener:
             except Exception as exc:
                 log.exception("the result of task %d could not be read", task_id)
                 error = TaskError("ResultUnreadable", f"its Celery result could not be read: {exc!r}", "")
-                record = _codec.encode_finish(task_id, _codec.ERROR, None, error, 0.0, -1)
+                record = records.lost(task_id, error, ERROR)
             if record is None:
                 continue
             keys.append(key)
@@ -186,9 +185,9 @@ class FinishListener:
             if entry is None:
                 log.debug("dropped a second finish of task %d (it ran twice)", task_id)
                 continue
-            records.append(record)
-            auxs.append(WANT if entry[0] else 0)
-        if records:
-            self.deliver(records, auxs)
+            finishes.append(record)
+            headers.append(entry[0])
+        if finishes:
+            self.deliver(finishes, headers)
         if keys:
             self.client.delete(*keys)

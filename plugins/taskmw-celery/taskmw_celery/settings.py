@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
-from taskmw.server import _check_seconds
+from taskmw.settings import check_seconds
 
 TASK_NAME = "taskmw.run"
 """The one Celery task that runs every taskmw task, sent by name."""
@@ -48,7 +48,7 @@ def configure(celery_app: Any, time_limit: float | None = None) -> float:
     """
     conf = celery_app.conf
     limit = time_limit if time_limit is not None else conf.task_time_limit or DEFAULT_TIME_LIMIT
-    _check_seconds("time_limit", limit)
+    check_seconds("time_limit", limit)
     if not limit:
         raise ValueError("time_limit must be > 0 seconds: a task without a limit could outlive the visibility timeout")
     accept = list(conf.accept_content or ["json"])

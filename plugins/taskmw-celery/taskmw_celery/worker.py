@@ -3,7 +3,7 @@ that runs taskmw tasks, with the same pipeline as the local pool's workers
 (:func:`taskmw.worker.run_task`: the invoker, the dispatcher,
 ``resolve_service`` and every ``on_task`` plugin).
 
-Each Celery pool process builds its own :class:`~taskmw_celery.CeleryServer`
+Each Celery pool process builds its own server (``TaskServer(backend="celery")``)
 from ``install()``'s settings: its plugin manager runs the tasks, it is
 ``event.server`` and :func:`taskmw.current_server` there (so tasks can queue
 tasks), and its ``on_worker_start`` / ``on_worker_stop`` hooks run when the
@@ -26,10 +26,11 @@ from typing import Any
 from billiard.process import current_process
 from celery import signals, states
 
-from taskmw import _codec
+from taskmw import TaskServer
 from taskmw.listeners import Listener
-from taskmw.pipeline import call_each, error_of, on_task_calls, run_task
-from taskmw_celery.server import CeleryServer
+from taskmw.pipeline import error_of, run_task
+from taskmw.plugins import call_each, implementations
+from taskmw.records import ERROR, FinishRecord, SubmitRecord
 from taskmw_celery.settings import IN_WORKER, TASK_NAME, configure
 
 log = logging.getLogger(__name__)
@@ -44,19 +45,22 @@ class _WorkerProcess:
         self.worker_id: int = getattr(current_process(), "index", 0) or 0
         token = IN_WORKER.set(True)
         try:
-            self.server = CeleryServer(celery_app=celery_app, **settings)
+            self.server = TaskServer(backend="celery", celery_app=celery_app, **settings)
         finally:
             IN_WORKER.reset(token)
         self.server.worker_id = self.worker_id
-        self.calls = on_task_calls(self.server.hook)
+        self.calls = implementations(self.server.hook.on_task)
         self.loops = threading.local()  # an event loop per thread that runs async tasks (--pool threads)
         call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
 
-    def run(self, seq: int, payload: bytes, kind: int, attempt: int, task_id: int) -> bytes:
-        """Run one task (``task_id`` as the user knows it, attempt ``attempt``);
-        returns its finish record (for ``seq``, the id it was sent under)."""
+    def run(self, seq: int, record: bytes, header: int) -> bytes:
+        """Run one task (a submit record sent under ``seq``); returns its finish record."""
         started = time.perf_counter()
-        status, value, error, name = run_task(self.calls, self.server, task_id, self.worker_id, payload, kind, attempt)
+        task = SubmitRecord.read(seq, record, header)
+        server, worker_id = self.server, self.worker_id
+        status, value, error, name = run_task(
+            self.calls, server, task.task_id, worker_id, task.payload, task.kind, task.attempt
+        )
         if inspect.iscoroutine(value):
             loop = getattr(self.loops, "loop", None)
             if loop is None:
@@ -64,8 +68,9 @@ class _WorkerProcess:
             try:
                 value = loop.run_until_complete(value)
             except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, as in the local pool
-                status, value, error = _codec.ERROR, None, error_of(exc)
-        return _codec.encode_finish(seq, status, value, error, time.perf_counter() - started, self.worker_id, name)
+                status, value, error = ERROR, None, error_of(exc)
+        duration = time.perf_counter() - started
+        return FinishRecord(seq, task.task_id, status, value, error, duration, worker_id, name).encode()
 
     def stop(self) -> None:
         """Run ``on_worker_stop`` and close what the process opened."""
@@ -173,8 +178,8 @@ def install(
         time_limit=limit,
         typing=False,
     )
-    def run(self: Any, seq: int, payload: bytes, kind: int, attempt: int = 1, task_id: int = 0) -> None:
-        finish = state.get().run(seq, payload, kind, attempt, task_id or seq)
+    def run(self: Any, seq: int, record: bytes, header: int) -> None:
+        finish = state.get().run(seq, record, header)
         self.backend.store_result(self.request.id, finish, states.SUCCESS, request=self.request)
 
     signals.worker_init.connect(state.on_worker_init, weak=False)

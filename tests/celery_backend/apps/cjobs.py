@@ -151,7 +151,7 @@ class Recorder:
 
     @hookimpl
     def on_worker_start(self, worker_id: int, server: Any) -> None:
-        record("life", {"event": "start", "worker_id": worker_id, "pid": os.getpid(), "server": type(server).__name__})
+        record("life", {"event": "start", "worker_id": worker_id, "pid": os.getpid(), "server": server.backend})
 
     @hookimpl
     def on_worker_stop(self, worker_id: int, server: Any) -> None:

@@ -18,7 +18,7 @@ def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     server = environ["taskmw.server"]
     path = environ["PATH_INFO"]
     q = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-    body: dict[str, Any] = {"pid": os.getpid(), "server": type(server).__name__}
+    body: dict[str, Any] = {"pid": os.getpid(), "server": server.backend}
     if path == "/queue":
         body["id"] = server.task(cjobs.add, int(q["a"]), int(q["b"]))
     elif path == "/fail":
