@@ -25,3 +25,11 @@ def rss_bytes(pid: int) -> int | None:
         return int(psutil.Process(pid).memory_info().rss)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
+
+
+def children(pid: int) -> set[int]:
+    """The pids of ``pid``'s children (empty if it is gone)."""
+    try:
+        return {child.pid for child in psutil.Process(pid).children()}
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return set()

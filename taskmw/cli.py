@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from taskmw import _control, config, middleware, worker
 from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware, _is_asgi
+from taskmw.interfaces import Server
 from taskmw.server import TaskServer
 
 log = logging.getLogger(__name__)
@@ -148,11 +149,12 @@ def _wait_child(pid: int, timeout: float) -> None:
     os.waitpid(pid, 0)
 
 
-def _import_in_task_worker(spec: str) -> Callable[[TaskServer, int], None]:
+def _import_in_task_worker(spec: str) -> Callable[[Server, int], None]:
     """The ``worker.before_run`` hook: import the app in a new task worker,
     joining the inherited pool, so the app's plugins run there too."""
 
-    def setup(server: TaskServer, worker_id: int) -> None:
+    def setup(server: Server, worker_id: int) -> None:
+        assert isinstance(server, TaskServer)
         middleware.adopt_pool(server)
         try:
             load_app(spec)

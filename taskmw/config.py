@@ -15,7 +15,11 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from taskmw.settings import Settings
+
 ENV_PREFIX = "TASKMW_"
+_DEFAULT = Settings()
+"""The pool options' defaults are the pool's own (:class:`taskmw.settings.Settings`)."""
 DEFAULT_PID_FILE = "taskmw.pid"
 """The pid file, relative to the directory ``taskmw`` runs in."""
 
@@ -71,7 +75,8 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("num_workers", ("-w", "--num-workers"), int, 2, "HTTP worker processes", metavar="N"),
-    Option("num_task_workers", ("-t", "--num-task-workers"), int, 4, "task worker processes (the pool's task_workers)",
+    Option("num_task_workers", ("-t", "--num-task-workers"), int, _DEFAULT.task_workers,
+           "task worker processes (the pool's task_workers)",
            pool=True, metavar="N"),
     Option("host", ("--host",), str, "127.0.0.1", "address to listen on"),
     Option("port", ("--port",), int, 8000, "TCP port to listen on"),
@@ -86,29 +91,32 @@ OPTIONS: tuple[Option, ...] = (
     Option("http_timeout", ("--http-timeout",), int, 30,
            "an HTTP worker silent for this many seconds is killed and replaced (gunicorn's --timeout)",
            metavar="SECONDS"),
-    Option("queue_bytes", ("--queue-bytes",), _size, 16 << 20, "size of the task queue (K, M, G suffixes)",
+    Option("queue_bytes", ("--queue-bytes",), _size, _DEFAULT.queue_bytes, "size of the task queue (K, M, G suffixes)",
            pool=True, metavar="SIZE"),
-    Option("queue_timeout", ("--queue-timeout",), float, 5.0,
+    Option("queue_timeout", ("--queue-timeout",), float, _DEFAULT.queue_timeout,
            "seconds task() waits for room in a full queue before raising QueueFull", pool=True, metavar="SECONDS"),
-    Option("task_concurrency", ("--task-concurrency",), int, 100, "async def tasks one task worker runs at once",
+    Option("task_concurrency", ("--task-concurrency",), int, _DEFAULT.task_concurrency,
+           "async def tasks one task worker runs at once",
            pool=True, metavar="N"),
-    Option("shutdown_timeout", ("--shutdown-timeout",), float, 30.0,
+    Option("shutdown_timeout", ("--shutdown-timeout",), float, _DEFAULT.shutdown_timeout,
            "seconds queued tasks may run on stop before the rest finish 'cancelled'", pool=True, metavar="SECONDS"),
-    Option("max_dispatchers", ("--max-dispatchers",), int, 32,
+    Option("max_dispatchers", ("--max-dispatchers",), int, _DEFAULT.max_dispatchers,
            "processes that may queue tasks at once (each claims a completion channel)", pool=True, metavar="N"),
-    Option("result_bytes", ("--result-bytes",), _size, 1 << 20, "size of each process's completion channel",
+    Option("result_bytes", ("--result-bytes",), _size, _DEFAULT.result_bytes,
+           "size of each process's completion channel",
            pool=True, metavar="SIZE"),
-    Option("task_timeout", ("--task-timeout",), _seconds_or_none, None,
+    Option("task_timeout", ("--task-timeout",), _seconds_or_none, _DEFAULT.task_timeout,
            "seconds a task may run before it is stopped (status 'timeout'); 'none': no limit", pool=True,
            metavar="SECONDS"),
-    Option("retries", ("--retries",), int, 0,
+    Option("retries", ("--retries",), int, _DEFAULT.retries,
            "times a task that finished error, lost or timeout is run again (idempotent work only)", pool=True,
            metavar="N"),
-    Option("retry_backoff", ("--retry-backoff",), float, 0.5, "seconds before the first retry (doubling)",
+    Option("retry_backoff", ("--retry-backoff",), float, _DEFAULT.retry_backoff,
+           "seconds before the first retry (doubling)",
            pool=True, metavar="SECONDS"),
-    Option("max_tasks_per_worker", ("--max-tasks-per-worker",), _int_or_none, None,
+    Option("max_tasks_per_worker", ("--max-tasks-per-worker",), _int_or_none, _DEFAULT.max_tasks_per_worker,
            "a task worker is replaced after this many tasks; 'none': never", pool=True, metavar="N"),
-    Option("max_payload_bytes", ("--max-payload-bytes",), _size, 128 << 20,
+    Option("max_payload_bytes", ("--max-payload-bytes",), _size, _DEFAULT.max_payload_bytes,
            "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
 )  # fmt: skip
 

@@ -67,8 +67,9 @@ class Transport(Protocol):
     fork, :meth:`after_fork` runs in the child before anything else.
     """
 
-    supervisor_pid: int | None
-    """The pid of the process that owns the task workers (``None``: none here)."""
+    @property
+    def supervisor_pid(self) -> int | None:
+        """The pid of the process that owns the task workers (``None``: none here)."""
 
     def start(self, deliver: Deliver) -> None:
         """Start the backend (the local pool forks its processes here) and

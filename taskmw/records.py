@@ -251,7 +251,9 @@ class FinishRecord(NamedTuple):
             return _codec.dumps(tuple(self))
         except BaseException as exc:  # noqa: B036 - a value's __reduce__ may raise anything
             message = _codec.unpicklable_message("the return value", self.value, exc)
-            return _codec.dumps(tuple(self._replace(status=ERROR, value=None, error=TaskError("TypeError", message, ""))))
+            return _codec.dumps(
+                tuple(self._replace(status=ERROR, value=None, error=TaskError("TypeError", message, "")))
+            )
 
     @classmethod
     def decode(cls, record: bytes) -> FinishRecord:

@@ -83,4 +83,3 @@ class Settings:
     def default(cls, name: str) -> Any:
         """The default value of setting ``name``."""
         return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from taskmw import _proc
 from taskmw.events import TaskFinishEvent
 from taskmw.hookspecs import hookimpl
 from taskmw.server import BACKEND_ENV, TaskServer, create_server
@@ -71,21 +72,11 @@ class Finishes:
 
 
 def pool_processes(server: TaskServer) -> set[int]:
-    """The pids of a pool's supervisor and its task workers (from ``/proc``)."""
+    """The pids of a pool's supervisor and its task workers (none: no local pool)."""
     sup = server.supervisor_pid
-    try:
-        with open(f"/proc/{sup}/task/{sup}/children") as f:
-            return {sup} | {int(p) for p in f.read().split()}
-    except FileNotFoundError:
-        return {sup}
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+    if sup is None:
+        return set()
+    return {sup} | _proc.children(sup)
 
 
 def close_pool(server: TaskServer) -> None:
@@ -94,10 +85,10 @@ def close_pool(server: TaskServer) -> None:
     pids = pool_processes(server)
     server.close()
     deadline = time.monotonic() + WAIT
-    left = {p for p in pids if _running(p)}
+    left = {p for p in pids if _proc.alive(p)}
     while left and time.monotonic() < deadline:
         time.sleep(0.02)
-        left = {p for p in left if _running(p)}
+        left = {p for p in left if _proc.alive(p)}
     if left:
         for pid in left:
             try:

@@ -151,3 +151,17 @@ def test_unknown_backend_names_the_installed_ones(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TASKMW_BACKEND", "from-env")
     with pytest.raises(ValueError, match="got 'from-env'"):
         taskmw.TaskServer(1)
+
+
+def test_the_cli_table_and_every_backend_share_one_settings_type() -> None:
+    """``taskmw start``'s pool options default to the pool's own defaults,
+    and every backend checks settings the same way (taskmw.settings)."""
+    from taskmw import config
+    from taskmw.settings import Settings
+
+    for opt in config.OPTIONS:
+        if opt.pool:
+            assert opt.default == Settings.default(config.pool_name(opt)), opt.name
+    for backend in ("local", "eager"):
+        with pytest.raises(ValueError, match="queue_timeout must be a number of seconds >= 0, got -1"):
+            taskmw.create_server(1, backend=backend, queue_timeout=-1)
