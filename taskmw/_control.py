@@ -76,7 +76,8 @@ class ControlServer:
         self._stop.set()
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.thread.join(5.0)
+        if self.thread.is_alive():  # not started when the master failed before it listened
+            self.thread.join(5.0)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 

@@ -14,7 +14,7 @@ import time
 from taskmw import _control, _proc, config
 from taskmw.cli.app import inspect_app
 from taskmw.cli.errors import CLIError
-from taskmw.cli.master import Master
+from taskmw.cli.master import Master, check_can_listen
 from taskmw.cli.pidfile import check_not_running, running_master
 from taskmw.cli.render import render_status
 
@@ -41,6 +41,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise CLIError(f"--chdir {settings.chdir}: {exc.strerror}") from None
     sys.path.insert(0, os.getcwd())  # import the app from here, as gunicorn does
     check_not_running(pid_file)
+    check_can_listen(settings.host, settings.port)  # before anything is built: one clear line, nothing left
     interface, app_settings = inspect_app(args.app)
     settings = config.resolve(flags, os.environ, app_settings)
     settings.values.update(pid_file=pid_file, log_file=log_file if log_file == "-" else os.path.abspath(log_file))

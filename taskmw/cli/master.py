@@ -4,10 +4,12 @@ settings, the pool and the control socket, and runs gunicorn's arbiter."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import logging
 import os
 import signal
+import socket
 import time
 import warnings
 from typing import Any, Literal
@@ -39,6 +41,25 @@ def asgi_worker_class() -> str:
     return "uvicorn.workers.UvicornWorker"
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as gunicorn will (``SO_REUSEADDR``), and let go.
+
+    Raises:
+        CLIError: it cannot be bound (in use, no such address, a privileged
+            port); the message names the address.
+    """
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        hint = (
+            "; another process listens there: stop it or give another --port" if exc.errno == errno.EADDRINUSE else ""
+        )
+        raise CLIError(f"cannot listen on {address}: {exc.strerror or exc}{hint}") from None
+
+
 def _gunicorn_base() -> type:
     try:
         from gunicorn.app.base import BaseApplication
@@ -60,6 +81,7 @@ class Master:
         self.arbiter: Any = None
         self.started = time.time()
         self.ready_fd: int | None = None  # `start --daemonize`: written once listening
+        self.listening = False
         self.worker_class = asgi_worker_class() if interface == "asgi" else "sync"
 
     # gunicorn's settings and hooks
@@ -115,6 +137,7 @@ class Master:
         """Serve the control socket and tell ``start --daemonize`` the server
         listens."""
         assert self.control is not None
+        self.listening = True
         self.control.start()
         log.info("taskmw: serving %s (%s) on http://%s:%s", self.spec, self.interface, self.settings.host,
                  self.settings.port)  # fmt: skip
@@ -213,6 +236,11 @@ class Master:
         pid = os.getpid()
         try:
             Application().run()
+        except SystemExit as exc:
+            if os.getpid() == pid and not self.listening and exc.code:  # gunicorn gave up while starting
+                raise CLIError(f"gunicorn stopped before it listened on {self.settings.host}:{self.settings.port} "
+                               f"(exit status {exc.code}); its log above says why") from None  # fmt: skip
+            raise
         finally:
             if os.getpid() == pid:  # not in an HTTP worker leaving gunicorn's stack (SystemExit)
                 self.on_exit(None)
