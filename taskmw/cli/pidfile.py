@@ -30,9 +30,28 @@ def read_pid(pid_file: str) -> int | None:
 
 
 def is_master(pid: int, pid_file: str) -> bool:
-    """True if the control socket next to ``pid_file`` answers for ``pid``."""
+    """True if the control socket next to ``pid_file`` answers for ``pid``;
+    False if nothing (or something else) answers there.
+
+    Raises:
+        CLIError: it cannot be told: the socket is another user's
+            (permission denied), or it took the connection but gave no answer
+            in time. Neither is a stale pid file.
+    """
+    path = config.socket_path(pid_file)
     try:
-        return _control.request(config.socket_path(pid_file), timeout=5.0).get("master_pid") == pid
+        return _control.request(path, timeout=5.0).get("master_pid") == pid
+    except _control.NotPermitted:
+        raise CLIError(
+            f"pid file {pid_file} names pid {pid}, and its control socket {path} is not yours (permission "
+            "denied): a master of another user runs there, or left these files. Run taskmw as that user, or give "
+            "another --pid-file; nothing was changed"
+        ) from None
+    except TimeoutError:
+        raise CLIError(
+            f"pid file {pid_file} names pid {pid}, and its control socket {path} took the connection but did not "
+            "answer within 5s (a busy master?): try again"
+        ) from None
     except (ConnectionError, OSError, ValueError):
         return False
 
