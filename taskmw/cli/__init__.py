@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskmw import config
-from taskmw.cli.app import inspect_app, load_app
-from taskmw.cli.commands import cmd_reload, cmd_start, cmd_status, cmd_stop
+from taskmw.cli.app import IMPORT_TIMEOUT, IMPORT_TIMEOUT_ENV, inspect_app, load_app
+from taskmw.cli.commands import READY_TIMEOUT, READY_TIMEOUT_ENV, cmd_reload, cmd_start, cmd_status, cmd_stop
 from taskmw.cli.errors import CLIError
 from taskmw.cli.master import Master
 from taskmw.cli.render import render_status
@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["type"] = opt.parse
             kwargs["metavar"] = opt.metavar or opt.name.upper()
         start.add_argument(*opt.flags, **kwargs)
+    start.add_argument("--import-timeout", type=float, default=None, metavar="SECONDS",
+                       help="seconds the app's import may take (in the child that inspects it) "
+                       f"[{IMPORT_TIMEOUT_ENV}; {IMPORT_TIMEOUT:g}]")  # fmt: skip
+    start.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
+                       help=f"with --daemonize: seconds to wait for the daemon to listen [{READY_TIMEOUT_ENV}; "
+                       f"{READY_TIMEOUT:g}]")  # fmt: skip
     start.set_defaults(func=cmd_start)
 
     _command(

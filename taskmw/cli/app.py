@@ -9,6 +9,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -23,7 +24,10 @@ from taskmw.server import TaskServer
 
 log = logging.getLogger(__name__)
 
-INSPECT_TIMEOUT = 60.0  # seconds the app import in the inspecting child may take
+IMPORT_TIMEOUT = 60.0
+"""Seconds the app's import in the inspecting child may take (by default)."""
+IMPORT_TIMEOUT_ENV = "TASKMW_IMPORT_TIMEOUT"
+IMPORT_TIMEOUT_HOW = f"--import-timeout SECONDS or {IMPORT_TIMEOUT_ENV} sets it"
 
 
 def load_app(spec: str) -> Any:
@@ -52,15 +56,16 @@ def load_app(spec: str) -> Any:
     return obj
 
 
-def inspect_app(spec: str) -> tuple[Literal["wsgi", "asgi"], dict[str, Any]]:
+def inspect_app(spec: str, timeout: float = IMPORT_TIMEOUT) -> tuple[Literal["wsgi", "asgi"], dict[str, Any]]:
     """Import the app in a forked child that builds no pool; returns its
     interface (``"wsgi"`` or ``"asgi"``) and the pool settings of its
     ``TaskMiddleware(...)`` (JSON-able ones: numbers, strings, booleans,
-    lists of strings).
+    lists of strings). The child gets ``timeout`` seconds to answer.
 
     Raises:
         CLIError: the app could not be imported (the child's traceback is in
-            the message).
+            the message), or its import took longer than ``timeout`` (the
+            child is killed).
     """
     read_fd, write_fd = os.pipe()
     for stream in (sys.stdout, sys.stderr):
@@ -68,6 +73,7 @@ def inspect_app(spec: str) -> tuple[Literal["wsgi", "asgi"], dict[str, Any]]:
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
+        _default_signal_handlers()
         code = 0
         try:
             settings: dict[str, Any] = {}
@@ -82,16 +88,21 @@ def inspect_app(spec: str) -> tuple[Literal["wsgi", "asgi"], dict[str, Any]]:
         except BaseException:  # noqa: B036 - whatever the import raised, report it
             answer, code = {"error": f"importing {spec} failed:\n{traceback.format_exc()}"}, 1
         with os.fdopen(write_fd, "w") as out:
-            out.write(json.dumps(answer))
+            out.write(json.dumps(answer) + "\n")
         with contextlib.suppress(BaseException):
             # What the app registered (temporary files, …) runs as at a normal exit; the
             # atexit module has no public way to run them without exiting through Python.
             atexit._run_exitfuncs()  # noqa: SLF001
         os._exit(code)
     os.close(write_fd)
-    with os.fdopen(read_fd) as inp:
-        text = inp.read()
-    _wait_child(pid, INSPECT_TIMEOUT)
+    deadline = time.monotonic() + timeout
+    with os.fdopen(read_fd, "rb") as inp:
+        data = read_line_until(inp.fileno(), deadline)
+    if data is None:
+        _end_child(pid, 0.0)
+        raise CLIError(f"importing {spec} did not finish within {timeout:g}s ({IMPORT_TIMEOUT_HOW})")
+    _end_child(pid, max(deadline - time.monotonic(), 5.0))  # it runs the app's atexit functions, then exits
+    text = data.decode(errors="replace")
     try:
         answer = json.loads(text)
     except json.JSONDecodeError:
@@ -108,15 +119,47 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (int, float, str, bool))
 
 
-def _wait_child(pid: int, timeout: float) -> None:
+def read_line_until(fd: int, deadline: float) -> bytes | None:
+    """Read ``fd`` up to a newline or its end; None if ``time.monotonic()``
+    passes ``deadline`` first. (Not to the end only: a process the app
+    started may hold the pipe open.)"""
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _end_child(pid: int, timeout: float) -> None:
+    """Reap child ``pid`` within ``timeout`` seconds, else SIGKILL it first.
+    (Under gunicorn the arbiter may reap it first: then it is gone already.)"""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    try:
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ChildProcessError, ProcessLookupError):
+        return
+
+
+def _default_signal_handlers() -> None:
+    """In the inspecting child: no Python signal handler of the parent's
+    (gunicorn's, when the master checks new code) runs here."""
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError):
+            handler = signal.getsignal(sig)
+            if callable(handler) and handler is not signal.default_int_handler:
+                signal.signal(sig, signal.SIG_DFL)
 
 
 def import_in_task_worker(spec: str) -> Callable[[TaskServer, int], None]:

@@ -12,7 +12,7 @@ import sys
 import time
 
 from taskmw import _control, _proc, config
-from taskmw.cli.app import inspect_app
+from taskmw.cli.app import IMPORT_TIMEOUT, IMPORT_TIMEOUT_ENV, inspect_app, read_line_until
 from taskmw.cli.errors import CLIError
 from taskmw.cli.master import Master, check_can_listen
 from taskmw.cli.pidfile import check_not_running, running_master
@@ -20,7 +20,27 @@ from taskmw.cli.render import render_status
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 60.0  # seconds `start --daemonize` waits for the daemon to listen
+READY_TIMEOUT = 60.0
+"""Seconds ``start --daemonize`` waits for the daemon to listen (by default)."""
+READY_TIMEOUT_ENV = "TASKMW_READY_TIMEOUT"
+
+
+def _seconds(flag: float | None, env: str, default: float) -> float:
+    """A timeout: the flag, else the environment variable ``env``, else ``default``.
+
+    Raises:
+        CLIError: the value is no number of seconds > 0 (named by its variable).
+    """
+    text = os.environ.get(env) if flag is None else str(flag)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise CLIError(f"{env}={text!r}: expected a number of seconds > 0")
+    return value
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -42,19 +62,21 @@ def cmd_start(args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())  # import the app from here, as gunicorn does
     check_not_running(pid_file)
     check_can_listen(settings.host, settings.port)  # before anything is built: one clear line, nothing left
-    interface, app_settings = inspect_app(args.app)
+    import_timeout = _seconds(args.import_timeout, IMPORT_TIMEOUT_ENV, IMPORT_TIMEOUT)
+    ready_timeout = _seconds(args.ready_timeout, READY_TIMEOUT_ENV, READY_TIMEOUT)
+    interface, app_settings = inspect_app(args.app, import_timeout)
     settings = config.resolve(flags, os.environ, app_settings)
     settings.values.update(pid_file=pid_file, log_file=log_file if log_file == "-" else os.path.abspath(log_file))
     master = Master(args.app, settings, interface)
     if settings.daemonize:
-        return _daemonize_and_run(master)
+        return _daemonize_and_run(master, ready_timeout)
     master.run()
     return 0
 
 
-def _daemonize_and_run(master: Master) -> int:
+def _daemonize_and_run(master: Master, timeout: float) -> int:
     """Run ``master`` as a daemon; the calling process waits until it listens
-    (or fails) and returns its exit code."""
+    (or fails, or ``timeout`` seconds pass) and returns its exit code."""
     from gunicorn import util
 
     read_fd, write_fd = os.pipe()
@@ -74,9 +96,14 @@ def _daemonize_and_run(master: Master) -> int:
     os.close(write_fd)
     os.waitpid(pid, 0)  # the first fork of the daemonizing exits at once
     with os.fdopen(read_fd, "rb") as ready:
-        said = ready.readline()  # "ready", or nothing: the daemon ended first
+        said = read_line_until(ready.fileno(), time.monotonic() + timeout)  # "ready", or b"": the daemon ended
+    s = master.settings
+    if said is None:
+        raise CLIError(f"the server did not say it listens within {timeout:g}s (--ready-timeout SECONDS or "
+                       f"{READY_TIMEOUT_ENV} sets it); it may still be starting, see {s.log_file}: `taskmw status "
+                       f"--pid-file {s.pid_file}` shows it once it listens, `taskmw stop` stops it")  # fmt: skip
     if not said.startswith(b"ready"):
-        raise CLIError(f"the server did not start; see {master.settings.log_file}")
+        raise CLIError(f"the server did not start; see {s.log_file}")
     print(f"taskmw: serving {master.spec} on http://{master.settings.host}:{master.settings.port} in the "
           f"background (pid file {master.settings.pid_file}, log {master.settings.log_file})")  # fmt: skip
     return 0
