@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["metavar"] = opt.metavar or opt.name.upper()
         start.add_argument(*opt.flags, **kwargs)
     start.add_argument("--import-timeout", type=float, default=None, metavar="SECONDS",
-                       help="seconds the app's import may take (in the child that inspects it) "
+                       help="seconds the app's import may take (in the child that inspects it, at start and on reload) "
                        f"[{IMPORT_TIMEOUT_ENV}; {IMPORT_TIMEOUT:g}]")  # fmt: skip
     start.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
                        help=f"with --daemonize: seconds to wait for the daemon to listen [{READY_TIMEOUT_ENV}; "

@@ -67,7 +67,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     interface, app_settings = inspect_app(args.app, import_timeout)
     settings = config.resolve(flags, os.environ, app_settings)
     settings.values.update(pid_file=pid_file, log_file=log_file if log_file == "-" else os.path.abspath(log_file))
-    master = Master(args.app, settings, interface)
+    master = Master(args.app, settings, interface, import_timeout)
     if settings.daemonize:
         return _daemonize_and_run(master, ready_timeout)
     master.run()
@@ -134,16 +134,24 @@ def cmd_reload(args: argparse.Namespace) -> int:
     before = _control.request(socket)
     old_http = {w["pid"] for w in before["http_workers"]}
     old_tasks = {w["pid"] for w in before["pool"]["workers"]} if before["reload_task_workers"] else set()
-    if args.num_workers is not None:
-        _control.request(socket, "reload", num_workers=args.num_workers)  # new settings, then SIGHUP
-    else:
-        os.kill(pid, signal.SIGHUP)
+    checked = (before.get("last_reload") or {"number": 0})["number"]
+    _control.request(socket, "reload", num_workers=args.num_workers)  # (new settings,) then SIGHUP
     print(f"taskmw: reloading master {pid}: new HTTP workers"
           + (" and task workers" if old_tasks else " (task workers keep their code: the pool cannot reload)"),
           flush=True)  # fmt: skip
     if args.no_wait:
         return 0
     deadline = time.monotonic() + args.timeout
+    while True:  # the master imports the new code in a child first
+        now = _control.request(socket)
+        last = now.get("last_reload")
+        if last is not None and last["number"] > checked:
+            break
+        if time.monotonic() > deadline:
+            raise CLIError(f"the master did not check the new code within {args.timeout}s")
+        time.sleep(0.2)
+    if last["error"] is not None:
+        raise CLIError(f"the new code was not loaded, the old workers keep serving:\n{last['error']}")
     while True:
         now = _control.request(socket)
         http = {w["pid"] for w in now["http_workers"]}

@@ -15,7 +15,7 @@ import warnings
 from typing import Any, Literal
 
 from taskmw import _control, _proc, config, middleware, worker
-from taskmw.cli.app import import_in_task_worker, load_app
+from taskmw.cli.app import IMPORT_TIMEOUT, import_in_task_worker, inspect_app, load_app
 from taskmw.cli.errors import CLIError
 from taskmw.cli.pidfile import unlink_own_pid_file
 from taskmw.middleware import TaskMiddleware
@@ -72,8 +72,17 @@ class Master:
     """What the gunicorn master holds: the settings, the pool, the control
     socket. :meth:`run` builds the pool and runs gunicorn's arbiter."""
 
-    def __init__(self, spec: str, settings: config.Resolved, interface: Literal["wsgi", "asgi"]) -> None:
+    def __init__(
+        self,
+        spec: str,
+        settings: config.Resolved,
+        interface: Literal["wsgi", "asgi"],
+        import_timeout: float = IMPORT_TIMEOUT,
+    ) -> None:
         self.spec = spec
+        self.import_timeout = import_timeout
+        self.last_reload: dict[str, Any] | None = None  # {"number", "at", "error"}: the last reload's check
+        self.pending_workers: int | None = None  # `reload -w N`: applied if the new code imports
         self.settings = settings
         self.interface = interface
         self.server: TaskServer | None = None
@@ -201,18 +210,41 @@ class Master:
             bind=f"http://{self.settings.host}:{self.settings.port}",
             num_workers=self.settings.num_workers,
             http_workers=http,
+            last_reload=self.last_reload,
         )
         return answer
 
     def reload(self, num_workers: int | None = None) -> dict[str, Any]:
-        """The ``reload`` command: take a new HTTP worker count (if given),
-        then reload as on SIGHUP (gunicorn re-reads the settings)."""
+        """The ``reload`` command: note a new HTTP worker count (if given),
+        then reload as on SIGHUP (which checks the new code first: see
+        :meth:`check_new_code`; ``last_reload`` in the status tells how it went)."""
         if num_workers is not None:
             if not isinstance(num_workers, int) or not 1 <= num_workers <= 1024:
                 raise ValueError(f"num_workers must be an int in 1..1024, got {num_workers!r}")
-            self.settings.values["num_workers"] = num_workers
+            self.pending_workers = num_workers
         os.kill(os.getpid(), signal.SIGHUP)
-        return {"num_workers": self.settings.num_workers}
+        return {"num_workers": num_workers or self.settings.num_workers}
+
+    def check_new_code(self) -> bool:
+        """On SIGHUP, in the arbiter, before anything is replaced: import the
+        app in a short-lived child, as at start. True if it imports (as the
+        same kind of app); else the old workers keep serving, and the error
+        is logged and kept in ``last_reload``."""
+        number = self.last_reload["number"] + 1 if self.last_reload else 1
+        error = None
+        try:
+            interface, _ = inspect_app(self.spec, self.import_timeout)
+            if interface != self.interface:
+                error = f"{self.spec} is an {interface} app now, this server runs {self.interface}: restart for that"
+        except CLIError as exc:
+            error = str(exc)
+        self.last_reload = {"number": number, "at": time.time(), "error": error}
+        if error is not None:
+            log.error("taskmw: reload refused, the old workers keep serving: %s", error)
+            return False
+        if self.pending_workers is not None:
+            self.settings.values["num_workers"], self.pending_workers = self.pending_workers, None
+        return True
 
     # running
 
@@ -222,7 +254,20 @@ class Master:
         base = _gunicorn_base()
         master = self
 
+        from gunicorn.arbiter import Arbiter
+
+        class CheckingArbiter(Arbiter):  # type: ignore[misc]
+            def handle_hup(self) -> None:
+                if master.check_new_code():  # a reload to code that does not import would stop the server
+                    super().handle_hup()
+
         class Application(base):  # type: ignore[misc,valid-type]
+            def run(self) -> None:
+                try:
+                    CheckingArbiter(self).run()
+                except RuntimeError as exc:  # as gunicorn's BaseApplication.run does
+                    raise CLIError(str(exc)) from None
+
             def load_config(self) -> None:
                 for key, value in master.gunicorn_settings().items():
                     self.cfg.set(key, value)

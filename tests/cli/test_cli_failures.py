@@ -20,12 +20,14 @@ import pytest
 
 from tests.cli.test_cli import (
     APPS,
+    Load,
     cli_env,
     status,
     stop_and_check,
     taskmw,
     taskmw_command,
     taskmw_server,
+    versioned_app,
     wait_for,
 )
 from tests.e2e.servers import free_port
@@ -183,3 +185,38 @@ def test_start_daemonize_waits_for_the_daemon_no_longer_than_the_ready_timeout(t
 def status_or_none(pid_file: Path, env: dict[str, str]) -> dict | None:
     done = taskmw("status", "--json", "--pid-file", str(pid_file), env=env, timeout=30)
     return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def test_reload_to_code_that_does_not_import_keeps_the_old_workers_serving(tmp_path: Path) -> None:
+    app_dir, template = versioned_app(tmp_path)
+
+    with taskmw_server(tmp_path, "versioned:app", "-w", "2", chdir=app_dir) as (server, pid_file):
+        env = server.cli_env  # type: ignore[attr-defined]
+        before = status(pid_file, env)
+        server.snapshot()
+        with Load(server.base_url) as load:
+            wait_for(lambda: len(load.ids) >= 20, "20 requests before the reload")
+            (app_dir / "versioned.py").write_text(template.format(version="v1") + "\ndef broken(:\n")
+            done = taskmw("reload", "--pid-file", str(pid_file), "--timeout", "60", env=env)
+            assert done.returncode == 1, f"{done.stdout}\n{done.stderr}\n{server.log_tail()}"
+            assert "old workers keep serving" in done.stderr and "SyntaxError" in done.stderr, done.stderr
+            assert "Errno" not in done.stderr and "Traceback (most recent call last)" in done.stderr
+            count = len(load.ids)
+            wait_for(lambda: len(load.ids) >= count + 20, "20 requests after the refused reload")
+            after = status(pid_file, env)
+            assert after["master_pid"] == before["master_pid"]
+            assert [w["pid"] for w in after["http_workers"]] == [w["pid"] for w in before["http_workers"]]
+            assert [w["pid"] for w in after["pool"]["workers"]] == [w["pid"] for w in before["pool"]["workers"]]
+            assert "SyntaxError" in after["last_reload"]["error"]
+
+            # the fixed code reloads as usual
+            (app_dir / "versioned.py").write_text(template.format(version="v2"))
+            done = taskmw("reload", "--pid-file", str(pid_file), "--timeout", "60", env=env)
+            assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{server.log_tail()}"
+            server.snapshot()
+            count = len(load.ids)
+            wait_for(lambda: len(load.ids) >= count + 20, "20 requests after the reload")
+        assert not load.failures, load.failures[:5]
+        assert load.versions == {"v1", "v2"}
+        assert status(pid_file, env)["last_reload"]["error"] is None
+        stop_and_check(server, pid_file, tracebacks=1)  # the refused reload's import error, in the master's log
