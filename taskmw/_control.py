@@ -30,6 +30,17 @@ log = logging.getLogger(__name__)
 STATUS_SOCKET_ENV = "TASKMW_STATUS_SOCKET"
 """Where a pool built outside ``taskmw start`` answers ``taskmw status --socket``."""
 
+
+class NotListening(ConnectionError):
+    """Nothing listens on the control socket (no socket file, or refused):
+    no master runs there."""
+
+
+class NotPermitted(ConnectionError):
+    """The control socket is not this user's to use (permission denied):
+    whether a master runs there cannot be told."""
+
+
 _RATE_WINDOW = 10.0  # seconds of finished-task totals behind tasks/s
 _SAMPLE_EVERY = 1.0
 _MAX_REQUEST = 1 << 16
@@ -75,7 +86,8 @@ class ControlServer:
         self._stop.set()
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.thread.join(5.0)
+        if self.thread.is_alive():  # not started when the master failed before it listened
+            self.thread.join(5.0)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -157,14 +169,18 @@ def request(path: str, cmd: str = "status", timeout: float = 5.0, **kwargs: Any)
     ``kwargs``; returns its answer.
 
     Raises:
-        ConnectionError: nothing listens there, or it answered with an error.
+        NotListening: nothing listens there.
+        NotPermitted: the socket is another user's.
+        ConnectionError: it answered with an error.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ConnectionError(f"no taskmw master answers on {path} ({exc.strerror})") from None
+            raise NotListening(f"no taskmw master answers on {path} ({exc.strerror})") from None
+        except PermissionError as exc:
+            raise NotPermitted(f"cannot use the control socket {path}: {exc.strerror} (it is another user's)") from None
         sock.sendall(json.dumps({"cmd": cmd, **kwargs}).encode() + b"\n")
         reply = json.loads(_read_line(sock) or b"null")
     if not isinstance(reply, dict) or not reply.get("ok"):

@@ -88,10 +88,11 @@ def taskmw_server(
         assert not server.stop_report or not server.stop_report.problems()
 
 
-def stop_and_check(server: Server, pid_file: Path, log: Path | None = None) -> None:
+def stop_and_check(server: Server, pid_file: Path, log: Path | None = None, tracebacks: int = 0) -> None:
     """``taskmw stop``; then the master, every HTTP worker and every pool
     process must be gone, the pid file and control socket removed, and the
-    server's log (``log``, else its output) free of tracebacks."""
+    server's log (``log``, else its output) free of tracebacks (but the
+    ``tracebacks`` a test caused on purpose)."""
     server.snapshot()
     done = taskmw("stop", "--pid-file", str(pid_file), env=server.cli_env)  # type: ignore[attr-defined]
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{server.log_tail()}"
@@ -101,7 +102,7 @@ def stop_and_check(server: Server, pid_file: Path, log: Path | None = None) -> N
     assert not report.problems(), report.problems()
     assert not pid_file.exists() and not Path(f"{pid_file}.sock").exists()
     text = (log or server.log_path).read_text(errors="replace")
-    assert "Traceback" not in text, text[-3000:]
+    assert text.count("Traceback") == tracebacks, text[-3000:]
 
 
 def pool_pids(st: dict) -> list[int]:
@@ -268,11 +269,17 @@ class Load:
         assert not any(t.is_alive() for t in self.threads)
 
 
-def test_reload_under_load_loses_nothing_and_loads_new_code(tmp_path: Path) -> None:
+def versioned_app(tmp_path: Path) -> tuple[Path, str]:
+    """A folder holding ``versioned.py`` at version v1, and its template (``.format(version=...)``)."""
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     template = (APPS / "versioned.py.tmpl").read_text()
     (app_dir / "versioned.py").write_text(template.format(version="v1"))
+    return app_dir, template
+
+
+def test_reload_under_load_loses_nothing_and_loads_new_code(tmp_path: Path) -> None:
+    app_dir, template = versioned_app(tmp_path)
 
     with taskmw_server(tmp_path, "versioned:app", "-w", "2", chdir=app_dir) as (server, pid_file):
         env = server.cli_env  # type: ignore[attr-defined]

@@ -225,5 +225,3 @@ _UNREACHABLE = (RedisError, OperationalError, TimeoutError)
 
 def _queue_full(exc: BaseException) -> QueueFull:
     return QueueFull(f"the task was not queued: Celery's broker or Redis could not be reached: {exc}")
-
-
