@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from taskmw import middleware
 from taskmw.cli.errors import CLIError
-from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware
 from taskmw.interfaces import Server
+from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware
 from taskmw.server import TaskServer
 
 log = logging.getLogger(__name__)
