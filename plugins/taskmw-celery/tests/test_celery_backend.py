@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery_procs import Redis, celery_worker, pool_pids, require
 from e2e.servers import gunicorn_argv, read_records, running_server
 
 import taskmw
 from taskmw import QueueFull, ServiceTask, Task, TaskFailed, TaskServer, testing
-
-from .procs import Redis, celery_worker, pool_pids, require
 
 require()  # skips this module (fails it in CI) without redis-server, celery, redis or taskmw-celery
 
