@@ -49,6 +49,28 @@ def test_installed_as_a_distribution_with_an_entry_point() -> None:
     assert DIST not in Path(taskmw_logging.__file__).parents  # installed, not the source tree
 
 
+def test_importing_the_module_has_no_side_effect() -> None:
+    """The settings are read, and the stderr handler added, when the plugin
+    is loaded (the entry point reads ``plugin``), not at import."""
+    code = """if True:
+        import json, logging
+        import taskmw_logging
+
+        before = [h.name for h in logging.getLogger("taskmw").handlers]
+        try:
+            taskmw_logging.plugin
+        except ValueError as exc:
+            error = str(exc)
+        print(json.dumps({"before": before, "error": error}))
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TASKMW_", "PYTEST_"))}
+    environ["TASKMW_LOGGING_FORMAT"] = "xml"  # a bad setting: raised when loaded, not at import
+    proc = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["before"] == [] and "format must be one of text, json, got 'xml'" in got["error"], got
+
+
 def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
     report, lines = run_demo()
     main = report["pid"]
