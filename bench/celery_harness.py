@@ -4,8 +4,8 @@ the task pools of ``tasks_harness`` (``queue``, ``wait``, ``round_trip``,
 ``celery worker`` (prefork, 2 pool processes) serving ``apps/celery_app.py``.
 
 The Redis server and the worker are the Celery tests' own
-(``tests/celery_backend/procs.py``): started on a free port of 127.0.0.1,
-stopped afterwards and checked gone.
+(``plugins/taskmw-celery/tests/celery_procs.py``): started on a free port of
+127.0.0.1, stopped afterwards and checked gone.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from taskmw import TaskServer
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
-if str(APPS) not in sys.path:
-    sys.path.insert(0, str(APPS))
+for _path in (ROOT / "plugins" / "taskmw-celery" / "tests", APPS):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-from celery_backend.procs import Redis, celery_worker, require  # noqa: E402
+from celery_procs import Redis, celery_worker, require  # noqa: E402
 
 __all__ = ["CeleryDelayPool", "TaskmwCeleryPool", "Redis", "celery_worker", "require"]
 

@@ -1,7 +1,7 @@
 """Fixtures for the IPC benchmarks (run: ``pytest bench/ --benchmark-only``).
 
 ``pytest`` run from the repository root does not collect this directory
-(``testpaths = ["tests"]`` in pyproject.toml).
+(``testpaths = ["tests", "plugins/*/tests"]`` in pyproject.toml).
 """
 
 from __future__ import annotations

@@ -1,2 +1,3 @@
-"""Tests of the plugin ecosystem: discovery, the installed plugins
-(taskmw-logging, taskmw-svcs) and the pytest plugin (``taskmw.testing``)."""
+"""Tests of taskmw's plugin support: discovery of installed plugins, the
+pytest plugin (``taskmw.testing``) and the plugin of ``docs/plugins.md``. The
+plugin distributions' own tests are in ``plugins/<name>/tests/``."""

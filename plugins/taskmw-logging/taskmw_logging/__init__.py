@@ -15,8 +15,9 @@ logs, with :mod:`logging`:
   warning naming the worker, its pid and the signal); the replacement then
   logs ``started`` with the same worker id and a new pid.
 
-Settings (read from the environment when the module is imported, or set in
-code with ``taskmw_logging.plugin.configure(...)``):
+Settings (read from the environment when the plugin is loaded, as the first
+pool is built, not when the module is imported; or set in code with
+``taskmw_logging.plugin.configure(...)``):
 
 =========================  ===================  ==================================
 variable                   default              meaning
@@ -41,7 +42,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import taskmw
 from taskmw import TaskEvent, TaskFinishEvent
@@ -237,5 +238,17 @@ def _format(fmt: str) -> bool:
     return fmt == "json"
 
 
-plugin = TaskLogger.from_env()
-"""The instance the entry point registers in every pool."""
+if TYPE_CHECKING:
+    plugin: TaskLogger
+    """The instance the entry point registers in every pool."""
+
+
+def __getattr__(name: str) -> Any:
+    """``plugin``, made from the environment when first asked for (the entry
+    point, as the first pool is built, or ``taskmw_logging.plugin`` in code),
+    not when the module is imported: its settings are read, and its stderr
+    handler added, then."""
+    if name == "plugin":
+        value: Any = globals().setdefault("plugin", TaskLogger.from_env())
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

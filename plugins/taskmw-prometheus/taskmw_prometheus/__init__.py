@@ -6,6 +6,10 @@ are written by every process (HTTP workers count finishes in ``on_finish``,
 task workers count their starts in ``on_worker_start``) into files under
 ``PROMETHEUS_MULTIPROC_DIR``, and a scrape adds them up. The queue depth and
 the worker table are read from the pool at scrape time.
+
+Importing the module does nothing else: the directory (and the variable) are
+set up by :func:`setup`, when the plugin is loaded (as a pool is built,
+before it forks), when a metric is first used or at the first scrape.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import atexit
 import logging
 import os
 import shutil
-import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import taskmw
 from taskmw import TaskFinishEvent, TaskServer, hookimpl
@@ -68,20 +72,52 @@ def _multiproc_dir() -> str:
     return path
 
 
-if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
-    log.warning(
-        "prometheus_client was imported before taskmw_prometheus without %s: its metrics stay per process",
-        MULTIPROC_ENV,
-    )
-MULTIPROC_DIR = _multiproc_dir()
+_lock = threading.Lock()
+_dir: str | None = None
+_metrics: dict[str, Any] = {}
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
-from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
-from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
-TASKS = Counter("taskmw_tasks", "Finished tasks, by status.", ["status"])
-DURATION = Histogram("taskmw_task_duration_seconds", "Run time of finished tasks, by status.", ["status"])
-WORKER_STARTS = Counter("taskmw_task_worker_starts", "Task worker (re)starts, by worker id.", ["worker_id"])
+def setup() -> str:
+    """Put this process's ``prometheus_client`` in multiprocess mode, once;
+    returns the directory (``PROMETHEUS_MULTIPROC_DIR``).
+
+    Nothing happens when the module is imported: this runs when the plugin
+    is loaded (the entry point, read when a pool is built, before it forks
+    its workers, or ``taskmw_prometheus.plugin`` in code), when a metric is
+    first used and at the first scrape. Call it yourself before anything else
+    imports ``prometheus_client`` if the app has metrics of its own and does
+    not set ``PROMETHEUS_MULTIPROC_DIR``.
+    """
+    global _dir
+    if _dir is None:
+        with _lock:
+            if _dir is None:
+                path = _multiproc_dir()
+                _metrics.update(_make_metrics())
+                _dir = path
+    return _dir
+
+
+def _make_metrics() -> dict[str, Any]:
+    from prometheus_client import Counter, Histogram, values
+
+    if values.ValueClass is values.MutexValue:  # imported before the directory was set
+        log.warning(
+            "prometheus_client was imported before taskmw_prometheus set %s: metrics made before then stay per "
+            "process (set it yourself, or call taskmw_prometheus.setup() first)",
+            MULTIPROC_ENV,
+        )
+        values.ValueClass = values.get_value_class()  # taskmw's own metrics, made below, add up across processes
+    return {
+        "TASKS": Counter("taskmw_tasks", "Finished tasks, by status.", ["status"]),
+        "DURATION": Histogram("taskmw_task_duration_seconds", "Run time of finished tasks, by status.", ["status"]),
+        "WORKER_STARTS": Counter("taskmw_task_worker_starts", "Task worker (re)starts, by worker id.", ["worker_id"]),
+    }
+
+
+def _metric(name: str) -> Any:
+    setup()
+    return _metrics[name]
 
 
 class PrometheusPlugin:
@@ -90,16 +126,39 @@ class PrometheusPlugin:
 
     @hookimpl
     def on_finish(self, event: TaskFinishEvent) -> None:
-        TASKS.labels(event.status).inc()
-        DURATION.labels(event.status).observe(event.duration)
+        _metric("TASKS").labels(event.status).inc()
+        _metric("DURATION").labels(event.status).observe(event.duration)
 
     @hookimpl
     def on_worker_start(self, worker_id: int, server: TaskServer) -> None:
-        WORKER_STARTS.labels(str(worker_id)).inc()
+        _metric("WORKER_STARTS").labels(str(worker_id)).inc()
 
 
-plugin = PrometheusPlugin()
-"""The instance the entry point registers."""
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
+    from prometheus_client.core import Metric
+
+    plugin: PrometheusPlugin
+    TASKS: Counter
+    DURATION: Histogram
+    WORKER_STARTS: Counter
+    MULTIPROC_DIR: str
+
+
+def __getattr__(name: str) -> Any:
+    """``plugin`` (the instance the entry point registers: getting it runs
+    :func:`setup`, so loading the plugin prepares the directory before the
+    pool forks), the metrics ``TASKS``, ``DURATION``, ``WORKER_STARTS`` and
+    ``MULTIPROC_DIR``, made on first use."""
+    if name == "plugin":
+        setup()
+        value: Any = globals().setdefault("plugin", PrometheusPlugin())
+        return value
+    if name == "MULTIPROC_DIR":
+        return setup()
+    if name in ("TASKS", "DURATION", "WORKER_STARTS"):
+        return _metric(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PoolCollector:
@@ -110,6 +169,8 @@ class PoolCollector:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         stats = self.server.stats()
         yield GaugeMetricFamily("taskmw_queue_depth", "Tasks waiting in the queue.", value=stats["queue_depth"])
         states = GaugeMetricFamily("taskmw_task_workers", "Task workers, by state.", labels=["state"])
@@ -131,14 +192,20 @@ def metrics_text(server: TaskServer | None = None) -> bytes:
     """Every process's metrics, added up, plus the pool's gauges, in the
     Prometheus text format. ``server`` defaults to
     :func:`taskmw.current_server`."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    path = setup()
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=MULTIPROC_DIR)
+    MultiProcessCollector(registry, path=path)
     registry.register(PoolCollector(server if server is not None else taskmw.current_server()))
     return generate_latest(registry)
 
 
 def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """A WSGI app answering with :func:`metrics_text` (mount it at ``/metrics``)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
     body = metrics_text(environ.get("taskmw.server"))
     start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
     return [body]
@@ -146,6 +213,8 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
 
 async def asgi_app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
     """An ASGI app answering with :func:`metrics_text` (mount it at ``/metrics``)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
     body = metrics_text(scope.get("taskmw.server"))
     headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -153,4 +222,4 @@ async def asgi_app(scope: dict[str, Any], receive: Callable[..., Any], send: Cal
 
 
 __all__ = ["DURATION", "TASKS", "WORKER_STARTS", "PoolCollector", "PrometheusPlugin", "asgi_app", "metrics_text",
-           "plugin", "wsgi_app"]  # fmt: skip
+           "plugin", "setup", "wsgi_app"]  # fmt: skip

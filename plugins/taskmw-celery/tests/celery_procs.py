@@ -1,7 +1,8 @@
 """The processes of the Celery backend's tests (and benchmarks): a real
 ``redis-server`` on a free port of 127.0.0.1 and real ``celery worker``
 processes (prefork, 2 pool processes), each stopped at the end and checked
-gone (the e2e harness's :class:`~e2e.servers.Server` runs the workers).
+gone (the e2e harness's :class:`~e2e.servers.Server` runs the workers: it
+is taskmw's, in the repository's ``tests/e2e/servers.py``).
 
 Without ``redis-server`` or the ``celery``/``redis`` packages the tests are
 skipped with the reason, except in CI (``CI=true``), where they fail: CI
@@ -23,9 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e.servers import Server, alive, base_env, free_port, proc_stat
 
 APPS = Path(__file__).resolve().parent / "apps"
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))  # e2e.servers: the process harness of taskmw's own tests
+
+from e2e.servers import Server, alive, base_env, free_port, proc_stat  # noqa: E402
+
 READY_TIMEOUT = 60.0
 """Seconds a Celery worker may take to say it is ready (a busy 2-core machine)."""
 

@@ -18,15 +18,9 @@ from typing import Any
 
 import pytest
 
-from .installed import require
-
-DEMO = Path(__file__).with_name("log_demo.py")
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _installed() -> None:
-    require("taskmw-logging")
+HERE = Path(__file__).resolve().parent
+DEMO = HERE / "log_demo.py"
+DIST = HERE.parent
 
 
 def run_demo(**env: str) -> tuple[dict[str, Any], list[str]]:
@@ -34,7 +28,7 @@ def run_demo(**env: str) -> tuple[dict[str, Any], list[str]]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("TASKMW_", "PYTEST_"))}
     environ.update(env)
     proc = subprocess.run(
-        [sys.executable, str(DEMO)], env=environ, capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, str(DEMO)], env=environ, capture_output=True, text=True, timeout=120, cwd=HERE
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -52,7 +46,29 @@ def test_installed_as_a_distribution_with_an_entry_point() -> None:
     dist = distribution("taskmw-logging")
     assert [ep.value for ep in entry_points(group="taskmw") if ep.name == "logging"] == ["taskmw_logging:plugin"]
     assert dist.locate_file("taskmw_logging/__init__.py") == Path(taskmw_logging.__file__)
-    assert ROOT / "plugins" not in Path(taskmw_logging.__file__).parents  # installed, not the source tree
+    assert DIST not in Path(taskmw_logging.__file__).parents  # installed, not the source tree
+
+
+def test_importing_the_module_has_no_side_effect() -> None:
+    """The settings are read, and the stderr handler added, when the plugin
+    is loaded (the entry point reads ``plugin``), not at import."""
+    code = """if True:
+        import json, logging
+        import taskmw_logging
+
+        before = [h.name for h in logging.getLogger("taskmw").handlers]
+        try:
+            taskmw_logging.plugin
+        except ValueError as exc:
+            error = str(exc)
+        print(json.dumps({"before": before, "error": error}))
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TASKMW_", "PYTEST_"))}
+    environ["TASKMW_LOGGING_FORMAT"] = "xml"  # a bad setting: raised when loaded, not at import
+    proc = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["before"] == [] and "format must be one of text, json, got 'xml'" in got["error"], got
 
 
 def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
@@ -135,9 +151,9 @@ def fails_once() -> str:
 
 
 def test_retries_show_their_attempts(caplog: pytest.LogCaptureFixture) -> None:
-    from taskmw_logging import TaskLogger
-
     import taskmw
+
+    from taskmw_logging import TaskLogger
 
     caplog.set_level(logging.INFO, logger="shop.tasks")
     _runs.clear()

@@ -11,11 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from taskmw import ServiceTask, TaskServer, deferred
 from taskmw.testing import Finishes, close_pool
-
-from .installed import require
 
 WAIT = 20.0
 
@@ -44,13 +41,9 @@ class Connection:
             f.write(f"{what} {os.getpid()}\n")
 
 
-@pytest.fixture(autouse=True)
-def _installed() -> None:
-    require("taskmw-svcs")
-
-
 def svcs_plugin(journal: Path) -> Any:
     import svcs
+
     from taskmw_svcs import SvcsServices
 
     def connect() -> Iterator[Connection]:

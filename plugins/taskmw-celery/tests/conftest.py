@@ -1,4 +1,7 @@
-"""Fixtures of the Celery backend's tests (the processes are in ``procs.py``)."""
+"""Fixtures of taskmw-celery's tests (the processes are in ``celery_procs.py``).
+
+Run from the repository root (``python -m pytest``) or from this folder.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-
-from .procs import APPS, Redis, require
+from celery_procs import APPS, Redis, require
 
 if str(APPS) not in sys.path:
     sys.path.insert(0, str(APPS))  # cjobs: the tasks go by reference, as cjobs.<name>

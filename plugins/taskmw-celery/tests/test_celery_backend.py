@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -21,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery_procs import Redis, celery_worker, pool_pids, require
 from e2e.servers import gunicorn_argv, read_records, running_server
 
 import taskmw
 from taskmw import QueueFull, ServiceTask, Task, TaskFailed, TaskServer, testing
-
-from .procs import Redis, celery_worker, pool_pids, require
 
 require()  # skips this module (fails it in CI) without redis-server, celery, redis or taskmw-celery
 
@@ -72,6 +72,26 @@ def worker(redis_server: Redis, records: Path) -> Iterator[Any]:
 @pytest.fixture
 def finishes() -> Finishes:
     return Finishes()
+
+
+@contextlib.contextmanager
+def celery_ids() -> Iterator[dict[int, str]]:
+    """The Celery task id of every taskmw task this process sends meanwhile,
+    by taskmw id, as Celery's ``before_task_publish`` signal shows them."""
+    from celery import signals
+    from taskmw_celery import TASK_NAME
+
+    ids: dict[int, str] = {}
+
+    def sent(sender: str | None = None, headers: dict[str, Any] | None = None, body: Any = None, **_: Any) -> None:
+        if sender == TASK_NAME and headers is not None:
+            ids[body[0][0]] = headers["id"]  # body: (args, kwargs, embed); args[0] is the taskmw id
+
+    signals.before_task_publish.connect(sent, weak=False)
+    try:
+        yield ids
+    finally:
+        signals.before_task_publish.disconnect(sent)
 
 
 def _listener_threads() -> list[threading.Thread]:
@@ -283,13 +303,13 @@ def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finish
     from taskmw import records
 
     app = cjobs.make_app(redis_server.url_for(2))
-    with TaskServer(backend="celery", celery_app=app, plugins=[finishes], shutdown_timeout=1) as server:
+    with celery_ids() as sent, TaskServer(backend="celery", celery_app=app, plugins=[finishes],
+                                          shutdown_timeout=1) as server:  # fmt: skip
         ok, lost, slow, revoked = (server.task(cjobs.add, 1, 1) for _ in range(4))
         backend = app.backend
-        prefix: str = server.transport.prefix  # type: ignore[attr-defined]  # this process's Celery task id prefix
 
         def celery_id(task_id: int) -> str:
-            return f"{prefix}{task_id}"
+            return sent[task_id]
 
         record = records.FinishRecord(ok, ok, records.OK, 2, None, 0.5, 1).encode()
         meta = {"status": states.SUCCESS, "result": record, "traceback": None, "children": [], "task_id": celery_id(ok)}
@@ -323,13 +343,13 @@ def test_finishes_survive_a_redis_restart(tmp_path: Path, finishes: Finishes) ->
     again: Redis | None = None
     try:
         app = cjobs.make_app(first.url)
-        with TaskServer(backend="celery", celery_app=app, plugins=[finishes], shutdown_timeout=1) as server:
+        with celery_ids() as sent, TaskServer(backend="celery", celery_app=app, plugins=[finishes],
+                                              shutdown_timeout=1) as server:  # fmt: skip
             task_id = server.task(cjobs.add, 1, 1)  # no worker: its result is written below
             first.stop()
             again = Redis(tmp_path / "b", port=first.port)
-            prefix: str = server.transport.prefix  # type: ignore[attr-defined]
             record = records.FinishRecord(task_id, task_id, records.OK, 2, None, 0.1, 0).encode()
-            _wait_for(lambda: _stored(app, f"{prefix}{task_id}", record, states.SUCCESS), "Redis is back")
+            _wait_for(lambda: _stored(app, sent[task_id], record, states.SUCCESS), "Redis is back")
             assert finishes.wait([task_id])[task_id].return_value == 2
             assert finishes.count[task_id] == 1
     finally:
