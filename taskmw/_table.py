@@ -120,4 +120,3 @@ class WorkerTable:
             "cancelled": w[s + CANCELLED],
         }
         return {"workers": workers, "totals": totals}
-

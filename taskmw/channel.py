@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from functools import reduce
+from operator import or_
 
 from taskmw import records
 from taskmw.errors import PoolClosed
@@ -78,7 +80,8 @@ class Channel:
     @property
     def stale(self) -> bool:
         """True if the event loop that read it has closed (read it anew)."""
-        return self.loop is not None and self.loop.is_closed()
+        loop = self.loop
+        return loop is not None and loop.is_closed()
 
     def start_reader(self) -> None:
         """Read on the running event loop if there is one, else on a thread."""
@@ -113,7 +116,7 @@ class Channel:
 
     def _hand_on(self, batch: Batch) -> bool:
         """Deliver a batch; True if the reader's stop marker was in it."""
-        if any(records.is_reader_stop(h) for h in batch.auxs):
+        if records.is_reader_stop(reduce(or_, batch.auxs, 0)):  # one of them is the stop marker
             kept = [(r, h) for r, h in zip(batch.records, batch.auxs, strict=True) if not records.is_reader_stop(h)]
             self.deliver([r for r, _ in kept], [h for _, h in kept], self.floor)
             return True

@@ -69,47 +69,37 @@ class Delivery:
         """Deliver finish records (see :data:`taskmw.interfaces.Deliver`)."""
         delivered = 0
         impls = implementations(self.hook.on_finish)
-        recent, retries = self.recent, self.retries
+        recent, retries, hand_over = self.recent, self.retries, self.hand_over
+        decode, is_spilled, wants = FinishRecord.decode, records.is_spilled, records.wants
         for record, header in zip(finishes, headers, strict=True):
             try:
-                if records.is_spilled(header):
+                if is_spilled(header):
                     record = records.unspill(record)
-                finish = FinishRecord.decode(record)
+                seq, task_id, status, value, error, duration, worker_id, name = decode(record)
             except Exception:
                 log.exception("an unreadable finish record was dropped")
                 continue
-            seq = finish.seq
             if seq < floor:
                 log.warning("dropped the finish of task %d, queued by an earlier process", seq)
                 continue
             if seq in recent:  # its worker died after sending it: the supervisor's "lost" comes too
-                log.debug("dropped a second finish for task %d (%s)", seq, STATUSES[finish.status])
+                log.debug("dropped a second finish for task %d (%s)", seq, STATUSES[status])
                 continue
             recent[seq] = None
             if len(recent) > _RECENT:
                 recent.popitem(last=False)
-            task_id, attempts = finish.task_id, 1
-            if retries.active:
+            attempts = 1
+            if retries.by_seq or retries.registering:
                 retry = retries.take(seq)
                 if retry is not None:
-                    if retries.again(retry, finish.status):
+                    if retries.again(retry, status):
                         continue
                     task_id, attempts = retry.task_id, retry.attempt
             event = _new_finish(
-                TaskFinishEvent,
-                (
-                    task_id,
-                    STATUSES[finish.status],
-                    finish.value,
-                    finish.error,
-                    finish.duration,
-                    finish.worker_id,
-                    attempts,
-                    finish.name,
-                ),
+                TaskFinishEvent, (task_id, STATUSES[status], value, error, duration, worker_id, attempts, name)
             )
             delivered += 1
-            self.hand_over(event, records.wants(header), impls)
+            hand_over(event, wants(header), impls)
         if delivered:
             self.count_done(delivered)
 

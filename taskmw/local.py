@@ -106,8 +106,10 @@ class LocalTransport:
         channel = self._channel
         if channel is None or channel.stale:
             channel = self._claim()
-        self.pool.check_open()
-        seq = self.pool.push_task(record, header | channel.header)
+        pool = self.pool
+        if pool.state:
+            pool.check_open()
+        seq = pool.push_task(record, header | channel.header)
         if registered is not None:
             registered(seq)
         return seq

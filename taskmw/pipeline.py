@@ -24,6 +24,7 @@ from taskmw.records import ERROR, OK, Kind
 from taskmw.tasks import ServiceTask, Task, _make_task
 
 log = logging.getLogger(__name__)
+_CALL = int(Kind.CALL)
 
 
 def run_task(
@@ -43,7 +44,7 @@ def run_task(
     name = ""
     try:
         data = _codec.decode(payload)
-        if kind == Kind.CALL:
+        if kind == _CALL:
             data = _make_task(*data)
         name = task_name(data)
         event = TaskEvent(task_id, worker_id, data, server, attempt)

@@ -88,9 +88,9 @@ def with_channel(header: int, channel: int) -> int:
     return header | channel
 
 
-def kind_of(header: int) -> Kind:
-    """The :class:`Kind` of a submit record."""
-    return Kind((header & _KIND_MASK) >> _KIND_SHIFT)
+def kind_of(header: int) -> int:
+    """The :class:`Kind` of a submit record (as a plain int: it compares equal)."""
+    return (header & _KIND_MASK) >> _KIND_SHIFT
 
 
 def is_stop(header: int) -> bool:
@@ -122,6 +122,8 @@ def is_reader_stop(header: int) -> bool:
     """True for the marker that stops a completion reader."""
     return bool(header & READER_STOP)
 
+
+_new = tuple.__new__  # builds a NamedTuple without its slower __new__
 
 # -- submit records ------------------------------------------------------------
 
@@ -205,7 +207,8 @@ class SubmitRecord(NamedTuple):
 
     seq: int
     task_id: int
-    kind: Kind
+    kind: int
+    """A :class:`Kind`."""
     reply: int
     """The header of its finish (see :func:`reply_to`)."""
     timeout: float | None
@@ -220,12 +223,15 @@ class SubmitRecord(NamedTuple):
         Raises:
             OSError: a spill file is gone. ``struct.error``: a bad options header.
         """
+        kind = (header & _KIND_MASK) >> _KIND_SHIFT
+        if not header & (SPILLED | _OPTS):  # the common case, without NamedTuple's slower __new__
+            return _new(cls, (seq, seq, kind, header & _REPLY, None, 1, record))
         if header & SPILLED:
             record = unspill(record)
         timeout, attempt, first_id = options_of(record, header)
         if header & _OPTS:
             record = record[_OPTIONS.size :]
-        return cls(seq, task_id_of(seq, first_id), kind_of(header), header & _REPLY, timeout, attempt, record)
+        return cls(seq, task_id_of(seq, first_id), kind, header & _REPLY, timeout, attempt, record)
 
 
 # -- finish records ------------------------------------------------------------
@@ -245,27 +251,40 @@ class FinishRecord(NamedTuple):
     name: str = ""
 
     def encode(self) -> bytes:
-        """The record's bytes. A return value that cannot be pickled turns
-        the finish into an ``error`` naming it (the task did run)."""
-        try:
-            return _codec.dumps(tuple(self))
-        except BaseException as exc:  # noqa: B036 - a value's __reduce__ may raise anything
-            message = _codec.unpicklable_message("the return value", self.value, exc)
-            return _codec.dumps(
-                tuple(self._replace(status=ERROR, value=None, error=TaskError("TypeError", message, "")))
-            )
+        """The record's bytes (see :func:`encode_finish`)."""
+        return encode_finish(*self)
 
     @classmethod
     def decode(cls, record: bytes) -> FinishRecord:
         """The finish in ``record`` (raises what unpickling raises)."""
-        return cls._make(_codec.decode(record))
+        return _new(cls, _codec.decode(record))  # type: ignore[no-any-return]
+
+
+def encode_finish(
+    seq: int,
+    task_id: int,
+    status: int,
+    value: Any = None,
+    error: TaskError | None = None,
+    duration: float = 0.0,
+    worker_id: int = -1,
+    name: str = "",
+) -> bytes:
+    """The bytes of a :class:`FinishRecord`, made without building one. A
+    return value that cannot be pickled turns the finish into an ``error``
+    naming it (the task did run)."""
+    try:
+        return _codec.dumps((seq, task_id, status, value, error, duration, worker_id, name))
+    except BaseException as exc:  # noqa: B036 - a value's __reduce__ may raise anything
+        error = TaskError("TypeError", _codec.unpicklable_message("the return value", value, exc), "")
+        return _codec.dumps((seq, task_id, ERROR, None, error, duration, worker_id, name))
 
 
 def lost(seq: int, error: TaskError, status: int = LOST, duration: float = 0.0, worker_id: int = -1) -> bytes:
     """The finish record of a task that no worker finished (``lost``,
     ``timeout`` at a killed worker, ``cancelled``); its id is its seq's
     unless the queuing process knows better (a retry)."""
-    return FinishRecord(seq, seq, status, None, error, duration, worker_id).encode()
+    return encode_finish(seq, seq, status, None, error, duration, worker_id)
 
 
 # -- records too large for a ring --------------------------------------------------

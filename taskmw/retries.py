@@ -60,11 +60,6 @@ class Retries:
         self.by_seq: dict[int, Retry] = {}
         self.registering = 0
 
-    @property
-    def active(self) -> bool:
-        """True if a finish may belong to a retriable task."""
-        return bool(self.by_seq) or self.registering > 0
-
     def queue(self, retry: Retry) -> int:
         """Queue (again) a task that may be retried; returns the seq of this run."""
 

@@ -44,7 +44,7 @@ from taskmw.interfaces import Server
 from taskmw.pipeline import error_of, run_task
 from taskmw.plugins import call_each, implementations
 from taskmw.pool import Pool
-from taskmw.records import ERROR, OK, TIMEOUT, FinishRecord, SubmitRecord
+from taskmw.records import ERROR, OK, TIMEOUT, SubmitRecord, encode_finish
 from taskmw.tasks import _set_default
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,7 @@ class _Worker:
         self, seq: int, task_id: int, status: int, value: Any, error: TaskError | None, started: float, name: str
     ) -> bytes:
         """The finish record of task ``seq``."""
-        duration = time.perf_counter() - started
-        return FinishRecord(seq, task_id, status, value, error, duration, self.worker_id, name).encode()
+        return encode_finish(seq, task_id, status, value, error, time.perf_counter() - started, self.worker_id, name)
 
     def send(self, reply: int, finishes: list[bytes]) -> None:
         """Write finishes back, waiting while the channel is full for as long
