@@ -23,7 +23,6 @@ import pluggy
 from taskmw import records
 from taskmw.events import STATUSES, TaskError, TaskFinishEvent
 from taskmw.plugins import Impl, implementations
-from taskmw.records import FinishRecord
 from taskmw.retries import Retries, Retry
 
 log = logging.getLogger(__name__)
@@ -70,12 +69,14 @@ class Delivery:
         delivered = 0
         impls = implementations(self.hook.on_finish)
         recent, retries, hand_over = self.recent, self.retries, self.hand_over
-        decode, is_spilled, wants = FinishRecord.decode, records.is_spilled, records.wants
+        read, wants = records.read_finish, records.wants
+        spilled = records.any_flag(headers, records.Flag.SPILLED)
+        waited = records.any_flag(headers, records.Flag.WANT)
         for record, header in zip(finishes, headers, strict=True):
             try:
-                if is_spilled(header):
+                if spilled and records.is_spilled(header):
                     record = records.unspill(record)
-                seq, task_id, status, value, error, duration, worker_id, name = decode(record)
+                seq, task_id, status, value, error, duration, worker_id, name = read(record)
             except Exception:
                 log.exception("an unreadable finish record was dropped")
                 continue
@@ -99,7 +100,7 @@ class Delivery:
                 TaskFinishEvent, (task_id, STATUSES[status], value, error, duration, worker_id, attempts, name)
             )
             delivered += 1
-            hand_over(event, wants(header), impls)
+            hand_over(event, waited and wants(header), impls)
         if delivered:
             self.count_done(delivered)
 

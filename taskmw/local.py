@@ -104,10 +104,10 @@ class LocalTransport:
     def send(self, record: bytes, header: int, registered: Registered | None = None) -> int:
         """Queue one task in the pool; returns its seq."""
         channel = self._channel
-        if channel is None or channel.stale:
+        if channel is None or (channel.loop is not None and channel.loop.is_closed()):
             channel = self._claim()
         pool = self.pool
-        if pool.state:
+        if pool.page[0]:
             pool.check_open()
         seq = pool.push_task(record, header | channel.header)
         if registered is not None:

@@ -62,7 +62,8 @@ class Pool:
         """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`)."""
         self.table = WorkerTable(workers)
         """One row of counters per worker, plus the supervisor's."""
-        self._state = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with every forked process
+        self.page = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with every forked process
+        """The state page: ``page[0]`` is :attr:`state` (read directly on the hot path)."""
         self.spill_at = min(1 << 20, self.submit.max_record)
         """Tasks larger than this travel as files."""
         self.finish_spill_at = self.channels[0].max_record // 4
@@ -80,11 +81,11 @@ class Pool:
     @property
     def state(self) -> int:
         """:data:`RUNNING`, :data:`STOPPED` or :data:`RESTARTING`."""
-        return self._state[0]
+        return self.page[0]
 
     @state.setter
     def state(self, value: int) -> None:
-        self._state[0] = value
+        self.page[0] = value
 
     @property
     def supervisor_pid(self) -> int:
@@ -93,7 +94,7 @@ class Pool:
 
     def check_open(self) -> None:
         """Raise :class:`PoolClosed` unless the pool takes tasks."""
-        state = self._state[0]
+        state = self.page[0]
         if state == RESTARTING:
             raise PoolClosed("the pool's supervisor died and is being restarted: try again in a moment")
         if state:

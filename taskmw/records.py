@@ -30,6 +30,9 @@ import enum
 import os
 import struct
 import tempfile
+from collections.abc import Callable, Sequence
+from functools import reduce
+from operator import or_
 from typing import Any, NamedTuple
 
 from taskmw import _codec
@@ -69,6 +72,7 @@ TIMED = int(Flag.TIMED)
 SPILLED = int(Flag.SPILLED)
 _OPTS = int(Flag.OPTS)
 _REPLY = CHANNEL_MASK | WANT
+_SPILLED_OR_OPTS = SPILLED | _OPTS
 STOP = Kind.STOP << _KIND_SHIFT
 """The header of a stop marker."""
 
@@ -96,6 +100,17 @@ def kind_of(header: int) -> int:
 def is_stop(header: int) -> bool:
     """True for a stop marker."""
     return header & _KIND_MASK == STOP
+
+
+def any_stop(headers: Sequence[int]) -> bool:
+    """False if none of ``headers`` is a stop marker (one check for a batch:
+    of the kinds, only a stop marker has bit 1 set)."""
+    return bool(reduce(or_, headers, 0) & STOP)
+
+
+def any_flag(headers: Sequence[int], flag: Flag) -> bool:
+    """False if none of ``headers`` has ``flag`` (one check for a batch)."""
+    return bool(reduce(or_, headers, 0) & flag)
 
 
 def wants(header: int) -> bool:
@@ -224,7 +239,7 @@ class SubmitRecord(NamedTuple):
             OSError: a spill file is gone. ``struct.error``: a bad options header.
         """
         kind = (header & _KIND_MASK) >> _KIND_SHIFT
-        if not header & (SPILLED | _OPTS):  # the common case, without NamedTuple's slower __new__
+        if not header & _SPILLED_OR_OPTS:  # the common case, without NamedTuple's slower __new__
             return _new(cls, (seq, seq, kind, header & _REPLY, None, 1, record))
         if header & SPILLED:
             record = unspill(record)
@@ -257,7 +272,7 @@ class FinishRecord(NamedTuple):
     @classmethod
     def decode(cls, record: bytes) -> FinishRecord:
         """The finish in ``record`` (raises what unpickling raises)."""
-        return _new(cls, _codec.decode(record))  # type: ignore[no-any-return]
+        return _new(cls, read_finish(record))  # type: ignore[no-any-return]
 
 
 def encode_finish(
@@ -278,6 +293,14 @@ def encode_finish(
     except BaseException as exc:  # noqa: B036 - a value's __reduce__ may raise anything
         error = TaskError("TypeError", _codec.unpicklable_message("the return value", value, exc), "")
         return _codec.dumps((seq, task_id, ERROR, None, error, duration, worker_id, name))
+
+
+FinishFields = tuple[int, int, int, Any, TaskError | None, float, int, str]
+"""A finish record's fields, in :class:`FinishRecord`'s order, as a plain tuple."""
+
+read_finish: Callable[[bytes], FinishFields] = _codec.decode
+"""The fields of a finish record, as a plain tuple (the fast path of
+:meth:`FinishRecord.decode`, for the delivery loop)."""
 
 
 def lost(seq: int, error: TaskError, status: int = LOST, duration: float = 0.0, worker_id: int = -1) -> bytes:

@@ -138,8 +138,9 @@ class _Worker:
             done: list[int] = []
             stops = 0
             seq = batch.first_seq
+            may_stop = records.any_stop(batch.auxs)
             for record, header in zip(batch.records, batch.auxs, strict=True):
-                if records.is_stop(header):
+                if may_stop and records.is_stop(header):
                     stops += 1
                     done.append(seq)
                 else:
@@ -178,12 +179,13 @@ class _Worker:
             task = SubmitRecord.read(seq, record, header)
         except Exception as exc:  # an unreadable record: the task cannot run
             return self.finish(seq, seq, ERROR, None, error_of(exc), started, "")
-        limit = task.timeout or self.timeout
-        words[row + TASK] = task.task_id
+        _, task_id, kind, _, own_limit, attempt, payload = task
+        limit = own_limit or self.timeout
+        words[row + TASK] = task_id
         if limit:  # the supervisor kills this worker if the task is still running then
             words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
         status, value, error, name = run_task(
-            self.on_task, self.server, task.task_id, self.worker_id, task.payload, task.kind, task.attempt
+            self.on_task, self.server, task_id, self.worker_id, payload, kind, attempt
         )
         if inspect.iscoroutine(value):
             if limit:
@@ -197,7 +199,7 @@ class _Worker:
         words[row + DONE] += 1
         if status == OK:
             words[row + _table.OK] += 1
-        return self.finish(seq, task.task_id, status, value, error, started, name)
+        return self.finish(seq, task_id, status, value, error, started, name)
 
     def finish(
         self, seq: int, task_id: int, status: int, value: Any, error: TaskError | None, started: float, name: str
