@@ -272,7 +272,7 @@ class FinishRecord(NamedTuple):
     @classmethod
     def decode(cls, record: bytes) -> FinishRecord:
         """The finish in ``record`` (raises what unpickling raises)."""
-        return _new(cls, read_finish(record))  # type: ignore[no-any-return]
+        return _new(cls, read_finish(record))
 
 
 def encode_finish(
