@@ -125,9 +125,10 @@ typedef struct {
 typedef struct {
     int32_t pid;           /* owner, 0 when free */
     uint32_t held_count;   /* entries in held[], tombstones included */
-    uint32_t sleeping_data;  /* this slot's share of data_waiters */
+    uint32_t sleeping_data;  /* this slot's share of data_waiters (arms included) */
     uint32_t sleeping_space; /* this slot's share of space_waiters */
-    uint64_t _pad[2];
+    uint32_t armed;          /* tmw_ring_arm calls not yet matched by a disarm */
+    uint32_t _pad[3];
     tmw_held held[];       /* max_held entries */
 } slot_hdr;
 
@@ -308,17 +309,26 @@ static int data_ready(tmw_ring *r, uint64_t unused) { return ring_nonempty(r); }
 
 static int space_ready(tmw_ring *r, uint64_t need) { return ring_has_space(r, need); }
 
-/* An event-loop consumer's wait is wait_for's sleep split in two. */
+/* An event-loop consumer's wait is wait_for's sleep split in two. Arms are
+ * counted apart from sleeping_data, which another thread of the process
+ * asleep in tmw_ring_pop also raises: an unmatched disarm must be refused,
+ * not take that thread out of the waiter count while it sleeps. */
 int tmw_ring_arm(tmw_ring *r, int slot) {
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
-    sleeper_in(&r->h->data_waiters, &slot_at(r, slot)->sleeping_data);
+    slot_hdr *s = slot_at(r, slot);
+    ADD(&s->armed, 1);
+    sleeper_in(&r->h->data_waiters, &s->sleeping_data);
     return ring_nonempty(r);
 }
 
 int tmw_ring_disarm(tmw_ring *r, int slot) {
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
     slot_hdr *s = slot_at(r, slot);
-    if (LOAD(&s->sleeping_data) == 0) return TMW_EINVAL; /* not armed */
+    uint32_t armed = LOAD(&s->armed);
+    do {
+        if (armed == 0) return TMW_EINVAL; /* not armed */
+    } while (!__atomic_compare_exchange_n(&s->armed, &armed, armed - 1, 0, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
     sleeper_out(&r->h->data_waiters, &s->sleeping_data, &r->h->data_signalled, r->efd_data);
     return TMW_OK;
 }
@@ -694,6 +704,7 @@ static size_t release_slots_of(tmw_ring *r, int32_t pid, tmw_held *out, size_t c
         uint32_t sp = __atomic_exchange_n(&s->sleeping_space, 0, __ATOMIC_SEQ_CST);
         if (d) ADD(&r->h->data_waiters, -d);
         if (sp) ADD(&r->h->space_waiters, -sp);
+        STORE(&s->armed, 0);
         STORE(&r->h->data_signalled, 0);
         STORE(&r->h->space_signalled, 0);
         STORE(&s->held_count, 0);

@@ -22,6 +22,10 @@ Example::
         ...
     ring.push(b"hello")
 
+Threads of one process share its slot (held records belong to the
+process, not to the thread that popped them), and may call any method at
+once, except :meth:`Ring.close`: csrc/ring.h gives the details.
+
 No other module touches ``ffi`` or ``lib``.
 """
 
@@ -127,11 +131,18 @@ _ETIMEDOUT: int = lib.TMW_ETIMEDOUT
 _ETOOBIG: int = lib.TMW_ETOOBIG
 _OK: int = lib.TMW_OK
 
+# One message per code in csrc/ring.h (tests check that none is missing).
 _ERRORS = {
+    _EAGAIN: "ring empty (pop) or full (push)",
+    _ETIMEDOUT: "timed out",
+    _EINTR: "interrupted by a signal",
     _ETOOBIG: "record larger than the ring's max_record",
+    _EBUFSMALL: "the first record does not fit the pop buffer",
     _ECORRUPT: "shared ring memory is corrupt",
+    _EHELDFULL: "this process already holds max_held records: release() some first",
     _ENOSLOT: "no free slot in the ring: raise `slots` or reclaim dead processes",
     _EINVAL: "invalid argument",
+    _ESYS: "a system call failed",
 }
 
 _POP_BUFFER = 1 << 20  # bytes a pop can take at once (grows for larger records)
@@ -164,6 +175,7 @@ _live_rings: weakref.WeakSet[Ring] = weakref.WeakSet()
 def _forget_slots_after_fork() -> None:
     for ring in list(_live_rings):
         ring._slot = -1
+        ring._claim_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_forget_slots_after_fork)
@@ -239,6 +251,7 @@ class Ring:
             _raise_for(rc, "cannot create ring")
         self._r = out[0]
         self._slot = -1
+        self._claim_lock = threading.Lock()  # one slot per process, whichever thread claims it
         self._max_record: int = lib.tmw_ring_max_record(self._r)
         self._max_held = max_held
         self._pop_size = min(self._max_record, _POP_BUFFER)  # a pop buffer's smallest size
@@ -303,12 +316,18 @@ class Ring:
         return r
 
     def _my_slot(self) -> int:
+        """This process's slot, claimed on first use. All threads share it
+        (csrc/ring.h says which calls may share a slot); the lock makes
+        threads whose first calls race claim one slot, not one each."""
         slot = self._slot
         if slot < 0:
-            slot = lib.tmw_ring_slot_claim(self._handle(), os.getpid())
-            if slot < 0:
-                _raise_for(slot, "cannot use ring")
-            self._slot = slot
+            with self._claim_lock:
+                slot = self._slot
+                if slot < 0:
+                    slot = lib.tmw_ring_slot_claim(self._handle(), os.getpid())
+                    if slot < 0:
+                        _raise_for(slot, "cannot use ring")
+                    self._slot = slot
         return slot
 
     # -- push ---------------------------------------------------------------
@@ -595,7 +614,8 @@ class Ring:
     # -- lifetime -----------------------------------------------------------
 
     def close(self) -> None:
-        """Unmap this process's view of the ring (others keep theirs)."""
+        """Unmap this process's view of the ring (others keep theirs).
+        No other thread may be inside a call on the ring meanwhile."""
         r, self._r = self._r, None
         if r is not None:
             lib.tmw_ring_close(r)
