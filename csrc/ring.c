@@ -34,8 +34,11 @@
  *   consistent (a full fence on the producer side), so a wake-up cannot be
  *   lost. Sleeps are cut into
  *   slices of SLICE_NS so that a flag left set by a process killed in the
- *   middle of a wake-up heals itself. A consumer that leaves records behind
- *   wakes the next sleeper (chain wake-up).
+ *   middle of a wake-up heals itself. One write wakes only the sleeper that
+ *   drains it first, so a consumer that leaves records behind, and a
+ *   producer that leaves room, wakes the next sleeper of its side (chain
+ *   wake-up): every sleeper that can proceed does, without waiting out a
+ *   slice.
  *
  * - Bounds: the geometry (capacity, slot count, held limit) is copied into
  *   each process's handle at creation and never re-read from shared memory.
@@ -505,7 +508,20 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
         if (done > before) commit(r, &st, -1, 0);
         unlock(r);
         *pushed = done;
-        if (done > before) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
+        if (done > before) {
+            wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
+            /* Pass the wake-up on while there is room left (enough for the
+             * smallest record: we cannot know what the others need). The pop
+             * that made room wrote the eventfd once, and only whichever
+             * sleeper drained it first got through (maybe us); the others
+             * went back to sleep and would wait out their slice although
+             * they fit. Every producer that gets in wakes the next, as
+             * faster-fifo does for its writers (and pop below for readers);
+             * one that does not get in passes nothing on, so sleepers that
+             * cannot proceed never wake each other in a loop. */
+            if (r->capacity - (st.tail - st.head) >= REC_HDR)
+                wake(r, &r->h->space_waiters, &r->h->space_signalled, r->efd_space);
+        }
         if (done == n) return TMW_OK;
         if (timeout == 0) return TMW_EAGAIN;
         if (!waited++) BUMP(&r->h->push_waits);
@@ -606,6 +622,9 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
         if (n > 0) {
             b->n = n;
             wake(r, &r->h->space_waiters, &r->h->space_signalled, r->efd_space);
+            /* Records left: pass the wake-up on to another sleeping consumer
+             * (the push wrote the eventfd once, for whichever sleeper drained
+             * it first), as push does for producers. */
             if (left) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
             return TMW_OK;
         }

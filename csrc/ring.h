@@ -56,12 +56,19 @@
  *
  * WAKE-UPS. Each eventfd is shared by all sleepers of its side, in every
  * process and thread: one write is taken (drained) by whichever sleeper
- * reads it first. A pop that leaves records behind wakes another sleeping
- * consumer; a sleeper that took a wake-up and then found nothing to do goes
- * back to sleep. No call writes an eventfd when nobody sleeps on it. Waits
- * sleep in slices of at most 100 ms and re-check the ring after each, so a
- * wake-up that went astray (or a sleeper killed mid-wake) delays a waiter
- * inside tmw_ring_push/pop by at most one slice; an event loop waiting after
+ * reads it first. So a pop that leaves records behind wakes another
+ * sleeping consumer, and a push that leaves room (for at least a record of
+ * 0 bytes) another sleeping producer: when one call makes room (or brings
+ * records) for several sleepers, each that gets through wakes the next, and
+ * none waits out its slice. A sleeper that took a wake-up and then found
+ * nothing to do goes back to sleep and passes nothing on (so sleepers that
+ * cannot proceed never wake each other in a loop; but if the first to
+ * drain a write is a producer whose record needs more room than there is,
+ * smaller ones that would fit wait for the next wake-up or slice). No call
+ * writes an eventfd when nobody sleeps on it. Waits sleep in slices of at
+ * most 100 ms and re-check the ring after each, so a wake-up that went
+ * astray (or a sleeper killed mid-wake) delays a waiter inside
+ * tmw_ring_push/pop by at most one slice; an event loop waiting after
  * tmw_ring_arm has no slices.
  *
  * TIMEOUTS (push, pop): seconds; < 0 waits forever, 0 never waits (the call
@@ -187,7 +194,8 @@ int tmw_ring_slot_claim(tmw_ring *r, int32_t pid);
  * push order across the ring; the records of one call are consecutive
  * except where the call had to wait for room (other producers' records may
  * then come in between). Waits for room as the timeout says; a prefix that
- * fits goes in before waiting. Wakes a sleeping consumer if any.
+ * fits goes in before waiting. Wakes a sleeping consumer if any, and,
+ * when it leaves room, another sleeping producer (see WAKE-UPS).
  * Returns TMW_OK when all n are in (n == 0 included). Errors: TMW_ENOSLOT
  * (slot); TMW_EINVAL (n > 0 and data or lens is NULL); TMW_ETOOBIG (some
  * lens[i] > max_record: checked first, nothing pushed); TMW_EAGAIN (timeout
