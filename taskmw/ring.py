@@ -253,6 +253,9 @@ class Ring:
         self._slot = -1
         self._claim_lock = threading.Lock()  # one slot per process, whichever thread claims it
         self._max_record: int = lib.tmw_ring_max_record(self._r)
+        geometry = ffi.new("tmw_ring_stats *")
+        lib.tmw_ring_get_stats(self._r, geometry)
+        self._capacity: int = geometry.capacity  # after the C core's rounding up
         self._max_held = max_held
         self._pop_size = min(self._max_record, _POP_BUFFER)  # a pop buffer's smallest size
         self._local = threading.local()  # per-thread _Buffers: calls release the GIL
@@ -260,10 +263,14 @@ class Ring:
 
     # -- properties ---------------------------------------------------------
 
+    # After close() these two still answer (constants of the ring, as a
+    # closed file keeps its name); all other methods but close() raise
+    # ValueError("ring is closed").
+
     @property
     def capacity(self) -> int:
         """Bytes of record storage."""
-        return self.stats().capacity
+        return self._capacity
 
     @property
     def max_record(self) -> int:
@@ -425,6 +432,7 @@ class Ring:
             RecordTooLarge: a record exceeds ``max_record`` (none pushed).
         """
         if not records:
+            self._handle()  # a closed ring raises even when there is nothing to push
             return
         rc, done = self._push(records, aux, timeout)
         if rc == _OK:
@@ -437,6 +445,7 @@ class Ring:
         """Push as many of records (a prefix, in order) as fit now; returns
         how many went in."""
         if not records:
+            self._handle()
             return 0
         rc, done = self._push(records, aux, 0)
         if rc in (_OK, _EAGAIN):
@@ -571,14 +580,15 @@ class Ring:
 
     def release(self, seqs: Iterable[int] | None = None) -> None:
         """Stop holding records (by sequence number); ``None``: all of them."""
+        r = self._handle()
         slot = self._my_slot()
         if seqs is None:
-            rc = lib.tmw_ring_release(self._r, slot, ffi.NULL, 0)
+            rc = lib.tmw_ring_release(r, slot, ffi.NULL, 0)
         else:
             arr = array("Q", seqs)
             if not arr:
                 return
-            rc = lib.tmw_ring_release(self._r, slot, ffi.from_buffer("uint64_t[]", arr), len(arr))
+            rc = lib.tmw_ring_release(r, slot, ffi.from_buffer("uint64_t[]", arr), len(arr))
         if rc != _OK:
             _raise_for(rc, "release")
 
@@ -598,13 +608,14 @@ class Ring:
     def reclaim(self, pid: int) -> list[Held]:
         """For a supervisor: the records held by dead process ``pid``, whose
         slot is freed. Call it only after ``pid`` has exited."""
+        r = self._handle()
         if pid == os.getpid():
             raise ValueError("reclaim() is for dead processes, not this one")
         n = ffi.new("size_t *")
         cap = self._max_held * 4
         while True:
             out = ffi.new("tmw_held[]", cap)
-            rc = lib.tmw_ring_reclaim(self._handle(), pid, out, cap, n)
+            rc = lib.tmw_ring_reclaim(r, pid, out, cap, n)
             if rc != _OK:
                 _raise_for(rc, "reclaim")
             if n[0] <= cap:
@@ -615,12 +626,15 @@ class Ring:
 
     def close(self) -> None:
         """Unmap this process's view of the ring (others keep theirs).
-        No other thread may be inside a call on the ring meanwhile."""
+        No other thread may be inside a call on the ring meanwhile. Closing
+        twice is harmless; any other call afterwards raises ValueError
+        (``capacity`` and ``max_record`` still answer)."""
         r, self._r = self._r, None
         if r is not None:
             lib.tmw_ring_close(r)
 
     def __enter__(self) -> Ring:
+        self._handle()  # as a closed file: no second life
         return self
 
     def __exit__(self, *exc: object) -> None:

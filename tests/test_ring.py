@@ -221,6 +221,57 @@ def test_closed_ring_raises() -> None:
         ring.stats()
 
 
+CALLS_ON_A_RING = {
+    "fileno": lambda ring: ring.fileno(),
+    "memfd": lambda ring: ring.memfd(),
+    "data_offset": lambda ring: ring.data_offset(),
+    "len": lambda ring: len(ring),
+    "stats": lambda ring: ring.stats(),
+    "push": lambda ring: ring.push(b"x"),
+    "try_push": lambda ring: ring.try_push(b"x"),
+    "push_many": lambda ring: ring.push_many([b"x", b"y"]),
+    "push_many-none": lambda ring: ring.push_many([]),
+    "try_push_many": lambda ring: ring.try_push_many([b"x"]),
+    "try_push_many-none": lambda ring: ring.try_push_many([]),
+    "pop_many": lambda ring: ring.pop_many(timeout=0),
+    "pop_many-hold": lambda ring: ring.pop_many(timeout=0, hold=True),
+    "try_pop_many": lambda ring: ring.try_pop_many(),
+    "arm": lambda ring: ring.arm(),
+    "disarm": lambda ring: ring.disarm(),
+    "release": lambda ring: ring.release([1, 2]),
+    "release-all": lambda ring: ring.release(),
+    "release-none": lambda ring: ring.release([]),
+    "held": lambda ring: ring.held(),
+    "reclaim": lambda ring: ring.reclaim(os.getpid() + 1),
+    "reclaim-self": lambda ring: ring.reclaim(os.getpid()),
+    "enter": lambda ring: ring.__enter__(),
+}
+
+
+@pytest.mark.parametrize("used", [True, False], ids=["used", "unused"])
+@pytest.mark.parametrize("call", list(CALLS_ON_A_RING))
+def test_every_call_on_a_closed_ring_raises_value_error(call: str, used: bool) -> None:
+    """Whether or not the process had claimed its slot and made its buffers
+    before close() (a used ring takes other paths than a fresh one)."""
+    ring = Ring(4096, max_held=8)
+    if used:
+        ring.push_many([b"a", b"b"])
+        ring.pop_many(1, hold=True)
+        ring.held()
+    ring.close()
+    with pytest.raises(ValueError, match="ring is closed"):
+        CALLS_ON_A_RING[call](ring)
+
+
+def test_closed_ring_keeps_its_geometry_and_closes_once() -> None:
+    ring = Ring(1000)
+    ring.push(b"x")
+    ring.close()
+    assert (ring.capacity, ring.max_record) == (1008, 992)  # constants, as a closed file's name
+    ring.close()
+    ring.__exit__(None, None, None)
+
+
 def test_region_is_not_a_named_file() -> None:
     with Ring(4096) as ring:
         target = os.readlink(f"/proc/self/fd/{ring.memfd()}")
