@@ -34,8 +34,11 @@
  *   consistent (a full fence on the producer side), so a wake-up cannot be
  *   lost. Sleeps are cut into
  *   slices of SLICE_NS so that a flag left set by a process killed in the
- *   middle of a wake-up heals itself. A consumer that leaves records behind
- *   wakes the next sleeper (chain wake-up).
+ *   middle of a wake-up heals itself. One write wakes only the sleeper that
+ *   drains it first, so a consumer that leaves records behind, and a
+ *   producer that leaves room, wakes the next sleeper of its side (chain
+ *   wake-up): every sleeper that can proceed does, without waiting out a
+ *   slice.
  *
  * - Bounds: the geometry (capacity, slot count, held limit) is copied into
  *   each process's handle at creation and never re-read from shared memory.
@@ -125,9 +128,10 @@ typedef struct {
 typedef struct {
     int32_t pid;           /* owner, 0 when free */
     uint32_t held_count;   /* entries in held[], tombstones included */
-    uint32_t sleeping_data;  /* this slot's share of data_waiters */
+    uint32_t sleeping_data;  /* this slot's share of data_waiters (arms included) */
     uint32_t sleeping_space; /* this slot's share of space_waiters */
-    uint64_t _pad[2];
+    uint32_t armed;          /* tmw_ring_arm calls not yet matched by a disarm */
+    uint32_t _pad[3];
     tmw_held held[];       /* max_held entries */
 } slot_hdr;
 
@@ -308,17 +312,26 @@ static int data_ready(tmw_ring *r, uint64_t unused) { return ring_nonempty(r); }
 
 static int space_ready(tmw_ring *r, uint64_t need) { return ring_has_space(r, need); }
 
-/* An event-loop consumer's wait is wait_for's sleep split in two. */
+/* An event-loop consumer's wait is wait_for's sleep split in two. Arms are
+ * counted apart from sleeping_data, which another thread of the process
+ * asleep in tmw_ring_pop also raises: an unmatched disarm must be refused,
+ * not take that thread out of the waiter count while it sleeps. */
 int tmw_ring_arm(tmw_ring *r, int slot) {
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
-    sleeper_in(&r->h->data_waiters, &slot_at(r, slot)->sleeping_data);
+    slot_hdr *s = slot_at(r, slot);
+    ADD(&s->armed, 1);
+    sleeper_in(&r->h->data_waiters, &s->sleeping_data);
     return ring_nonempty(r);
 }
 
 int tmw_ring_disarm(tmw_ring *r, int slot) {
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
     slot_hdr *s = slot_at(r, slot);
-    if (LOAD(&s->sleeping_data) == 0) return TMW_EINVAL; /* not armed */
+    uint32_t armed = LOAD(&s->armed);
+    do {
+        if (armed == 0) return TMW_EINVAL; /* not armed */
+    } while (!__atomic_compare_exchange_n(&s->armed, &armed, armed - 1, 0, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
     sleeper_out(&r->h->data_waiters, &s->sleeping_data, &r->h->data_signalled, r->efd_data);
     return TMW_OK;
 }
@@ -495,7 +508,20 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
         if (done > before) commit(r, &st, -1, 0);
         unlock(r);
         *pushed = done;
-        if (done > before) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
+        if (done > before) {
+            wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
+            /* Pass the wake-up on while there is room left (enough for the
+             * smallest record: we cannot know what the others need). The pop
+             * that made room wrote the eventfd once, and only whichever
+             * sleeper drained it first got through (maybe us); the others
+             * went back to sleep and would wait out their slice although
+             * they fit. Every producer that gets in wakes the next, as
+             * faster-fifo does for its writers (and pop below for readers);
+             * one that does not get in passes nothing on, so sleepers that
+             * cannot proceed never wake each other in a loop. */
+            if (r->capacity - (st.tail - st.head) >= REC_HDR)
+                wake(r, &r->h->space_waiters, &r->h->space_signalled, r->efd_space);
+        }
         if (done == n) return TMW_OK;
         if (timeout == 0) return TMW_EAGAIN;
         if (!waited++) BUMP(&r->h->push_waits);
@@ -596,6 +622,9 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
         if (n > 0) {
             b->n = n;
             wake(r, &r->h->space_waiters, &r->h->space_signalled, r->efd_space);
+            /* Records left: pass the wake-up on to another sleeping consumer
+             * (the push wrote the eventfd once, for whichever sleeper drained
+             * it first), as push does for producers. */
             if (left) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
             return TMW_OK;
         }
@@ -694,6 +723,7 @@ static size_t release_slots_of(tmw_ring *r, int32_t pid, tmw_held *out, size_t c
         uint32_t sp = __atomic_exchange_n(&s->sleeping_space, 0, __ATOMIC_SEQ_CST);
         if (d) ADD(&r->h->data_waiters, -d);
         if (sp) ADD(&r->h->space_waiters, -sp);
+        STORE(&s->armed, 0);
         STORE(&r->h->data_signalled, 0);
         STORE(&r->h->space_signalled, 0);
         STORE(&s->held_count, 0);

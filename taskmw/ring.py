@@ -22,6 +22,10 @@ Example::
         ...
     ring.push(b"hello")
 
+Threads of one process share its slot (held records belong to the
+process, not to the thread that popped them), and may call any method at
+once, except :meth:`Ring.close`: csrc/ring.h gives the details.
+
 No other module touches ``ffi`` or ``lib``.
 """
 
@@ -127,11 +131,18 @@ _ETIMEDOUT: int = lib.TMW_ETIMEDOUT
 _ETOOBIG: int = lib.TMW_ETOOBIG
 _OK: int = lib.TMW_OK
 
+# One message per code in csrc/ring.h (tests check that none is missing).
 _ERRORS = {
+    _EAGAIN: "ring empty (pop) or full (push)",
+    _ETIMEDOUT: "timed out",
+    _EINTR: "interrupted by a signal",
     _ETOOBIG: "record larger than the ring's max_record",
+    _EBUFSMALL: "the first record does not fit the pop buffer",
     _ECORRUPT: "shared ring memory is corrupt",
+    _EHELDFULL: "this process already holds max_held records: release() some first",
     _ENOSLOT: "no free slot in the ring: raise `slots` or reclaim dead processes",
     _EINVAL: "invalid argument",
+    _ESYS: "a system call failed",
 }
 
 _POP_BUFFER = 1 << 20  # bytes a pop can take at once (grows for larger records)
@@ -164,6 +175,7 @@ _live_rings: weakref.WeakSet[Ring] = weakref.WeakSet()
 def _forget_slots_after_fork() -> None:
     for ring in list(_live_rings):
         ring._slot = -1
+        ring._claim_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_forget_slots_after_fork)
@@ -239,7 +251,11 @@ class Ring:
             _raise_for(rc, "cannot create ring")
         self._r = out[0]
         self._slot = -1
+        self._claim_lock = threading.Lock()  # one slot per process, whichever thread claims it
         self._max_record: int = lib.tmw_ring_max_record(self._r)
+        geometry = ffi.new("tmw_ring_stats *")
+        lib.tmw_ring_get_stats(self._r, geometry)
+        self._capacity: int = geometry.capacity  # after the C core's rounding up
         self._max_held = max_held
         self._pop_size = min(self._max_record, _POP_BUFFER)  # a pop buffer's smallest size
         self._local = threading.local()  # per-thread _Buffers: calls release the GIL
@@ -247,10 +263,14 @@ class Ring:
 
     # -- properties ---------------------------------------------------------
 
+    # After close() these two still answer (constants of the ring, as a
+    # closed file keeps its name); all other methods but close() raise
+    # ValueError("ring is closed").
+
     @property
     def capacity(self) -> int:
         """Bytes of record storage."""
-        return self.stats().capacity
+        return self._capacity
 
     @property
     def max_record(self) -> int:
@@ -303,12 +323,18 @@ class Ring:
         return r
 
     def _my_slot(self) -> int:
+        """This process's slot, claimed on first use. All threads share it
+        (csrc/ring.h says which calls may share a slot); the lock makes
+        threads whose first calls race claim one slot, not one each."""
         slot = self._slot
         if slot < 0:
-            slot = lib.tmw_ring_slot_claim(self._handle(), os.getpid())
-            if slot < 0:
-                _raise_for(slot, "cannot use ring")
-            self._slot = slot
+            with self._claim_lock:
+                slot = self._slot
+                if slot < 0:
+                    slot = lib.tmw_ring_slot_claim(self._handle(), os.getpid())
+                    if slot < 0:
+                        _raise_for(slot, "cannot use ring")
+                    self._slot = slot
         return slot
 
     # -- push ---------------------------------------------------------------
@@ -406,6 +432,7 @@ class Ring:
             RecordTooLarge: a record exceeds ``max_record`` (none pushed).
         """
         if not records:
+            self._handle()  # a closed ring raises even when there is nothing to push
             return
         rc, done = self._push(records, aux, timeout)
         if rc == _OK:
@@ -418,6 +445,7 @@ class Ring:
         """Push as many of records (a prefix, in order) as fit now; returns
         how many went in."""
         if not records:
+            self._handle()
             return 0
         rc, done = self._push(records, aux, 0)
         if rc in (_OK, _EAGAIN):
@@ -552,14 +580,15 @@ class Ring:
 
     def release(self, seqs: Iterable[int] | None = None) -> None:
         """Stop holding records (by sequence number); ``None``: all of them."""
+        r = self._handle()
         slot = self._my_slot()
         if seqs is None:
-            rc = lib.tmw_ring_release(self._r, slot, ffi.NULL, 0)
+            rc = lib.tmw_ring_release(r, slot, ffi.NULL, 0)
         else:
             arr = array("Q", seqs)
             if not arr:
                 return
-            rc = lib.tmw_ring_release(self._r, slot, ffi.from_buffer("uint64_t[]", arr), len(arr))
+            rc = lib.tmw_ring_release(r, slot, ffi.from_buffer("uint64_t[]", arr), len(arr))
         if rc != _OK:
             _raise_for(rc, "release")
 
@@ -579,13 +608,14 @@ class Ring:
     def reclaim(self, pid: int) -> list[Held]:
         """For a supervisor: the records held by dead process ``pid``, whose
         slot is freed. Call it only after ``pid`` has exited."""
+        r = self._handle()
         if pid == os.getpid():
             raise ValueError("reclaim() is for dead processes, not this one")
         n = ffi.new("size_t *")
         cap = self._max_held * 4
         while True:
             out = ffi.new("tmw_held[]", cap)
-            rc = lib.tmw_ring_reclaim(self._handle(), pid, out, cap, n)
+            rc = lib.tmw_ring_reclaim(r, pid, out, cap, n)
             if rc != _OK:
                 _raise_for(rc, "reclaim")
             if n[0] <= cap:
@@ -595,12 +625,16 @@ class Ring:
     # -- lifetime -----------------------------------------------------------
 
     def close(self) -> None:
-        """Unmap this process's view of the ring (others keep theirs)."""
+        """Unmap this process's view of the ring (others keep theirs).
+        No other thread may be inside a call on the ring meanwhile. Closing
+        twice is harmless; any other call afterwards raises ValueError
+        (``capacity`` and ``max_record`` still answer)."""
         r, self._r = self._r, None
         if r is not None:
             lib.tmw_ring_close(r)
 
     def __enter__(self) -> Ring:
+        self._handle()  # as a closed file: no second life
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -221,6 +221,57 @@ def test_closed_ring_raises() -> None:
         ring.stats()
 
 
+CALLS_ON_A_RING = {
+    "fileno": lambda ring: ring.fileno(),
+    "memfd": lambda ring: ring.memfd(),
+    "data_offset": lambda ring: ring.data_offset(),
+    "len": lambda ring: len(ring),
+    "stats": lambda ring: ring.stats(),
+    "push": lambda ring: ring.push(b"x"),
+    "try_push": lambda ring: ring.try_push(b"x"),
+    "push_many": lambda ring: ring.push_many([b"x", b"y"]),
+    "push_many-none": lambda ring: ring.push_many([]),
+    "try_push_many": lambda ring: ring.try_push_many([b"x"]),
+    "try_push_many-none": lambda ring: ring.try_push_many([]),
+    "pop_many": lambda ring: ring.pop_many(timeout=0),
+    "pop_many-hold": lambda ring: ring.pop_many(timeout=0, hold=True),
+    "try_pop_many": lambda ring: ring.try_pop_many(),
+    "arm": lambda ring: ring.arm(),
+    "disarm": lambda ring: ring.disarm(),
+    "release": lambda ring: ring.release([1, 2]),
+    "release-all": lambda ring: ring.release(),
+    "release-none": lambda ring: ring.release([]),
+    "held": lambda ring: ring.held(),
+    "reclaim": lambda ring: ring.reclaim(os.getpid() + 1),
+    "reclaim-self": lambda ring: ring.reclaim(os.getpid()),
+    "enter": lambda ring: ring.__enter__(),
+}
+
+
+@pytest.mark.parametrize("used", [True, False], ids=["used", "unused"])
+@pytest.mark.parametrize("call", list(CALLS_ON_A_RING))
+def test_every_call_on_a_closed_ring_raises_value_error(call: str, used: bool) -> None:
+    """Whether or not the process had claimed its slot and made its buffers
+    before close() (a used ring takes other paths than a fresh one)."""
+    ring = Ring(4096, max_held=8)
+    if used:
+        ring.push_many([b"a", b"b"])
+        ring.pop_many(1, hold=True)
+        ring.held()
+    ring.close()
+    with pytest.raises(ValueError, match="ring is closed"):
+        CALLS_ON_A_RING[call](ring)
+
+
+def test_closed_ring_keeps_its_geometry_and_closes_once() -> None:
+    ring = Ring(1000)
+    ring.push(b"x")
+    ring.close()
+    assert (ring.capacity, ring.max_record) == (1008, 992)  # constants, as a closed file's name
+    ring.close()
+    ring.__exit__(None, None, None)
+
+
 def test_region_is_not_a_named_file() -> None:
     with Ring(4096) as ring:
         target = os.readlink(f"/proc/self/fd/{ring.memfd()}")
@@ -378,3 +429,92 @@ def test_threads_of_one_process_share_the_ring() -> None:
             t.join(timeout=30)
         assert not any(t.is_alive() for t in threads)
         assert sorted(seen) == expect
+
+
+def test_threads_racing_to_first_use_share_one_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first calls of several threads at once claim one slot for the
+    process, not one each (a second slot would be lost, and records held in
+    it could not be released through the first). The claim is slowed down
+    here so that the threads really do race for it."""
+    import threading
+
+    import taskmw.ring
+
+    real = taskmw.ring.lib
+
+    class SlowClaim:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        @staticmethod
+        def tmw_ring_slot_claim(r: object, pid: int) -> int:
+            time.sleep(0.01)  # the GIL is free meanwhile, as in the C call
+            return int(real.tmw_ring_slot_claim(r, pid))
+
+    monkeypatch.setattr(taskmw.ring, "lib", SlowClaim())
+    with Ring(4096, slots=1, max_held=64) as ring:
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def first_use(i: int) -> None:
+            barrier.wait()
+            try:
+                if i % 2:
+                    ring.push(b"%d" % i, timeout=1)
+                else:
+                    ring.pop_many(4, timeout=0.05, hold=True)
+            except BaseException as exc:  # noqa: B036
+                errors.append(exc)
+
+        threads = [threading.Thread(target=first_use, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        assert not errors, errors
+        ring.pop_many(8, timeout=0, hold=True)
+        ring.release()  # the one slot: it releases whatever any thread held
+        assert ring.held() == []
+
+
+def test_unmatched_disarm_is_refused_while_another_thread_sleeps_in_pop() -> None:
+    """arm()/disarm() are counted apart from the slot's sleepers: a disarm()
+    without arm() is refused even while another thread of the process sleeps
+    in pop_many (and so counts as a sleeper of the same slot), and it does
+    not unbalance the waiter count (which would make wake-ups of nobody)."""
+    import threading
+
+    with Ring(4096, spin_us=0) as ring:
+        got: list[list[bytes]] = []
+        t = threading.Thread(target=lambda: got.append(ring.pop_many(timeout=10).records))
+        t.start()
+        deadline = time.monotonic() + 10
+        while ring.stats().pop_waits < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.05)  # pop_waits goes up just before the thread sleeps
+        with pytest.raises(RingError, match="without a matching arm"):
+            ring.disarm()
+        t0 = time.monotonic()
+        ring.push(b"wake up")
+        t.join(timeout=10)
+        assert got == [[b"wake up"]]
+        assert time.monotonic() - t0 < 0.05, "the sleeper was not woken by the push"
+        before = ring.stats().wakeups
+        for _ in range(100):
+            ring.push(b"x")
+            ring.pop_many()
+        assert ring.stats().wakeups == before
+
+
+def test_error_table_has_every_code_of_the_header() -> None:
+    import pathlib
+    import re
+
+    import taskmw.ring
+    from taskmw._ring import lib
+
+    header = (pathlib.Path(taskmw.ring.__file__).parent.parent / "csrc" / "ring.h").read_text()
+    names = re.findall(r"^#define (TMW_E\w+) ", header, flags=re.M)
+    assert len(names) == 10
+    codes = {getattr(lib, name) for name in names}
+    assert codes == set(taskmw.ring._ERRORS), sorted(set(taskmw.ring._ERRORS) ^ codes)

@@ -725,6 +725,88 @@ def test_consumer_blocked_on_empty_ring_is_woken_by_push_in_other_process() -> N
         print(f"\nslowest wake-up of a consumer: {slowest * 1e3:.1f} ms")
 
 
+def _gated(gate: int, op: Callable[[], object]) -> float:
+    """Wait for the parent to open the gate (a byte on a pipe), run op, and
+    return when it ended (CLOCK_MONOTONIC is one clock for all processes)."""
+    if os.read(gate, 1) != b"g":
+        raise AssertionError("gate closed without opening")
+    op()
+    return time.monotonic()
+
+
+def _gated_push(ring: Ring, gate: int, rec: bytes) -> float:
+    return _gated(gate, lambda: ring.push(rec, timeout=10))
+
+
+def _gated_pop(ring: Ring, gate: int) -> float:
+    def pop_one() -> None:
+        if len(ring.pop_many(1, timeout=10).records) != 1:
+            raise AssertionError("not woken within 10 s")
+
+    return _gated(gate, pop_one)
+
+
+def all_blocked_then_freed_at_once(ring: Ring, side: str, n: int, rec: bytes) -> float:
+    """Fork n children that each push (side "push": the ring is full) or pop
+    (side "pop": the ring is empty) one record, let them start at once and
+    wait until all n sleep in the ring; then make room for all of them in one
+    pop (or records for all in one push), and return how long it took until
+    the last child got through."""
+    counter = "push_waits" if side == "push" else "pop_waits"
+    done = "pushed" if side == "push" else "popped"
+    waits, base = getattr(ring.stats(), counter), getattr(ring.stats(), done)
+    rfd, wfd = os.pipe()
+    try:
+        with contextlib.ExitStack() as stack:
+            if side == "push":
+                kids = [stack.enter_context(Child(_gated_push, ring, rfd, rec)) for _ in range(n)]
+            else:
+                kids = [stack.enter_context(Child(_gated_pop, ring, rfd)) for _ in range(n)]
+            # Opened at once, the children all start their first 100 ms sleep
+            # slice within a few ms, so an unwoken one sleeps ~100 ms more.
+            os.write(wfd, b"g" * n)
+            for kid in kids:
+                wait_asleep(ring, kid, counter, waits + n)
+            t0 = time.monotonic()
+            if side == "push":
+                assert len(ring.try_pop_many(n).records) == n
+            else:
+                ring.push_many([rec] * n, timeout=1)
+            wait_until(lambda: getattr(ring.stats(), done) == base + n, 5, f"all {n} children to {side}")
+            ends = [kid.result(timeout=5) for kid in kids]
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+    for kid in kids:
+        assert ring.reclaim(kid.pid) == []
+    return max(ends) - t0
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("side", ["push", "pop"])
+def test_one_call_freeing_room_for_all_sleepers_wakes_them_all_at_once(side: str) -> None:
+    """Several producers asleep on a full ring, and one pop makes room for
+    them all (or several consumers asleep on an empty ring, and one push
+    brings records for them all): the one eventfd write wakes only whichever
+    sleeper drains it first, so each that gets through must wake the next.
+    Without that the others sleep out the rest of their 100 ms slice."""
+    n, rounds, bound = 4, 3, 0.040
+    rec = b"w" * 48  # 64 bytes in the ring: 16 of them fill 1024
+    with Ring(1024, slots=n + 2, spin_us=0) as ring:
+        if side == "push":
+            while ring.try_push(rec) is not None:
+                pass
+        times = []
+        for _ in range(rounds):  # the best of a few: the machine is shared and noisy
+            times.append(all_blocked_then_freed_at_once(ring, side, n, rec))
+            if min(times) < bound:
+                break
+        print(f"\n{side}: last of {n} sleepers through after " + ", ".join(f"{t * 1e3:.1f}" for t in times) + " ms")
+        assert min(times) < bound, f"the last of {n} sleepers took {[round(t * 1e3, 1) for t in times]} ms"
+        st = ring.stats()
+        assert st.records == (st.capacity // 64 if side == "push" else 0)
+
+
 def _spin_push(ring: Ring, count: int) -> int:
     deadline = time.monotonic() + 60
     c = 0
