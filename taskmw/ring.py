@@ -173,9 +173,10 @@ _live_rings: weakref.WeakSet[Ring] = weakref.WeakSet()
 
 
 def _forget_slots_after_fork() -> None:
+    # This module's own class: the child has no slot of its own yet.
     for ring in list(_live_rings):
-        ring._slot = -1
-        ring._claim_lock = threading.Lock()  # another thread may have held it at the fork
+        ring._slot = -1  # noqa: SLF001
+        ring._claim_lock = threading.Lock()  # noqa: SLF001 - another thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_forget_slots_after_fork)

@@ -21,8 +21,8 @@ from taskmw import (
     TaskMiddleware,
     WSGITaskMiddleware,
     _codec,
-    records,
     deferred,
+    records,
 )
 from taskmw.listeners import Dispatcher
 from taskmw.records import FinishRecord

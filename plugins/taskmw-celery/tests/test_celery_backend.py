@@ -323,7 +323,8 @@ def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finish
         assert got[slow].status == "timeout" and got[revoked].status == "cancelled"
         backend.store_result(celery_id(ok), record, states.SUCCESS)  # it ran twice
         later = server.task(cjobs.add, 2, 2)
-        backend.store_result(celery_id(later), records.FinishRecord(later, later, records.OK, 4, None, 0.1, 0).encode(), states.SUCCESS)
+        late_record = records.FinishRecord(later, later, records.OK, 4, None, 0.1, 0).encode()
+        backend.store_result(celery_id(later), late_record, states.SUCCESS)
         assert finishes.wait([later])[later].return_value == 4
         assert finishes.count[ok] == 1
         key = backend.get_key_for_task(celery_id(later))
