@@ -6,33 +6,33 @@ counts this process's descendants before and after: none may be left.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import faulthandler
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_server import WAIT, Finishes, add, pids_gone, pool_pids, sleep_then
+from helpers import (
+    WAIT,
+    Finishes,
+    FinishLog,
+    add,
+    alive,
+    die,
+    local_pool,
+    pids_gone,
+    pool_processes,
+    sleep_then,
+    wait_until,
+    worker_pids,
+)
 
 from taskmw import PoolClosed, Task, TaskEvent, TaskServer, _codec, hookimpl, records
-from taskmw.local import LocalTransport
-from taskmw.pool import Pool
+
+pytestmark = pytest.mark.usefixtures("no_process_left")
 
 # -- tasks ---------------------------------------------------------------------
-
-
-def die(how: str) -> None:
-    if how == "sigkill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif how == "exit":
-        os._exit(3)
-    elif how == "segfault":
-        faulthandler.disable()  # pytest's would print this process's stack
-        ctypes.string_at(0)
 
 
 def pid_then_sleep(seconds: float) -> int:
@@ -94,87 +94,12 @@ class SeenInWorker:
         return [(int(a), int(b)) for a, b in (line.split() for line in self.path.read_text().splitlines())]
 
 
-def descendants() -> set[int]:
-    """Every living process below this one (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if fields[0] != b"Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [os.getpid()]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-@pytest.fixture
-def finishes() -> Finishes:
-    return Finishes()
-
-
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-@pytest.fixture(autouse=True)
-def no_process_left() -> Iterator[None]:
-    """No process may outlive a test: orphans (workers whose supervisor was
-    killed) are re-parented to this process, so they count too."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    before = descendants()
-    yield
-    deadline = time.monotonic() + 10
-    while descendants() - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = descendants() - before
-    for pid in _zombies_of_mine():
-        os.waitpid(pid, 0)
-    assert left == set(), "the test left processes behind"
-
-
-def _zombies_of_mine() -> list[int]:
-    out = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == b"Z" and int(fields[1]) == os.getpid():
-            out.append(int(entry))
-    return out
-
-
-def wait_until(predicate: Any, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def worker_pids(server: TaskServer) -> list[int]:
-    """The pids of the pool's workers, once every one has started."""
-    assert wait_until(lambda: all(w["state"] == "idle" for w in server.stats()["workers"]))
-    return [w["pid"] for w in server.stats()["workers"]]
-
-
 # -- crashes -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])
 def test_a_worker_dying_mid_task_is_replaced_and_its_task_finishes_lost(how: str) -> None:
-    finishes = Finishes()
+    finishes = FinishLog()
     with TaskServer(2, plugins=[finishes]) as server:
         before = set(worker_pids(server))
         dead = server.task(die, how)
@@ -183,22 +108,8 @@ def test_a_worker_dying_mid_task_is_replaced_and_its_task_finishes_lost(how: str
         assert event.error is not None and event.error.type == "WorkerLost"
         assert len(set(worker_pids(server)) - before) == 1  # one replaced, the other untouched
         assert server.taskwait(add, 2, 2, timeout=WAIT) == 4  # the pool keeps serving
-        assert server.stats()["workers"][finishes.events[dead][0].worker_id]["restarts"] == 1
-    assert len(finishes.events[dead]) == 1
-
-
-def _pool(server: TaskServer) -> Pool:
-    """The shared state of a local pool."""
-    assert isinstance(server.transport, LocalTransport)
-    return server.transport.pool
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        assert server.stats()["workers"][finishes.deliveries[dead][0].worker_id]["restarts"] == 1
+    assert len(finishes.deliveries[dead]) == 1
 
 
 # -- time limits ---------------------------------------------------------------
@@ -236,7 +147,7 @@ def test_the_pool_default_time_limit_and_async_tasks() -> None:
 
 
 def test_retries_run_a_failing_task_again_until_it_succeeds(tmp_path: Path) -> None:
-    finishes = Finishes()
+    finishes = FinishLog()
     seen = SeenInWorker(tmp_path / "seen")
     with TaskServer(1, plugins=[finishes, seen], retry_backoff=0.01) as server:
         flaky = server.task(Task(fail_until, str(tmp_path / "a"), 3), retries=5)
@@ -255,7 +166,7 @@ def test_retries_run_a_failing_task_again_until_it_succeeds(tmp_path: Path) -> N
         timed = server.task(Task(add, 1, 1), timeout=5, retries=1)
         assert finishes.wait([timed])[timed].return_value == 2 and seen.seen()[-1] == (timed, 1)
         assert server.taskwait(Task(fail_until, str(tmp_path / "d"), 2), retries=1, timeout=WAIT) == 2
-    assert all(len(finishes.events[i]) == 1 for i in (flaky, hopeless, lost_once))
+    assert all(len(finishes.deliveries[i]) == 1 for i in (flaky, hopeless, lost_once))
 
 
 def test_the_pool_default_retries(tmp_path: Path) -> None:
@@ -316,14 +227,14 @@ def test_a_dead_supervisor_is_replaced_and_task_says_so_meanwhile() -> None:
             except PoolClosed as exc:
                 errors.append(str(exc))
             time.sleep(0.005)
-        assert server.supervisor_pid != old and _alive(server.supervisor_pid)
+        assert server.supervisor_pid != old and alive(server.supervisor_pid)
         assert all("supervisor died and is being restarted" in e for e in errors)
         assert [server.taskwait(add, i, 1, timeout=WAIT) for i in range(10)] == list(range(1, 11))
-        pids = pool_pids(server)
+        pids = pool_processes(server)
     assert pids_gone(pids)
 
 
-def test_a_dispatcher_killed_while_its_tasks_run_wedges_nothing(finishes: Finishes) -> None:
+def test_a_dispatcher_killed_while_its_tasks_run_wedges_nothing(finishes: FinishLog) -> None:
     with TaskServer(2, plugins=[finishes], max_dispatchers=2) as server:
         server.task(add, 0, 0)  # this process takes one channel
         pid = os.fork()
@@ -355,12 +266,12 @@ def test_a_100mb_payload_and_result_travel_and_their_files_are_removed() -> None
     with TaskServer(1) as server:
         assert server.taskwait(size_of, big, timeout=60) == len(big)
         assert server.taskwait(make_bytes, 100 << 20, timeout=60) == b"r" * (100 << 20)
-        assert os.listdir(_pool(server).spill_dir) == []
-        spill_dir = _pool(server).spill_dir
+        assert os.listdir(local_pool(server).spill_dir) == []
+        spill_dir = local_pool(server).spill_dir
     assert not os.path.exists(spill_dir)
 
 
-def test_large_payloads_of_crashed_and_cancelled_tasks_leave_no_file(finishes: Finishes) -> None:
+def test_large_payloads_of_crashed_and_cancelled_tasks_leave_no_file(finishes: FinishLog) -> None:
     big = b"q" * (3 << 20)
     server = TaskServer(1, plugins=[finishes], shutdown_timeout=0.2)
     lost = server.task(Task(die, "sigkill"))
@@ -368,9 +279,14 @@ def test_large_payloads_of_crashed_and_cancelled_tasks_leave_no_file(finishes: F
     blocker = server.task(sleep_then, 5)
     queued = [server.task(size_of, big) for _ in range(3)]
     assert wait_until(lambda: server.stats()["workers"][0]["task_id"] == blocker)
-    spill_dir = _pool(server).spill_dir
+    spill_dir = local_pool(server).spill_dir
     server.close()
-    assert [finishes.events[i][0].status for i in [blocker, *queued]] == ["lost", "cancelled", "cancelled", "cancelled"]
+    assert [finishes.deliveries[i][0].status for i in [blocker, *queued]] == [
+        "lost",
+        "cancelled",
+        "cancelled",
+        "cancelled",
+    ]
     assert not os.path.exists(spill_dir)
 
 
@@ -384,11 +300,11 @@ def test_too_large_a_payload_is_a_value_error_naming_the_limit() -> None:
 # -- bad input ------------------------------------------------------------------
 
 
-def test_corrupt_records_finish_error_and_never_crash_a_worker(finishes: Finishes) -> None:
+def test_corrupt_records_finish_error_and_never_crash_a_worker(finishes: FinishLog) -> None:
     with TaskServer(1, plugins=[finishes]) as server:
         pids = worker_pids(server)
         server.taskwait(add, 0, 0, timeout=WAIT)
-        pool = _pool(server)
+        pool = local_pool(server)
         assert pool.own_channel is not None
         call = records.with_channel(records.submit_header(records.Kind.CALL), pool.own_channel)
         data = records.with_channel(records.submit_header(records.Kind.DATA), pool.own_channel)
@@ -429,15 +345,15 @@ def test_invalid_per_task_options() -> None:
             server.task(Task(add, 1, 2), retries="3")
 
 
-def test_a_second_finish_for_a_task_is_dropped(finishes: Finishes) -> None:
+def test_a_second_finish_for_a_task_is_dropped(finishes: FinishLog) -> None:
     """A worker that dies after sending a finish but before releasing its task
     makes the supervisor send ``lost`` for it too: only the first counts."""
     with TaskServer(1, plugins=[finishes]) as server:
         task_id = server.task(add, 1, 2)
         finishes.wait([task_id])
         late = records.FinishRecord(task_id, task_id, records.LOST, None, None, 0.0, 0).encode()
-        pool = _pool(server)
+        pool = local_pool(server)
         assert pool.own_channel is not None
         pool.channels[pool.own_channel].push(late)
         assert server.taskwait(add, 2, 2, timeout=WAIT) == 4  # delivered after the duplicate
-    assert [e.status for e in finishes.events[task_id]] == ["ok"]
+    assert [e.status for e in finishes.deliveries[task_id]] == ["ok"]

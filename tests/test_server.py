@@ -13,13 +13,30 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (
+    WAIT,
+    Finishes,
+    FinishLog,
+    Signup,
+    VipSignup,
+    add,
+    boom,
+    double,
+    fork_call,
+    in_child,
+    pids_gone,
+    pool_processes,
+    reap,
+    sleep_then,
+    wait_for_file,
+    welcome,
+    whoami,
+)
 
-import taskmw
 from taskmw import (
     PoolClosed,
     QueueFull,
@@ -34,36 +51,7 @@ from taskmw import (
     hookimpl,
 )
 
-WAIT = 20.0  # seconds any single wait in this module may take
-
-
 # -- tasks (module level: they travel by reference) ------------------------------
-
-
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-def whoami() -> tuple[int, int]:
-    return os.getpid(), os.getppid()
-
-
-def boom(message: str) -> None:
-    raise ValueError(message)
-
-
-def sleep_then(seconds: float, value: Any = None) -> Any:
-    time.sleep(seconds)
-    return value
-
-
-def wait_for_file(path: str, timeout: float = WAIT) -> str:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.005)
-    return path
 
 
 def return_lock() -> Any:
@@ -89,112 +77,21 @@ async def async_peak(seconds: float) -> int:
     return _peak
 
 
-class Signup:
-    def __init__(self, email: str) -> None:
-        self.email = email
-
-
-class VipSignup(Signup):
-    pass
-
-
-def welcome(signup: Signup) -> str:
-    return f"welcome {signup.email}"
-
-
 @deferred("mail.send")
 def send_mail(to: str) -> tuple[str, int | None]:
     return f"sent to {to}", current_server().worker_id
 
 
-@taskmw.task
-def double(x: int) -> int:
-    return 2 * x
-
-
-# -- helpers -------------------------------------------------------------------------
-
-
-class Finishes:
-    """A plugin recording every finish (and the thread it arrived on)."""
-
-    def __init__(self) -> None:
-        self.events: dict[int, list[TaskFinishEvent]] = {}
-        self.threads: set[int] = set()
-        self.pids: set[int] = set()
-        self.cond = threading.Condition()
-
-    @hookimpl
-    def on_finish(self, event: TaskFinishEvent) -> None:
-        with self.cond:
-            self.events.setdefault(event.task_id, []).append(event)
-            self.threads.add(threading.get_ident())
-            self.pids.add(os.getpid())
-            self.cond.notify_all()
-
-    def wait(self, ids: list[int], timeout: float = WAIT) -> dict[int, TaskFinishEvent]:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: all(i in self.events for i in ids), timeout)
-        assert ok, f"no finish for {[i for i in ids if i not in self.events]}"
-        return {i: self.events[i][0] for i in ids}
-
-
-def pids_gone(pids: set[int], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(_alive(p) for p in pids):
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def pool_pids(server: TaskServer) -> set[int]:
-    """The supervisor and its children (the task workers), from /proc."""
-    sup = server.supervisor_pid
-    pids = {sup}
-    try:
-        with open(f"/proc/{sup}/task/{sup}/children") as f:
-            pids |= {int(p) for p in f.read().split()}
-    except FileNotFoundError:
-        pass
-    return pids
-
-
-@pytest.fixture
-def finishes() -> Finishes:
-    return Finishes()
-
-
-@pytest.fixture
-def pool(finishes: Finishes) -> Iterator[TaskServer]:
-    """A 2-worker pool reporting to ``finishes``; checked to leave no process."""
-    server = TaskServer(2, plugins=[finishes], queue_timeout=5.0, shutdown_timeout=10.0)
-    pids = pool_pids(server)
-    try:
-        yield server
-    finally:
-        server.close()
-        assert pids_gone(pids | pool_pids(server)), "pool processes left behind"
-
-
 # -- queuing and finishing ------------------------------------------------------------
 
 
-def test_every_task_runs_once_in_a_worker_and_finishes_here(pool: TaskServer, finishes: Finishes) -> None:
+def test_every_task_runs_once_in_a_worker_and_finishes_here(pool: TaskServer, finishes: FinishLog) -> None:
     ids = [pool.task(add, i, 1) for i in range(500)]
     assert ids == sorted(ids) and len(set(ids)) == 500
     got = finishes.wait(ids)
     assert [got[i].return_value for i in ids] == [i + 1 for i in range(500)]
     assert all(e.status == "ok" and e.error is None and e.worker_id in (0, 1) for e in got.values())
-    assert all(len(finishes.events[i]) == 1 for i in ids)
+    assert all(len(finishes.deliveries[i]) == 1 for i in ids)
     assert finishes.pids == {os.getpid()}
     assert threading.get_ident() not in finishes.threads  # WSGI-style: a reader thread
     pid, ppid = pool.taskwait(whoami, timeout=WAIT)
@@ -208,7 +105,7 @@ def test_lambdas_closures_and_task_objects(pool: TaskServer) -> None:
     assert pool.taskwait(double, 21, timeout=WAIT) == 42
 
 
-def test_errors_come_back_with_traceback_text(pool: TaskServer, finishes: Finishes) -> None:
+def test_errors_come_back_with_traceback_text(pool: TaskServer, finishes: FinishLog) -> None:
     with pytest.raises(TaskFailed) as info:
         pool.taskwait(boom, "no mail server", timeout=WAIT)
     ev = info.value.event
@@ -246,7 +143,7 @@ def test_taskwait_multi_and_timeout(pool: TaskServer) -> None:
 
 
 def test_ids_increase_across_processes_and_finish_where_queued(
-    pool: TaskServer, finishes: Finishes, tmp_path: Path
+    pool: TaskServer, finishes: FinishLog, tmp_path: Path
 ) -> None:
     """Two forked processes share the pool: ids are unique across them, each
     process's ids increase, and each process gets exactly its own finishes."""
@@ -261,8 +158,8 @@ def test_ids_increase_across_processes_and_finish_where_queued(
         extra = sorted(set(fin.events) - set(ids))
         (tmp_path / f"{os.getpid()}.pkl").write_bytes(pickle.dumps((ids, right, extra)))
 
-    children = [_fork(child) for _ in range(2)]
-    assert [_reap(pid) for pid in children] == [0, 0]
+    children = [fork_call(child) for _ in range(2)]
+    assert [reap(pid) for pid in children] == [0, 0]
     results = [pickle.loads(p.read_bytes()) for p in tmp_path.glob("*.pkl")]
     assert len(results) == 2
     all_ids = set(mine)
@@ -316,9 +213,9 @@ class Services:
         return {"adder": add}.get(name)
 
 
-def test_hooks_observers_complete_and_worker_lifecycle(tmp_path: Path, finishes: Finishes) -> None:
+def test_hooks_observers_complete_and_worker_lifecycle(tmp_path: Path, finishes: FinishLog) -> None:
     server = TaskServer(2, plugins=[finishes, Observer(tmp_path), Handler(), Services()])
-    pids = pool_pids(server)
+    pids = pool_processes(server)
     try:
         assert server.taskwait(Signup("x@y"), timeout=WAIT) == ("handled", "x@y")
         assert server.taskwait(ServiceTask("adder", 2, 3), timeout=WAIT) == 5
@@ -336,7 +233,7 @@ def test_hooks_observers_complete_and_worker_lifecycle(tmp_path: Path, finishes:
     assert starts == stops == ["0", "1"]
 
 
-def test_dispatcher_follows_the_mro(finishes: Finishes) -> None:
+def test_dispatcher_follows_the_mro(finishes: FinishLog) -> None:
     with TaskServer(1, plugins=[finishes, Services()], listeners={Signup: [welcome], VipSignup: ["adder"]}) as server:
         assert server.taskwait(Signup("a"), timeout=WAIT) == "welcome a"
         # VipSignup: its own listener (a service) fails on a Signup argument, proving it ran first
@@ -344,7 +241,7 @@ def test_dispatcher_follows_the_mro(finishes: Finishes) -> None:
             server.taskwait(VipSignup("b"), timeout=WAIT)
 
 
-def test_deferred_listener_runs_in_the_worker_once(pool: TaskServer, finishes: Finishes) -> None:
+def test_deferred_listener_runs_in_the_worker_once(pool: TaskServer, finishes: FinishLog) -> None:
     task_id = send_mail("bob")  # queues a ServiceTask on current_server()
     ev = finishes.wait([task_id])[task_id]
     assert ev.status == "ok" and ev.return_value[0] == "sent to bob" and ev.return_value[1] in (0, 1)
@@ -353,7 +250,7 @@ def test_deferred_listener_runs_in_the_worker_once(pool: TaskServer, finishes: F
         deferred(welcome, "mail.send")
 
 
-def test_task_delay_uses_the_current_server(pool: TaskServer, finishes: Finishes) -> None:
+def test_task_delay_uses_the_current_server(pool: TaskServer, finishes: FinishLog) -> None:
     task_id = double.delay(4)
     assert finishes.wait([task_id])[task_id].return_value == 8
     assert double(5) == 10
@@ -369,7 +266,7 @@ def test_hook_wrappers_are_refused() -> None:
         TaskServer(1, plugins=[Wrapper()], entrypoints=False)
 
 
-def test_a_failing_on_finish_does_not_stop_the_others(caplog: pytest.LogCaptureFixture, finishes: Finishes) -> None:
+def test_a_failing_on_finish_does_not_stop_the_others(caplog: pytest.LogCaptureFixture, finishes: FinishLog) -> None:
     class Broken:
         @hookimpl(tryfirst=True)
         def on_finish(self, event: TaskFinishEvent) -> None:
@@ -391,7 +288,7 @@ def test_async_tasks_run_concurrently_in_one_worker() -> None:
     assert len(peaks) == 8 and max(peaks) > 1
 
 
-def test_task_async_and_on_finish_on_the_event_loop(finishes: Finishes) -> None:
+def test_task_async_and_on_finish_on_the_event_loop(finishes: FinishLog) -> None:
     with TaskServer(2, plugins=[finishes]) as server:
 
         async def main() -> tuple[int, list[int], int]:
@@ -414,10 +311,10 @@ def test_task_async_and_on_finish_on_the_event_loop(finishes: Finishes) -> None:
 # -- full queue, stop, crashes ------------------------------------------------------------
 
 
-def test_full_queue_waits_then_raises_queue_full_and_drops_nothing(tmp_path: Path, finishes: Finishes) -> None:
+def test_full_queue_waits_then_raises_queue_full_and_drops_nothing(tmp_path: Path, finishes: FinishLog) -> None:
     gate = str(tmp_path / "gate")
     server = TaskServer(1, plugins=[finishes], queue_bytes=4096, queue_timeout=0.2)
-    pids = pool_pids(server)
+    pids = pool_processes(server)
     try:
         ids = [server.task(wait_for_file, gate)]
         time.sleep(0.2)  # let the worker take it
@@ -432,13 +329,13 @@ def test_full_queue_waits_then_raises_queue_full_and_drops_nothing(tmp_path: Pat
     assert pids_gone(pids)
 
 
-def test_close_drains_queued_tasks(finishes: Finishes) -> None:
+def test_close_drains_queued_tasks(finishes: FinishLog) -> None:
     server = TaskServer(2, plugins=[finishes])
-    pids = pool_pids(server)
+    pids = pool_processes(server)
     ids = [server.task(sleep_then, 0.001, i) for i in range(200)]
     server.close()
     assert pids_gone(pids)
-    assert [finishes.events[i][0].return_value for i in ids] == list(range(200))
+    assert [finishes.deliveries[i][0].return_value for i in ids] == list(range(200))
     with pytest.raises(PoolClosed):
         server.task(add, 1, 1)
 
@@ -448,28 +345,28 @@ def test_close_right_after_start_still_runs_the_task() -> None:
     pending, and not kill it: the queued task still runs (a regression: this
     lost the task in a few percent of tries)."""
     for _ in range(100):
-        finishes = Finishes()
+        finishes = FinishLog()
         server = TaskServer(1, plugins=[finishes])
-        pids = pool_pids(server)
+        pids = pool_processes(server)
         task_id = server.task(add, 2, 3)
         server.close()
         assert pids_gone(pids)
-        assert [e.return_value for e in finishes.events[task_id]] == [5]
+        assert [e.return_value for e in finishes.deliveries[task_id]] == [5]
 
 
-def test_close_cancels_what_cannot_run_in_time(finishes: Finishes) -> None:
+def test_close_cancels_what_cannot_run_in_time(finishes: FinishLog) -> None:
     server = TaskServer(1, plugins=[finishes], shutdown_timeout=0.3)
-    pids = pool_pids(server)
+    pids = pool_processes(server)
     ids = [server.task(sleep_then, 0.1) for _ in range(30)]
     server.close()
     assert pids_gone(pids)
-    statuses = [finishes.events[i][0].status for i in ids]
-    assert all(len(finishes.events[i]) == 1 for i in ids)
+    statuses = [finishes.deliveries[i][0].status for i in ids]
+    assert all(len(finishes.deliveries[i]) == 1 for i in ids)
     assert statuses[0] == "ok" and statuses[-1] == "cancelled"
     assert set(statuses) <= {"ok", "lost", "cancelled"}
 
 
-def test_a_killed_worker_is_replaced_and_its_task_finishes_lost(tmp_path: Path, finishes: Finishes) -> None:
+def test_a_killed_worker_is_replaced_and_its_task_finishes_lost(tmp_path: Path, finishes: FinishLog) -> None:
     server = TaskServer(1, plugins=[finishes])
     try:
         victim, _ = server.taskwait(whoami, timeout=WAIT)
@@ -494,7 +391,7 @@ def test_invalid_settings_name_the_problem() -> None:
 
 
 def test_no_server_means_a_clear_error() -> None:
-    code = _in_child(lambda: _no_server_message())
+    code = in_child(lambda: _no_server_message())
     assert code == 0
 
 
@@ -504,34 +401,3 @@ def _no_server_message() -> None:
     tasks._set_default(None)
     with pytest.raises(RuntimeError, match="no taskmw pool in this process"):
         current_server()
-
-
-def _fork(fn: Callable[[], None]) -> int:
-    """Run ``fn`` in a forked child (exit code 0 if it returned); returns its pid."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _reap(pid: int, timeout: float = WAIT) -> int:
-    """The exit code of child ``pid`` (SIGKILLed if it runs past ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return -9
-        time.sleep(0.01)
-
-
-def _in_child(fn: Callable[[], None]) -> int:
-    return _reap(_fork(fn))
