@@ -218,15 +218,16 @@ def test_a_dead_supervisor_is_replaced_and_task_says_so_meanwhile() -> None:
         old = server.supervisor_pid
         os.kill(old, signal.SIGKILL)
         errors: list[str] = []
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
+
+        def served_by_a_new_supervisor() -> bool:
             try:
                 assert server.taskwait(add, 2, 3, timeout=WAIT) == 5
-                if server.supervisor_pid != old:
-                    break
+                return server.supervisor_pid != old
             except PoolClosed as exc:
                 errors.append(str(exc))
-            time.sleep(0.005)
+                return False
+
+        wait_until(served_by_a_new_supervisor, WAIT, interval=0.005)
         assert server.supervisor_pid != old and alive(server.supervisor_pid)
         assert all("supervisor died and is being restarted" in e for e in errors)
         assert [server.taskwait(add, i, 1, timeout=WAIT) for i in range(10)] == list(range(1, 11))
@@ -240,9 +241,8 @@ def test_a_dispatcher_killed_while_its_tasks_run_wedges_nothing(finishes: Finish
         pid = os.fork()
         if pid == 0:  # a dispatcher that dies with tasks in flight
             try:
-                for _ in range(4):
-                    server.task(sleep_then, 0.3)
-                time.sleep(0.05)
+                mine = [server.task(sleep_then, 0.3) for _ in range(4)]
+                wait_until(lambda: all(w["task_id"] in mine for w in server.stats()["workers"]))  # running them
             finally:
                 os.kill(os.getpid(), signal.SIGKILL)
         os.waitpid(pid, 0)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
 
 import pytest
+from helpers import wait_until
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -387,15 +389,20 @@ TestRingModel = RingModel.TestCase
 TestRingModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 
 
+def thread_state(thread: threading.Thread) -> str:
+    """The scheduler state letter (R, S, ...) of a thread of this process."""
+    with open(f"/proc/self/task/{thread.native_id}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
+
+
 def test_gil_is_released_while_waiting() -> None:
     """A thread blocked in pop must not stop this thread from pushing."""
-    import threading
-
     with Ring(4096, spin_us=0) as ring:
         got: list[list[bytes]] = []
         t = threading.Thread(target=lambda: got.append(ring.pop_many(timeout=10).records))
         t.start()
-        time.sleep(0.2)  # the thread is asleep in the C wait by now
+        assert wait_until(lambda: ring.stats().pop_waits >= 1 and thread_state(t) == "S", 10)  # asleep in the C wait
         ring.push(b"wake up")
         t.join(timeout=10)
         assert not t.is_alive()

@@ -12,7 +12,6 @@ import os
 import pickle
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from helpers import (
     reap,
     sleep_then,
     wait_for_file,
+    wait_until,
     welcome,
     whoami,
 )
@@ -317,7 +317,7 @@ def test_full_queue_waits_then_raises_queue_full_and_drops_nothing(tmp_path: Pat
     pids = pool_processes(server)
     try:
         ids = [server.task(wait_for_file, gate)]
-        time.sleep(0.2)  # let the worker take it
+        assert wait_until(lambda: server.stats()["workers"][0]["task_id"] == ids[0])  # the worker took it
         with pytest.raises(QueueFull, match="queue_timeout=0.2"):
             for _ in range(1000):
                 ids.append(server.task(add, 1, 1))
@@ -371,9 +371,7 @@ def test_a_killed_worker_is_replaced_and_its_task_finishes_lost(tmp_path: Path, 
     try:
         victim, _ = server.taskwait(whoami, timeout=WAIT)
         task_id = server.task(wait_for_file, str(tmp_path / "never"))
-        deadline = time.monotonic() + WAIT
-        while server.stats()["queue_depth"] and time.monotonic() < deadline:
-            time.sleep(0.01)  # wait until the worker took it
+        assert wait_until(lambda: server.stats()["workers"][0]["task_id"] == task_id)  # the worker took it
         os.kill(victim, signal.SIGKILL)
         ev = finishes.wait([task_id])[task_id]
         assert ev.status == "lost" and ev.error is not None and "SIGKILL" in ev.error.message
