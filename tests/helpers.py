@@ -45,6 +45,7 @@ __all__ = [
     "fork_call",
     "in_child",
     "local_pool",
+    "module_function",
     "pids_gone",
     "pool_processes",
     "reap",
@@ -155,6 +156,10 @@ class FinishLog(Finishes):
 
 
 # -- tasks (module level: they travel by reference) ------------------------------------
+
+
+def module_function(x: int) -> int:
+    return x + 1
 
 
 def add(a: int, b: int) -> int:

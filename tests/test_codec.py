@@ -1,0 +1,52 @@
+"""How a task is pickled (:mod:`taskmw._codec`): module functions by
+reference with plain pickle, lambdas, closures and ``__main__`` by value,
+and what cannot be pickled named.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any
+
+import cloudpickle
+import pytest
+from helpers import module_function
+
+from taskmw import ServiceTask, _codec
+
+
+def test_module_functions_travel_by_reference_with_plain_pickle() -> None:
+    payload = _codec.encode_call(module_function, (1,), {})
+    assert payload == pickle.dumps((module_function, (1,), None), 5)
+    fn, args, kwargs = _codec.decode(payload)
+    assert fn is module_function and args == (1,) and kwargs is None
+
+
+def test_lambdas_and_closures_travel_by_value() -> None:
+    n = 41
+    payload = _codec.encode_call(lambda x: x + n, (1,), {"y": 2})
+    with pytest.raises(Exception):  # noqa: B017 - plain pickle cannot carry it
+        pickle.dumps(lambda x: x + n)
+    fn, args, kwargs = _codec.decode(payload)
+    assert fn(*args) == 42 and kwargs == {"y": 2}
+
+
+def test_objects_of_main_go_by_value() -> None:
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec("def f():\n    return 'from main'\n", ns)
+    payload = _codec.dumps(ns["f"])
+    assert b"cloudpickle" in payload  # by value, not as a reference to __main__.f
+    assert cloudpickle.loads(payload)() == "from main"
+
+
+def test_unpicklable_parts_are_named() -> None:
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"task argument 0 cannot be pickled: _thread.lock"):
+        _codec.encode_call(module_function, (lock,), {})
+    with pytest.raises(TypeError, match=r"task keyword argument 'conn'"):
+        _codec.encode_call(module_function, (), {"conn": lock})
+    with pytest.raises(TypeError, match=r"task argument 1"):
+        _codec.encode_data(ServiceTask("svc", 1, lock))
+    with pytest.raises(TypeError, match=r"the task data cannot be pickled"):
+        _codec.encode_data(lock)

@@ -1,0 +1,87 @@
+"""Retries (:mod:`taskmw.retries`): a task that fails or loses its worker
+runs again, with the same id and the next attempt number. Each test counts
+this process's descendants before and after: none may be left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from helpers import WAIT, Finishes, FinishLog, add
+
+from taskmw import Task, TaskEvent, TaskServer, hookimpl
+
+pytestmark = pytest.mark.usefixtures("no_process_left")
+
+
+# -- tasks ---------------------------------------------------------------------
+
+
+def fail_until(path: str, good_on: int) -> int:
+    """Fail until the ``good_on``-th call (counted in a file): a flaky task."""
+    with open(path, "a+") as f:
+        f.write("x")
+        f.seek(0)
+        calls = len(f.read())
+    if calls < good_on:
+        raise RuntimeError(f"attempt {calls} fails")
+    return calls
+
+
+def die_on_first(path: str) -> int:
+    """SIGKILL its worker the first time it runs; succeed the second time."""
+    if not os.path.exists(path):
+        Path(path).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return os.getpid()
+
+
+class SeenInWorker:
+    """A plugin writing ``task_id attempt`` of every task a worker starts to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @hookimpl(tryfirst=True)
+    def on_task(self, event: TaskEvent) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{event.task_id} {event.attempt}\n")
+
+    def seen(self) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in (line.split() for line in self.path.read_text().splitlines())]
+
+
+# -- retries -------------------------------------------------------------------
+
+
+def test_retries_run_a_failing_task_again_until_it_succeeds(tmp_path: Path) -> None:
+    finishes = FinishLog()
+    seen = SeenInWorker(tmp_path / "seen")
+    with TaskServer(1, plugins=[finishes, seen], retry_backoff=0.01) as server:
+        flaky = server.task(Task(fail_until, str(tmp_path / "a"), 3), retries=5)
+        hopeless = server.task(Task(fail_until, str(tmp_path / "b"), 100), retries=2)
+        lost_once = server.task(Task(die_on_first, str(tmp_path / "c")), retries=1)
+        got = finishes.wait([flaky, hopeless, lost_once])
+        assert (got[flaky].status, got[flaky].return_value, got[flaky].attempts) == ("ok", 3, 3)
+        assert (got[hopeless].status, got[hopeless].attempts) == ("error", 3)
+        assert "attempt 3 fails" in got[hopeless].error.message  # type: ignore[union-attr]
+        assert (got[lost_once].status, got[lost_once].attempts) == ("ok", 2)
+        # in the worker, every run of a task has the id task() returned, and its attempt number
+        assert sorted(seen.seen()) == sorted(
+            [(flaky, 1), (flaky, 2), (flaky, 3), (hopeless, 1), (hopeless, 2), (hopeless, 3)]
+            + [(lost_once, 1), (lost_once, 2)]
+        )
+        timed = server.task(Task(add, 1, 1), timeout=5, retries=1)
+        assert finishes.wait([timed])[timed].return_value == 2 and seen.seen()[-1] == (timed, 1)
+        assert server.taskwait(Task(fail_until, str(tmp_path / "d"), 2), retries=1, timeout=WAIT) == 2
+    assert all(len(finishes.deliveries[i]) == 1 for i in (flaky, hopeless, lost_once))
+
+
+def test_the_pool_default_retries(tmp_path: Path) -> None:
+    finishes = Finishes()
+    with TaskServer(1, plugins=[finishes], retries=1, retry_backoff=0) as server:
+        task_id = server.task(fail_until, str(tmp_path / "a"), 2)
+        assert finishes.wait([task_id])[task_id][1:3] == ("ok", 2)

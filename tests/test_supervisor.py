@@ -1,0 +1,178 @@
+"""The supervisor (:mod:`taskmw.supervisor`): stopping and draining on
+``close()``, replacing workers that die, enforcing time limits, and being
+replaced itself when it dies. Tests marked ``no_process_left`` count this
+process's descendants before and after: none may be left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from helpers import (
+    WAIT,
+    Finishes,
+    FinishLog,
+    add,
+    alive,
+    die,
+    pids_gone,
+    pool_processes,
+    sleep_then,
+    wait_for_file,
+    wait_until,
+    whoami,
+    worker_pids,
+)
+
+from taskmw import PoolClosed, Task, TaskServer
+
+# -- tasks ---------------------------------------------------------------------
+
+
+def pid_then_sleep(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+async def async_sleep(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+# -- stop and drain ------------------------------------------------------------------
+
+
+def test_close_drains_queued_tasks(finishes: FinishLog) -> None:
+    server = TaskServer(2, plugins=[finishes])
+    pids = pool_processes(server)
+    ids = [server.task(sleep_then, 0.001, i) for i in range(200)]
+    server.close()
+    assert pids_gone(pids)
+    assert [finishes.deliveries[i][0].return_value for i in ids] == list(range(200))
+    with pytest.raises(PoolClosed):
+        server.task(add, 1, 1)
+
+
+def test_close_right_after_start_still_runs_the_task() -> None:
+    """A SIGTERM that reaches the supervisor before its loop runs must wait,
+    pending, and not kill it: the queued task still runs (a regression: this
+    lost the task in a few percent of tries)."""
+    for _ in range(100):
+        finishes = FinishLog()
+        server = TaskServer(1, plugins=[finishes])
+        pids = pool_processes(server)
+        task_id = server.task(add, 2, 3)
+        server.close()
+        assert pids_gone(pids)
+        assert [e.return_value for e in finishes.deliveries[task_id]] == [5]
+
+
+def test_close_cancels_what_cannot_run_in_time(finishes: FinishLog) -> None:
+    server = TaskServer(1, plugins=[finishes], shutdown_timeout=0.3)
+    pids = pool_processes(server)
+    ids = [server.task(sleep_then, 0.1) for _ in range(30)]
+    server.close()
+    assert pids_gone(pids)
+    statuses = [finishes.deliveries[i][0].status for i in ids]
+    assert all(len(finishes.deliveries[i]) == 1 for i in ids)
+    assert statuses[0] == "ok" and statuses[-1] == "cancelled"
+    assert set(statuses) <= {"ok", "lost", "cancelled"}
+
+
+# -- workers dying ----------------------------------------------------------------------
+
+
+def test_a_killed_worker_is_replaced_and_its_task_finishes_lost(tmp_path: Path, finishes: FinishLog) -> None:
+    server = TaskServer(1, plugins=[finishes])
+    try:
+        victim, _ = server.taskwait(whoami, timeout=WAIT)
+        task_id = server.task(wait_for_file, str(tmp_path / "never"))
+        assert wait_until(lambda: server.stats()["workers"][0]["task_id"] == task_id)  # the worker took it
+        os.kill(victim, signal.SIGKILL)
+        ev = finishes.wait([task_id])[task_id]
+        assert ev.status == "lost" and ev.error is not None and "SIGKILL" in ev.error.message
+        pid, _ = server.taskwait(whoami, timeout=WAIT)
+        assert pid != victim
+    finally:
+        server.close()
+
+
+@pytest.mark.usefixtures("no_process_left")
+@pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])
+def test_a_worker_dying_mid_task_is_replaced_and_its_task_finishes_lost(how: str) -> None:
+    finishes = FinishLog()
+    with TaskServer(2, plugins=[finishes]) as server:
+        before = set(worker_pids(server))
+        dead = server.task(die, how)
+        event = finishes.wait([dead])[dead]
+        assert event.status == "lost"
+        assert event.error is not None and event.error.type == "WorkerLost"
+        assert len(set(worker_pids(server)) - before) == 1  # one replaced, the other untouched
+        assert server.taskwait(add, 2, 2, timeout=WAIT) == 4  # the pool keeps serving
+        assert server.stats()["workers"][finishes.deliveries[dead][0].worker_id]["restarts"] == 1
+    assert len(finishes.deliveries[dead]) == 1
+
+
+# -- time limits ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_a_sync_task_over_its_limit_finishes_timeout_and_its_worker_is_replaced() -> None:
+    finishes = Finishes()
+    with TaskServer(2, plugins=[finishes]) as server:
+        slow = server.task(Task(pid_then_sleep, 30), timeout=0.5)
+        quick = [server.task(add, i, i) for i in range(20)]
+        fine = server.task(Task(add, 1, 1), timeout=10)
+        got = finishes.wait([slow, fine, *quick])
+        assert got[slow].status == "timeout"
+        assert got[slow].error is not None and "time limit of 0.5s" in got[slow].error.message
+        assert got[fine].return_value == 2 and [got[i].return_value for i in quick] == [2 * i for i in range(20)]
+        assert server.stats()["totals"]["timeout"] == 1
+        assert wait_until(lambda: all(w["state"] == "idle" for w in server.stats()["workers"]))
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_the_pool_default_time_limit_and_async_tasks() -> None:
+    finishes = Finishes()
+    with TaskServer(1, plugins=[finishes], task_timeout=0.3) as server:
+        pid = server.taskwait(pid_then_sleep, 0, timeout=WAIT)
+        ids = [server.task(async_sleep, 10), server.task(async_sleep, 0.01)]
+        got = finishes.wait(ids)  # (a sync timeout kills the worker: its async tasks in flight would be lost)
+        ids.append(server.task(pid_then_sleep, 10))
+        got = finishes.wait(ids)
+        assert [got[i].status for i in ids] == ["timeout", "ok", "timeout"]
+        assert "cancelled" in got[ids[0]].error.message  # type: ignore[union-attr]
+        assert server.taskwait(pid_then_sleep, 0, timeout=WAIT) != pid  # the sync timeout replaced the worker
+        assert server.stats()["totals"]["timeout"] == 2
+
+
+# -- the supervisor dying -------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_a_dead_supervisor_is_replaced_and_task_says_so_meanwhile() -> None:
+    with TaskServer(2) as server:
+        assert server.taskwait(add, 1, 1, timeout=WAIT) == 2
+        old = server.supervisor_pid
+        os.kill(old, signal.SIGKILL)
+        errors: list[str] = []
+
+        def served_by_a_new_supervisor() -> bool:
+            try:
+                assert server.taskwait(add, 2, 3, timeout=WAIT) == 5
+                return server.supervisor_pid != old
+            except PoolClosed as exc:
+                errors.append(str(exc))
+                return False
+
+        wait_until(served_by_a_new_supervisor, WAIT, interval=0.005)
+        assert server.supervisor_pid != old and alive(server.supervisor_pid)
+        assert all("supervisor died and is being restarted" in e for e in errors)
+        assert [server.taskwait(add, i, 1, timeout=WAIT) for i in range(10)] == list(range(1, 11))
+        pids = pool_processes(server)
+    assert pids_gone(pids)
