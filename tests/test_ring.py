@@ -495,10 +495,8 @@ def test_unmatched_disarm_is_refused_while_another_thread_sleeps_in_pop() -> Non
         got: list[list[bytes]] = []
         t = threading.Thread(target=lambda: got.append(ring.pop_many(timeout=10).records))
         t.start()
-        deadline = time.monotonic() + 10
-        while ring.stats().pop_waits < 1 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        time.sleep(0.05)  # pop_waits goes up just before the thread sleeps
+        # pop_waits goes up just before the thread sleeps: wait for both
+        assert wait_until(lambda: ring.stats().pop_waits >= 1 and thread_state(t) == "S", 10, interval=0.001)
         with pytest.raises(RingError, match="without a matching arm"):
             ring.disarm()
         t0 = time.monotonic()
