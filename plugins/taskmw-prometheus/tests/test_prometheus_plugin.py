@@ -104,7 +104,7 @@ def test_prometheus_client_imported_first_still_counts_across_processes(tmp_path
 def test_a_pool_built_with_the_entry_point_counts_in_every_process(tmp_path: Path) -> None:
     got = run(
         """
-        import json, os
+        import json, os, time
         import taskmw
         import taskmw_prometheus
 
@@ -113,6 +113,9 @@ def test_a_pool_built_with_the_entry_point_counts_in_every_process(tmp_path: Pat
 
         with taskmw.TaskServer(2) as server:  # loads the plugin (entry point) before forking its workers
             assert server.taskwait(add, 1, 2, timeout=30) == 3
+            deadline = time.monotonic() + 30  # both workers past on_worker_start (a worker is idle after it)
+            while any(w["state"] != "idle" for w in server.stats()["workers"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
             text = taskmw_prometheus.metrics_text(server).decode()
         print(json.dumps({"text": text}))
         """,
