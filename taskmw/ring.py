@@ -32,16 +32,15 @@ No other module touches ``ffi`` or ``lib``.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 import weakref
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from taskmw._ring import ffi, lib
+from taskmw.ringtypes import Batch, Held, RecordTooLarge, RingCorrupt, RingError, RingFull, RingStats
 
 __all__ = [
     "Batch",
@@ -53,69 +52,6 @@ __all__ = [
     "RingFull",
     "RingStats",
 ]
-
-
-class RingError(Exception):
-    """Base class of the ring's errors."""
-
-
-class RingFull(RingError, queue.Full):
-    """A push timed out on a full ring.
-
-    ``accepted`` says how many of the records given to this call went in
-    (a prefix of them, in order) before the timeout: those are in the ring
-    and will be delivered; the rest were not taken.
-    """
-
-    def __init__(self, message: str, accepted: int = 0) -> None:
-        super().__init__(message)
-        self.accepted = accepted
-
-
-class RecordTooLarge(RingError, ValueError):
-    """A record is larger than the ring's ``max_record``."""
-
-
-class RingCorrupt(RingError):
-    """The shared region failed a consistency check (it was overwritten)."""
-
-
-class Batch(NamedTuple):
-    """Records taken by one pop, oldest first.
-
-    Their sequence numbers are ``first_seq``, ``first_seq + 1``, … in order;
-    ``auxs[i]`` is the aux word record ``i`` was pushed with.
-    """
-
-    first_seq: int
-    records: list[bytes]
-    auxs: list[int]
-
-
-class Held(NamedTuple):
-    """A record held by a consumer: its sequence number and aux word."""
-
-    seq: int
-    aux: int
-
-
-@dataclass(frozen=True)
-class RingStats:
-    """A snapshot of the ring's shared counters (see csrc/ring.h)."""
-
-    capacity: int
-    max_record: int
-    used_bytes: int
-    records: int
-    pushed: int
-    popped: int
-    next_seq: int
-    wakeups: int
-    push_waits: int
-    pop_waits: int
-    recoveries: int
-    nslots: int
-    max_held: int
 
 
 # Return codes of the C core (see csrc/ring.h), as module constants for speed.
