@@ -56,6 +56,7 @@
 #include "ring.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -630,6 +631,36 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
         }
         /* Another consumer took them between our check and our lock. */
     }
+}
+
+/* ---- marking a queued record --------------------------------------------- */
+
+int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits) {
+    int rc = lock(r);
+    if (rc) return rc;
+    ring_state st = r->h->st;
+    rc = check_state(r, &st);
+    if (!rc && (seq < st.head_seq || seq >= st.next_seq)) rc = TMW_EAGAIN;
+    uint64_t pos = st.head, at = st.head_seq, max_record = tmw_ring_max_record(r);
+    while (!rc) {
+        rec_hdr rh;
+        memcpy(&rh, r->data + pos % r->capacity, REC_HDR);
+        uint64_t span = span_of(rh.len);
+        if (rh.len > max_record || span > st.tail - pos || rh.seq != at) {
+            rc = TMW_ECORRUPT;
+            break;
+        }
+        if (at == seq) {
+            /* One aligned 4-byte store: a death here leaves it done or not. */
+            rh.aux |= bits;
+            memcpy(r->data + pos % r->capacity + offsetof(rec_hdr, aux), &rh.aux, sizeof rh.aux);
+            break;
+        }
+        pos += span;
+        at++;
+    }
+    unlock(r);
+    return rc;
 }
 
 /* ---- held records ------------------------------------------------------- */

@@ -290,6 +290,15 @@ int tmw_ring_held(tmw_ring *r, int slot, tmw_held *out, size_t cap, size_t *n);
 int tmw_ring_reclaim(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap,
                      size_t *n);
 
+/* OR bits into the aux word of record seq while it is still in the ring
+ * (pushed and not yet popped), under the lock: a consumer that pops it
+ * later sees the new aux. Walks the queued records from the oldest, so it
+ * costs O(records queued before seq); meant for rare calls (taskmw's
+ * cancel). Any thread, any process. Returns TMW_OK if the record was marked,
+ * TMW_EAGAIN if seq is not in the ring (popped already, or never pushed).
+ * Errors: TMW_ECORRUPT (locking, or a record header fails its checks). */
+int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits);
+
 /* Snapshot of the counters (see tmw_ring_stats), without the lock. */
 void tmw_ring_get_stats(tmw_ring *r, tmw_ring_stats *out);
 

@@ -14,9 +14,10 @@ comes back, as a :class:`TaskFinishEvent`, to the ``on_finish`` hooks of the
 process that queued it. Without a web app: ``with TaskServer() as server``.
 """
 
-from taskmw.errors import PoolClosed, QueueFull, TaskFailed, TaskmwError
+from taskmw.errors import PoolClosed, QueueFull, TaskFailed, TaskmwError, UnknownTask
 from taskmw.events import STATUSES, Status, TaskError, TaskEvent, TaskFinishEvent
 from taskmw.hookspecs import hookimpl, hookspec
+from taskmw.info import TaskInfo
 from taskmw.interfaces import Server, Transport
 from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware, WSGITaskMiddleware
 from taskmw.ring import (
@@ -31,7 +32,7 @@ from taskmw.ring import (
 )
 from taskmw.server import TaskServer, create_server
 from taskmw.settings import Settings
-from taskmw.tasks import DeferredListener, ServiceTask, Task, TaskFunction, current_server, deferred, task
+from taskmw.tasks import DeferredListener, ServiceTask, Task, TaskFunction, current_server, deferred, progress, task
 
 __all__ = [
     "ASGITaskMiddleware",
@@ -57,15 +58,18 @@ __all__ = [
     "TaskFailed",
     "TaskFinishEvent",
     "TaskFunction",
+    "TaskInfo",
     "TaskMiddleware",
     "TaskServer",
     "TaskmwError",
     "Transport",
+    "UnknownTask",
     "WSGITaskMiddleware",
     "create_server",
     "current_server",
     "deferred",
     "hookimpl",
     "hookspec",
+    "progress",
     "task",
 ]

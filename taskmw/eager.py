@@ -32,16 +32,20 @@ import inspect
 import itertools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from taskmw.errors import PoolClosed
+from taskmw.errors import PoolClosed, UnknownTask
+from taskmw.events import STATUSES
+from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
 from taskmw.pipeline import error_of, run_task
 from taskmw.plugins import call_each, implementations
 from taskmw.records import ERROR, FinishRecord, SubmitRecord
 from taskmw.settings import Settings
+from taskmw.tasks import _reporter
 
 WORKER_ID = 0
 """The worker id eager tasks run with."""
@@ -62,6 +66,7 @@ class EagerTransport:
         self._server = server
         self._deliver: Deliver | None = None
         self._seqs = itertools.count(1)
+        self._records: OrderedDict[int, _Kept] = OrderedDict()
         self._closed = False
         self._lock = threading.RLock()  # one task at a time, as in a one-worker pool
 
@@ -81,7 +86,7 @@ class EagerTransport:
         with self._as_worker():
             call_each(self._server.hook.on_worker_start, {"worker_id": WORKER_ID, "server": self._server})
 
-    def send(self, record: bytes, header: int, registered: Registered | None = None) -> int:
+    def send(self, record: bytes, header: int, registered: Registered | None = None, name: bytes | None = None) -> int:
         """Run the task now and deliver its finish; returns its seq."""
         if self._closed:
             raise PoolClosed("the eager task server was closed; no more tasks can be run")
@@ -90,22 +95,66 @@ class EagerTransport:
             registered(seq)
         task = SubmitRecord.read(seq, record, header)
         server = self._server
+        kept = self._records.get(task.task_id)
+        if kept is None:
+            kept = self._records[task.task_id] = _Kept(task.task_id, (name or b"").decode("utf-8", "replace"))
+            while len(self._records) > self._settings.task_records:
+                self._records.popitem(last=False)
+        kept.attempts, kept.started_at, kept.finish = task.attempt, time.time(), None
         with self._as_worker():
+            token = _reporter.set(kept.report)
             started = time.perf_counter()
-            calls = implementations(server.hook.on_task)
-            status, value, error, name = run_task(
-                calls, server, task.task_id, WORKER_ID, task.payload, task.kind, task.attempt
-            )
-            if inspect.iscoroutine(value):
-                try:
-                    value = _run_coroutine(value)
-                except BaseException as exc:  # noqa: B036 - the task's failure
-                    status, value, error = ERROR, None, error_of(exc)
+            try:
+                calls = implementations(server.hook.on_task)
+                status, value, error, ran = run_task(
+                    calls, server, task.task_id, WORKER_ID, task.payload, task.kind, task.attempt
+                )
+                if inspect.iscoroutine(value):
+                    try:
+                        value = _run_coroutine(value)
+                    except BaseException as exc:  # noqa: B036 - the task's failure
+                        status, value, error = ERROR, None, error_of(exc)
+            finally:
+                _reporter.reset(token)
             duration = time.perf_counter() - started
-        finish = FinishRecord(seq, task.task_id, status, value, error, duration, WORKER_ID, name).encode()
+        finish = FinishRecord(seq, task.task_id, status, value, error, duration, WORKER_ID, ran).encode()
+        kept.finished_at, kept.finish = time.time(), finish
         assert self._deliver is not None, "start() was not called"
         self._deliver([finish], [task.reply], 0)
         return seq
+
+    # -- the record of tasks (this process's: tasks run here) ----------------------
+
+    def _kept(self, task_id: int) -> _Kept:
+        kept = self._records.get(task_id)
+        if kept is None:
+            issued = next(iter(reversed(self._records)), 0)
+            why = "this server never issued it" if not 0 < task_id <= issued else "its record was evicted"
+            raise UnknownTask(task_id, why)
+        if kept.finished_at is not None and time.time() - kept.finished_at > self._settings.result_ttl:
+            raise UnknownTask(
+                task_id, f"its record was evicted: finished more than result_ttl={self._settings.result_ttl}s ago"
+            )
+        return kept
+
+    def status(self, task_id: int) -> TaskInfo:
+        """The record of a task run here."""
+        return self._kept(task_id).info()
+
+    def outcome(self, task_id: int) -> FinishRecord | None:
+        """The finish record of a task run here."""
+        finish = self._kept(task_id).finish
+        return None if finish is None else FinishRecord.decode(finish)
+
+    def cancel(self, task_id: int, terminate: bool = False) -> bool:
+        """Always False: an eager task has finished when ``task()`` returns."""
+        self._kept(task_id)
+        return False
+
+    def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
+        """Nothing queued or running; the last ``limit`` finished, newest first."""
+        done = [k.info() for k in reversed(self._records.values()) if k.finish is not None]
+        return {"queued": [], "running": [], "done": done[:limit]}
 
     @property
     def closed(self) -> bool:
@@ -138,6 +187,33 @@ class EagerTransport:
     def after_fork(self) -> None:
         """A forked child runs its own tasks inline too."""
         self._lock = threading.RLock()
+
+
+class _Kept:
+    """What the eager backend keeps of a task."""
+
+    def __init__(self, task_id: int, name: str) -> None:
+        self.task_id = task_id
+        self.name = name
+        self.queued_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.attempts = 1
+        self.progress: float | None = None
+        self.message: str | None = None
+        self.finish: bytes | None = None
+
+    def report(self, fraction: float, message: str | None) -> None:
+        self.progress, self.message = fraction, message
+
+    def info(self) -> TaskInfo:
+        if self.finish is None:
+            return TaskInfo(self.task_id, "running", None, self.name, WORKER_ID, self.attempts, self.queued_at,
+                            self.started_at, None, self.progress, self.message, None)  # fmt: skip
+        finish = FinishRecord.decode(self.finish)
+        return TaskInfo(self.task_id, "done", STATUSES[finish.status], self.name or finish.name, WORKER_ID,
+                        self.attempts, self.queued_at, self.started_at, self.finished_at, self.progress,
+                        self.message, finish.error)  # fmt: skip
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -20,6 +20,16 @@ class QueueFull(TaskmwError, queue.Full):
     """
 
 
+class UnknownTask(TaskmwError, LookupError):
+    """``status()``, ``result()`` or ``cancel()`` got an id the pool has no
+    record of: it never issued it, or the record was evicted (``reason`` says which)."""
+
+    def __init__(self, task_id: object, reason: str) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        super().__init__(f"unknown task {task_id!r}: {reason}")
+
+
 class PoolClosed(TaskmwError, RuntimeError):
     """The pool was closed, or its supervisor is gone: no task can be queued."""
 

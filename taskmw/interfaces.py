@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
+
+if TYPE_CHECKING:  # they import events, which imports this module
+    from taskmw.info import TaskInfo
+    from taskmw.records import FinishRecord
 
 
 class Server(Protocol):
@@ -77,14 +81,32 @@ class Transport(Protocol):
         once, last when the server is built (the server is then complete in
         every process forked here)."""
 
-    def send(self, record: bytes, header: int, registered: Registered | None = None) -> int:
-        """Queue one task (a submit record of :mod:`taskmw.records`); returns its seq.
+    def send(self, record: bytes, header: int, registered: Registered | None = None, name: bytes | None = None) -> int:
+        """Queue one task (a submit record of :mod:`taskmw.records`); returns
+        its seq. ``name`` (see :func:`taskmw.tasktable.name_field`) is given
+        for a task's first run: record it as queued under that name.
 
         Raises:
             QueueFull: no room within the queue timeout (nothing was queued).
             PoolClosed: the backend takes no more tasks.
             ValueError: the task is larger than the backend can carry.
         """
+
+    def status(self, task_id: int) -> TaskInfo:
+        """The record of a task, from any process (see :meth:`taskmw.TaskServer.status`).
+
+        Raises:
+            UnknownTask: never issued, or evicted.
+        """
+
+    def outcome(self, task_id: int) -> FinishRecord | None:
+        """The kept finish record of a finished task (None: not kept, or evicted)."""
+
+    def cancel(self, task_id: int, terminate: bool = False) -> bool:
+        """See :meth:`taskmw.TaskServer.cancel`."""
+
+    def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
+        """``{"queued": [...], "running": [...], "done": [...]}``, up to ``limit`` each."""
 
     @property
     def reader_loop(self) -> asyncio.AbstractEventLoop | None:

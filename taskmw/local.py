@@ -17,16 +17,37 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from taskmw import _proc, supervisor, worker
+from taskmw import _proc, records, supervisor, worker
+from taskmw._table import SEQ, TASK, TERMINATE
 from taskmw.channel import Channel
-from taskmw.errors import PoolClosed
+from taskmw.errors import PoolClosed, UnknownTask
+from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
+from taskmw.records import FinishRecord
 from taskmw.settings import Settings
+from taskmw.tasktable import TaskTable
 
 log = logging.getLogger(__name__)
+
+_CANCEL_WAIT = 10.0
+"""Seconds cancel() waits for a popped task's worker to take it (or for a terminated one to finish)."""
+_RECENT_SCAN = 2000
+"""Ids ``tasks()`` looks back through for finished ones."""
+
+
+def _poll(get: Callable[[], TaskInfo], done: Callable[[TaskInfo], bool], timeout: float) -> TaskInfo:
+    """``get()`` until ``done`` says so or ``timeout`` seconds pass (backing off to 20 ms)."""
+    deadline, delay = time.monotonic() + timeout, 0.0005
+    info = get()
+    while not done(info) and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+        info = get()
+    return info
 
 
 class LocalTransport:
@@ -101,8 +122,8 @@ class LocalTransport:
         watchdog = threading.Thread(target=self._watch_supervisor, name="taskmw-watchdog", daemon=True)
         watchdog.start()
 
-    def send(self, record: bytes, header: int, registered: Registered | None = None) -> int:
-        """Queue one task in the pool; returns its seq."""
+    def send(self, record: bytes, header: int, registered: Registered | None = None, name: bytes | None = None) -> int:
+        """Queue one task in the pool; returns its seq (recorded as queued, under ``name``, if given)."""
         channel = self._channel
         if channel is None or (channel.loop is not None and channel.loop.is_closed()):
             channel = self._claim()
@@ -110,9 +131,73 @@ class LocalTransport:
         if pool.page[0]:
             pool.check_open()
         seq = pool.push_task(record, header | channel.header)
+        if name is not None:
+            pool.tasks.queued(seq, name)
         if registered is not None:
             registered(seq)
         return seq
+
+    # -- the record of tasks ----------------------------------------------------------
+
+    def status(self, task_id: int) -> TaskInfo:
+        """The record of ``task_id`` (see :meth:`taskmw.TaskServer.status`)."""
+        issued, queue_start = self._bounds()
+        return self.pool.tasks.info(task_id, issued, queue_start)
+
+    def _bounds(self) -> tuple[int, int]:
+        """The next seq the queue will give, and the first still queued."""
+        stats = self.pool.submit.stats()
+        return stats.next_seq, stats.next_seq - stats.records
+
+    def outcome(self, task_id: int) -> FinishRecord | None:
+        """The kept finish record of a finished task (None: not kept, or evicted)."""
+        return self.pool.tasks.finish_record(task_id)
+
+    def cancel(self, task_id: int, terminate: bool = False) -> bool:
+        """See :meth:`taskmw.TaskServer.cancel`."""
+        tasks = self.pool.tasks
+        info = self.status(task_id)
+        if info.state == "done":
+            return False
+        if self.pool.submit.mark(task_id, records.CANCEL):
+            return True  # still queued: the worker that pops it finishes it cancelled
+        tasks.request_cancel(task_id)  # popped: its worker checks before it starts it
+        info = _poll(lambda: self.status(task_id), lambda i: i.state != "queued", _CANCEL_WAIT)
+        if info.state == "done":
+            return info.status == "cancelled"
+        if not terminate or info.state != "running":
+            return False
+        table = self.pool.table
+        for worker_id in range(self.pool.settings.task_workers):
+            row = table.row(worker_id)
+            if table.words[row + TASK] == task_id:
+                table.words[row + TERMINATE] = table.words[row + SEQ]
+                break
+        else:
+            return False
+        info = _poll(lambda: self.status(task_id), lambda i: i.state == "done", _CANCEL_WAIT)
+        return info.state == "done" and info.status == "cancelled"
+
+    def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
+        """Queued, running and recently finished tasks (up to ``limit`` each)."""
+        issued, queue_start = self._bounds()
+        table, tasks = self.pool.table, self.pool.tasks
+        running_ids = sorted({table.words[table.row(w) + TASK] for w in range(self.pool.settings.task_workers)} - {0})
+        running = [i for i in (self._try(tasks, t, issued, queue_start) for t in running_ids) if i is not None]
+        queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit)
+        recent = tasks.scan(range(issued - 1, max(0, issued - 1 - _RECENT_SCAN), -1), issued, queue_start, limit)
+        return {
+            "queued": [i for i in queued if i.state == "queued"],
+            "running": running,
+            "done": [i for i in recent if i.state == "done"],
+        }
+
+    @staticmethod
+    def _try(tasks: TaskTable, task_id: int, issued: int, queue_start: int) -> TaskInfo | None:
+        try:
+            return tasks.info(task_id, issued, queue_start)
+        except UnknownTask:
+            return None
 
     def _claim(self) -> Channel:
         """Claim a completion channel (once per process) and start its reader:

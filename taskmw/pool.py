@@ -2,7 +2,7 @@
 used by every process of the pool.
 
 :class:`Pool` holds the submit ring (tasks), one completion channel (a small
-ring) per process that queues tasks, the worker table, a state page, the
+ring) per process that queues tasks, the worker table, the task record, a state page, the
 spill directory for records too large for a ring, and the settings the
 workers need. The process that builds it (:class:`taskmw.local.LocalTransport`)
 forks the supervisor, which forks the workers; each is handed this object,
@@ -25,6 +25,7 @@ from taskmw._table import WorkerTable
 from taskmw.errors import PoolClosed, QueueFull
 from taskmw.ring import Ring, RingFull
 from taskmw.settings import Settings
+from taskmw.tasktable import TaskTable
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,14 @@ class Pool:
         )
         """The task queue: submit records of :mod:`taskmw.records`."""
         self.channels = [
-            Ring(settings.result_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
+            Ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
             for _ in range(settings.max_dispatchers)
         ]
         """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`)."""
         self.table = WorkerTable(workers)
         """One row of counters per worker, plus the supervisor's."""
+        self.tasks = TaskTable(settings.task_records, workers, settings.result_bytes, settings.result_ttl)
+        """The record of every task (see :mod:`taskmw.tasktable`)."""
         self.page = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with every forked process
         """The state page: ``page[0]`` is :attr:`state` (read directly on the hot path)."""
         self.spill_at = min(1 << 20, self.submit.max_record)

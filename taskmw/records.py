@@ -60,6 +60,8 @@ class Flag(enum.IntFlag):
     OPTS = 1 << 26
     TIMED = 1 << 27
     SPILLED = 1 << 28
+    CANCELLED = 1 << 29
+    """(submit) cancelled while queued (set in place by :meth:`taskmw.Ring.mark`): it must not run"""
 
 
 CHANNEL_MASK = 0xFFFF
@@ -70,9 +72,11 @@ READER_STOP = int(Flag.READER_STOP)
 TIMED = int(Flag.TIMED)
 """The ring's ``alone`` mask: a worker pops a timed task on its own."""
 SPILLED = int(Flag.SPILLED)
+CANCEL = int(Flag.CANCELLED)
+"""The bit :meth:`taskmw.Ring.mark` sets on a queued task that is cancelled."""
 _OPTS = int(Flag.OPTS)
 _REPLY = CHANNEL_MASK | WANT
-_SPILLED_OR_OPTS = SPILLED | _OPTS
+_UNCOMMON = SPILLED | _OPTS | CANCEL
 STOP = Kind.STOP << _KIND_SHIFT
 """The header of a stop marker."""
 
@@ -142,7 +146,7 @@ _new = tuple.__new__  # builds a NamedTuple without its slower __new__
 
 # -- submit records ------------------------------------------------------------
 
-_OPTIONS = struct.Struct("<dIQ")
+_OPTIONS = struct.Struct("<dIIQ")
 
 
 class Options(NamedTuple):
@@ -154,6 +158,8 @@ class Options(NamedTuple):
     """Which run this is (1 the first time)."""
     task_id: int = 0
     """The id of the task's first run (0: the first run, whose id is its seq)."""
+    left: int = 0
+    """Runs left after this one if it fails (``retries``)."""
 
 
 def task_id_of(seq: int, first_id: int) -> int:
@@ -205,7 +211,7 @@ def encode_submit(payload: bytes, header: int, options: Options | None) -> tuple
     if options is None:
         return payload, header
     timed = TIMED if options.timeout is not None else 0
-    record = _OPTIONS.pack(options.timeout or 0.0, options.attempt, options.task_id) + payload
+    record = _OPTIONS.pack(options.timeout or 0.0, options.attempt, options.left, options.task_id) + payload
     return record, header | _OPTS | timed
 
 
@@ -213,8 +219,8 @@ def options_of(record: bytes, header: int) -> Options:
     """The options a submit record carries (the defaults when it has none)."""
     if not header & _OPTS:
         return Options()
-    timeout, attempt, first_id = _OPTIONS.unpack_from(record)
-    return Options(timeout or None, attempt, first_id)
+    timeout, attempt, left, first_id = _OPTIONS.unpack_from(record)
+    return Options(timeout or None, attempt, first_id, left)
 
 
 class SubmitRecord(NamedTuple):
@@ -228,6 +234,10 @@ class SubmitRecord(NamedTuple):
     """The header of its finish (see :func:`reply_to`)."""
     timeout: float | None
     attempt: int
+    left: int
+    """Runs left after this one if it fails (its record stays unfinished on a failure with runs left)."""
+    cancelled: bool
+    """Cancelled while queued: a worker finishes it ``cancelled`` without running it."""
     payload: bytes
     """Its pickled call or data object (without the options header)."""
 
@@ -239,14 +249,15 @@ class SubmitRecord(NamedTuple):
             OSError: a spill file is gone. ``struct.error``: a bad options header.
         """
         kind = (header & _KIND_MASK) >> _KIND_SHIFT
-        if not header & _SPILLED_OR_OPTS:  # the common case, without NamedTuple's slower __new__
-            return _new(cls, (seq, seq, kind, header & _REPLY, None, 1, record))
+        if not header & _UNCOMMON:  # the common case, without NamedTuple's slower __new__
+            return _new(cls, (seq, seq, kind, header & _REPLY, None, 1, 0, False, record))
         if header & SPILLED:
             record = unspill(record)
-        timeout, attempt, first_id = options_of(record, header)
+        timeout, attempt, first_id, left = options_of(record, header)
         if header & _OPTS:
             record = record[_OPTIONS.size :]
-        return cls(seq, task_id_of(seq, first_id), kind, header & _REPLY, timeout, attempt, record)
+        task_id = task_id_of(seq, first_id)
+        return cls(seq, task_id, kind, header & _REPLY, timeout, attempt, left, bool(header & CANCEL), record)
 
 
 # -- finish records ------------------------------------------------------------
@@ -303,11 +314,13 @@ read_finish: Callable[[bytes], FinishFields] = _codec.decode
 :meth:`FinishRecord.decode`, for the delivery loop)."""
 
 
-def lost(seq: int, error: TaskError, status: int = LOST, duration: float = 0.0, worker_id: int = -1) -> bytes:
+def lost(
+    seq: int, error: TaskError, status: int = LOST, duration: float = 0.0, worker_id: int = -1, task_id: int = 0
+) -> bytes:
     """The finish record of a task that no worker finished (``lost``,
-    ``timeout`` at a killed worker, ``cancelled``); its id is its seq's
-    unless the queuing process knows better (a retry)."""
-    return encode_finish(seq, seq, status, None, error, duration, worker_id)
+    ``timeout`` at a killed worker, ``cancelled``); its id is ``task_id``,
+    else its seq's (the queuing process maps a retry's seq back)."""
+    return encode_finish(seq, task_id or seq, status, None, error, duration, worker_id)
 
 
 # -- records too large for a ring --------------------------------------------------

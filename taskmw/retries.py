@@ -23,18 +23,19 @@ log = logging.getLogger(__name__)
 RETRIED = frozenset({ERROR, LOST, TIMEOUT})
 """The statuses after which a task with retries left runs again."""
 
-Send = Callable[[bytes, int, Registered | None], int]
+Send = Callable[[bytes, int, Registered | None, bytes | None], int]
 Failed = Callable[["Retry", BaseException], None]
 
 
 class Retry:
     """What a queuing process keeps to queue a failed task again."""
 
-    __slots__ = ("payload", "header", "timeout", "left", "attempt", "task_id")
+    __slots__ = ("payload", "header", "timeout", "left", "attempt", "task_id", "name")
 
-    def __init__(self, payload: bytes, header: int, timeout: float | None, left: int) -> None:
+    def __init__(self, payload: bytes, header: int, timeout: float | None, left: int, name: bytes | None) -> None:
         self.payload = payload  # without the options header
         self.header = header
+        self.name = name  # for the pool's record of its first run
         self.timeout = timeout
         self.left = left
         self.attempt = 1
@@ -70,12 +71,9 @@ class Retries:
         with self.lock:
             self.registering += 1
         try:
-            options = Options(retry.timeout, retry.attempt, retry.task_id)
-            if retry.timeout is None and retry.attempt == 1:
-                record, header = retry.payload, retry.header
-            else:
-                record, header = records.encode_submit(retry.payload, retry.header, options)
-            return self.send(record, header, registered)
+            options = Options(retry.timeout, retry.attempt, retry.task_id, retry.left)
+            record, header = records.encode_submit(retry.payload, retry.header, options)
+            return self.send(record, header, registered, retry.name if retry.attempt == 1 else None)
         finally:
             with self.lock:
                 self.registering -= 1

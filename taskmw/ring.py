@@ -513,6 +513,21 @@ class Ring:
         if rc != _OK:
             _raise_for(rc, "disarm")
 
+    def mark(self, seq: int, bits: int) -> bool:
+        """OR ``bits`` into the aux word of record ``seq`` if it is still in
+        the ring (not popped yet); True if it was. A consumer that pops it
+        later sees the new aux. Costs a walk over the records queued before it.
+
+        Raises:
+            RingCorrupt: a record header failed its checks.
+        """
+        rc = lib.tmw_ring_mark(self._handle(), seq, bits)
+        if rc == _EAGAIN:
+            return False
+        if rc != _OK:
+            _raise_for(rc, "mark")
+        return True
+
     # -- held records -------------------------------------------------------
 
     def release(self, seqs: Iterable[int] | None = None) -> None:

@@ -21,6 +21,7 @@ import atexit
 import concurrent.futures
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -32,15 +33,18 @@ import pluggy
 from taskmw import _codec, records
 from taskmw.channel import running_loop
 from taskmw.delivery import Delivery
-from taskmw.errors import TaskFailed
+from taskmw.errors import TaskFailed, UnknownTask
 from taskmw.events import TaskFinishEvent
+from taskmw.info import TaskInfo
 from taskmw.interfaces import Transport
 from taskmw.listeners import Listener
+from taskmw.pipeline import task_name
 from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
 from taskmw.settings import Settings
-from taskmw.tasks import _set_default
+from taskmw.tasks import ServiceTask, Task, _set_default
+from taskmw.tasktable import name_field
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +127,13 @@ class TaskServer:
             the rest finish ``cancelled``.
         max_dispatchers: processes that may queue tasks at once (each
             claims a completion channel; a dead one's is reused).
-        result_bytes: size of each process's completion channel.
+        channel_bytes: size of each process's completion channel.
+        task_records: tasks the pool's record keeps (the last this many
+            ids; :meth:`status`, :meth:`result`).
+        result_bytes: memory for kept results, for the whole pool (oldest
+            evicted first; a result larger than a quarter of one worker's
+            share is not kept).
+        result_ttl: seconds a finished task's record and result are kept.
         task_timeout: seconds a task may run (``None``: no limit). A task
             over it finishes ``timeout``: a sync task's worker is killed and
             replaced, an async task is cancelled. Per task:
@@ -167,7 +177,10 @@ class TaskServer:
         task_concurrency: int = Settings.task_concurrency,
         shutdown_timeout: float = Settings.shutdown_timeout,
         max_dispatchers: int = Settings.max_dispatchers,
+        channel_bytes: int = Settings.channel_bytes,
+        task_records: int = Settings.task_records,
         result_bytes: int = Settings.result_bytes,
+        result_ttl: float = Settings.result_ttl,
         task_timeout: float | None = Settings.task_timeout,
         retries: int = Settings.retries,
         retry_backoff: float = Settings.retry_backoff,
@@ -182,7 +195,10 @@ class TaskServer:
             task_concurrency=task_concurrency,
             shutdown_timeout=shutdown_timeout,
             max_dispatchers=max_dispatchers,
+            channel_bytes=channel_bytes,
+            task_records=task_records,
             result_bytes=result_bytes,
+            result_ttl=result_ttl,
             task_timeout=task_timeout,
             retries=retries,
             retry_backoff=retry_backoff,
@@ -248,22 +264,26 @@ class TaskServer:
             PoolClosed: the pool has stopped.
         """
         if type(fn_or_data) is FunctionType and self._no_retries:  # the fast path: a plain function
-            task_id = self._send(_codec.encode_call(fn_or_data, args, kwargs), _CALL)
+            name = _names.get(fn_or_data) or _function_name(fn_or_data)
+            task_id = self._send(_codec.encode_call(fn_or_data, args, kwargs), _CALL, None, name)
             self._delivery.sent += 1
             return task_id
         payload, kind, options = encode_task(fn_or_data, args, kwargs)
-        return self._queue(payload, records.submit_header(kind), **options)
+        return self._queue(payload, records.submit_header(kind), _name_of(fn_or_data), **options)
 
-    def _queue(self, payload: bytes, header: int, timeout: float | None = None, retries: int | None = None) -> int:
+    def _queue(
+        self, payload: bytes, header: int, name: bytes, timeout: float | None = None, retries: int | None = None
+    ) -> int:
         if retries is None:
             retries = self.settings.retries
         delivery = self._delivery
         if retries:
-            task_id = delivery.retries.queue(Retry(payload, header, timeout, retries))
+            task_id = delivery.retries.queue(Retry(payload, header, timeout, retries, name))
         elif timeout is None:
-            task_id = self._send(payload, header)
+            task_id = self._send(payload, header, None, name)
         else:
-            task_id = self._send(*encode_submit(payload, header, Options(timeout)))
+            record, header = encode_submit(payload, header, Options(timeout))
+            task_id = self._send(record, header, None, name)
         delivery.sent += 1
         return task_id
 
@@ -330,7 +350,75 @@ class TaskServer:
 
     def _queue_waited(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         payload, kind, options = encode_task(obj, args, kwargs)
-        return self._queue(payload, records.submit_header(kind, want=True), **options)
+        return self._queue(payload, records.submit_header(kind, want=True), _name_of(obj), **options)
+
+    # -- any task, from any process ---------------------------------------------------
+
+    def status(self, task_id: int) -> TaskInfo:
+        """The record of task ``task_id``, from any process of the pool,
+        whichever process queued it: its state (``queued``, ``running``,
+        ``done``), finish status, progress, timings and error.
+
+        Raises:
+            UnknownTask: the pool never issued the id, or its record was
+                evicted (the message says which).
+        """
+        return self.transport.status(task_id)
+
+    def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """The return value of task ``task_id``, from any process, waiting
+        up to ``timeout`` seconds (``None``: as long as it takes) for it to finish.
+
+        Raises:
+            TimeoutError: it did not finish in time.
+            TaskFailed: it did not finish ``ok`` (``.event`` says why).
+            UnknownTask: the pool never issued the id, or its record or its
+                result was evicted (results are kept for ``result_ttl``
+                seconds, within ``result_bytes``; a result larger than a
+                quarter of one worker's share of it is not kept).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        info = self.transport.status(task_id)
+        while info.state != "done":
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {task_id} did not finish within {timeout}s (it is {info.state})")
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 2, 0.05)
+            info = self.transport.status(task_id)
+        kept = self.transport.outcome(task_id)
+        if info.status != "ok":
+            error = kept.error if kept is not None and kept.error is not None else info.error
+            duration = kept.duration if kept is not None else 0.0
+            worker_id = info.worker_id if info.worker_id is not None else -1
+            status = info.status or "error"
+            raise TaskFailed(
+                TaskFinishEvent(task_id, status, None, error, duration, worker_id, info.attempts, info.name)
+            )
+        if kept is None:
+            raise UnknownTask(
+                task_id,
+                "it finished ok but its result was not kept: evicted by newer results (result_bytes="
+                f"{self.settings.result_bytes}), or larger than one worker's share allows",
+            )
+        return kept.value
+
+    def cancel(self, task_id: int, terminate: bool = False) -> bool:
+        """Cancel task ``task_id``, from any process: a task still queued
+        never runs and finishes ``cancelled`` (exactly one finish, in the
+        process that queued it, as ever); with ``terminate=True`` a running
+        one is stopped too (its worker is killed and replaced: other tasks
+        that worker held finish ``lost``) and finishes ``cancelled``.
+
+        Returns:
+            True if it was cancelled; False if it had finished already, or
+            runs and ``terminate`` is false.
+
+        Raises:
+            UnknownTask: the pool never issued the id, or its record was evicted.
+        """
+        return self.transport.cancel(task_id, terminate)
 
     def _wait_ids(self, ids: list[int], timeout: float | None) -> list[TaskFinishEvent | None]:
         delivery = self._delivery
@@ -364,6 +452,13 @@ class TaskServer:
 
     # -- lifetime ------------------------------------------------------------------
 
+    def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
+        """The pool's queued, running and recently finished tasks, from any
+        process: ``{"queued": [...], "running": [...], "done": [...]}`` of
+        :class:`~taskmw.TaskInfo`, up to ``limit`` each (queued oldest
+        first, done newest first)."""
+        return self.transport.tasks(limit)
+
     def stats(self) -> dict[str, Any]:
         """The pool now, as plain data (what ``taskmw status`` shows).
 
@@ -373,9 +468,12 @@ class TaskServer:
         ``starting``, ``idle``, ``busy``, ``stopping``; ``task_started`` is a
         ``time.time()`` value; ``totals`` counts every finish the pool made.
         Works in every process that shares the pool. Other backends say what
-        they can (``"backend"`` names them).
+        they can (``"backend"`` names them). ``"tasks"`` is :meth:`tasks`
+        (each task as a dict).
         """
-        return self.transport.stats()
+        out = self.transport.stats()
+        out["tasks"] = {k: [i.as_dict() for i in v] for k, v in self.transport.tasks(20).items()}
+        return out
 
     def reload(self) -> None:
         """Replace every task worker by a fresh one: each finishes the tasks
@@ -424,6 +522,26 @@ class TaskServer:
         """In a forked child: none of the parent's tasks are this process's."""
         self.transport.after_fork()
         self._new_delivery()
+
+
+_names: dict[Any, bytes] = {}
+"""The record's name of each plain function queued (bounded: cleared when full)."""
+
+
+def _function_name(fn: Any) -> bytes:
+    if len(_names) >= 4096:
+        _names.clear()
+    name = _names[fn] = name_field(f"{fn.__module__}.{fn.__qualname__}")
+    return name
+
+
+def _name_of(obj: Any) -> bytes:
+    """What the record calls a task given to ``task()``."""
+    if type(obj) is FunctionType:
+        return _names.get(obj) or _function_name(obj)
+    if isinstance(obj, (Task, ServiceTask)) or not callable(obj) or isinstance(obj, type):
+        return name_field(task_name(obj))
+    return name_field(task_name(Task(obj)))
 
 
 def _set_result(fut: asyncio.Future[TaskFinishEvent], event: TaskFinishEvent) -> None:

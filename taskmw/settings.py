@@ -47,7 +47,10 @@ class Settings:
     task_concurrency: int = 100
     shutdown_timeout: float = 30.0
     max_dispatchers: int = 32
-    result_bytes: int = 1 << 20
+    channel_bytes: int = 1 << 20
+    task_records: int = 100_000
+    result_bytes: int = 64 << 20
+    result_ttl: float = 3600.0
     task_timeout: float | None = None
     retries: int = 0
     retry_backoff: float = 0.5
@@ -59,7 +62,10 @@ class Settings:
         check_int("task_concurrency", self.task_concurrency, 1, 10000)
         check_int("max_dispatchers", self.max_dispatchers, 1, 4096)
         check_int("queue_bytes", self.queue_bytes, 4096, 1 << 40)
+        check_int("channel_bytes", self.channel_bytes, 4096, 1 << 40)
+        check_int("task_records", self.task_records, 16, 1 << 28)
         check_int("result_bytes", self.result_bytes, 4096, 1 << 40)
+        check_seconds("result_ttl", self.result_ttl, positive=True)
         check_seconds("queue_timeout", self.queue_timeout)
         check_seconds("shutdown_timeout", self.shutdown_timeout)
         check_seconds("retry_backoff", self.retry_backoff)
@@ -69,7 +75,7 @@ class Settings:
             check_seconds("task_timeout", self.task_timeout, positive=True)
         if self.max_tasks_per_worker is not None:
             check_int("max_tasks_per_worker", self.max_tasks_per_worker, 1, 1 << 62)
-        for name in ("queue_timeout", "shutdown_timeout", "retry_backoff", "task_timeout"):
+        for name in ("queue_timeout", "shutdown_timeout", "retry_backoff", "task_timeout", "result_ttl"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, float(value))

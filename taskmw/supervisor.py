@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable
 
 from taskmw import _table, records
-from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK
+from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK, TERMINATE
 from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
-from taskmw.ring import RingFull
+from taskmw.ring import Held, RingFull
+
+_TERMINATED = TaskError("Cancelled", "the task was cancelled while it ran; its worker was replaced", "")
 
 StartWorker = Callable[[int], int]
 """Forks task worker ``worker_id`` and returns its pid (see :func:`taskmw.worker.spawn`)."""
@@ -90,6 +92,7 @@ class _Supervisor:
         self.owner = pool.owner
         self.workers: dict[int, int] = {}  # pid -> worker id
         self.timed_out: dict[int, tuple[int, float]] = {}  # pid -> (seq, limit) of the task it was killed for
+        self.terminated: dict[int, int] = {}  # pid -> seq of the task it was killed for (cancel(terminate=True))
         self.stopping = False
         self.table = pool.table
         self.words = pool.table.words
@@ -135,11 +138,22 @@ class _Supervisor:
                 self.start(worker_id)
 
     def enforce_time_limits(self) -> None:
-        """Kill every worker whose task ran past its deadline."""
+        """Kill every worker whose task ran past its deadline, or was cancelled
+        with ``terminate=True``."""
         w, now = self.words, time.monotonic_ns()
         for pid, worker_id in self.workers.items():
             r = worker_id * ROW
             seq, deadline, started = w[r + SEQ], w[r + DEADLINE], w[r + _table.STARTED]
+            stop = w[r + TERMINATE]
+            if stop and pid not in self.terminated:
+                w[r + TERMINATE] = 0
+                if stop == seq and w[r + TASK]:
+                    log.warning(
+                        "task worker %d (pid %d): task %d was cancelled: killing it", worker_id, pid, w[r + TASK]
+                    )
+                    self.terminated[pid] = seq
+                    os.kill(pid, signal.SIGKILL)
+                    continue
             if deadline and now > deadline and pid not in self.timed_out and w[r + SEQ] == seq:
                 limit = (deadline - started) / 1e9
                 log.warning(
@@ -158,26 +172,34 @@ class _Supervisor:
         held = self.pool.submit.reclaim(pid)
         cause = _describe(status)
         timed_seq, limit = self.timed_out.pop(pid, (0, 0.0))
-        if status != 0:
-            self.words[worker_id * ROW + RESTARTS] += 1
+        cancelled_seq = self.terminated.pop(pid, 0)
+        r = worker_id * ROW
+        if status != 0 and not cancelled_seq:
+            self.words[r + RESTARTS] += 1
+        running_seq, running_id = self.words[r + SEQ], self.words[r + TASK]  # what it ran when it died
         lost = [h for h in held if not records.is_stop(h.aux)]
-        if (status != 0 or lost) and not timed_seq:
+        if (status != 0 or lost) and not timed_seq and not cancelled_seq:
             log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))
         error = TaskError("WorkerLost", f"task worker {worker_id} (pid {pid}) {cause} while running the task", "")
         for h in lost:
+            task_id = running_id if h.seq == running_seq and running_id else h.seq
             if h.seq == timed_seq:
                 message = f"the task ran longer than its time limit of {limit:.3g}s; its worker was replaced"
-                timeout = TaskError("TimeoutError", message, "")
                 self.table.count(_table.TIMEOUT)
-                self.finish(h.aux, records.lost(h.seq, timeout, TIMEOUT, limit, worker_id))
+                self.finish(h, task_id, TIMEOUT, TaskError("TimeoutError", message, ""), limit, worker_id)
+            elif h.seq == cancelled_seq:
+                self.table.count(_table.CANCELLED)
+                self.finish(h, task_id, CANCELLED, _TERMINATED, 0.0, worker_id)
             else:
                 self.table.count(_table.LOST)
-                self.finish(h.aux, records.lost(h.seq, error, LOST, 0.0, worker_id))
+                self.finish(h, task_id, LOST, error, 0.0, worker_id)
 
-    def finish(self, header: int, record: bytes) -> None:
-        """Send a finish the supervisor made itself (lost, timeout, cancelled)
-        for the task sent with ``header``."""
-        if self.pool.send_finishes(records.reply_to(header), [record], patience=5.0):
+    def finish(self, held: Held, task_id: int, status: int, error: TaskError, duration: float, worker_id: int) -> None:
+        """Finish a task the supervisor settles itself (lost, timeout, cancelled):
+        record it, and send its finish to the process that queued it."""
+        self.pool.tasks.finished(task_id, status, 0, error)
+        record = records.lost(held.seq, error, status, duration, worker_id, task_id)
+        if self.pool.send_finishes(records.reply_to(held.aux), [record], patience=5.0):
             log.error("a completion channel stayed full for 5s: a finish was dropped")
 
     def stop(self) -> None:
@@ -222,7 +244,8 @@ class _Supervisor:
                 cancelled += 1
                 if records.is_spilled(header):
                     records.discard(batch.records[i])
-                self.finish(header, records.lost(batch.first_seq + i, error, CANCELLED))
+                seq = batch.first_seq + i
+                self.finish(Held(seq, header), seq, CANCELLED, error, 0.0, -1)
         if cancelled:
             self.table.count(_table.CANCELLED, cancelled)
             log.warning("pool stopped: %d queued task(s) cancelled", cancelled)

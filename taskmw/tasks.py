@@ -110,6 +110,31 @@ def _set_default(server: Server | None) -> None:
         _default.append(server)
 
 
+# -- progress -----------------------------------------------------------------------
+
+_reporter: contextvars.ContextVar[Callable[[float, str | None], None] | None] = contextvars.ContextVar(
+    "taskmw_progress", default=None
+)
+"""Set by whatever runs a task (a worker, the eager backend) to record its progress."""
+
+
+def progress(fraction: float, message: str | None = None) -> None:
+    """Report how far the running task has got: ``fraction`` from 0 to 1 and
+    an optional short message, shown at once by ``server.status(task_id)``
+    (and ``taskmw status``) in every process of the pool. Outside a task it
+    does nothing.
+
+    Raises:
+        ValueError: ``fraction`` is not a number from 0 to 1.
+    """
+    report = _reporter.get()
+    if report is None:
+        return
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 <= fraction <= 1:
+        raise ValueError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
+    report(float(fraction), None if message is None else str(message))
+
+
 # -- deferred listeners ----------------------------------------------------------
 
 _deferred_listeners: dict[str, Callable[..., Any]] = {}

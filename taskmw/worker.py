@@ -15,6 +15,7 @@ event loop in a second thread of the worker, ``task_concurrency`` at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -44,14 +45,16 @@ from taskmw.interfaces import Server
 from taskmw.pipeline import error_of, run_task
 from taskmw.plugins import call_each, implementations
 from taskmw.pool import Pool
-from taskmw.records import ERROR, OK, TIMEOUT, SubmitRecord, encode_finish
-from taskmw.tasks import _set_default
+from taskmw.records import CANCELLED, ERROR, OK, TIMEOUT, SubmitRecord, encode_finish
+from taskmw.retries import RETRIED
+from taskmw.tasks import _reporter, _set_default
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 QUICK = 0.001  # seconds: a batch this fast lets the next one be twice as large
 _IDLE_CHECK = 1.0  # seconds an idle worker waits before checking its supervisor is alive
+_CANCELLED = TaskError("Cancelled", "the task was cancelled before it ran", "")
 
 before_run: list[Callable[[Server, int], None]] = []
 """Called in each new task worker before it looks up its hooks (``taskmw
@@ -101,6 +104,9 @@ class _Worker:
         self.generation = pool.table.generation
         self.timeout = pool.settings.task_timeout
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
+        self.tasks = pool.tasks
+        self.current = 0  # the id of the sync task running now, for taskmw.progress()
+        _reporter.set(self.report)
 
     def run(self) -> int:
         hook_args = {"worker_id": self.worker_id, "server": self.server}
@@ -178,9 +184,18 @@ class _Worker:
         try:
             task = SubmitRecord.read(seq, record, header)
         except Exception as exc:  # an unreadable record: the task cannot run
-            return self.finish(seq, seq, ERROR, None, error_of(exc), started, "")
-        _, task_id, kind, _, own_limit, attempt, payload = task
+            unreadable = error_of(exc)
+            self.tasks.finished(seq, ERROR, 1, unreadable)
+            return self.finish(seq, seq, ERROR, None, unreadable, started, "")
+        _, task_id, kind, _, own_limit, attempt, left, cancelled, payload = task
+        tasks = self.tasks
+        if cancelled or tasks.cancel_requested(task_id):
+            tasks.finished(task_id, CANCELLED, attempt, _CANCELLED)
+            return self.finish(seq, task_id, CANCELLED, None, _CANCELLED, started, "")
+        tasks.started(task_id, self.worker_id, attempt)
+        self.current = task_id
         limit = own_limit or self.timeout
+        words[row + SEQ] = seq
         words[row + TASK] = task_id
         if limit:  # the supervisor kills this worker if the task is still running then
             words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
@@ -199,7 +214,20 @@ class _Worker:
         words[row + DONE] += 1
         if status == OK:
             words[row + _table.OK] += 1
-        return self.finish(seq, task_id, status, value, error, started, name)
+        finish = self.finish(seq, task_id, status, value, error, started, name)
+        self.record(task, status, error, finish)
+        return finish
+
+    def record(self, task: SubmitRecord, status: int, error: TaskError | None, finish: bytes) -> None:
+        """Put a task's outcome in the pool's record (not a failure that will
+        run again: its queuing process retries it)."""
+        if not (task.left and status in RETRIED):
+            self.tasks.finished(task.task_id, status, task.attempt, error, finish, self.worker_id)
+
+    def report(self, fraction: float, message: str | None) -> None:
+        """``taskmw.progress()`` from the sync task running now."""
+        if self.current:
+            self.tasks.progress(self.current, fraction, message)
 
     def finish(
         self, seq: int, task_id: int, status: int, value: Any, error: TaskError | None, started: float, name: str
@@ -239,22 +267,26 @@ class _AsyncRunner:
         w = self.worker
         words, row = w.words, w.row
         seq, task_id = task.seq, task.task_id
+        _reporter.set(functools.partial(w.tasks.progress, task_id))  # this task's own context
         timer = asyncio.timeout(limit)
+        error: TaskError | None = None
         try:
             async with timer:
                 value = await coro
+            status = OK
             finish = w.finish(seq, task_id, OK, value, None, started, name)
             words[row + ASYNC_OK] += 1
         except BaseException as exc:  # noqa: B036
             if isinstance(exc, TimeoutError) and timer.expired():
                 message = f"the task ran longer than its time limit of {limit}s and was cancelled"
-                error = TaskError("TimeoutError", message, "")
-                finish = w.finish(seq, task_id, TIMEOUT, None, error, started, name)
+                status, error = TIMEOUT, TaskError("TimeoutError", message, "")
                 words[row + ASYNC_TIMEOUT] += 1
             else:
-                finish = w.finish(seq, task_id, ERROR, None, error_of(exc), started, name)
+                status, error = ERROR, error_of(exc)
+            finish = w.finish(seq, task_id, status, None, error, started, name)
         words[row + ASYNC_DONE] += 1
         try:
+            w.record(task, status, error, finish)
             w.send(task.reply, [finish])
             w.ring.release([seq])
         finally:

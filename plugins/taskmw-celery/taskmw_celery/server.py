@@ -28,7 +28,9 @@ from redis.exceptions import RedisError
 from taskmw import records
 from taskmw.channel import running_loop
 from taskmw.errors import PoolClosed, QueueFull
+from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
+from taskmw.records import FinishRecord
 from taskmw.settings import Settings
 from taskmw_celery.finishes import FinishListener, Pending
 from taskmw_celery.settings import IDS_KEY, IN_WORKER, TASK_NAME, redis_backend
@@ -98,7 +100,7 @@ class CeleryTransport:
 
     # -- sending ---------------------------------------------------------------
 
-    def send(self, record: bytes, header: int, registered: Registered | None = None) -> int:
+    def send(self, record: bytes, header: int, registered: Registered | None = None, name: bytes | None = None) -> int:
         """Send one task to Celery; returns its id."""
         if self._closed:
             raise PoolClosed("the task server was closed; no more tasks can be queued")
@@ -158,6 +160,24 @@ class CeleryTransport:
             except RuntimeError:  # closed meanwhile
                 pass
         self._deliver(finishes, headers, 0)
+
+    # -- the record of tasks --------------------------------------------------------
+
+    def status(self, task_id: int) -> TaskInfo:
+        """Not yet: see the README's Celery section."""
+        raise NotImplementedError("status() is not implemented for the celery backend yet")
+
+    def outcome(self, task_id: int) -> FinishRecord | None:
+        """Not yet: see the README's Celery section."""
+        raise NotImplementedError("result() is not implemented for the celery backend yet")
+
+    def cancel(self, task_id: int, terminate: bool = False) -> bool:
+        """Not yet: see the README's Celery section."""
+        raise NotImplementedError("cancel() is not implemented for the celery backend yet")
+
+    def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
+        """This process's pending tasks are all it knows of (Celery has no listing without ``inspect``)."""
+        return {"queued": [], "running": [], "done": []}
 
     # -- the rest of the transport -----------------------------------------------
 

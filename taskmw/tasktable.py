@@ -1,0 +1,252 @@
+"""The pool's record of tasks: every task visible from every process.
+
+A fixed table in shared memory (made with the pool, before any fork) holds
+one slot per task id, ``id % capacity``: the last ``task_records`` tasks.
+Each slot has four groups of fields, each written by one process only:
+
+=====  ==========================  ============================================
+group  written by                  fields
+=====  ==========================  ============================================
+Q      the process that queued it  queued_at, name
+R      the worker that runs it     worker_id, attempt, started_at
+P      that worker, ``progress()``  progress, message
+D      whoever finishes it         status, finished_at, attempts, the error's
+       (worker, supervisor, the    type and message, and where its finish
+       queuing process)            record is kept (a worker's result arena)
+=====  ==========================  ============================================
+
+A group is written as: its tag word set to 0, the fields, the tag set to
+the task id. A reader reads the tag, the fields, the tag again, and takes
+the fields only if both reads gave the id. Every word is an aligned 8-byte
+store, so a process killed at any instant leaves a group either absent
+(tag 0) or whole; nothing is ever waited for or locked.
+
+Results: each worker keeps the finish records it makes (pickled value,
+error, traceback) in its own circular *arena*, a share of ``result_bytes``,
+so no two processes write one arena and nothing is locked. A record is
+found by its absolute position; once the arena has wrapped past it, it is
+gone (evicted by bytes, oldest first). A CRC guards against a torn copy.
+Records older than ``result_ttl`` are treated as gone (evicted by age), and
+a slot reused by a later id evicts the older (by count).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import struct
+import time
+import zlib
+from typing import Any
+
+from taskmw.errors import UnknownTask
+from taskmw.events import STATUSES, TaskError
+from taskmw.info import State, TaskInfo
+from taskmw.records import FinishRecord
+
+# Slot layout: 43 words (344 bytes).
+_Q, _R, _P, _D, _C = 0, 8, 12, 22, 42
+_SLOT = 43
+_Q_FIELDS = struct.Struct("<d48s")  # queued_at, name
+_R_FIELDS = struct.Struct("<qqd")  # worker_id, attempt, started_at
+_P_FIELDS = struct.Struct("<d64s")  # progress (NaN: none), message
+_D_FIELDS = struct.Struct("<qdqqqqI4x32s64s")  # status, finished_at, attempts, arena, pos, len, crc, type, msg
+assert _Q_FIELDS.size <= (_R - _Q - 1) * 8 and _R_FIELDS.size <= (_P - _R - 1) * 8
+assert _P_FIELDS.size <= (_D - _P - 1) * 8 and _D_FIELDS.size <= (_SLOT - _D - 1) * 8
+_NO_ARENA = -1
+_TRIES = 4  # a reader retries a group this often while a writer rewrites it
+
+
+def _text(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("utf-8", "replace")
+
+
+def _fit(text: str, size: int) -> bytes:
+    """``text`` as UTF-8 cut to ``size`` bytes (on a character boundary)."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= size:
+        return raw
+    return raw[:size].decode("utf-8", "ignore").encode()
+
+
+def name_field(name: str) -> bytes:
+    """A task's name as the record keeps it (UTF-8, at most 48 bytes)."""
+    return _fit(name, 48)
+
+
+class TaskTable:
+    """The record of the last ``capacity`` tasks, and the workers' result arenas.
+
+    Args:
+        capacity: task slots (the last this many task ids are kept).
+        arenas: result arenas, one per task worker.
+        result_bytes: bytes for all arenas together.
+        result_ttl: seconds a finished task's record and result are kept.
+    """
+
+    def __init__(self, capacity: int, arenas: int, result_bytes: int, result_ttl: float) -> None:
+        self.capacity = capacity
+        self.result_ttl = result_ttl
+        self._map = mmap.mmap(-1, capacity * _SLOT * 8)  # MAP_SHARED | MAP_ANONYMOUS, touched as used
+        self._words = memoryview(self._map).cast("q")
+        self.arena_size = max(4096, result_bytes // max(1, arenas))
+        self.max_result = self.arena_size // 4
+        """The largest finish record an arena keeps (larger results are not kept)."""
+        self._arenas = mmap.mmap(-1, self.arena_size * arenas)
+        self._positions = memoryview(mmap.mmap(-1, mmap.PAGESIZE)).cast("q")  # per arena: bytes ever written
+
+    @property
+    def memory_bytes(self) -> int:
+        """Shared memory the table and its arenas take at most."""
+        return len(self._map) + len(self._arenas)
+
+    # -- writing ------------------------------------------------------------------
+
+    def _write(self, task_id: int, group: int, fields: struct.Struct, *values: Any) -> None:
+        words, base = self._words, (task_id % self.capacity) * _SLOT + group
+        words[base] = 0
+        fields.pack_into(self._map, (base + 1) * 8, *values)
+        words[base] = task_id
+
+    def queued(self, task_id: int, name: bytes) -> None:
+        """In the queuing process, once ``task()`` has the id; ``name`` as
+        :func:`name_field` made it."""
+        self._write(task_id, _Q, _Q_FIELDS, time.time(), name)
+
+    def started(self, task_id: int, worker_id: int, attempt: int) -> None:
+        """In the worker, before the task runs (a retry's run also takes back
+        the earlier run's finish)."""
+        if attempt > 1:
+            self._words[(task_id % self.capacity) * _SLOT + _D] = 0
+        self._write(task_id, _R, _R_FIELDS, worker_id, attempt, time.time())
+
+    def request_cancel(self, task_id: int) -> None:
+        """Ask the worker that takes ``task_id`` (popped, not started) not to run it."""
+        self._words[(task_id % self.capacity) * _SLOT + _C] = task_id
+
+    def cancel_requested(self, task_id: int) -> bool:
+        """In the worker, before starting ``task_id``: was it cancelled?"""
+        return self._words[(task_id % self.capacity) * _SLOT + _C] == task_id
+
+    def progress(self, task_id: int, fraction: float, message: str | None) -> None:
+        """In the worker, from :func:`taskmw.progress`."""
+        self._write(task_id, _P, _P_FIELDS, fraction, _fit(message or "", 64) if message is not None else b"\xff")
+
+    def finished(
+        self,
+        task_id: int,
+        status: int,
+        attempts: int,
+        error: TaskError | None,
+        record: bytes | None = None,
+        arena: int = _NO_ARENA,
+    ) -> None:
+        """Whoever finishes the task: its status, and its finish record kept
+        in ``arena`` (the worker's own) when given and small enough."""
+        pos = length = crc = 0
+        if record is not None and arena >= 0 and len(record) <= self.max_result:
+            pos, length, crc = self._keep(arena, record), len(record), zlib.crc32(record)
+        else:
+            arena = _NO_ARENA
+        kind, message = (_fit(error.type, 32), _fit(error.message, 64)) if error is not None else (b"", b"")
+        self._write(task_id, _D, _D_FIELDS, status, time.time(), attempts, arena, pos, length, crc, kind, message)
+
+    def _keep(self, arena: int, record: bytes) -> int:
+        """Copy ``record`` into ``arena``; returns its absolute position."""
+        size, pos = self.arena_size, self._positions[arena]
+        if pos % size + len(record) > size:  # it does not fit before the end: start the next lap
+            pos += size - pos % size
+        start = arena * size + pos % size
+        self._positions[arena] = pos + len(record)  # first: a reader of older records sees them evicted
+        self._arenas[start : start + len(record)] = record
+        return pos
+
+    # -- reading ------------------------------------------------------------------
+
+    def _read(self, task_id: int, group: int, fields: struct.Struct) -> tuple[Any, ...] | None:
+        words, base = self._words, (task_id % self.capacity) * _SLOT + group
+        for _ in range(_TRIES):
+            if words[base] != task_id:
+                tag = words[base]
+                if tag == 0:
+                    continue  # being written
+                return None
+            values = fields.unpack_from(self._map, (base + 1) * 8)
+            if words[base] == task_id:
+                return values
+        return None
+
+    def _newer(self, task_id: int) -> bool:
+        """True if a later task took ``task_id``'s slot (it was evicted by count)."""
+        base = (task_id % self.capacity) * _SLOT
+        return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C))
+
+    def info(self, task_id: int, issued: int, queue_start: int) -> TaskInfo:
+        """The record of ``task_id``; ``issued`` is the next id the pool will
+        give, ``queue_start`` the first id still in the queue.
+
+        Raises:
+            UnknownTask: the pool never issued the id, or its record was evicted.
+        """
+        if not isinstance(task_id, int) or isinstance(task_id, bool) or not 0 < task_id < issued:
+            raise UnknownTask(task_id, "this pool never issued it")
+        if task_id <= issued - 1 - self.capacity or self._newer(task_id):
+            raise UnknownTask(task_id, f"its record was evicted: the pool keeps the last {self.capacity} tasks")
+        q = self._read(task_id, _Q, _Q_FIELDS)
+        r = self._read(task_id, _R, _R_FIELDS)
+        d = self._read(task_id, _D, _D_FIELDS)
+        p = self._read(task_id, _P, _P_FIELDS)
+        if q is None and r is None and d is None and task_id < queue_start:
+            raise UnknownTask(task_id, "it is not a task id (a retry runs under a seq of its own), or it has no record")
+        queued_at, name = (q[0], _text(q[1])) if q is not None else (None, "")
+        worker_id, attempts, started_at = r if r is not None else (None, 1, None)
+        progress = message = None
+        if p is not None:
+            progress = None if math.isnan(p[0]) else p[0]
+            message = None if p[1].startswith(b"\xff") else _text(p[1])
+        if d is None:
+            state: State = "running" if r is not None else "queued"
+            return TaskInfo(task_id, state, None, name, worker_id, attempts, queued_at, started_at, None, progress,
+                            message, None)  # fmt: skip
+        code, finished_at, done_attempts, _, _, _, _, kind, text = d
+        attempts = done_attempts or attempts
+        if time.time() - finished_at > self.result_ttl:
+            raise UnknownTask(task_id, f"its record was evicted: finished more than result_ttl={self.result_ttl}s ago")
+        error = TaskError(_text(kind), _text(text), "") if kind.strip(b"\0") else None
+        if error is not None:
+            kept = self._kept(task_id, d)
+            if kept is not None and kept.error is not None:
+                error = kept.error
+        return TaskInfo(task_id, "done", STATUSES[code], name, worker_id, attempts, queued_at, started_at,
+                        finished_at, progress, message, error)  # fmt: skip
+
+    def finish_record(self, task_id: int) -> FinishRecord | None:
+        """The kept finish record of a finished task (None: not kept, or evicted)."""
+        d = self._read(task_id, _D, _D_FIELDS)
+        return None if d is None else self._kept(task_id, d)
+
+    def _kept(self, task_id: int, d: tuple[Any, ...]) -> FinishRecord | None:
+        arena, pos, length, crc = d[3], d[4], d[5], d[6]
+        if arena < 0:
+            return None
+        size = self.arena_size
+        if self._positions[arena] > pos + size:
+            return None  # the arena wrapped past it
+        start = arena * size + pos % size
+        record = bytes(self._arenas[start : start + length])
+        if self._positions[arena] > pos + size or zlib.crc32(record) != crc:
+            return None
+        finish = FinishRecord.decode(record)
+        return finish if finish.task_id == task_id else None
+
+    def scan(self, ids: range, issued: int, queue_start: int, limit: int) -> list[TaskInfo]:
+        """The readable records of ``ids``, up to ``limit`` of them."""
+        out: list[TaskInfo] = []
+        for task_id in ids:
+            if len(out) >= limit:
+                break
+            try:
+                out.append(self.info(task_id, issued, queue_start))
+            except UnknownTask:
+                continue
+        return out
