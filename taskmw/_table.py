@@ -31,6 +31,7 @@ ASYNC_OK = 8
 RESTARTS = 9  # supervisor: times this worker was replaced after dying
 SEQ = 10  # the ring seq of the task it runs now (its id, unless it is a retry)
 ASYNC_TIMEOUT = 11  # async tasks stopped at their time limit
+ATTEMPT = 13  # which run of the task it runs now is this (1: the first)
 TERMINATE = 12  # any process: the seq of a running task to stop (cancel(terminate=True)); the supervisor kills it
 ROW = 16
 

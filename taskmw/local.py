@@ -21,9 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from taskmw import _proc, records, supervisor, worker
-from taskmw._table import SEQ, TASK, TERMINATE
+from taskmw._table import ATTEMPT, SEQ, STARTED, TASK, TERMINATE
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed, UnknownTask
+from taskmw.events import TaskError
 from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 
 _CANCEL_WAIT = 10.0
 """Seconds cancel() waits for a popped task's worker to take it (or for a terminated one to finish)."""
-_RECENT_SCAN = 2000
-"""Ids ``tasks()`` looks back through for finished ones."""
+_CANCELLED_QUEUED = TaskError("Cancelled", "the task was cancelled before it ran", "")
+_RECENT_SCAN = 4
+"""``tasks(limit)`` looks back through ``limit`` times this many ids for finished ones."""
 
 
 def _poll(get: Callable[[], TaskInfo], done: Callable[[TaskInfo], bool], timeout: float) -> TaskInfo:
@@ -142,7 +144,20 @@ class LocalTransport:
     def status(self, task_id: int) -> TaskInfo:
         """The record of ``task_id`` (see :meth:`taskmw.TaskServer.status`)."""
         issued, queue_start = self._bounds()
-        return self.pool.tasks.info(task_id, issued, queue_start)
+        return self.pool.tasks.info(task_id, issued, queue_start, self._running().get(task_id))
+
+    def _running(self) -> dict[int, tuple[int, int, float]]:
+        """What the workers run now (from the worker table): id -> (worker, attempt, started_at)."""
+        table = self.pool.table
+        words, out = table.words, {}
+        now, now_ns = time.time(), time.monotonic_ns()
+        for worker_id in range(self.pool.settings.task_workers):
+            row = table.row(worker_id)
+            task_id = words[row + TASK]
+            if task_id:
+                started = now - (now_ns - words[row + STARTED]) / 1e9
+                out[task_id] = (worker_id, words[row + ATTEMPT] or 1, started)
+        return out
 
     def _bounds(self) -> tuple[int, int]:
         """The next seq the queue will give, and the first still queued."""
@@ -160,7 +175,9 @@ class LocalTransport:
         if info.state == "done":
             return False
         if self.pool.submit.mark(task_id, records.CANCEL):
-            return True  # still queued: the worker that pops it finishes it cancelled
+            # Still queued: the worker that pops it sends its one finish; the record says so now.
+            tasks.finished(task_id, records.CANCELLED, 0, _CANCELLED_QUEUED)
+            return True
         tasks.request_cancel(task_id)  # popped: its worker checks before it starts it
         info = _poll(lambda: self.status(task_id), lambda i: i.state != "queued", _CANCEL_WAIT)
         if info.state == "done":
@@ -181,11 +198,11 @@ class LocalTransport:
     def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
         """Queued, running and recently finished tasks (up to ``limit`` each)."""
         issued, queue_start = self._bounds()
-        table, tasks = self.pool.table, self.pool.tasks
-        running_ids = sorted({table.words[table.row(w) + TASK] for w in range(self.pool.settings.task_workers)} - {0})
-        running = [i for i in (self._try(tasks, t, issued, queue_start) for t in running_ids) if i is not None]
-        queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit)
-        recent = tasks.scan(range(issued - 1, max(0, issued - 1 - _RECENT_SCAN), -1), issued, queue_start, limit)
+        tasks, now = self.pool.tasks, self._running()
+        running = [i for i in (self._try(tasks, t, issued, queue_start, now) for t in sorted(now)) if i is not None]
+        queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit, now)
+        back = max(0, issued - 1 - _RECENT_SCAN * limit)
+        recent = tasks.scan(range(issued - 1, back, -1), issued, queue_start, limit, now)
         return {
             "queued": [i for i in queued if i.state == "queued"],
             "running": running,
@@ -193,9 +210,11 @@ class LocalTransport:
         }
 
     @staticmethod
-    def _try(tasks: TaskTable, task_id: int, issued: int, queue_start: int) -> TaskInfo | None:
+    def _try(
+        tasks: TaskTable, task_id: int, issued: int, queue_start: int, running: dict[int, tuple[int, int, float]]
+    ) -> TaskInfo | None:
         try:
-            return tasks.info(task_id, issued, queue_start)
+            return tasks.info(task_id, issued, queue_start, running.get(task_id))
         except UnknownTask:
             return None
 

@@ -25,7 +25,8 @@ Results: each worker keeps the finish records it makes (pickled value,
 error, traceback) in its own circular *arena*, a share of ``result_bytes``,
 so no two processes write one arena and nothing is locked. A record is
 found by its absolute position; once the arena has wrapped past it, it is
-gone (evicted by bytes, oldest first). A CRC guards against a torn copy.
+gone (evicted by bytes, oldest first): the writer moves the position on
+before it copies, and a reader checks it after its copy.
 Records older than ``result_ttl`` are treated as gone (evicted by age), and
 a slot reused by a later id evicts the older (by count).
 """
@@ -36,7 +37,6 @@ import math
 import mmap
 import struct
 import time
-import zlib
 from typing import Any
 
 from taskmw.errors import UnknownTask
@@ -44,16 +44,20 @@ from taskmw.events import STATUSES, TaskError
 from taskmw.info import State, TaskInfo
 from taskmw.records import FinishRecord
 
-# Slot layout: 43 words (344 bytes).
-_Q, _R, _P, _D, _C = 0, 8, 12, 22, 42
-_SLOT = 43
+# Slot layout: 45 words (360 bytes).
+_Q, _R, _P, _D, _C = 0, 8, 12, 22, 44
+_SLOT = 45
 _Q_FIELDS = struct.Struct("<d48s")  # queued_at, name
 _R_FIELDS = struct.Struct("<qqd")  # worker_id, attempt, started_at
 _P_FIELDS = struct.Struct("<d64s")  # progress (NaN: none), message
-_D_FIELDS = struct.Struct("<qdqqqqI4x32s64s")  # status, finished_at, attempts, arena, pos, len, crc, type, msg
+_D_FIELDS = struct.Struct("<qddqqqqq32s64s")
+"""status, started_at, finished_at, attempts, worker_id, arena, pos, len, error type, message"""
 assert _Q_FIELDS.size <= (_R - _Q - 1) * 8 and _R_FIELDS.size <= (_P - _R - 1) * 8
 assert _P_FIELDS.size <= (_D - _P - 1) * 8 and _D_FIELDS.size <= (_SLOT - _D - 1) * 8
+_D_HEAD = struct.Struct("<qddqqqqq")  # the same without the error: an ``ok`` finish's fields end there
+_pack_d, _pack_d_head = _D_FIELDS.pack_into, _D_HEAD.pack_into
 _NO_ARENA = -1
+_OK = 0  # taskmw.records.OK
 _TRIES = 4  # a reader retries a group this often while a writer rewrites it
 
 
@@ -114,11 +118,14 @@ class TaskTable:
         self._write(task_id, _Q, _Q_FIELDS, time.time(), name)
 
     def started(self, task_id: int, worker_id: int, attempt: int) -> None:
-        """In the worker, before the task runs (a retry's run also takes back
-        the earlier run's finish)."""
-        if attempt > 1:
-            self._words[(task_id % self.capacity) * _SLOT + _D] = 0
+        """In the worker, for an async task (which runs on after the worker
+        takes its next one). A sync task is seen running in the worker table
+        instead, at no cost (see :meth:`info`'s ``running``)."""
         self._write(task_id, _R, _R_FIELDS, worker_id, attempt, time.time())
+
+    def rerun(self, task_id: int) -> None:
+        """A retry of ``task_id`` starts: its earlier run's finish no longer stands."""
+        self._words[(task_id % self.capacity) * _SLOT + _D] = 0
 
     def request_cancel(self, task_id: int) -> None:
         """Ask the worker that takes ``task_id`` (popped, not started) not to run it."""
@@ -140,26 +147,34 @@ class TaskTable:
         error: TaskError | None,
         record: bytes | None = None,
         arena: int = _NO_ARENA,
+        worker_id: int = -1,
+        duration: float = 0.0,
     ) -> None:
-        """Whoever finishes the task: its status, and its finish record kept
-        in ``arena`` (the worker's own) when given and small enough."""
-        pos = length = crc = 0
+        """Whoever finishes the task: its status, the worker that ran it for
+        ``duration`` seconds, and its finish record kept in ``arena`` (the
+        worker's own; each arena has one writer) when given and small enough."""
+        pos = length = 0
         if record is not None and arena >= 0 and len(record) <= self.max_result:
-            pos, length, crc = self._keep(arena, record), len(record), zlib.crc32(record)
+            length, size, pos = len(record), self.arena_size, self._positions[arena]
+            if pos % size + length > size:  # it does not fit before the end: start the next lap
+                pos += size - pos % size
+            start = arena * size + pos % size
+            self._positions[arena] = pos + length  # first: a reader of what it overwrites sees it evicted
+            self._arenas[start : start + length] = record
         else:
             arena = _NO_ARENA
-        kind, message = (_fit(error.type, 32), _fit(error.message, 64)) if error is not None else (b"", b"")
-        self._write(task_id, _D, _D_FIELDS, status, time.time(), attempts, arena, pos, length, crc, kind, message)
-
-    def _keep(self, arena: int, record: bytes) -> int:
-        """Copy ``record`` into ``arena``; returns its absolute position."""
-        size, pos = self.arena_size, self._positions[arena]
-        if pos % size + len(record) > size:  # it does not fit before the end: start the next lap
-            pos += size - pos % size
-        start = arena * size + pos % size
-        self._positions[arena] = pos + len(record)  # first: a reader of older records sees them evicted
-        self._arenas[start : start + len(record)] = record
-        return pos
+        words, base = self._words, (task_id % self.capacity) * _SLOT + _D
+        now = time.time()
+        words[base] = 0
+        if error is None:  # the error fields are left as they are: read only for a finish with an error
+            _pack_d_head(
+                self._map, (base + 1) * 8, status, now - duration, now, attempts, worker_id, arena, pos, length
+            )
+        else:
+            kind, message = _fit(error.type, 32), _fit(error.message, 64)
+            _pack_d(self._map, (base + 1) * 8, status, now - duration, now, attempts, worker_id, arena, pos, length,
+                    kind or b"?", message)  # fmt: skip
+        words[base] = task_id
 
     # -- reading ------------------------------------------------------------------
 
@@ -181,9 +196,12 @@ class TaskTable:
         base = (task_id % self.capacity) * _SLOT
         return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C))
 
-    def info(self, task_id: int, issued: int, queue_start: int) -> TaskInfo:
+    def info(
+        self, task_id: int, issued: int, queue_start: int, running: tuple[int, int, float] | None = None
+    ) -> TaskInfo:
         """The record of ``task_id``; ``issued`` is the next id the pool will
-        give, ``queue_start`` the first id still in the queue.
+        give, ``queue_start`` the first id still in the queue, ``running``
+        ``(worker_id, attempt, started_at)`` if a worker runs it now.
 
         Raises:
             UnknownTask: the pool never issued the id, or its record was evicted.
@@ -193,12 +211,14 @@ class TaskTable:
         if task_id <= issued - 1 - self.capacity or self._newer(task_id):
             raise UnknownTask(task_id, f"its record was evicted: the pool keeps the last {self.capacity} tasks")
         q = self._read(task_id, _Q, _Q_FIELDS)
-        r = self._read(task_id, _R, _R_FIELDS)
+        r = self._read(task_id, _R, _R_FIELDS) if running is None else running
         d = self._read(task_id, _D, _D_FIELDS)
         p = self._read(task_id, _P, _P_FIELDS)
         if q is None and r is None and d is None and task_id < queue_start:
             raise UnknownTask(task_id, "it is not a task id (a retry runs under a seq of its own), or it has no record")
         queued_at, name = (q[0], _text(q[1])) if q is not None else (None, "")
+        if queued_at is not None and r is not None:
+            queued_at = min(queued_at, r[2])  # recorded just after the push: a worker may have started it first
         worker_id, attempts, started_at = r if r is not None else (None, 1, None)
         progress = message = None
         if p is not None:
@@ -208,11 +228,15 @@ class TaskTable:
             state: State = "running" if r is not None else "queued"
             return TaskInfo(task_id, state, None, name, worker_id, attempts, queued_at, started_at, None, progress,
                             message, None)  # fmt: skip
-        code, finished_at, done_attempts, _, _, _, _, kind, text = d
+        code, ran_at, finished_at, done_attempts, ran_by, _, _, _, kind, text = d
         attempts = done_attempts or attempts
+        if ran_by >= 0:
+            worker_id, started_at = ran_by, ran_at
+            if queued_at is not None:
+                queued_at = min(queued_at, ran_at)
         if time.time() - finished_at > self.result_ttl:
             raise UnknownTask(task_id, f"its record was evicted: finished more than result_ttl={self.result_ttl}s ago")
-        error = TaskError(_text(kind), _text(text), "") if kind.strip(b"\0") else None
+        error = TaskError(_text(kind), _text(text), "") if code != _OK and kind.strip(b"\0") else None
         if error is not None:
             kept = self._kept(task_id, d)
             if kept is not None and kept.error is not None:
@@ -226,7 +250,7 @@ class TaskTable:
         return None if d is None else self._kept(task_id, d)
 
     def _kept(self, task_id: int, d: tuple[Any, ...]) -> FinishRecord | None:
-        arena, pos, length, crc = d[3], d[4], d[5], d[6]
+        arena, pos, length = d[5], d[6], d[7]
         if arena < 0:
             return None
         size = self.arena_size
@@ -234,19 +258,24 @@ class TaskTable:
             return None  # the arena wrapped past it
         start = arena * size + pos % size
         record = bytes(self._arenas[start : start + length])
-        if self._positions[arena] > pos + size or zlib.crc32(record) != crc:
+        if self._positions[arena] > pos + size:
+            return None  # overwritten while it was copied
+        try:
+            finish = FinishRecord.decode(record)
+        except Exception:  # noqa: BLE001 - torn by a second writer (an orphaned worker of the same row)
             return None
-        finish = FinishRecord.decode(record)
         return finish if finish.task_id == task_id else None
 
-    def scan(self, ids: range, issued: int, queue_start: int, limit: int) -> list[TaskInfo]:
+    def scan(
+        self, ids: range, issued: int, queue_start: int, limit: int, running: dict[int, tuple[int, int, float]]
+    ) -> list[TaskInfo]:
         """The readable records of ``ids``, up to ``limit`` of them."""
         out: list[TaskInfo] = []
         for task_id in ids:
             if len(out) >= limit:
                 break
             try:
-                out.append(self.info(task_id, issued, queue_start))
+                out.append(self.info(task_id, issued, queue_start, running.get(task_id)))
             except UnknownTask:
                 continue
         return out

@@ -192,17 +192,20 @@ class _Worker:
         if cancelled or tasks.cancel_requested(task_id):
             tasks.finished(task_id, CANCELLED, attempt, _CANCELLED)
             return self.finish(seq, task_id, CANCELLED, None, _CANCELLED, started, "")
-        tasks.started(task_id, self.worker_id, attempt)
+        if attempt > 1:
+            tasks.rerun(task_id)
         self.current = task_id
         limit = own_limit or self.timeout
         words[row + SEQ] = seq
-        words[row + TASK] = task_id
+        words[row + _table.ATTEMPT] = attempt
+        words[row + TASK] = task_id  # last: the record reads "running" from here (see LocalTransport.status)
         if limit:  # the supervisor kills this worker if the task is still running then
             words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
         status, value, error, name = run_task(
             self.on_task, self.server, task_id, self.worker_id, payload, kind, attempt
         )
         if inspect.iscoroutine(value):
+            tasks.started(task_id, self.worker_id, attempt)  # it goes on after this row moves on
             if limit:
                 words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
             if self.runner is None:
@@ -214,15 +217,18 @@ class _Worker:
         words[row + DONE] += 1
         if status == OK:
             words[row + _table.OK] += 1
-        finish = self.finish(seq, task_id, status, value, error, started, name)
-        self.record(task, status, error, finish)
+        duration = time.perf_counter() - started
+        finish = encode_finish(seq, task_id, status, value, error, duration, self.worker_id, name)
+        if not (left and status in RETRIED):  # a failure that runs again is its queuing process's to retry
+            tasks.finished(task_id, status, attempt, error, finish, self.worker_id, self.worker_id, duration)
         return finish
 
-    def record(self, task: SubmitRecord, status: int, error: TaskError | None, finish: bytes) -> None:
-        """Put a task's outcome in the pool's record (not a failure that will
-        run again: its queuing process retries it)."""
+    def record(self, task: SubmitRecord, status: int, error: TaskError | None, finish: bytes, duration: float) -> None:
+        """Put an async task's outcome in the pool's record (not a failure that
+        will run again: its queuing process retries it)."""
         if not (task.left and status in RETRIED):
-            self.tasks.finished(task.task_id, status, task.attempt, error, finish, self.worker_id)
+            wid = self.worker_id
+            self.tasks.finished(task.task_id, status, task.attempt, error, finish, wid, wid, duration)
 
     def report(self, fraction: float, message: str | None) -> None:
         """``taskmw.progress()`` from the sync task running now."""
@@ -286,7 +292,7 @@ class _AsyncRunner:
             finish = w.finish(seq, task_id, status, None, error, started, name)
         words[row + ASYNC_DONE] += 1
         try:
-            w.record(task, status, error, finish)
+            w.record(task, status, error, finish, time.perf_counter() - started)
             w.send(task.reply, [finish])
             w.ring.release([seq])
         finally:

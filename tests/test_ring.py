@@ -523,3 +523,21 @@ def test_error_table_has_every_code_of_the_header() -> None:
     assert len(names) == 10
     codes = {getattr(lib, name) for name in names}
     assert codes == set(taskmw.ring._ERRORS), sorted(set(taskmw.ring._ERRORS) ^ codes)
+
+
+def test_mark_sets_bits_on_a_queued_record_only() -> None:
+    """``mark`` changes the aux word of a record still in the ring, under the
+    lock (taskmw's cancel of a queued task); popped or unknown seqs are refused."""
+    ring = Ring(1 << 16)
+    first = ring.push(b"a", aux=1)
+    second = ring.push(b"bb", aux=2)
+    assert ring.mark(second, 1 << 29) is True
+    assert ring.mark(second + 1, 1) is False and ring.mark(0, 1) is False
+    batch = ring.try_pop_many(1)
+    assert batch.first_seq == first and batch.auxs == [1]
+    assert ring.mark(first, 4) is False  # popped already
+    batch = ring.try_pop_many(8)
+    assert batch.auxs == [2 | 1 << 29] and batch.records == [b"bb"]
+    ring.close()
+    with pytest.raises(ValueError):
+        ring.mark(first, 1)

@@ -104,7 +104,7 @@ def test_prometheus_client_imported_first_still_counts_across_processes(tmp_path
 def test_a_pool_built_with_the_entry_point_counts_in_every_process(tmp_path: Path) -> None:
     got = run(
         """
-        import json, os, time
+        import json, os, struct, time
         import taskmw
         import taskmw_prometheus
 
@@ -116,7 +116,14 @@ def test_a_pool_built_with_the_entry_point_counts_in_every_process(tmp_path: Pat
             deadline = time.monotonic() + 30  # both workers past on_worker_start (a worker is idle after it)
             while any(w["state"] != "idle" for w in server.stats()["workers"]) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            text = taskmw_prometheus.metrics_text(server).decode()
+            text = ""
+            # The finish's counter is written by the on_finish hook, which runs just after taskwait()
+            # returns, and prometheus_client cannot read a metrics file another thread is creating.
+            while 'taskmw_tasks_total{status="ok"} 1.0' not in text and time.monotonic() < deadline:
+                try:
+                    text = taskmw_prometheus.metrics_text(server).decode()
+                except struct.error:
+                    time.sleep(0.01)
         print(json.dumps({"text": text}))
         """,
         tmp_path,
