@@ -206,14 +206,25 @@ class TaskFunction(Protocol[P, R_co]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> int: ...
 
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
+
 
 def task(fn: Callable[P, R]) -> TaskFunction[P, R]:
     """Give ``fn`` a ``.delay(*args, **kwargs)`` that queues it on
-    :func:`current_server` and returns the task id. ``fn`` itself is
+    :func:`current_server` and returns the task id, and (for Django, as
+    Celery has it) a ``.delay_on_commit(*args, **kwargs)`` that queues it once
+    the current database transaction commits, never if it rolls back
+    (:func:`taskmw.contrib.django.task_on_commit`). ``fn`` itself is
     unchanged (and still travels by reference)."""
 
     def delay(*args: Any, **kwargs: Any) -> int:
         return current_server().task(fn, *args, **kwargs)
 
+    def delay_on_commit(*args: Any, **kwargs: Any) -> None:
+        from taskmw.contrib.django import task_on_commit  # needs Django, imported only when used
+
+        task_on_commit(fn, *args, **kwargs)
+
     fn.delay = delay  # type: ignore[attr-defined]
+    fn.delay_on_commit = delay_on_commit  # type: ignore[attr-defined]
     return fn  # type: ignore[return-value]

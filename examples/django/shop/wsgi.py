@@ -1,0 +1,9 @@
+"""The WSGI application: Django's handler in TaskMiddleware(**settings.TASKMW)."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+
+from taskmw.contrib.django import get_wsgi_application  # noqa: E402
+
+application = get_wsgi_application()
