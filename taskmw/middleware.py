@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
@@ -45,6 +47,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ENVIRON_KEY = "taskmw.server"
 """The key under which handlers find the pool: ``environ[...]`` or ``scope[...]``."""
+
+log = logging.getLogger(__name__)
 
 _adopted: TaskServer | None = None
 _inspected: dict[str, Any] | None = None
@@ -69,6 +73,24 @@ def inspect_only(settings: dict[str, Any] | None) -> None:
 def adopted_pool() -> TaskServer | None:
     """The pool given to :func:`adopt_pool` in this process, if any."""
     return _adopted
+
+
+def _werkzeug_reloader_parent() -> bool:
+    """True in the parent process of ``flask run --debug`` (or ``--reload``):
+    it only watches files and restarts a child (``WERKZEUG_RUN_MAIN=true``),
+    which serves. Flask imports the app in both."""
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+        return False
+    cli = sys.modules.get("flask.cli")
+    if cli is None:
+        return False
+    frame = sys._getframe(1)  # noqa: SLF001 - is flask's run_command loading the app?
+    while frame is not None:
+        if frame.f_code.co_name == "run_command" and frame.f_globals.get("__name__") == "flask.cli":
+            reload = frame.f_locals.get("reload")  # None until run_command resolves it from --debug
+            return bool(cli.get_debug_flag() if reload is None else reload)
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _is_asgi(app: Any) -> bool:
@@ -150,6 +172,9 @@ class TaskMiddleware:
             self.server = _join(_adopted, plugins, settings.pop("listeners", None))
         elif server is not None:
             self.server = server
+        elif _werkzeug_reloader_parent():
+            log.debug("taskmw: the reloader process of flask run builds no pool (its child does)")
+            self.server = None  # type: ignore[assignment] # never served: the reloader's child serves
         else:
             self.server = create_server(plugins=plugins, **settings)
             path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)

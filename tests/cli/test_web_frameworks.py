@@ -1,0 +1,72 @@
+"""Flask and FastAPI apps as their users write them, under ``taskmw start``,
+``flask run --debug``, gunicorn and uvicorn (real servers on 127.0.0.1,
+through the e2e harness: every process they start must be gone at the end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_cli import status, stop_and_check, taskmw_server, wait_for
+from tests.e2e.servers import base_env, running_server
+
+E2E_APPS = Path(__file__).resolve().parents[1] / "e2e" / "apps"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def factory_calls(workdir: Path) -> dict[int, int]:
+    """{pid: times the shopapp factory ran in it}."""
+    calls: dict[int, int] = {}
+    for path in workdir.glob("factory-*.jsonl"):
+        for line in path.read_text().splitlines():
+            pid = json.loads(line)["pid"]
+            calls[pid] = calls.get(pid, 0) + 1
+    return calls
+
+
+# -- Flask: an app factory --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["shopapp:create_app()", "shopapp:create_app"])
+def test_taskmw_start_calls_a_flask_factory_once_per_process(tmp_path: Path, spec: str) -> None:
+    with taskmw_server(tmp_path, spec, "-w", "2", "-t", "2", chdir=E2E_APPS) as (server, pid_file):
+        env = server.cli_env  # type: ignore[attr-defined]
+        with server.client() as client:
+            for _ in range(4):
+                r = client.get("/wait")
+                assert r.status_code == 200, r.text
+                assert r.json()["result"] == 5
+        st = wait_for(lambda: (s := status(pid_file, env)) and len(s["pool"]["workers"]) == 2 and s, "2 task workers")
+        http = {w["pid"] for w in st["http_workers"]}
+        tasks = {w["pid"] for w in st["pool"]["workers"]}
+        calls = wait_for(lambda: (c := factory_calls(tmp_path)) and set(c) >= http | tasks and c, "factory calls")
+        # once in the child that inspected the app, once in each HTTP worker and task worker; never in the master
+        assert set(calls.values()) == {1}, calls
+        assert len(calls) == 1 + len(http) + len(tasks) == 5, (calls, http, tasks)
+        assert st["master_pid"] not in calls and st["pool"]["supervisor_pid"] not in calls
+        stop_and_check(server, pid_file)
+
+
+def test_flask_run_debug_builds_one_pool_in_the_reloaders_child(tmp_path: Path) -> None:
+    pytest.importorskip("flask")
+    env = base_env(tmp_path) | {"FLASK_APP": "shopapp"}
+    env.pop("WERKZEUG_RUN_MAIN", None)
+
+    def argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "flask", "run", "--debug", "--port", str(port), "--host", "127.0.0.1"]
+
+    with running_server(argv, tmp_path, ready_path="/wait", env=env) as server:
+        tree = wait_for(lambda: (t := server.snapshot()) and len(t) >= 5 and t, "the reloader, its child and a pool")
+        # the reloader, its child (which serves), and one pool: its supervisor and 2 task workers
+        assert len(tree) == 5, "\n".join(tree.values())
+        calls = factory_calls(tmp_path)
+        assert len(calls) == 2, calls  # flask imports the app in the reloader too, but builds no pool there
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        report = server.stop(sig=None)
+        assert not report.problems(), report.problems()
