@@ -39,7 +39,7 @@ from taskmw import _control
 from taskmw.listeners import Dispatcher
 from taskmw.plugins import check_no_wrappers
 from taskmw.server import TaskServer, create_server
-from taskmw.tasks import _current
+from taskmw.tasks import _current, _default
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,6 +73,18 @@ def inspect_only(settings: dict[str, Any] | None) -> None:
 def adopted_pool() -> TaskServer | None:
     """The pool given to :func:`adopt_pool` in this process, if any."""
     return _adopted
+
+
+def _pool_to_join() -> TaskServer | None:
+    """The pool a new :class:`TaskMiddleware` joins instead of building one:
+    the adopted pool, else, in a task worker (an app factory called by a
+    task or a hook), the worker's own pool."""
+    if _adopted is not None:
+        return _adopted
+    server = _default[-1] if _default else None
+    if isinstance(server, TaskServer) and server.worker_id is not None:
+        return server
+    return None
 
 
 def _werkzeug_reloader_parent() -> bool:
@@ -117,9 +129,10 @@ class TaskMiddleware:
             ``listeners``, ``queue_timeout``, …).
 
     In a process given a pool by :func:`adopt_pool` (under ``taskmw
-    start``), the wrapper joins that pool: ``plugins`` and ``listeners`` are
-    registered on it, and the other settings were already read by the
-    master (see docs/configuration.md).
+    start``), and in a task worker (an app factory called in a task), the
+    wrapper joins that pool: ``plugins`` and ``listeners`` are registered on
+    it, and the other settings are not used (under ``taskmw start`` the
+    master read them: see docs/configuration.md).
 
     Handlers find the pool at ``environ["taskmw.server"]`` (WSGI) or
     ``scope["taskmw.server"]`` (ASGI), and :func:`taskmw.current_server`
@@ -168,8 +181,8 @@ class TaskMiddleware:
         if server is None and _inspected is not None:
             _inspected.update(settings)
             self.server = None  # type: ignore[assignment] # never served: only inspected
-        elif server is None and _adopted is not None:
-            self.server = _join(_adopted, plugins, settings.pop("listeners", None))
+        elif server is None and (pool := _pool_to_join()) is not None:
+            self.server = _join(pool, plugins, settings.pop("listeners", None))
         elif server is not None:
             self.server = server
         elif _werkzeug_reloader_parent():

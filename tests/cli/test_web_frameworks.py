@@ -8,12 +8,13 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.cli.test_cli import status, stop_and_check, taskmw_server, wait_for
-from tests.e2e.servers import base_env, running_server
+from tests.e2e.servers import base_env, gunicorn_argv, running_server
 
 E2E_APPS = Path(__file__).resolve().parents[1] / "e2e" / "apps"
 
@@ -69,4 +70,22 @@ def test_flask_run_debug_builds_one_pool_in_the_reloaders_child(tmp_path: Path) 
         assert len(calls) == 2, calls  # flask imports the app in the reloader too, but builds no pool there
         os.killpg(server.pid, signal.SIGINT)  # Ctrl-C in the terminal
         report = server.stop(sig=None)
+        assert not report.problems(), report.problems()
+
+
+def test_an_app_factory_called_in_a_task_joins_the_workers_pool(tmp_path: Path) -> None:
+    """gunicorn --preload 'shopapp:create_app()': a task that calls the factory
+    (which builds TaskMiddleware) joins its worker's pool; before, each call
+    forked a new pool (a supervisor and 2 task workers) inside the task worker."""
+    with running_server(
+        lambda port: gunicorn_argv("shopapp:create_app()", port, workers=2, preload=True), tmp_path, ready_path="/"
+    ) as server:
+        before = wait_for(lambda: (t := server.snapshot()) and len(t) == 6 and t, "master, 2 HTTP, supervisor, 2 tasks")
+        with server.client() as client:
+            answers = [client.get("/rebuild").json() for _ in range(3)]
+        assert all(a["joined"] and a["worker_id"] in (0, 1) for a in answers), answers
+        time.sleep(0.5)  # a pool forked by the factory would be up by now
+        after = server.snapshot()
+        assert set(after) == set(before), "\n".join(after.values())
+        report = server.stop()
         assert not report.problems(), report.problems()
