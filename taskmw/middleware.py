@@ -70,6 +70,11 @@ def inspect_only(settings: dict[str, Any] | None) -> None:
     _inspected = settings
 
 
+def inspecting() -> dict[str, Any] | None:
+    """The dict given to :func:`inspect_only`, while inspecting."""
+    return _inspected
+
+
 def adopted_pool() -> TaskServer | None:
     """The pool given to :func:`adopt_pool` in this process, if any."""
     return _adopted

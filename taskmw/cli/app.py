@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Literal
 
-from taskmw import middleware
+from taskmw import config, middleware
 from taskmw.cli.errors import CLIError
 from taskmw.interfaces import Server
 from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware
@@ -138,6 +138,7 @@ def inspect_app(spec: str, timeout: float = IMPORT_TIMEOUT) -> tuple[Literal["ws
             app = load_app(spec)
             wrapped = app if isinstance(app, TaskMiddleware) else TaskMiddleware(app)  # only detects the kind here
             kind = "asgi" if isinstance(wrapped, ASGITaskMiddleware) else "wsgi"
+            settings = _merge_settings(spec, settings, added_middleware_settings(wrapped.app))
             plain = {k: v for k, v in settings.items() if _plain(v)}
             answer = {"interface": kind, "settings": plain}
         except CLIError as exc:
@@ -167,6 +168,46 @@ def inspect_app(spec: str, timeout: float = IMPORT_TIMEOUT) -> tuple[Literal["ws
     if "error" in answer:
         raise CLIError(answer["error"])
     return answer["interface"], answer["settings"]
+
+
+def added_middleware_settings(app: Any) -> dict[str, Any]:
+    """The settings of a ``TaskMiddleware`` added to a Starlette or FastAPI
+    ``app`` with ``app.add_middleware(TaskMiddleware, ...)``: Starlette builds
+    its middleware only at the first request, so importing the app does not
+    show them. Read from ``app.user_middleware``, by building the
+    ``TaskMiddleware`` while inspecting (which builds no pool)."""
+    found: dict[str, Any] = {}
+    for entry in getattr(app, "user_middleware", None) or ():
+        cls = getattr(entry, "cls", None)
+        if not (isinstance(cls, type) and issubclass(cls, TaskMiddleware)):
+            continue
+        args = getattr(entry, "args", ())
+        kwargs = getattr(entry, "kwargs", None) or getattr(entry, "options", None) or {}
+        recorded: dict[str, Any] = {}
+        previous = middleware.inspecting()
+        middleware.inspect_only(recorded)
+        try:
+            cls(app, *args, **kwargs)
+        finally:
+            middleware.inspect_only(previous)
+        found.update(recorded)
+    return found
+
+
+def _merge_settings(spec: str, given: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """The app's ``TaskMiddleware(...)`` settings and those of its
+    ``add_middleware(TaskMiddleware, ...)``; one setting given two values is refused.
+
+    Raises:
+        CLIError: naming the setting, both values and what wins over both.
+    """
+    for name in sorted(given.keys() & added.keys()):
+        if given[name] != added[name]:
+            option = next((o for o in config.OPTIONS if config.pool_name(o) == name), None)
+            wins = f"{'/'.join(option.flags)} or {option.env} wins over both" if option else "give it once"
+            raise CLIError(f"{spec} gives {name} twice: {given[name]!r} to TaskMiddleware(...) and {added[name]!r} "
+                           f"to add_middleware(TaskMiddleware, ...); keep one ({wins})")  # fmt: skip
+    return added | given
 
 
 def _plain(value: Any) -> bool:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli import status, stop_and_check, taskmw_server, wait_for
-from tests.e2e.servers import base_env, gunicorn_argv, running_server
+from tests.cli.test_cli import cli_env, status, stop_and_check, taskmw, taskmw_server, wait_for
+from tests.e2e.servers import base_env, free_port, gunicorn_argv, running_server, uvicorn_argv
 
 E2E_APPS = Path(__file__).resolve().parents[1] / "e2e" / "apps"
 
@@ -89,3 +89,51 @@ def test_an_app_factory_called_in_a_task_joins_the_workers_pool(tmp_path: Path) 
         assert set(after) == set(before), "\n".join(after.values())
         report = server.stop()
         assert not report.problems(), report.problems()
+
+
+# -- FastAPI: add_middleware and a dependency ---------------------------------------------------------------------
+
+
+def check_fastapi_app(server) -> None:
+    with server.client() as client:
+        pool = client.get("/pool").json()
+        assert pool["task_workers"] == 2 and pool["same"] is True, pool
+        for x in (1, 2, 3):
+            r = client.get("/wait", params={"x": x})
+            assert r.status_code == 200, r.text
+            assert r.json()["value"] == 2 * x
+
+
+def test_fastapi_add_middleware_and_dependency_under_uvicorn(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    with running_server(lambda port: uvicorn_argv("fastapi_app:app", port), tmp_path, ready_path="/pool") as server:
+        check_fastapi_app(server)
+        report = server.stop()
+        assert not report.problems(), report.problems()
+
+
+def test_fastapi_add_middleware_settings_reach_taskmw_start(tmp_path: Path) -> None:
+    """add_middleware(TaskMiddleware, task_workers=2): taskmw start's pool has
+    2 task workers (its 4 by default silently won before)."""
+    pytest.importorskip("fastapi")
+    with taskmw_server(tmp_path, "fastapi_app:app", "-w", "1", chdir=E2E_APPS, ready="/pool") as (server, pid_file):
+        st = status(pid_file, server.cli_env)  # type: ignore[attr-defined]
+        assert st["interface"] == "asgi" and st["pool"]["task_workers"] == 2, st["pool"]
+        check_fastapi_app(server)
+        stop_and_check(server, pid_file)
+
+
+def test_fastapi_settings_given_twice_are_refused_naming_what_wins(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    (tmp_path / "twice.py").write_text(
+        "from fastapi import FastAPI\nfrom taskmw import TaskMiddleware\n"
+        "api = FastAPI()\napi.add_middleware(TaskMiddleware, task_workers=2)\n"
+        "app = TaskMiddleware(api, task_workers=3)\n"
+    )
+    env = cli_env(tmp_path)
+    done = taskmw("start", "twice:app", "--chdir", str(tmp_path), "--pid-file", str(tmp_path / "t.pid"),
+                  "--port", str(free_port()), env=env, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].startswith("taskmw start: twice:app gives task_workers twice"), done.stderr
+    assert "-t/--num-task-workers or TASKMW_NUM_TASK_WORKERS wins over both" in done.stderr
+    assert not (tmp_path / "t.pid").exists()
