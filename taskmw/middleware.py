@@ -110,6 +110,20 @@ def _werkzeug_reloader_parent() -> bool:
     return False
 
 
+def _in_gunicorn_worker() -> bool:
+    """True while a gunicorn worker loads the app (gunicorn without
+    ``--preload``: with it, the arbiter loads the app before any fork)."""
+    base = sys.modules.get("gunicorn.workers.base")
+    if base is None:
+        return False
+    frame = sys._getframe(1)  # noqa: SLF001
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), base.Worker):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def _is_asgi(app: Any) -> bool:
     if inspect.iscoroutinefunction(app):
         return True
@@ -195,6 +209,11 @@ class TaskMiddleware:
             self.server = None  # type: ignore[assignment] # never served: the reloader's child serves
         else:
             self.server = create_server(plugins=plugins, **settings)
+            if _in_gunicorn_worker():
+                log.warning("taskmw: gunicorn HTTP worker %d built its own task pool (%d task workers): without "
+                            "--preload each HTTP worker has its own pool, and task ids are unique only within it; "
+                            "gunicorn --preload or taskmw start share one pool", os.getpid(),
+                            self.server.task_workers)  # fmt: skip
             path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
             if path:
                 _control.serve_status(self.server, path)

@@ -137,3 +137,24 @@ def test_fastapi_settings_given_twice_are_refused_naming_what_wins(tmp_path: Pat
     assert done.stderr.splitlines()[-1].startswith("taskmw start: twice:app gives task_workers twice"), done.stderr
     assert "-t/--num-task-workers or TASKMW_NUM_TASK_WORKERS wins over both" in done.stderr
     assert not (tmp_path / "t.pid").exists()
+
+
+# -- gunicorn without --preload ----------------------------------------------------------------------------------
+
+OWN_POOL = "built its own task pool"
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_gunicorn_without_preload_warns_once_per_http_worker(tmp_path: Path, preload: bool) -> None:
+    with running_server(
+        lambda port: gunicorn_argv("flask_app:app", port, workers=2, preload=preload), tmp_path
+    ) as server:
+        wait_for(lambda: len(server.snapshot()) == (6 if preload else 9), "every process")
+        report = server.stop()
+        assert not report.problems(), report.problems()
+    warnings = [line for line in server.log_path.read_text().splitlines() if OWN_POOL in line]
+    if preload:
+        assert warnings == []
+    else:
+        assert len(warnings) == 2, warnings  # one line per HTTP worker: its pid, its own pool, the fix
+        assert all("--preload" in w and "task ids are unique only within it" in w for w in warnings)
