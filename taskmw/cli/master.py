@@ -78,8 +78,11 @@ class Master:
         settings: config.Resolved,
         interface: Literal["wsgi", "asgi"],
         import_timeout: float = IMPORT_TIMEOUT,
+        gunicorn: dict[str, Any] | None = None,
     ) -> None:
         self.spec = spec
+        self.gunicorn = gunicorn or {}
+        """The user's other gunicorn settings (a gunicorn.conf.py, GUNICORN_CMD_ARGS, --gunicorn-arg)."""
         self.import_timeout = import_timeout
         self.last_reload: dict[str, Any] | None = None  # {"number", "at", "error"}: the last reload's check
         self.pending_workers: int | None = None  # `reload -w N`: applied if the new code imports
@@ -115,6 +118,9 @@ class Master:
             "on_reload": self.on_reload,
             "on_exit": self.on_exit,
         }
+        if s.access_logfile is not None:
+            out["accesslog"] = s.access_logfile
+        out.update(self.gunicorn)  # none of taskmw's own: refused by gunicorn_cfg.user_settings
         from gunicorn.config import KNOWN_SETTINGS
 
         if any(k.name == "control_socket_disable" for k in KNOWN_SETTINGS):
