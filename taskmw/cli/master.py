@@ -14,7 +14,7 @@ import time
 import warnings
 from typing import Any, Literal
 
-from taskmw import _control, _proc, config, middleware, worker
+from taskmw import _control, _proc, _title, config, middleware, worker
 from taskmw.cli.app import IMPORT_TIMEOUT, import_in_task_worker, inspect_app, load_app
 from taskmw.cli.errors import CLIError
 from taskmw.cli.pidfile import unlink_own_pid_file
@@ -136,6 +136,8 @@ class Master:
         ours.setLevel(arbiter.log.error_log.level)
         ours.propagate = False
         pool = self.settings.pool_settings()
+        _title.set_label(self.gunicorn.get("proc_name") or self.spec)  # before the pool's processes are forked
+        _title.set_title("master")
         worker.before_run.append(import_in_task_worker(self.spec))
         try:
             self.server = TaskServer(**pool)
@@ -284,6 +286,10 @@ class Master:
                     app = TaskMiddleware(app, interface=master.interface)  # joins the master's pool
                 return app
 
+        from gunicorn import util
+
+        if hasattr(util, "_setproctitle"):
+            util._setproctitle = _title.gunicorn_title  # noqa: SLF001 - gunicorn's titles, taskmw's words
         pid = os.getpid()
         try:
             Application().run()
