@@ -48,6 +48,13 @@ def _size(text: str) -> int:
     return int(text[:-1] if factor > 1 else text) * factor
 
 
+def _size_text(value: int) -> str:
+    for suffix, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value >= factor and value % factor == 0:
+            return f"{value // factor}{suffix}"
+    return str(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     """One setting of ``taskmw start``."""
@@ -61,11 +68,26 @@ class Option:
     """A :class:`~taskmw.TaskServer` setting (given to the pool built by the
     master); otherwise a setting of the HTTP side or of the CLI."""
     metavar: str | None = None
+    shown: str | None = None
+    """The default as ``--help`` shows it, when ``str(default)`` would not say it."""
 
     @property
     def env(self) -> str:
         """The environment variable of this option."""
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def default_text(self) -> str:
+        """The default, as ``--help`` and docs/configuration.md say it."""
+        if self.shown is not None:
+            return self.shown
+        if self.parse is _size:
+            return _size_text(self.default)
+        if self.default is None:
+            return "none"
+        if self.default is False:
+            return "off"
+        return str(self.default)
 
     @property
     def is_flag(self) -> bool:
@@ -84,8 +106,14 @@ OPTIONS: tuple[Option, ...] = (
            "pid file of the master; its control socket is this path + '.sock'", metavar="PATH"),
     Option("daemonize", ("--daemonize",), _bool, False, "detach from the terminal and run in the background"),
     Option("chdir", ("--chdir",), str, ".", "directory to run in (and import the app from)", metavar="DIR"),
-    Option("log_file", ("--log-file",), str, "-", "where the server logs go ('-': stderr)", metavar="PATH"),
+    Option("log_file", ("--log-file",), str, "-", "where the server logs go ('-': stderr)", metavar="PATH",
+           shown="- (stderr); with --daemonize: the pid file's name with .log"),
     Option("log_level", ("--log-level",), str, "info", "debug, info, warning, error or critical"),
+    Option("access_logfile", ("--access-logfile",), str, None,
+           "where gunicorn's access log goes ('-': stderr); none by default", metavar="PATH"),
+    Option("gunicorn_config", ("--config",), str, None,
+           "a gunicorn settings file (worker_connections = 100, ...); --gunicorn-arg and GUNICORN_CMD_ARGS win over it",
+           metavar="PATH", shown="./gunicorn.conf.py if there"),
     Option("graceful_timeout", ("--graceful-timeout",), int, 30,
            "seconds HTTP workers get to finish their requests on stop and reload", metavar="SECONDS"),
     Option("http_timeout", ("--http-timeout",), int, 30,

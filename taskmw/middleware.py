@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
@@ -37,7 +39,7 @@ from taskmw import _control
 from taskmw.listeners import Dispatcher
 from taskmw.plugins import check_no_wrappers
 from taskmw.server import TaskServer, create_server
-from taskmw.tasks import _current
+from taskmw.tasks import _current, _default
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,6 +47,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ENVIRON_KEY = "taskmw.server"
 """The key under which handlers find the pool: ``environ[...]`` or ``scope[...]``."""
+
+log = logging.getLogger(__name__)
 
 _adopted: TaskServer | None = None
 _inspected: dict[str, Any] | None = None
@@ -66,9 +70,58 @@ def inspect_only(settings: dict[str, Any] | None) -> None:
     _inspected = settings
 
 
+def inspecting() -> dict[str, Any] | None:
+    """The dict given to :func:`inspect_only`, while inspecting."""
+    return _inspected
+
+
 def adopted_pool() -> TaskServer | None:
     """The pool given to :func:`adopt_pool` in this process, if any."""
     return _adopted
+
+
+def _pool_to_join() -> TaskServer | None:
+    """The pool a new :class:`TaskMiddleware` joins instead of building one:
+    the adopted pool, else, in a task worker (an app factory called by a
+    task or a hook), the worker's own pool."""
+    if _adopted is not None:
+        return _adopted
+    server = _default[-1] if _default else None
+    if isinstance(server, TaskServer) and server.worker_id is not None:
+        return server
+    return None
+
+
+def _werkzeug_reloader_parent() -> bool:
+    """True in the parent process of ``flask run --debug`` (or ``--reload``):
+    it only watches files and restarts a child (``WERKZEUG_RUN_MAIN=true``),
+    which serves. Flask imports the app in both."""
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+        return False
+    cli = sys.modules.get("flask.cli")
+    if cli is None:
+        return False
+    frame = sys._getframe(1)  # noqa: SLF001 - is flask's run_command loading the app?
+    while frame is not None:
+        if frame.f_code.co_name == "run_command" and frame.f_globals.get("__name__") == "flask.cli":
+            reload = frame.f_locals.get("reload")  # None until run_command resolves it from --debug
+            return bool(cli.get_debug_flag() if reload is None else reload)
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _in_gunicorn_worker() -> bool:
+    """True while a gunicorn worker loads the app (gunicorn without
+    ``--preload``: with it, the arbiter loads the app before any fork)."""
+    base = sys.modules.get("gunicorn.workers.base")
+    if base is None:
+        return False
+    frame = sys._getframe(1)  # noqa: SLF001
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), base.Worker):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _is_asgi(app: Any) -> bool:
@@ -95,9 +148,10 @@ class TaskMiddleware:
             ``listeners``, ``queue_timeout``, …).
 
     In a process given a pool by :func:`adopt_pool` (under ``taskmw
-    start``), the wrapper joins that pool: ``plugins`` and ``listeners`` are
-    registered on it, and the other settings were already read by the
-    master (see docs/configuration.md).
+    start``), and in a task worker (an app factory called in a task), the
+    wrapper joins that pool: ``plugins`` and ``listeners`` are registered on
+    it, and the other settings are not used (under ``taskmw start`` the
+    master read them: see docs/configuration.md).
 
     Handlers find the pool at ``environ["taskmw.server"]`` (WSGI) or
     ``scope["taskmw.server"]`` (ASGI), and :func:`taskmw.current_server`
@@ -146,12 +200,20 @@ class TaskMiddleware:
         if server is None and _inspected is not None:
             _inspected.update(settings)
             self.server = None  # type: ignore[assignment] # never served: only inspected
-        elif server is None and _adopted is not None:
-            self.server = _join(_adopted, plugins, settings.pop("listeners", None))
+        elif server is None and (pool := _pool_to_join()) is not None:
+            self.server = _join(pool, plugins, settings.pop("listeners", None))
         elif server is not None:
             self.server = server
+        elif _werkzeug_reloader_parent():
+            log.debug("taskmw: the reloader process of flask run builds no pool (its child does)")
+            self.server = None  # type: ignore[assignment] # never served: the reloader's child serves
         else:
             self.server = create_server(plugins=plugins, **settings)
+            if _in_gunicorn_worker():
+                log.warning("taskmw: gunicorn HTTP worker %d built its own task pool (%d task workers): without "
+                            "--preload each HTTP worker has its own pool, and task ids are unique only within it; "
+                            "gunicorn --preload or taskmw start share one pool", os.getpid(),
+                            self.server.task_workers)  # fmt: skip
             path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
             if path:
                 _control.serve_status(self.server, path)

@@ -252,7 +252,8 @@ class TaskServer:
         ``fn_or_data`` is a callable (run as ``fn(*args, **kwargs)``), a
         :class:`~taskmw.Task` or :class:`~taskmw.ServiceTask`, or any other
         picklable object, which the dispatcher hands to the listeners of its
-        type. Ids are unique and increasing across every process of the pool.
+        type. Ids are unique and increasing across every process of the pool
+        (not across pools: without ``--preload`` each gunicorn HTTP worker has its own).
         With a Task or data object, ``timeout=`` and ``retries=`` are the
         task's own options.
 

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from taskmw import _table, records
+from taskmw import _table, _title, records
 from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK, TERMINATE
 from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
@@ -52,6 +52,7 @@ def spawn(pool: Pool, start_worker: StartWorker) -> int:
         return pid
     code = 1
     try:
+        _title.set_title("supervisor")
         reset_signals()
         code = _Supervisor(pool, start_worker).run()
     except BaseException:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from taskmw import _table, records
+from taskmw import _table, _title, records
 from taskmw._table import (
     ASYNC_DONE,
     ASYNC_OK,
@@ -70,6 +70,7 @@ def spawn(pool: Pool, server: Server, worker_id: int) -> int:
         return pid
     code = 1
     try:
+        _title.set_title(f"task worker {worker_id}")
         # The supervisor stops workers (with stop markers, behind the queued
         # tasks); a SIGTERM to the whole process group (systemd, kill -TERM
         # -PGID) must not make a worker walk away from the queue. Ignore it

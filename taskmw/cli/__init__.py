@@ -30,6 +30,7 @@ finds a running master, :mod:`~taskmw.cli.commands` holds the commands,
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a WSGI or ASGI app with a shared pool of task workers, and manage it.",
         epilog="Every start option also reads an environment variable (TASKMW_<NAME>); see docs/configuration.md.",
     )
+    parser.add_argument("--version", action="version", version=f"taskmw {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = sub.add_parser(
@@ -58,12 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve MODULE:APP with HTTP workers and a shared task pool",
         description="Serve MODULE:APP (WSGI on gunicorn, ASGI on uvicorn workers) with one task pool shared by every "
         "HTTP worker. APP may be a plain app (taskmw wraps it) or a TaskMiddleware (its settings are used; flags and "
-        "environment variables win). Runs in the foreground unless --daemonize.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "environment variables win). Runs in the foreground unless --daemonize. Each option's help ends with "
+        "[its environment variable; its default].",
     )
     start.add_argument("app", metavar="MODULE:APP", help="the app to serve, e.g. examples.demo:app")
     for opt in config.OPTIONS:
-        kwargs: dict[str, Any] = {"dest": opt.name, "default": None, "help": f"{opt.help} [{opt.env}; {opt.default}]"}
+        kwargs: dict[str, Any] = {
+            "dest": opt.name,
+            "default": None,
+            "help": f"{opt.help} [{opt.env}; {opt.default_text}]",
+        }
         if opt.is_flag:
             kwargs["action"] = "store_const"
             kwargs["const"] = True
@@ -77,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
                        help=f"with --daemonize: seconds to wait for the daemon to listen [{READY_TIMEOUT_ENV}; "
                        f"{READY_TIMEOUT:g}]")  # fmt: skip
+    start.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG", dest="gunicorn_args",
+                       help="a gunicorn command-line setting, e.g. --gunicorn-arg=--max-requests=1000 (repeatable; "
+                       "wins over GUNICORN_CMD_ARGS and --config; the worker class, preload, bind, pidfile, daemon "
+                       "and taskmw's hooks are refused, with the reason) [GUNICORN_CMD_ARGS; none]")  # fmt: skip
     start.set_defaults(func=cmd_start)
 
     _command(
@@ -110,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between redraws with --watch (at least 0.2) [1]")  # fmt: skip
     status.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N redraws")
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("taskmw")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _command(

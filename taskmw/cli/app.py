@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ast
 import atexit
 import contextlib
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Literal
 
-from taskmw import middleware
+from taskmw import config, middleware
 from taskmw.cli.errors import CLIError
 from taskmw.interfaces import Server
 from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware
@@ -33,28 +35,82 @@ IMPORT_TIMEOUT_HOW = f"--import-timeout SECONDS or {IMPORT_TIMEOUT_ENV} sets it"
 
 def load_app(spec: str) -> Any:
     """Import ``MODULE:NAME`` (``NAME`` defaults to ``app``; dots reach
-    attributes of attributes) and return the object.
+    attributes of attributes) and return the app.
+
+    An app factory is called, once per call of this function (so once per
+    process: the inspecting child, each HTTP worker, each task worker):
+    ``MODULE:create_app()`` (gunicorn's convention; literal arguments
+    allowed, ``create_app('prod', debug=True)``), or ``MODULE:create_app``
+    naming a plain function that can be called with no argument (a WSGI or
+    ASGI app needs two or three).
 
     Raises:
-        CLIError: the module cannot be imported or has no such attribute.
+        CLIError: the module cannot be imported, has no such attribute, or
+            the factory call is not ``NAME(literal arguments)``.
     """
     module_name, _, attr = spec.partition(":")
     if not module_name:
         raise CLIError(f"APP must look like MODULE:NAME (e.g. examples.demo:app), got {spec!r}")
+    path, call = _parse_attr(attr or "app", spec)
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
             raise CLIError(f"cannot import {module_name!r} from {os.getcwd()}: {exc}") from exc
         raise
-    for part in (attr or "app").split("."):
+    for part in path:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise CLIError(f"module {module_name!r} has no attribute {attr or 'app'!r}") from None
+            raise CLIError(f"module {module_name!r} has no attribute {'.'.join(path)!r}") from None
+    if call is not None:
+        if not callable(obj):
+            raise CLIError(f"{spec}: {obj!r} is not callable, it cannot be called as an app factory")
+        obj = obj(*call[0], **call[1])
+    elif is_factory(obj):
+        obj = obj()
     if not callable(obj):
         raise CLIError(f"{spec} is not a WSGI or ASGI app: {obj!r} is not callable")
     return obj
+
+
+def is_factory(obj: Any) -> bool:
+    """True for a plain function callable with no argument (an app factory
+    such as Flask's ``create_app``): a WSGI app takes ``(environ,
+    start_response)``, an ASGI app ``(scope, receive, send)``."""
+    if not inspect.isfunction(obj) or inspect.iscoroutinefunction(obj):
+        return False
+    try:
+        inspect.signature(obj).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _parse_attr(attr: str, spec: str) -> tuple[list[str], tuple[list[Any], dict[str, Any]] | None]:
+    """``"a.b"`` -> (["a", "b"], None); ``"make(1, x='y')"`` -> (["make"], ([1], {"x": "y"}))."""
+    try:
+        node = ast.parse(attr.strip(), mode="eval").body
+    except SyntaxError:
+        raise CLIError(f"{spec}: {attr!r} is neither a name nor a call of a factory with literal arguments") from None
+    call = None
+    if isinstance(node, ast.Call):
+        try:
+            args = [ast.literal_eval(a) for a in node.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+        except ValueError:
+            raise CLIError(f"{spec}: a factory's arguments must be literals (numbers, strings, ...)") from None
+        if len(kwargs) != len(node.keywords):
+            raise CLIError(f"{spec}: a factory's arguments must be literals, not **kwargs")
+        call, node = (args, kwargs), node.func
+    path: list[str] = []
+    while isinstance(node, ast.Attribute):
+        path.insert(0, node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        raise CLIError(f"{spec}: {attr!r} is neither a name nor a call of a factory with literal arguments")
+    path.insert(0, node.id)
+    return path, call
 
 
 def inspect_app(spec: str, timeout: float = IMPORT_TIMEOUT) -> tuple[Literal["wsgi", "asgi"], dict[str, Any]]:
@@ -82,6 +138,7 @@ def inspect_app(spec: str, timeout: float = IMPORT_TIMEOUT) -> tuple[Literal["ws
             app = load_app(spec)
             wrapped = app if isinstance(app, TaskMiddleware) else TaskMiddleware(app)  # only detects the kind here
             kind = "asgi" if isinstance(wrapped, ASGITaskMiddleware) else "wsgi"
+            settings = _merge_settings(spec, settings, added_middleware_settings(wrapped.app))
             plain = {k: v for k, v in settings.items() if _plain(v)}
             answer = {"interface": kind, "settings": plain}
         except CLIError as exc:
@@ -111,6 +168,46 @@ def inspect_app(spec: str, timeout: float = IMPORT_TIMEOUT) -> tuple[Literal["ws
     if "error" in answer:
         raise CLIError(answer["error"])
     return answer["interface"], answer["settings"]
+
+
+def added_middleware_settings(app: Any) -> dict[str, Any]:
+    """The settings of a ``TaskMiddleware`` added to a Starlette or FastAPI
+    ``app`` with ``app.add_middleware(TaskMiddleware, ...)``: Starlette builds
+    its middleware only at the first request, so importing the app does not
+    show them. Read from ``app.user_middleware``, by building the
+    ``TaskMiddleware`` while inspecting (which builds no pool)."""
+    found: dict[str, Any] = {}
+    for entry in getattr(app, "user_middleware", None) or ():
+        cls = getattr(entry, "cls", None)
+        if not (isinstance(cls, type) and issubclass(cls, TaskMiddleware)):
+            continue
+        args = getattr(entry, "args", ())
+        kwargs = getattr(entry, "kwargs", None) or getattr(entry, "options", None) or {}
+        recorded: dict[str, Any] = {}
+        previous = middleware.inspecting()
+        middleware.inspect_only(recorded)
+        try:
+            cls(app, *args, **kwargs)
+        finally:
+            middleware.inspect_only(previous)
+        found.update(recorded)
+    return found
+
+
+def _merge_settings(spec: str, given: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """The app's ``TaskMiddleware(...)`` settings and those of its
+    ``add_middleware(TaskMiddleware, ...)``; one setting given two values is refused.
+
+    Raises:
+        CLIError: naming the setting, both values and what wins over both.
+    """
+    for name in sorted(given.keys() & added.keys()):
+        if given[name] != added[name]:
+            option = next((o for o in config.OPTIONS if config.pool_name(o) == name), None)
+            wins = f"{'/'.join(option.flags)} or {option.env} wins over both" if option else "give it once"
+            raise CLIError(f"{spec} gives {name} twice: {given[name]!r} to TaskMiddleware(...) and {added[name]!r} "
+                           f"to add_middleware(TaskMiddleware, ...); keep one ({wins})")  # fmt: skip
+    return added | given
 
 
 def _plain(value: Any) -> bool:

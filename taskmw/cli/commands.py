@@ -12,6 +12,7 @@ import sys
 import time
 
 from taskmw import _control, _proc, config
+from taskmw.cli import gunicorn_cfg
 from taskmw.cli.app import IMPORT_TIMEOUT, IMPORT_TIMEOUT_ENV, inspect_app, read_line_until
 from taskmw.cli.errors import CLIError
 from taskmw.cli.master import Master, check_can_listen
@@ -51,10 +52,17 @@ def cmd_start(args: argparse.Namespace) -> int:
         settings = config.resolve(flags, os.environ)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    gunicorn = gunicorn_cfg.user_settings(settings.gunicorn_config, os.environ, args.gunicorn_args)
+    gunicorn_cfg.apply(settings, gunicorn)
     pid_file = os.path.abspath(settings.pid_file)  # relative to where taskmw runs, before --chdir
     log_file = settings.log_file
+    access_log = settings.access_logfile
+    if access_log not in (None, "-"):
+        access_log = os.path.abspath(access_log)  # relative to where taskmw runs, before --chdir
     if settings.daemonize and log_file == "-":
         log_file = os.path.splitext(pid_file)[0] + ".log"
+    elif log_file != "-":
+        log_file = os.path.abspath(log_file)  # relative to where taskmw runs, before --chdir
     try:
         os.chdir(settings.chdir)
     except OSError as exc:
@@ -66,8 +74,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     ready_timeout = _seconds(args.ready_timeout, READY_TIMEOUT_ENV, READY_TIMEOUT)
     interface, app_settings = inspect_app(args.app, import_timeout)
     settings = config.resolve(flags, os.environ, app_settings)
-    settings.values.update(pid_file=pid_file, log_file=log_file if log_file == "-" else os.path.abspath(log_file))
-    master = Master(args.app, settings, interface, import_timeout)
+    extra = gunicorn_cfg.apply(settings, gunicorn)
+    settings.values.update(pid_file=pid_file, log_file=log_file, access_logfile=access_log)
+    master = Master(args.app, settings, interface, import_timeout, extra)
     if settings.daemonize:
         return _daemonize_and_run(master, ready_timeout)
     master.run()

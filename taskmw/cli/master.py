@@ -14,7 +14,7 @@ import time
 import warnings
 from typing import Any, Literal
 
-from taskmw import _control, _proc, config, middleware, worker
+from taskmw import _control, _proc, _title, config, middleware, worker
 from taskmw.cli.app import IMPORT_TIMEOUT, import_in_task_worker, inspect_app, load_app
 from taskmw.cli.errors import CLIError
 from taskmw.cli.pidfile import unlink_own_pid_file
@@ -78,8 +78,11 @@ class Master:
         settings: config.Resolved,
         interface: Literal["wsgi", "asgi"],
         import_timeout: float = IMPORT_TIMEOUT,
+        gunicorn: dict[str, Any] | None = None,
     ) -> None:
         self.spec = spec
+        self.gunicorn = gunicorn or {}
+        """The user's other gunicorn settings (a gunicorn.conf.py, GUNICORN_CMD_ARGS, --gunicorn-arg)."""
         self.import_timeout = import_timeout
         self.last_reload: dict[str, Any] | None = None  # {"number", "at", "error"}: the last reload's check
         self.pending_workers: int | None = None  # `reload -w N`: applied if the new code imports
@@ -115,6 +118,9 @@ class Master:
             "on_reload": self.on_reload,
             "on_exit": self.on_exit,
         }
+        if s.access_logfile is not None:
+            out["accesslog"] = s.access_logfile
+        out.update(self.gunicorn)  # none of taskmw's own: refused by gunicorn_cfg.user_settings
         from gunicorn.config import KNOWN_SETTINGS
 
         if any(k.name == "control_socket_disable" for k in KNOWN_SETTINGS):
@@ -130,6 +136,8 @@ class Master:
         ours.setLevel(arbiter.log.error_log.level)
         ours.propagate = False
         pool = self.settings.pool_settings()
+        _title.set_label(self.gunicorn.get("proc_name") or self.spec)  # before the pool's processes are forked
+        _title.set_title("master")
         worker.before_run.append(import_in_task_worker(self.spec))
         try:
             self.server = TaskServer(**pool)
@@ -278,6 +286,10 @@ class Master:
                     app = TaskMiddleware(app, interface=master.interface)  # joins the master's pool
                 return app
 
+        from gunicorn import util
+
+        if hasattr(util, "_setproctitle"):
+            util._setproctitle = _title.gunicorn_title  # noqa: SLF001 - gunicorn's titles, taskmw's words
         pid = os.getpid()
         try:
             Application().run()

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -75,12 +76,17 @@ def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
     report, lines = run_demo()
     main = report["pid"]
     pattern = re.compile(r"^\S+ \S+ \[(\d+)\] (\w+) (\S+): (.*)$")
-    parsed = [m.groups() for m in map(pattern.match, lines) if m]
-    assert len(parsed) == len(lines), f"unexpected stderr lines: {lines}"
+    parsed: list[list[str]] = []
+    for line in lines:
+        if m := pattern.match(line):
+            parsed.append(list(m.groups()))
+        else:  # a traceback's lines follow the line of the task that raised
+            assert parsed and parsed[-1][3].startswith("task 2 error:"), f"unexpected stderr line {line!r}: {lines}"
+            parsed[-1][3] += "\n" + line
     by_text = {text: (int(pid), level, logger) for pid, level, logger, text in parsed}
 
     def one(regex: str) -> tuple[re.Match[str], int, str, str]:
-        found = [(m, *by_text[t]) for t in by_text if (m := re.fullmatch(regex, t))]
+        found = [(m, *by_text[t]) for t in by_text if (m := re.fullmatch(regex, t, re.DOTALL))]
         assert len(found) == 1, f"{regex!r} matched {len(found)} lines: {lines}"
         return found[0]
 
@@ -91,10 +97,14 @@ def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
     # finishes in the process that queued the task, with status, duration and the error
     ok = one(r"task 1 ok: __main__\.add in (\d+\.\d+)s on worker 0")
     assert ok[1] == main and ok[2] == "INFO"
-    err = one(r"task 2 error: __main__\.boom in \d+\.\d+s on worker 0: ValueError: bad input")
+    err = one(
+        r"task 2 error: __main__\.boom in \d+\.\d+s on worker 0: ValueError: bad input\n"
+        r"Traceback \(most recent call last\):\n.*, in boom\n(.*\n)?ValueError: bad input"
+    )
     assert err[1] == main and err[2] == "WARNING"
-    lost = one(
-        r"task 3 lost: \? in \d+\.\d+s on worker 0: WorkerLost: task worker 0 \(pid (\d+)\) was killed by SIGKILL.*"
+    lost = one(  # the name the worker noted when the task started: the supervisor's finish has none
+        r"task 3 lost: __main__\.die in \d+\.\d+s on worker 0: WorkerLost: task worker 0 \(pid (\d+)\) was killed "
+        r"by SIGKILL.*"
     )
     dead = int(lost[0].group(1))
     # worker start, death (the supervisor's line), replacement, stop
@@ -166,3 +176,32 @@ def test_retries_show_their_attempts(caplog: pytest.LogCaptureFixture) -> None:
     done = rf"task {task_id} ok: {__name__}\.fails_once in \d+\.\d+s on worker 0 after 2 attempts"
     assert any(re.fullmatch(done, line) for line in lines)
     assert lines[0] == f"task worker 0 started (pid {os.getpid()})" and lines[-1].startswith("task worker 0 stopped")
+
+
+def sleeps(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def dies() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_lost_and_timed_out_tasks_show_their_name(caplog: pytest.LogCaptureFixture) -> None:
+    import taskmw
+
+    from taskmw_logging import TaskLogger
+
+    caplog.set_level(logging.INFO, logger="shop.tasks")
+    logger = TaskLogger("shop.tasks", stderr=False)
+    with taskmw.TaskServer(1, disable_plugins=["logging"], plugins=[logger]) as server:
+        timed = server.task(taskmw.Task(sleeps, 30), timeout=0.3)  # its worker is killed at 0.3 s
+        lost = server.task(dies)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines = [r.getMessage() for r in caplog.records if r.name == "shop.tasks"]
+            if sum(line.startswith((f"task {timed} timeout", f"task {lost} lost")) for line in lines) == 2:
+                break
+            time.sleep(0.05)
+    # before, both showed "?": the supervisor, which reports them, knows no names
+    assert any(re.match(rf"task {timed} timeout: {__name__}\.sleeps in ", line) for line in lines), lines
+    assert any(re.match(rf"task {lost} lost: {__name__}\.dies in ", line) for line in lines), lines
