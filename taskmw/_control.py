@@ -5,8 +5,9 @@ requests with JSON, one request per connection.
 The protocol is one JSON line each way: the client sends ``{"cmd": NAME,
 ...arguments}``, the master answers ``{"ok": true, ...}`` or ``{"ok":
 false, "error": "..."}``. The commands are the master's (``status``, and
-``reload`` with new settings); stop and a plain reload are signals to the
-master's pid.
+``reload`` with new settings) and the pool's (``task`` with a ``task_id``:
+one task's record, :func:`task_answer`); stop and a plain reload are
+signals to the master's pid.
 """
 
 from __future__ import annotations
@@ -54,13 +55,23 @@ class ControlServer:
     It also samples the pool's finished-task count every second, so that a
     single ``status`` request can report tasks/s over the last ten seconds
     (:meth:`rate`).
+
+    ``server`` is the pool whose ``task`` command this serves (one task's
+    record, :func:`task_answer`), unless ``commands`` has its own; ``None``:
+    the pool :func:`taskmw.middleware.adopt_pool` gave this process
+    (``taskmw start``'s master), looked up when asked.
     """
 
     def __init__(
-        self, path: str, commands: dict[str, Callable[..., dict[str, Any]]], finished: Callable[[], int | None]
+        self,
+        path: str,
+        commands: dict[str, Callable[..., dict[str, Any]]],
+        finished: Callable[[], int | None],
+        server: Server | None = None,
     ) -> None:
         self.path = path
-        self.commands = commands
+        self.commands = dict(commands)
+        self.commands.setdefault("task", lambda task_id: task_answer(server or _adopted(), task_id))
         self.finished = finished
         self.samples: collections.deque[tuple[float, int]] = collections.deque()
         self._stop = threading.Event()
@@ -207,6 +218,28 @@ def pool_status(server: Server, started: float, rate: float | None) -> dict[str,
     }
 
 
+def task_answer(server: Server | None, task_id: object) -> dict[str, Any]:
+    """The ``task`` answer: ``{"task": TaskInfo.as_dict()}``, or ``{"task":
+    None, "unknown": reason}`` for an id the pool has no record of (an
+    answer, not an error: nothing to log in the master)."""
+    status = getattr(server, "status", None)  # not in the Server protocol (yet): TaskServer has it
+    if status is None:
+        raise LookupError("this process has no task pool that keeps task records")
+    if not isinstance(task_id, int) or isinstance(task_id, bool):
+        raise ValueError(f"task_id must be an int, got {task_id!r}")
+    try:
+        info = status(task_id)
+    except LookupError as exc:  # taskmw.UnknownTask: never issued, or evicted
+        return {"task": None, "unknown": str(exc)}
+    return {"task": info.as_dict(), "now": time.time()}
+
+
+def _adopted() -> Server | None:
+    from taskmw.middleware import adopted_pool  # not at import: middleware imports this module
+
+    return adopted_pool()
+
+
 def finished_count(server: Server) -> int:
     """Every finish the pool made (what tasks/s is computed from)."""
     return sum(server.stats()["totals"].values())
@@ -223,7 +256,7 @@ def serve_status(server: Server, path: str) -> ControlServer | None:
         return None
     started = time.time()
     control = ControlServer(path, {"status": lambda: pool_status(server, started, control.rate())},
-                            lambda: finished_count(server))  # fmt: skip
+                            lambda: finished_count(server), server)  # fmt: skip
     control.start()
     owner = os.getpid()
 

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                         help="seconds between redraws with --watch (at least 0.2) [1]")  # fmt: skip
     status.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N redraws")
+    status.add_argument("task_id", nargs="?", type=int, default=None, metavar="TASK_ID",
+                        help="show this one task: state, status, name, worker, timings, progress, error")  # fmt: skip
     return parser
 
 

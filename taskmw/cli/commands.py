@@ -17,7 +17,7 @@ from taskmw.cli.app import IMPORT_TIMEOUT, IMPORT_TIMEOUT_ENV, inspect_app, read
 from taskmw.cli.errors import CLIError
 from taskmw.cli.master import Master, check_can_listen
 from taskmw.cli.pidfile import check_not_running, running_master
-from taskmw.cli.render import render_status
+from taskmw.cli.render import render_status, render_task
 
 log = logging.getLogger(__name__)
 
@@ -175,23 +175,28 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """``taskmw status``: print the master's (or a pool's) answer, once or
-    with ``--watch``."""
+    """``taskmw status [TASK_ID]``: print the master's (or a pool's) answer,
+    or one task's record, once or with ``--watch``."""
     socket = args.socket or os.environ.get(_control.STATUS_SOCKET_ENV)
     if not socket:
         pid_file = config.pid_file_from(args.pid_file)
         socket = config.socket_path(pid_file)
         running_master(pid_file)
+    task_id = getattr(args, "task_id", None)
     interval = max(args.interval, 0.2)
     shown = 0
     try:
         while True:
-            reply = _control.request(socket)
-            reply.pop("ok", None)
-            if args.json:
-                print(json.dumps(reply, indent=None if args.watch else 2), flush=True)
+            if task_id is None:
+                reply = _control.request(socket)
+                reply.pop("ok", None)
+                shown_now: dict[str, object] = reply
+                text = "" if args.json else render_status(reply)
             else:
-                text = render_status(reply)
+                shown_now, text = _one_task(socket, task_id, args.json)
+            if args.json:
+                print(json.dumps(shown_now, indent=None if args.watch else 2), flush=True)
+            else:
                 if args.watch:
                     text = "\x1b[H\x1b[2J" + text  # cursor home, clear screen: redraw in place
                 sys.stdout.write(text + "\n")
@@ -207,3 +212,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"taskmw: the master is gone ({exc})", file=sys.stderr)
             return 1
         raise
+
+
+def _one_task(socket: str, task_id: int, as_json: bool) -> tuple[dict[str, object], str]:
+    """Task ``task_id``'s record from the pool on ``socket`` and its text.
+
+    Raises:
+        CLIError: the pool has no record of it (never issued, or evicted).
+    """
+    reply = _control.request(socket, "task", task_id=task_id)
+    task = reply.get("task")
+    if not isinstance(task, dict):
+        raise CLIError(reply.get("unknown") or f"unknown task {task_id}")
+    return task, "" if as_json else render_task(task, reply.get("now") or time.time())

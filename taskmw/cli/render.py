@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -20,6 +21,96 @@ def _duration(seconds: float) -> str:
 
 def _opt(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _ago(now: float, then: float | None) -> str:
+    return "-" if then is None else _duration(max(0.0, now - then))
+
+
+def _progress(t: dict[str, Any]) -> str:
+    p = t.get("progress")
+    return "-" if p is None else f"{p * 100:.0f}%"
+
+
+def _cut(text: str | None, width: int) -> str:
+    text = "" if text is None else " ".join(str(text).split())  # one line
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+SHOWN_TASKS = 10
+"""Tasks ``taskmw status`` lists per section (``--json`` has all it got)."""
+
+
+def render_tasks(tasks: dict[str, list[dict[str, Any]]], now: float, queue_depth: int | None = None) -> list[str]:
+    """The task sections of ``taskmw status``: queued, running, scheduled
+    (only when there are any) and recently finished tasks, from
+    ``stats()["tasks"]``."""
+    lines: list[str] = []
+    head = f"  {'ID':>8}  {'NAME':<32}  {'WORKER':>6}  {'AGE':>6}  {'PROGRESS':>8}  MESSAGE"
+    for key, title in (("queued", "Queued"), ("running", "Running"), ("scheduled", "Scheduled")):
+        shown = tasks.get(key) or []
+        if key == "scheduled" and not shown:
+            continue  # no scheduled tasks yet (nothing schedules them)
+        count = len(shown) if key != "queued" or queue_depth is None else max(queue_depth, len(shown))
+        lines += ["", f"{title} tasks: {count}" + ("" if shown else "  (none)")]
+        if shown:
+            lines.append(head)
+        for t in shown[:SHOWN_TASKS]:
+            lines.append(
+                f"  {t['task_id']:>8}  {_cut(t.get('name'), 32):<32}  {_opt(t.get('worker_id')):>6}  "
+                f"{_ago(now, t.get('queued_at')):>6}  {_progress(t):>8}  {_cut(t.get('message'), 40)}".rstrip()
+            )
+        if count > min(len(shown), SHOWN_TASKS):
+            lines.append(f"  … and {count - min(len(shown), SHOWN_TASKS)} more")
+    done = tasks.get("done") or []
+    lines += ["", f"Recently finished: {len(done)}" + ("" if done else "  (none)")]
+    if done:
+        lines.append(f"  {'ID':>8}  {'NAME':<32}  {'WORKER':>6}  {'STATUS':<9}  {'TOOK':>6}  {'AGO':>6}  ERROR")
+    for t in done[:SHOWN_TASKS]:
+        err = t.get("error")
+        why = f"{err['type']}: {err['message']}" if err else ""
+        lines.append(
+            f"  {t['task_id']:>8}  {_cut(t.get('name'), 32):<32}  {_opt(t.get('worker_id')):>6}  "
+            f"{_opt(t.get('status')):<9}  {_took(t):>6}  {_ago(now, t.get('finished_at')):>6}  {_cut(why, 40)}".rstrip()
+        )
+    return lines
+
+
+def _took(t: dict[str, Any]) -> str:
+    start, end = t.get("started_at"), t.get("finished_at")
+    return "-" if start is None or end is None else f"{max(0.0, end - start):.1f}s"
+
+
+def _when(now: float, then: float | None) -> str:
+    if then is None:
+        return "-"
+    return f"{time.strftime('%H:%M:%S', time.localtime(then))} ({_ago(now, then)} ago)"
+
+
+def render_task(t: dict[str, Any], now: float) -> str:
+    """The text of ``taskmw status TASK_ID`` for a task's record
+    (``TaskInfo.as_dict()``)."""
+    state = t["state"] + (f" ({t['status']})" if t.get("status") else "")
+    lines = [
+        f"task {t['task_id']}  {state}",
+        f"  name      {t.get('name') or '-'}",
+        f"  worker    {_opt(t.get('worker_id'))}",
+        f"  attempts  {_opt(t.get('attempts'))}",
+        f"  queued    {_when(now, t.get('queued_at'))}",
+        f"  started   {_when(now, t.get('started_at'))}",
+        f"  finished  {_when(now, t.get('finished_at'))}",
+    ]
+    start, end = t.get("started_at"), t.get("finished_at")
+    if start is not None:
+        lines.append(f"  {'took' if end is not None else 'running':<9} {(end or now) - start:.3f}s")
+    lines.append(f"  progress  {_progress(t)}")
+    lines.append(f"  message   {_cut(t.get('message'), 200) or '-'}")
+    err = t.get("error")
+    if err:
+        lines.append(f"  error     {err['type']}: {_cut(err['message'], 200)}")
+        if err.get("traceback"):
+            lines += ["", *("  " + line for line in err["traceback"].rstrip().splitlines())]
+    return "\n".join(lines)
 
 
 def render_status(s: dict[str, Any]) -> str:
@@ -54,4 +145,6 @@ def render_status(s: dict[str, Any]) -> str:
     totals = pool["totals"]
     lines.append("")
     lines.append("Totals: " + "  ".join(f"{k} {v}" for k, v in totals.items()) + f"  (all {sum(totals.values())})")
+    if pool.get("tasks") is not None:  # a pool that keeps task records
+        lines += render_tasks(pool["tasks"], now, pool.get("queue_depth"))
     return "\n".join(lines)

@@ -155,23 +155,16 @@ def test_demo_status_metrics_and_stop(tmp_path: Path) -> None:
     require("taskmw-prometheus")  # the demo's /metrics
     from prometheus_client.parser import text_string_to_metric_families
 
-    demo_log = tmp_path / "demo.jsonl"
     args = ("-w", "2", "-t", "2")
-    with taskmw_server(
-        tmp_path, "examples.demo:app", *args, chdir=ROOT, ready="/jobs", TASKMW_DEMO_LOG=str(demo_log)
-    ) as (
-        server,
-        pid_file,
-    ):
+    with taskmw_server(tmp_path, "examples.demo:app", *args, chdir=ROOT, ready="/jobs") as (server, pid_file):
         env = server.cli_env  # type: ignore[attr-defined]
-        assert not demo_log.exists()
         jobs = [{"seconds": "0.3"}] * 6 + [{"seconds": "0.1", "fail": "1"}] * 2
         ids = []
         with server.client() as client:
             for form in jobs:
                 r = client.post("/jobs", data=form, headers={"Accept": "application/json"})
                 assert r.status_code == 200, r.text
-                ids.append(r.json()["queued"])
+                ids.append(r.json()["id"])
             assert len(set(ids)) == len(jobs)
 
             # --watch redraws in place (cursor home + clear) and stops after --count redraws
@@ -185,8 +178,9 @@ def test_demo_status_metrics_and_stop(tmp_path: Path) -> None:
                 lambda: (f := client.get("/jobs").json()["finished"]) and len(f) == len(jobs) and f,
                 "every job to be listed as finished",
             )
-        assert sorted(j["id"] for j in finished) == sorted(ids)
+        assert sorted(j["task_id"] for j in finished) == sorted(ids)
         assert sorted(j["status"] for j in finished) == ["error"] * 2 + ["ok"] * 6
+        assert all(j["result"].startswith("slept 0.3s") for j in finished if j["status"] == "ok")
 
         st = status(pid_file, env)
         pool = st["pool"]
@@ -202,6 +196,8 @@ def test_demo_status_metrics_and_stop(tmp_path: Path) -> None:
         assert set(pool_pids(st)) <= {pid for pid, _ in server.snapshot()}  # all tracked: checked at stop
         text = taskmw("status", "--pid-file", str(pid_file), env=env, timeout=30).stdout
         assert "ok 6  error 2" in text
+        assert "Queued tasks: 0  (none)" in text and "Running tasks: 0  (none)" in text
+        assert "Recently finished: 8" in text and "Scheduled" not in text
 
         with server.client() as client:
             r = client.get("/metrics")
@@ -404,8 +400,8 @@ def test_status_of_a_pool_under_gunicorn_preload(tmp_path: Path) -> None:
         lambda port: gunicorn_argv("flask_app:app", port, 2, preload=True), tmp_path, env=env
     ) as server:
         with server.client() as client:
-            for i in range(5):
-                assert client.get("/queue", params={"a": i, "b": 1}).status_code == 200
+            queued = [client.get("/queue", params={"a": i, "b": 1}) for i in range(5)]
+            assert all(r.status_code == 200 for r in queued)
             assert client.get("/wait", params={"a": 2, "b": 3}).json()["result"]["sum"] == 5
 
         def counted() -> dict | bool:
@@ -420,6 +416,10 @@ def test_status_of_a_pool_under_gunicorn_preload(tmp_path: Path) -> None:
         text = taskmw("status", env=env, timeout=30)  # the socket from the environment
         assert text.returncode == 0, text.stderr
         assert f"built by pid {server.pid}" in text.stdout and "ok 6" in text.stdout
+        assert "Recently finished: 6" in text.stdout
+        one = taskmw("status", "--json", str(queued[0].json()["id"]), env=env, timeout=30)  # the `task` command
+        assert one.returncode == 0, one.stderr
+        assert json.loads(one.stdout)["state"] == "done" and json.loads(one.stdout)["name"] == "jobs.add"
         report = server.stop()
         assert not report.problems(), report.problems()
     assert not sock.exists()
