@@ -135,22 +135,32 @@ class _Supervisor:
                 self.start(worker_id)
 
     def enforce_time_limits(self) -> None:
-        """Kill every worker whose task ran past its deadline."""
+        """Kill every worker whose task ran past its deadline.
+
+        The worker writes its row while this reads it: each word is read
+        once, and the kill is made only if the deadline read first is still
+        there after the others were read (a task's deadline is unique and is
+        cleared when it ends, so the seq read in between is that task's). A
+        worker that moved on to its next task is left alone."""
         w, now = self.words, time.monotonic_ns()
         for pid, worker_id in self.workers.items():
             r = worker_id * ROW
-            seq, deadline, started = w[r + SEQ], w[r + DEADLINE], w[r + _table.STARTED]
-            if deadline and now > deadline and pid not in self.timed_out and w[r + SEQ] == seq:
-                limit = (deadline - started) / 1e9
-                log.warning(
-                    "task worker %d (pid %d): task %d passed its time limit of %.3gs: killing it",
-                    worker_id,
-                    pid,
-                    w[r + TASK],
-                    limit,
-                )
-                self.timed_out[pid] = (seq, limit)
-                os.kill(pid, signal.SIGKILL)
+            deadline = w[r + DEADLINE]
+            if not deadline or now <= deadline or pid in self.timed_out:
+                continue
+            seq, task_id, started = w[r + SEQ], w[r + TASK], w[r + _table.STARTED]
+            if w[r + DEADLINE] != deadline:
+                continue  # that task ended meanwhile
+            os.kill(pid, signal.SIGKILL)
+            limit = (deadline - started) / 1e9
+            self.timed_out[pid] = (seq, limit)
+            log.warning(
+                "task worker %d (pid %d): task %d passed its time limit of %.3gs: killed it",
+                worker_id,
+                pid,
+                task_id,
+                limit,
+            )
 
     def settle(self, pid: int, worker_id: int, status: int) -> None:
         """Finish every task the dead worker ``pid`` held: ``timeout`` for the

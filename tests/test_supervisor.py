@@ -7,6 +7,7 @@ process's descendants before and after: none may be left.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -42,6 +43,17 @@ def pid_then_sleep(seconds: float) -> int:
 async def async_sleep(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "slept"
+
+
+def sleep_then_touch(seconds: float, path: str) -> str:
+    time.sleep(seconds)
+    Path(path).touch()
+    return path
+
+
+def touch_then_wait(started: str, gate: str) -> str:
+    Path(started).touch()
+    return wait_for_file(gate)
 
 
 # -- stop and drain ------------------------------------------------------------------
@@ -149,6 +161,46 @@ def test_the_pool_default_time_limit_and_async_tasks() -> None:
         assert "cancelled" in got[ids[0]].error.message  # type: ignore[union-attr]
         assert server.taskwait(pid_then_sleep, 0, timeout=WAIT) != pid  # the sync timeout replaced the worker
         assert server.stats()["totals"]["timeout"] == 2
+
+
+class _StallOnTimeLimit(logging.Handler):
+    """In the supervisor only: when it logs that a task passed its time limit,
+    hold it there until ``moved_on`` exists (the worker took its next task)
+    or the worker named in the message is dead (bounded)."""
+
+    def __init__(self, moved_on: Path) -> None:
+        super().__init__()
+        self.moved_on = moved_on
+        self.test_pid = os.getpid()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if os.getpid() != self.test_pid and "time limit" in record.getMessage():
+            pid = record.args[1]  # type: ignore[index]
+            wait_until(lambda: self.moved_on.exists() or not alive(pid), 5.0, interval=0.005)
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_a_worker_that_moved_on_is_not_killed_for_its_last_task(tmp_path: Path) -> None:
+    """The supervisor decides to kill a worker over a task, and that worker
+    finishes the task and takes the next one before the kill (here: the
+    supervisor's log handler is slow). The kill must be for the task it
+    decided on, or not at all: the next task never finishes ``lost``."""
+    started, gate = tmp_path / "b-started", tmp_path / "gate"
+    stall = _StallOnTimeLimit(started)
+    logger = logging.getLogger("taskmw.supervisor")
+    logger.addHandler(stall)
+    finishes = Finishes()
+    try:
+        with TaskServer(1, plugins=[finishes]) as server:
+            a = server.task(Task(sleep_then_touch, 0.6, str(tmp_path / "a-done")), timeout=0.3)
+            b = server.task(touch_then_wait, str(started), str(gate))
+            assert wait_until(started.exists)
+            gate.touch()
+            got = finishes.wait([a, b])
+            assert got[b].status == "ok", got[b].error
+            assert got[a].status == "timeout"
+    finally:
+        logger.removeHandler(stall)
 
 
 # -- the supervisor dying -------------------------------------------------------------
