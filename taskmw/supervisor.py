@@ -58,29 +58,44 @@ def spawn(pool: Pool, start_worker: StartWorker) -> int:
         os._exit(code)
 
 
+IGNORED_SIGNALS = (
+    signal.SIGINT,  # Ctrl-C reaches the whole group; the pool stops in order when its builder does
+    signal.SIGHUP,  # a terminal hang-up, kill -HUP -PGID (gunicorn's reload, meant for its master)
+    signal.SIGQUIT,  # Ctrl-\ (gunicorn's quick stop, for its master)
+    signal.SIGUSR1,  # gunicorn: reopen logs
+    signal.SIGUSR2,  # gunicorn: upgrade
+    signal.SIGTTIN,  # gunicorn: one more HTTP worker (by default: stop this process)
+    signal.SIGTTOU,  # gunicorn: one fewer
+    signal.SIGPIPE,  # a closed pipe is an error (EPIPE) in the task, not a death
+    signal.SIGXFSZ,  # a file size limit too (EFBIG)
+    signal.SIGALRM,  # timers nothing of the pool set; a task that wants one installs its handler
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGPWR,
+)
+"""Signals a pool process ignores: every one whose default action ends the
+process and that anything but the process itself may send to a whole
+process group (the README's "Never losing a task" says which does what).
+SIGTERM is the supervisor's stop (workers ignore it too); the rest keep their
+default: faults (SIGSEGV, SIGBUS, ...) and SIGXCPU end one process, whose
+tasks finish ``lost``; SIGTSTP and SIGSTOP pause it until SIGCONT."""
+
+
 def reset_signals() -> None:
     """In a freshly forked pool process: drop the app server's signal handling
-    (its handlers and wake-up fd belong to the app server). SIGINT is
-    ignored: a terminal's Ctrl-C reaches the whole process group, and the pool
-    stops in order when its builder does."""
+    (its handlers and wake-up fd belong to the app server) and ignore
+    :data:`IGNORED_SIGNALS`: sent to the whole process group (a terminal, a
+    service manager, ``kill -HUP -PGID``), they are for the app server. The
+    pool stops in order when its builder does, or on SIGTERM."""
     try:
         signal.set_wakeup_fd(-1)
     except ValueError:  # not the main thread
         pass
-    for sig in (
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGCHLD,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGWINCH,
-        signal.SIGALRM,
-    ):
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class _Supervisor:

@@ -11,6 +11,8 @@ import logging
 import os
 import signal
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from helpers import (
     add,
     alive,
     die,
+    in_child,
     pids_gone,
     pool_processes,
     sleep_then,
@@ -31,6 +34,7 @@ from helpers import (
 )
 
 from taskmw import PoolClosed, Task, TaskServer
+from taskmw.supervisor import IGNORED_SIGNALS
 
 # -- tasks ---------------------------------------------------------------------
 
@@ -54,6 +58,20 @@ def sleep_then_touch(seconds: float, path: str) -> str:
 def touch_then_wait(started: str, gate: str) -> str:
     Path(started).touch()
     return wait_for_file(gate)
+
+
+def child_body(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` for :func:`in_child`, printing its traceback (the child's
+    exit code alone says nothing)."""
+
+    def body() -> None:
+        try:
+            fn()
+        except BaseException:
+            traceback.print_exc()
+            raise
+
+    return body
 
 
 # -- stop and drain ------------------------------------------------------------------
@@ -228,3 +246,38 @@ def test_a_dead_supervisor_is_replaced_and_task_says_so_meanwhile() -> None:
         assert [server.taskwait(add, i, 1, timeout=WAIT) for i in range(10)] == list(range(1, 11))
         pids = pool_processes(server)
     assert pids_gone(pids)
+
+
+# -- signals to the process group --------------------------------------------
+
+
+@pytest.mark.usefixtures("no_process_left")
+@pytest.mark.parametrize(
+    "sigs",
+    [(signal.SIGHUP,), (signal.SIGUSR1,), (signal.SIGQUIT,), IGNORED_SIGNALS],
+    ids=["HUP", "USR1", "QUIT", "every-ignored"],
+)
+def test_a_signal_to_the_process_group_costs_no_task(sigs: tuple[signal.Signals, ...]) -> None:
+    """``kill -HUP -PGID`` (a terminal hang-up), USR1, QUIT, and every other
+    signal the pool ignores: an app server handles them in its master; they
+    reach the pool's processes too. The running tasks still finish, once
+    each, and the pool keeps serving with the same processes."""
+
+    def builder() -> None:
+        os.setpgid(0, 0)  # a group of its own: the builder (handling sigs, as gunicorn does) and its pool
+        for sig in sigs:
+            signal.signal(sig, lambda *_: None)
+        finishes = FinishLog()
+        with TaskServer(2, plugins=[finishes]) as server:
+            before = pool_processes(server) | set(worker_pids(server))
+            ids = [server.task(sleep_then, 0.5, i) for i in range(2)] + [server.task(add, i, 1) for i in range(20)]
+            assert wait_until(lambda: all(w["state"] == "busy" for w in server.stats()["workers"]))
+            for sig in sigs:
+                os.killpg(0, sig)
+            got = finishes.wait(ids, WAIT / 2)  # (in_child's bound is WAIT)
+            assert [got[i].status for i in ids] == ["ok"] * len(ids), [got[i].error for i in ids]
+            assert server.taskwait(add, 2, 2, timeout=WAIT) == 4
+            assert pool_processes(server) | set(worker_pids(server)) == before
+        assert all(len(finishes.deliveries[i]) == 1 for i in ids)
+
+    assert in_child(child_body(builder)) == 0
