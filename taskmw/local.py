@@ -28,6 +28,9 @@ from taskmw.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_STABLE = 10.0
+"""Seconds a supervisor must have run for its death to be restarted at once."""
+
 
 class LocalTransport:
     """A local pool: built (and its processes forked) when this is made.
@@ -48,6 +51,7 @@ class LocalTransport:
         self._channel: Channel | None = None
         self._claim_lock = threading.Lock()
         self._closed = False
+        self._wake = threading.Event()  # set by close(): the watchdog stops waiting to restart
 
     def _spawn_supervisor(self) -> int:
         pool, server = self.pool, self._server
@@ -62,8 +66,12 @@ class LocalTransport:
         """In the builder: if the supervisor dies while the pool runs, fork a
         new one (its workers carry on with the queue; the old workers finish
         what they hold and exit). ``send()`` raises :class:`PoolClosed` in
-        between."""
+        between. A failed fork is tried again after a capped exponential
+        backoff, and so is the restart of a supervisor that died within
+        ``_STABLE`` seconds of its start (a crash loop), one log line each."""
         pool = self.pool
+        backoff = supervisor.Backoff()
+        started = time.monotonic()
         while True:
             pid = pool.supervisor_pid
             try:
@@ -79,14 +87,34 @@ class LocalTransport:
                 if fd >= 0:
                     os.close(fd)
             try:
-                os.waitpid(pid, os.WNOHANG)
+                _, status = os.waitpid(pid, os.WNOHANG)
+                cause = supervisor.describe(status)
             except ChildProcessError:
-                pass
+                cause = "died"
             if self._closed or pool.state or os.getpid() != pool.owner:
                 return
             pool.state = RESTARTING
-            log.error("the pool's supervisor (pid %d) died: starting a new one", pid)
-            pool.table.supervisor_pid = self._spawn_supervisor()
+            if time.monotonic() - started >= _STABLE:
+                backoff.reset()
+            delay = backoff.delay
+            log.error(
+                "the pool's supervisor (pid %d) died (%s): starting a new one%s",
+                pid,
+                cause,
+                f" in {delay:.1f}s" if delay else "",
+            )
+            while True:
+                if self._wake.wait(delay) or self._closed:
+                    return
+                try:
+                    new = self._spawn_supervisor()
+                    break
+                except OSError as exc:
+                    delay = backoff.failed()
+                    log.error("could not fork a new supervisor for the pool (%s): trying again in %.1fs", exc, delay)
+            pool.table.supervisor_pid = new
+            started = time.monotonic()
+            backoff.failed()  # if this one dies soon too, wait before the next
             if pool.state == RESTARTING:
                 pool.state = RUNNING
 
@@ -160,6 +188,7 @@ class LocalTransport:
         """Take no more tasks; in the builder, stop the supervisor (it drains
         the queue for up to ``timeout`` seconds, then cancels the rest)."""
         self._closed = True
+        self._wake.set()
         if os.getpid() == self.pool.owner:
             self._stop_supervisor(timeout)
 

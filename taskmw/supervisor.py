@@ -35,6 +35,26 @@ _WATCHED = {signal.SIGCHLD, signal.SIGTERM}
 _TICK = 0.1  # seconds between checks of time limits and that the pool's builder is alive
 
 
+class Backoff:
+    """Capped exponential delays between the attempts of something that
+    fails for a while (``fork()`` at the process limit): 0 before the first
+    failure, then ``first``, doubling up to ``cap``."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap = first, cap
+        self.delay = 0.0
+        """The wait before the next attempt."""
+
+    def failed(self) -> float:
+        """One more failure: the (longer) wait before the next attempt."""
+        self.delay = min(self.cap, self.delay * 2 if self.delay else self.first)
+        return self.delay
+
+    def reset(self) -> None:
+        """It worked: the next failure starts from ``first`` again."""
+        self.delay = 0.0
+
+
 def spawn(pool: Pool, start_worker: StartWorker) -> int:
     """Fork the supervisor of ``pool``, which starts its workers with
     ``start_worker``; returns its pid (in the caller)."""
@@ -44,7 +64,11 @@ def spawn(pool: Pool, start_worker: StartWorker) -> int:
     # fork cannot kill the supervisor before it has started its workers: the
     # signal waits, pending, for the supervisor's loop.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
     if pid:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return pid
@@ -104,14 +128,17 @@ class _Supervisor:
         self.start_worker = start_worker
         self.owner = pool.owner
         self.workers: dict[int, int] = {}  # pid -> worker id
+        self.unstarted: set[int] = set()  # worker ids whose fork failed, tried again after the backoff
+        self.fork_backoff = Backoff()
+        self.next_fork = 0.0  # time.monotonic() of the next attempt
         self.timed_out: dict[int, tuple[int, float]] = {}  # pid -> (seq, limit) of the task it was killed for
         self.stopping = False
         self.table = pool.table
         self.words = pool.table.words
 
     def run(self) -> int:
-        for worker_id in range(self.pool.settings.task_workers):
-            self.start(worker_id)
+        self.unstarted.update(range(self.pool.settings.task_workers))
+        self.start_unstarted()
         while not self.stopping:
             info = signal.sigtimedwait(_WATCHED, _TICK)
             if info is not None and info.si_signo == signal.SIGTERM:
@@ -121,16 +148,38 @@ class _Supervisor:
                 self.stopping = True
             self.enforce_time_limits()
             self.reap()
+            if self.unstarted and time.monotonic() >= self.next_fork:
+                self.start_unstarted()
         self.stop()
         return 0
 
-    def start(self, worker_id: int) -> None:
+    def start_unstarted(self) -> None:
+        """Start the workers not running yet, in order, until a fork fails."""
+        for worker_id in sorted(self.unstarted):
+            if not self.start(worker_id):
+                return
+
+    def start(self, worker_id: int) -> bool:
+        """Fork worker ``worker_id``; False if ``fork()`` failed (at the
+        process limit, out of memory): it is tried again by the main loop
+        after a capped exponential backoff, one log line per attempt."""
         w, r = self.words, worker_id * ROW
         w[r + STATE], w[r + TASK], w[r + DEADLINE] = STARTING, 0, 0
-        pid = self.start_worker(worker_id)
+        try:
+            pid = self.start_worker(worker_id)
+        except OSError as exc:
+            w[r + PID] = 0
+            self.unstarted.add(worker_id)
+            delay = self.fork_backoff.failed()
+            self.next_fork = time.monotonic() + delay
+            log.error("could not fork task worker %d (%s): trying again in %.1fs", worker_id, exc, delay)
+            return False
+        self.fork_backoff.reset()
+        self.unstarted.discard(worker_id)
         w[r + PID] = pid
         self.workers[pid] = worker_id
         log.debug("task worker %d started, pid %d", worker_id, pid)
+        return True
 
     def reap(self) -> None:
         """Collect dead workers: report their tasks ``lost`` and replace them
@@ -147,7 +196,7 @@ class _Supervisor:
                 continue
             self.settle(pid, worker_id, status)
             if not self.stopping:
-                self.start(worker_id)
+                self.unstarted.add(worker_id)  # started by the main loop, at once unless forks fail
 
     def enforce_time_limits(self) -> None:
         """Kill every worker whose task ran past its deadline.
@@ -181,7 +230,7 @@ class _Supervisor:
         """Finish every task the dead worker ``pid`` held: ``timeout`` for the
         one it was killed for, ``lost`` for the others."""
         held = self.pool.submit.reclaim(pid)
-        cause = _describe(status)
+        cause = describe(status)
         timed_seq, limit = self.timed_out.pop(pid, (0, 0.0))
         if status != 0:
             self.words[worker_id * ROW + RESTARTS] += 1
@@ -253,7 +302,8 @@ class _Supervisor:
             log.warning("pool stopped: %d queued task(s) cancelled", cancelled)
 
 
-def _describe(status: int) -> str:
+def describe(status: int) -> str:
+    """How a process ended, from its wait status."""
     if os.WIFSIGNALED(status):
         return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exited with code {os.waitstatus_to_exitcode(status)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import time
 import traceback
@@ -24,6 +25,7 @@ from helpers import (
     alive,
     die,
     in_child,
+    local_pool,
     pids_gone,
     pool_processes,
     sleep_then,
@@ -33,7 +35,7 @@ from helpers import (
     worker_pids,
 )
 
-from taskmw import PoolClosed, Task, TaskServer
+from taskmw import PoolClosed, Task, TaskServer, _proc, supervisor
 from taskmw.supervisor import IGNORED_SIGNALS
 
 # -- tasks ---------------------------------------------------------------------
@@ -281,3 +283,112 @@ def test_a_signal_to_the_process_group_costs_no_task(sigs: tuple[signal.Signals,
         assert all(len(finishes.deliveries[i]) == 1 for i in ids)
 
     assert in_child(child_body(builder)) == 0
+
+
+# -- fork() failing ------------------------------------------------------------------
+
+
+def _tasks_of_uid(uid: int) -> int:
+    """How many tasks (threads) run with real uid ``uid``: what RLIMIT_NPROC counts."""
+    n = 0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) == uid:
+            n += int(fields["Threads"])
+    return n
+
+
+def _unused_uid() -> int:
+    used = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            used.add(os.stat(f"/proc/{entry}").st_uid)
+        except OSError:
+            pass
+    return next(uid for uid in range(47000, 48000) if uid not in used)
+
+
+@pytest.mark.usefixtures("no_process_left")
+@pytest.mark.parametrize("who", ["supervisor-forks-workers", "builder-forks-supervisor"])
+def test_fork_failing_is_retried_with_backoff_one_line_each(who: str, tmp_path: Path) -> None:
+    """RLIMIT_NPROC reached (a uid of its own, not root: root ignores the
+    limit), then the supervisor is killed. The builder's next fork (or, at a
+    limit one higher, the new supervisor's fork of a worker) fails: it is
+    tried again after a capped exponential backoff, each attempt one log
+    line (no traceback, no hot loop); once the limit is lifted the pool
+    serves again."""
+    log_path = tmp_path / "log"
+    uid = _unused_uid()
+
+    def builder() -> None:
+        log_file = open(log_path, "a", buffering=1)  # opened as root: the child writes and reads it as uid
+        reader = open(log_path)
+
+        def log_text() -> str:
+            reader.seek(0)
+            return reader.read()
+
+        handler = logging.StreamHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(created).3f %(process)d %(name)s %(message)s"))
+        logging.getLogger("taskmw").addHandler(handler)
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        with TaskServer(2) as server:
+            assert server.taskwait(add, 1, 1, timeout=WAIT) == 2  # its channel reader thread runs
+            worker_pids(server)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+            limit = _tasks_of_uid(uid) - (1 if who == "builder-forks-supervisor" else 0)
+            resource.setrlimit(resource.RLIMIT_NPROC, (limit, hard))  # inherited by the next supervisor
+            os.kill(server.supervisor_pid, signal.SIGKILL)
+
+            def attempts() -> list[float]:
+                lines = log_text().splitlines()
+                return [float(line.split()[0]) for line in lines if "could not fork" in line or "died" in line]
+
+            assert wait_until(lambda: len(attempts()) >= 6, WAIT / 2), log_text()
+            times = attempts()
+            assert times[5] - times[0] > 1.0, log_text()  # 0.1 + 0.2 + 0.4 + 0.8 s of backoff at least
+            assert "Traceback" not in log_text()
+            resource.setrlimit(resource.RLIMIT_NPROC, (soft, hard))
+            if _proc.alive(server.supervisor_pid):
+                resource.prlimit(server.supervisor_pid, resource.RLIMIT_NPROC, (soft, hard))
+            assert wait_until(lambda: server.stats()["supervisor_pid"] and _proc.alive(server.supervisor_pid))
+            assert server.taskwait(add, 2, 3, timeout=WAIT) == 5
+        assert len(attempts()) < 15
+
+    assert in_child(child_body(builder)) == 0, log_path.read_text()
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_a_crash_looping_supervisor_is_restarted_with_backoff(tmp_path: Path) -> None:
+    """A supervisor that dies right after each start (here: its code raises)
+    is restarted after a capped exponential backoff, not in a hot loop."""
+    log_path = tmp_path / "log"
+
+    def builder() -> None:
+        handler = logging.FileHandler(log_path)
+        handler.setFormatter(logging.Formatter("%(created).3f %(process)d %(name)s %(message)s"))
+        logging.getLogger("taskmw.local").addHandler(handler)
+        with TaskServer(1) as server:
+            worker_pids(server)
+            run = supervisor._Supervisor.run
+            supervisor._Supervisor.run = lambda self: 1 // 0  # type: ignore[assignment,method-assign]
+
+            def deaths() -> list[float]:
+                return [float(line.split()[0]) for line in log_path.read_text().splitlines() if "died" in line]
+
+            os.kill(server.supervisor_pid, signal.SIGKILL)
+            assert wait_until(lambda: len(deaths()) >= 5, WAIT / 2), log_path.read_text()
+            supervisor._Supervisor.run = run  # type: ignore[method-assign]
+            times = deaths()
+            assert times[4] - times[0] > 0.5, log_path.read_text()  # 0.1 + 0.2 + 0.4 s of backoff at least
+            assert wait_until(lambda: not local_pool(server).state)  # restarted, after the last backoff
+            assert server.taskwait(add, 2, 3, timeout=WAIT) == 5
+        assert len(deaths()) < 10
+
+    assert in_child(child_body(builder)) == 0, log_path.read_text()
