@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from taskmw import _proc, supervisor, worker
+from taskmw import _proc, _table, supervisor, worker
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed
 from taskmw.interfaces import Deliver, Registered, Server
@@ -52,10 +52,25 @@ class LocalTransport:
         self._claim_lock = threading.Lock()
         self._closed = False
         self._wake = threading.Event()  # set by close(): the watchdog stops waiting to restart
+        self._restart_lock = threading.Lock()  # the watchdog's restart, or close()'s
 
     def _spawn_supervisor(self) -> int:
         pool, server = self.pool, self._server
         return supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id))
+
+    def _replace_supervisor(self) -> int:
+        """Fork a new supervisor that adopts the workers of the dead one (with
+        the restart lock held); returns its pid."""
+        pool, server = self.pool, self._server
+        adopted = supervisor.orphans(pool)
+        try:
+            pid = supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id), adopted)
+        finally:
+            for orphan in adopted:  # the new supervisor has its own copies
+                if orphan.pidfd >= 0:
+                    os.close(orphan.pidfd)
+        pool.table.supervisor_pid = pid
+        return pid
 
     @property
     def supervisor_pid(self) -> int:
@@ -91,9 +106,10 @@ class LocalTransport:
                 cause = supervisor.describe(status)
             except ChildProcessError:
                 cause = "died"
-            if self._closed or pool.state or os.getpid() != pool.owner:
-                return
-            pool.state = RESTARTING
+            with self._restart_lock:
+                if self._closed or pool.state or os.getpid() != pool.owner:
+                    return
+                pool.state = RESTARTING
             if time.monotonic() - started >= _STABLE:
                 backoff.reset()
             delay = backoff.delay
@@ -104,19 +120,22 @@ class LocalTransport:
                 f" in {delay:.1f}s" if delay else "",
             )
             while True:
-                if self._wake.wait(delay) or self._closed:
-                    return
-                try:
-                    new = self._spawn_supervisor()
+                if self._wake.wait(delay):
+                    return  # closed: close() stops what is left
+                with self._restart_lock:
+                    if self._closed:
+                        return
+                    try:
+                        self._replace_supervisor()
+                    except OSError as exc:
+                        delay = backoff.failed()
+                        log.error("could not fork a new supervisor (%s): trying again in %.1fs", exc, delay)
+                        continue
+                    if pool.state == RESTARTING:
+                        pool.state = RUNNING
                     break
-                except OSError as exc:
-                    delay = backoff.failed()
-                    log.error("could not fork a new supervisor for the pool (%s): trying again in %.1fs", exc, delay)
-            pool.table.supervisor_pid = new
             started = time.monotonic()
             backoff.failed()  # if this one dies soon too, wait before the next
-            if pool.state == RESTARTING:
-                pool.state = RUNNING
 
     # -- the transport -------------------------------------------------------------
 
@@ -193,12 +212,37 @@ class LocalTransport:
             self._stop_supervisor(timeout)
 
     def _stop_supervisor(self, timeout: float) -> None:
-        self.pool.state = STOPPED
-        pid = self.pool.supervisor_pid
+        """Stop the supervisor (it drains the queue). One that is dead, or
+        dies while stopping, leaves workers that still run what they hold and
+        a queue of tasks: a new one adopts them and stops the pool in its
+        place."""
+        words = self.pool.table.words
+        for _ in range(3):
+            with self._restart_lock:
+                self.pool.state = STOPPED
+                pid = self.pool.supervisor_pid
+                if not _proc.alive(pid):
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+                    log.warning("the pool's supervisor (pid %d) is dead: starting one to stop the pool", pid)
+                    try:
+                        pid = self._replace_supervisor()
+                    except OSError as exc:
+                        log.error("could not fork a supervisor to stop the pool (%s): its tasks are left", exc)
+                        return
+            if self._wait_stopped(pid, timeout) or words[self.pool.table.sup + _table.STOPPED_BY] == pid:
+                return
+
+    def _wait_stopped(self, pid: int, timeout: float) -> bool:
+        """SIGTERM supervisor ``pid`` and wait until it exits; True if it had
+        to be killed (it did not stop within ``timeout`` seconds and 5 more)."""
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            return False
+        killed = False
         deadline = time.monotonic() + timeout + 5.0
         while True:
             try:
@@ -206,10 +250,11 @@ class LocalTransport:
             except ChildProcessError:  # reaped by someone else (an app server's arbiter)
                 done = pid if not _proc.alive(pid) else 0
             if done:
-                return
+                return killed
             if time.monotonic() > deadline:
                 log.error("supervisor %d did not stop within %.1fs: killing it", pid, timeout + 5.0)
                 os.kill(pid, signal.SIGKILL)
+                killed = True
                 deadline = time.monotonic() + 5.0
             time.sleep(0.01)
 

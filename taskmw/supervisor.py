@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
-from taskmw import _table, records
+from taskmw import _proc, _table, records
 from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK
 from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
@@ -55,9 +57,52 @@ class Backoff:
         self.delay = 0.0
 
 
-def spawn(pool: Pool, start_worker: StartWorker) -> int:
+class Orphan(NamedTuple):
+    """A task worker whose supervisor died, for the next supervisor to adopt."""
+
+    worker_id: int
+    pid: int
+    pidfd: int
+    """A pidfd of the process (-1: it was gone already)."""
+
+
+def orphans(pool: Pool) -> list[Orphan]:
+    """The workers in ``pool``'s worker table, with a pidfd each: in the
+    builder, after its supervisor died and before the next one starts. A
+    worker keeps its row until it is gone, so this finds the workers of every
+    supervisor that died, not only the last one's. A pid that now names a
+    process without the pool's ring mapped is someone else's and is left out."""
+    words, me = pool.table.words, os.getpid()
+    ring = os.fstat(pool.submit.memfd()).st_ino
+    found = []
+    for worker_id in range(pool.settings.task_workers):
+        pid = words[worker_id * ROW + PID]
+        if pid <= 0 or pid == me:
+            continue
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            found.append(Orphan(worker_id, pid, -1))  # gone (reaped by someone else): reclaim what it held
+            continue
+        if _ended(fd) or _proc.maps_inode(pid, ring):
+            found.append(Orphan(worker_id, pid, fd))
+        else:
+            os.close(fd)
+    return found
+
+
+def _ended(pidfd: int, timeout: float = 0.0) -> bool:
+    """True once the process of ``pidfd`` has exited (a zombie or reaped),
+    waiting up to ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
+
+
+def spawn(pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ()) -> int:
     """Fork the supervisor of ``pool``, which starts its workers with
-    ``start_worker``; returns its pid (in the caller)."""
+    ``start_worker`` and takes over the ``adopted`` workers of a dead one;
+    returns its pid (in the caller)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # Fork with SIGTERM and SIGCHLD blocked, so that a close() right after the
@@ -75,7 +120,7 @@ def spawn(pool: Pool, start_worker: StartWorker) -> int:
     code = 1
     try:
         reset_signals()
-        code = _Supervisor(pool, start_worker).run()
+        code = _Supervisor(pool, start_worker, adopted).run()
     except BaseException:
         log.exception("taskmw supervisor failed")
     finally:
@@ -123,11 +168,18 @@ def reset_signals() -> None:
 
 
 class _Supervisor:
-    def __init__(self, pool: Pool, start_worker: StartWorker) -> None:
+    """The supervisor's loop and what it knows: its workers (its children),
+    and the workers it adopted from a dead supervisor. It cannot wait for
+    those (they are not its children): it watches them through pidfds,
+    enforces their time limits, finishes what they held when they are gone,
+    and only then starts a fresh worker in their row."""
+
+    def __init__(self, pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ()) -> None:
         self.pool = pool
         self.start_worker = start_worker
         self.owner = pool.owner
         self.workers: dict[int, int] = {}  # pid -> worker id
+        self.adopted = {o.pid: (o.worker_id, o.pidfd) for o in adopted}  # pid -> (worker id, pidfd)
         self.unstarted: set[int] = set()  # worker ids whose fork failed, tried again after the backoff
         self.fork_backoff = Backoff()
         self.next_fork = 0.0  # time.monotonic() of the next attempt
@@ -137,7 +189,11 @@ class _Supervisor:
         self.words = pool.table.words
 
     def run(self) -> int:
-        self.unstarted.update(range(self.pool.settings.task_workers))
+        if self.adopted:
+            log.warning("adopted %d task worker(s) of the supervisor that died", len(self.adopted))
+        taken = {worker_id for worker_id, _ in self.adopted.values()}
+        self.unstarted.update(set(range(self.pool.settings.task_workers)) - taken)
+        self.watch_adopted()
         self.start_unstarted()
         while not self.stopping:
             info = signal.sigtimedwait(_WATCHED, _TICK)
@@ -148,6 +204,7 @@ class _Supervisor:
                 self.stopping = True
             self.enforce_time_limits()
             self.reap()
+            self.watch_adopted()
             if self.unstarted and time.monotonic() >= self.next_fork:
                 self.start_unstarted()
         self.stop()
@@ -198,6 +255,31 @@ class _Supervisor:
             if not self.stopping:
                 self.unstarted.add(worker_id)  # started by the main loop, at once unless forks fail
 
+    def watch_adopted(self) -> None:
+        """Settle the adopted workers that are gone (their pidfd says so) and
+        give their rows to fresh workers (unless stopping)."""
+        for pid, (worker_id, fd) in list(self.adopted.items()):
+            if fd >= 0 and not _ended(fd):
+                continue
+            del self.adopted[pid]
+            if fd >= 0:
+                os.close(fd)
+            self.settle(pid, worker_id, None)
+            if not self.stopping:
+                self.unstarted.add(worker_id)
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL a worker: a child by pid (it stays a zombie until reaped), an
+        adopted one through its pidfd (its pid may be reused once it is reaped)."""
+        adopted = self.adopted.get(pid)
+        if adopted is None:
+            os.kill(pid, signal.SIGKILL)
+        elif adopted[1] >= 0:
+            try:
+                signal.pidfd_send_signal(adopted[1], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def enforce_time_limits(self) -> None:
         """Kill every worker whose task ran past its deadline.
 
@@ -207,7 +289,8 @@ class _Supervisor:
         cleared when it ends, so the seq read in between is that task's). A
         worker that moved on to its next task is left alone."""
         w, now = self.words, time.monotonic_ns()
-        for pid, worker_id in self.workers.items():
+        adopted = [(pid, worker_id) for pid, (worker_id, _) in self.adopted.items()]
+        for pid, worker_id in [*self.workers.items(), *adopted]:
             r = worker_id * ROW
             deadline = w[r + DEADLINE]
             if not deadline or now <= deadline or pid in self.timed_out:
@@ -215,7 +298,7 @@ class _Supervisor:
             seq, task_id, started = w[r + SEQ], w[r + TASK], w[r + _table.STARTED]
             if w[r + DEADLINE] != deadline:
                 continue  # that task ended meanwhile
-            os.kill(pid, signal.SIGKILL)
+            self.kill(pid)
             limit = (deadline - started) / 1e9
             self.timed_out[pid] = (seq, limit)
             log.warning(
@@ -226,16 +309,20 @@ class _Supervisor:
                 limit,
             )
 
-    def settle(self, pid: int, worker_id: int, status: int) -> None:
+    def settle(self, pid: int, worker_id: int, status: int | None) -> None:
         """Finish every task the dead worker ``pid`` held: ``timeout`` for the
-        one it was killed for, ``lost`` for the others."""
+        one it was killed for, ``lost`` for the others. ``status``: its wait
+        status (``None``: an adopted worker, whose status only its parent gets)."""
         held = self.pool.submit.reclaim(pid)
-        cause = describe(status)
-        timed_seq, limit = self.timed_out.pop(pid, (0, 0.0))
-        if status != 0:
-            self.words[worker_id * ROW + RESTARTS] += 1
         lost = [h for h in held if not records.is_stop(h.aux)]
-        if (status != 0 or lost) and not timed_seq:
+        timed_seq, limit = self.timed_out.pop(pid, (0, 0.0))
+        if status is None:
+            cause, failed = "died after its supervisor did", bool(lost)
+        else:
+            cause, failed = describe(status), status != 0
+        if failed:
+            self.words[worker_id * ROW + RESTARTS] += 1
+        if (failed or lost) and not timed_seq:
             log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))
         error = TaskError("WorkerLost", f"task worker {worker_id} (pid {pid}) {cause} while running the task", "")
         for h in lost:
@@ -266,19 +353,28 @@ class _Supervisor:
             pool.submit.push_many([b""] * markers, aux=records.STOP, timeout=grace)
         except RingFull as full:
             log.warning("the queue stayed full: only %d of %d workers were asked to stop", full.accepted, markers)
-        while self.workers and time.monotonic() < deadline:
+        while (self.workers or self.adopted) and time.monotonic() < deadline:
             signal.sigtimedwait({signal.SIGCHLD}, 0.05)
             self.enforce_time_limits()
             self.reap()
-        if self.workers:
-            log.warning("%d task worker(s) still busy after shutdown_timeout: killing them", len(self.workers))
-            for pid in self.workers:
-                os.kill(pid, signal.SIGKILL)
+            self.watch_adopted()
+        busy = len(self.workers) + len(self.adopted)
+        if busy:
+            log.warning("%d task worker(s) still busy after shutdown_timeout: killing them", busy)
+            for pid in [*self.workers, *self.adopted]:
+                self.kill(pid)
             for pid, worker_id in list(self.workers.items()):
                 _, status = os.waitpid(pid, 0)
                 del self.workers[pid]
                 self.settle(pid, worker_id, status)
+            for _, fd in self.adopted.values():
+                if fd >= 0:
+                    _ended(fd, 5.0)
+            self.watch_adopted()
+            if self.adopted:
+                log.error("adopted task worker(s) %s did not die of SIGKILL within 5s", sorted(self.adopted))
         self.cancel_queued()
+        self.words[self.table.sup + _table.STOPPED_BY] = os.getpid()
         if os.getppid() != self.owner:  # else the builder removes it, once it has read its finishes
             pool.remove_files()
 

@@ -11,6 +11,7 @@ import logging
 import os
 import resource
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -248,6 +249,106 @@ def test_a_dead_supervisor_is_replaced_and_task_says_so_meanwhile() -> None:
         assert [server.taskwait(add, i, 1, timeout=WAIT) for i in range(10)] == list(range(1, 11))
         pids = pool_processes(server)
     assert pids_gone(pids)
+
+
+def _busy_worker(server: TaskServer, task_id: int) -> int:
+    """The pid of the worker running ``task_id``, once one does."""
+    running = [0]
+
+    def found() -> bool:
+        for w in server.stats()["workers"]:
+            if w["task_id"] == task_id and w["state"] == "busy":
+                running[0] = w["pid"]
+        return bool(running[0])
+
+    assert wait_until(found)
+    return running[0]
+
+
+def _kill_supervisor(server: TaskServer) -> int:
+    """SIGKILL the supervisor and wait until a new one serves; returns the old pid."""
+    old = server.supervisor_pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+
+    def served() -> bool:
+        try:
+            return server.supervisor_pid != old and server.taskwait(add, 0, 0, timeout=WAIT) == 0
+        except PoolClosed:
+            return False
+
+    assert wait_until(served, interval=0.005)
+    return old
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_an_orphans_task_keeps_its_time_limit() -> None:
+    """A task with ``timeout=1`` running when the supervisor dies still
+    finishes ``timeout`` at its limit (its worker, orphaned, is killed), not
+    ``ok`` once it is done."""
+    finishes = Finishes()
+    with TaskServer(2, plugins=[finishes]) as server:
+        queued = time.monotonic()
+        slow = server.task(Task(pid_then_sleep, 8), timeout=1)
+        orphan = _busy_worker(server, slow)
+        _kill_supervisor(server)
+        event = finishes.wait([slow], 5)[slow]
+        assert event.status == "timeout" and time.monotonic() - queued < 5
+        assert pids_gone({orphan})
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_an_orphan_that_dies_finishes_its_task_lost(tmp_path: Path) -> None:
+    finishes = FinishLog()
+    with TaskServer(2, plugins=[finishes]) as server:
+        held = server.task(wait_for_file, str(tmp_path / "never"))
+        orphan = _busy_worker(server, held)
+        _kill_supervisor(server)
+        os.kill(orphan, signal.SIGKILL)
+        event = finishes.wait([held], 5)[held]
+        assert event.status == "lost" and event.error is not None and event.error.type == "WorkerLost"
+        assert server.taskwait(add, 1, 2, timeout=WAIT) == 3
+        assert wait_until(lambda: all(w["state"] == "idle" for w in server.stats()["workers"]))
+    assert len(finishes.deliveries[held]) == 1
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_close_right_after_a_supervisor_death_waits_for_its_orphans(tmp_path: Path) -> None:
+    """``close()`` while the pool has no supervisor: the orphaned worker's
+    task runs to its end (within ``shutdown_timeout``), the queued tasks
+    still run, and no process is left when ``close()`` returns."""
+    finishes = FinishLog()
+    gate = tmp_path / "gate"
+    server = TaskServer(2, plugins=[finishes])
+    pids = pool_processes(server)
+    running = server.task(wait_for_file, str(gate))
+    orphan = _busy_worker(server, running)
+    queued = [server.task(add, i, 1) for i in range(20)]
+    os.kill(server.supervisor_pid, signal.SIGKILL)  # type: ignore[arg-type]
+    closer = threading.Thread(target=server.close)
+    closer.start()
+    assert not wait_until(lambda: not closer.is_alive(), 1.0)  # it waits for the orphan's task
+    assert alive(orphan)
+    gate.touch()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert not any(alive(p) for p in pids | {orphan})
+    got = finishes.wait([running, *queued], 0)
+    assert got[running].status == "ok" and [got[i].return_value for i in queued] == [i + 1 for i in range(20)]
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_close_right_after_a_supervisor_death_stops_an_orphan_past_shutdown_timeout(tmp_path: Path) -> None:
+    finishes = FinishLog()
+    server = TaskServer(1, plugins=[finishes], shutdown_timeout=0.5)
+    stuck = server.task(wait_for_file, str(tmp_path / "never"))
+    orphan = _busy_worker(server, stuck)
+    os.kill(server.supervisor_pid, signal.SIGKILL)  # type: ignore[arg-type]
+    started = time.monotonic()
+    server.close()
+    assert time.monotonic() - started < 10 and not alive(orphan)
+    event = finishes.wait([stuck], 0)[stuck]
+    assert event.status == "lost"
 
 
 # -- signals to the process group --------------------------------------------
