@@ -53,6 +53,7 @@ class LocalTransport:
         self._closed = False
         self._wake = threading.Event()  # set by close(): the watchdog stops waiting to restart
         self._restart_lock = threading.Lock()  # the watchdog's restart, or close()'s
+        self._orphans: dict[int, int] = {}  # pid -> pidfd of a dead supervisor's worker, until reaped
 
     def _spawn_supervisor(self) -> int:
         pool, server = self.pool, self._server
@@ -62,15 +63,45 @@ class LocalTransport:
         """Fork a new supervisor that adopts the workers of the dead one (with
         the restart lock held); returns its pid."""
         pool, server = self.pool, self._server
-        adopted = supervisor.orphans(pool)
+        adopted = supervisor.orphans(pool)  # with pidfd -1 for those gone: the supervisor reclaims what they held
+        with_fd = [orphan for orphan in adopted if orphan.pidfd >= 0]
         try:
             pid = supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id), adopted)
-        finally:
-            for orphan in adopted:  # the new supervisor has its own copies
-                if orphan.pidfd >= 0:
-                    os.close(orphan.pidfd)
+        except OSError:
+            for orphan in with_fd:
+                os.close(orphan.pidfd)
+            raise
         pool.table.supervisor_pid = pid
+        for orphan in with_fd:  # the new supervisor has its own copies; these are for reaping
+            old = self._orphans.pop(orphan.pid, None)  # adopted again: its supervisor died too
+            if old is not None:
+                os.close(old)
+            self._orphans[orphan.pid] = orphan.pidfd
         return pid
+
+    def _reap_orphans(self, wait: float = 0.0) -> None:
+        """Reap the workers of dead supervisors that have exited, waiting up
+        to ``wait`` seconds for one. They are this process's children when it
+        is PID 1 of a container (``docker run ... gunicorn``) or a child
+        subreaper: then nobody else reaps them, and a zombie's ring slots are
+        never reused. Otherwise their new parent reaps them and this only
+        drops the pidfd."""
+        with self._restart_lock:
+            fds = list(self._orphans.values())
+        if wait and fds:
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            poller.poll(int(wait * 1000))
+        with self._restart_lock:
+            for pid, fd in list(self._orphans.items()):
+                if supervisor.ended(fd):
+                    try:
+                        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+                    except ChildProcessError:  # not this process's child
+                        pass
+                    os.close(fd)
+                    del self._orphans[pid]
 
     @property
     def supervisor_pid(self) -> int:
@@ -94,10 +125,16 @@ class LocalTransport:
             except ProcessLookupError:
                 fd = -1
             try:
-                if fd >= 0:
-                    poller = select.poll()  # not select(): the fd may be above FD_SETSIZE
+                while fd >= 0:  # until the supervisor dies, reaping the orphans that exit
+                    poller = select.poll()  # not select(): the fds may be above FD_SETSIZE
                     poller.register(fd, select.POLLIN)
-                    poller.poll()
+                    with self._restart_lock:
+                        for orphan in self._orphans.values():
+                            poller.register(orphan, select.POLLIN)
+                    ready = [ready_fd for ready_fd, _ in poller.poll()]
+                    self._reap_orphans()
+                    if fd in ready:
+                        break
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -210,6 +247,7 @@ class LocalTransport:
         self._wake.set()
         if os.getpid() == self.pool.owner:
             self._stop_supervisor(timeout)
+            self._reap_orphans(wait=1.0)  # the supervisor waited for them (or killed them)
 
     def _stop_supervisor(self, timeout: float) -> None:
         """Stop the supervisor (it drains the queue). One that is dead, or
@@ -270,4 +308,8 @@ class LocalTransport:
         """In a forked child: no channel claimed, no reader."""
         self._channel = None
         self._claim_lock = threading.Lock()
+        for fd in self._orphans.values():
+            os.close(fd)
+        self._orphans = {}
+        self._restart_lock = threading.Lock()
         self.pool.after_fork()

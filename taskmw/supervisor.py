@@ -84,14 +84,14 @@ def orphans(pool: Pool) -> list[Orphan]:
         except ProcessLookupError:
             found.append(Orphan(worker_id, pid, -1))  # gone (reaped by someone else): reclaim what it held
             continue
-        if _ended(fd) or _proc.maps_inode(pid, ring):
+        if ended(fd) or _proc.maps_inode(pid, ring):
             found.append(Orphan(worker_id, pid, fd))
         else:
             os.close(fd)
     return found
 
 
-def _ended(pidfd: int, timeout: float = 0.0) -> bool:
+def ended(pidfd: int, timeout: float = 0.0) -> bool:
     """True once the process of ``pidfd`` has exited (a zombie or reaped),
     waiting up to ``timeout`` seconds."""
     poller = select.poll()
@@ -259,7 +259,7 @@ class _Supervisor:
         """Settle the adopted workers that are gone (their pidfd says so) and
         give their rows to fresh workers (unless stopping)."""
         for pid, (worker_id, fd) in list(self.adopted.items()):
-            if fd >= 0 and not _ended(fd):
+            if fd >= 0 and not ended(fd):
                 continue
             del self.adopted[pid]
             if fd >= 0:
@@ -369,7 +369,7 @@ class _Supervisor:
                 self.settle(pid, worker_id, status)
             for _, fd in self.adopted.values():
                 if fd >= 0:
-                    _ended(fd, 5.0)
+                    ended(fd, 5.0)
             self.watch_adopted()
             if self.adopted:
                 log.error("adopted task worker(s) %s did not die of SIGKILL within 5s", sorted(self.adopted))

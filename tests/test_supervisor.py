@@ -7,10 +7,14 @@ process's descendants before and after: none may be left.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import resource
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -34,10 +38,13 @@ from helpers import (
     wait_until,
     whoami,
     worker_pids,
+    zombies_of,
 )
 
 from taskmw import PoolClosed, Task, TaskServer, _proc, supervisor
 from taskmw.supervisor import IGNORED_SIGNALS
+
+_PR_SET_CHILD_SUBREAPER = 36
 
 # -- tasks ---------------------------------------------------------------------
 
@@ -349,6 +356,70 @@ def test_close_right_after_a_supervisor_death_stops_an_orphan_past_shutdown_time
     assert time.monotonic() - started < 10 and not alive(orphan)
     event = finishes.wait([stuck], 0)[stuck]
     assert event.status == "lost"
+
+
+# -- containers: a builder that is PID 1 or a subreaper -------------------------------
+
+
+def orphans_of_a_reaping_builder(gate: str, rounds: int = 5) -> None:
+    """In a builder that orphans are re-parented to (PID 1 of a container, a
+    child subreaper): the supervisor dies ``rounds`` times, each time while
+    a worker holds a task, and that orphan is then killed. Each held task
+    finishes ``lost``, no zombie is left, and 100 tasks still run."""
+    finishes = FinishLog()
+    with TaskServer(2, plugins=[finishes]) as server:
+        held = []
+        for _ in range(rounds):
+            task_id = server.task(wait_for_file, gate)
+            orphan = _busy_worker(server, task_id)
+            _kill_supervisor(server)
+            os.kill(orphan, signal.SIGKILL)
+            held.append(task_id)
+        got = finishes.wait(held, WAIT / 2)
+        assert [got[i].status for i in held] == ["lost"] * rounds
+        ids = [server.task(add, i, 1) for i in range(100)]
+        got = finishes.wait(ids, WAIT / 2)
+        assert [got[i].return_value for i in ids] == [i + 1 for i in range(100)]
+        assert wait_until(lambda: not zombies_of(os.getpid()), 5), zombies_of(os.getpid())
+    assert not zombies_of(os.getpid())
+    assert all(len(finishes.deliveries[i]) == 1 for i in held + ids)
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_a_subreaper_builder_reaps_orphans_and_frees_their_slots(tmp_path: Path) -> None:
+    def builder() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        orphans_of_a_reaping_builder(str(tmp_path / "never"))
+
+    assert in_child(child_body(builder), WAIT * 2) == 0
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(["unshare", "-fp", "--mount-proc", "true"], capture_output=True, timeout=WAIT)
+    return done.returncode == 0
+
+
+@pytest.mark.usefixtures("no_process_left")
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare -fp --mount-proc (root, or user namespaces)")
+def test_a_pid_1_builder_reaps_orphans_and_frees_their_slots(tmp_path: Path) -> None:
+    """The app runs as PID 1 of its container (``docker run ... gunicorn``):
+    every orphan is its child."""
+    script = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "assert os.getpid() == 1\n"
+        "import test_supervisor\n"
+        f"test_supervisor.orphans_of_a_reaping_builder({str(tmp_path / 'never')!r})\n"
+    )
+    done = subprocess.run(
+        ["unshare", "-fp", "--mount-proc", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 # -- signals to the process group --------------------------------------------
