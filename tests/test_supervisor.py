@@ -485,6 +485,7 @@ def _unused_uid() -> int:
 
 
 @pytest.mark.usefixtures("no_process_left")
+@pytest.mark.skipif(os.geteuid() != 0, reason="switches to a uid of its own (root ignores RLIMIT_NPROC)")
 @pytest.mark.parametrize("who", ["supervisor-forks-workers", "builder-forks-supervisor"])
 def test_fork_failing_is_retried_with_backoff_one_line_each(who: str, tmp_path: Path) -> None:
     """RLIMIT_NPROC reached (a uid of its own, not root: root ignores the
