@@ -33,3 +33,14 @@ def children(pid: int) -> set[int]:
         return {child.pid for child in psutil.Process(pid).children()}
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return set()
+
+
+def maps_inode(pid: int, inode: int) -> bool:
+    """True if ``pid`` has a file with inode number ``inode`` mapped (a memfd
+    of the pool: then it is one of the pool's processes, not a stranger that
+    got a dead one's pid)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return any(len(fields) > 4 and fields[4] == str(inode) for fields in map(str.split, f))
+    except OSError:
+        return False

@@ -41,6 +41,7 @@ TIMEOUT = 1
 CANCELLED = 2
 GENERATION = 3  # bumped by TaskServer.reload(): workers of an older one exit
 SUPERVISOR = 4  # pid of the supervisor now (the builder's watchdog replaces a dead one)
+STOPPED_BY = 5  # pid of the supervisor that stopped the pool, once it is done (see LocalTransport.close)
 
 STARTING, IDLE, BUSY, STOPPING = range(4)
 STATE_NAMES = ("starting", "idle", "busy", "stopping")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from taskmw import _proc, records, supervisor, worker
+from taskmw import _proc, _table, records, supervisor, worker
 from taskmw._table import ATTEMPT, SEQ, STARTED, TASK, TERMINATE
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed, UnknownTask
@@ -34,6 +34,8 @@ from taskmw.tasktable import TaskTable
 
 log = logging.getLogger(__name__)
 
+_STABLE = 10.0
+"""Seconds a supervisor must have run for its death to be restarted at once."""
 _CANCEL_WAIT = 10.0
 """Seconds cancel() waits for a popped task's worker to take it (or for a terminated one to finish)."""
 _CANCELLED_QUEUED = TaskError("Cancelled", "the task was cancelled before it ran", "")
@@ -71,10 +73,57 @@ class LocalTransport:
         self._channel: Channel | None = None
         self._claim_lock = threading.Lock()
         self._closed = False
+        self._wake = threading.Event()  # set by close(): the watchdog stops waiting to restart
+        self._restart_lock = threading.Lock()  # the watchdog's restart, or close()'s
+        self._orphans: dict[int, int] = {}  # pid -> pidfd of a dead supervisor's worker, until reaped
 
     def _spawn_supervisor(self) -> int:
         pool, server = self.pool, self._server
         return supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id))
+
+    def _replace_supervisor(self) -> int:
+        """Fork a new supervisor that adopts the workers of the dead one (with
+        the restart lock held); returns its pid."""
+        pool, server = self.pool, self._server
+        adopted = supervisor.orphans(pool)  # with pidfd -1 for those gone: the supervisor reclaims what they held
+        with_fd = [orphan for orphan in adopted if orphan.pidfd >= 0]
+        try:
+            pid = supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id), adopted)
+        except OSError:
+            for orphan in with_fd:
+                os.close(orphan.pidfd)
+            raise
+        pool.table.supervisor_pid = pid
+        for orphan in with_fd:  # the new supervisor has its own copies; these are for reaping
+            old = self._orphans.pop(orphan.pid, None)  # adopted again: its supervisor died too
+            if old is not None:
+                os.close(old)
+            self._orphans[orphan.pid] = orphan.pidfd
+        return pid
+
+    def _reap_orphans(self, wait: float = 0.0) -> None:
+        """Reap the workers of dead supervisors that have exited, waiting up
+        to ``wait`` seconds for one. They are this process's children when it
+        is PID 1 of a container (``docker run ... gunicorn``) or a child
+        subreaper: then nobody else reaps them, and a zombie's ring slots are
+        never reused. Otherwise their new parent reaps them and this only
+        drops the pidfd."""
+        with self._restart_lock:
+            fds = list(self._orphans.values())
+        if wait and fds:
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            poller.poll(int(wait * 1000))
+        with self._restart_lock:
+            for pid, fd in list(self._orphans.items()):
+                if supervisor.ended(fd):
+                    try:
+                        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+                    except ChildProcessError:  # not this process's child
+                        pass
+                    os.close(fd)
+                    del self._orphans[pid]
 
     @property
     def supervisor_pid(self) -> int:
@@ -85,8 +134,12 @@ class LocalTransport:
         """In the builder: if the supervisor dies while the pool runs, fork a
         new one (its workers carry on with the queue; the old workers finish
         what they hold and exit). ``send()`` raises :class:`PoolClosed` in
-        between."""
+        between. A failed fork is tried again after a capped exponential
+        backoff, and so is the restart of a supervisor that died within
+        ``_STABLE`` seconds of its start (a crash loop), one log line each."""
         pool = self.pool
+        backoff = supervisor.Backoff()
+        started = time.monotonic()
         while True:
             pid = pool.supervisor_pid
             try:
@@ -94,24 +147,54 @@ class LocalTransport:
             except ProcessLookupError:
                 fd = -1
             try:
-                if fd >= 0:
-                    poller = select.poll()  # not select(): the fd may be above FD_SETSIZE
+                while fd >= 0:  # until the supervisor dies, reaping the orphans that exit
+                    poller = select.poll()  # not select(): the fds may be above FD_SETSIZE
                     poller.register(fd, select.POLLIN)
-                    poller.poll()
+                    with self._restart_lock:
+                        for orphan in self._orphans.values():
+                            poller.register(orphan, select.POLLIN)
+                    ready = [ready_fd for ready_fd, _ in poller.poll()]
+                    self._reap_orphans()
+                    if fd in ready:
+                        break
             finally:
                 if fd >= 0:
                     os.close(fd)
             try:
-                os.waitpid(pid, os.WNOHANG)
+                _, status = os.waitpid(pid, os.WNOHANG)
+                cause = supervisor.describe(status)
             except ChildProcessError:
-                pass
-            if self._closed or pool.state or os.getpid() != pool.owner:
-                return
-            pool.state = RESTARTING
-            log.error("the pool's supervisor (pid %d) died: starting a new one", pid)
-            pool.table.supervisor_pid = self._spawn_supervisor()
-            if pool.state == RESTARTING:
-                pool.state = RUNNING
+                cause = "died"
+            with self._restart_lock:
+                if self._closed or pool.state or os.getpid() != pool.owner:
+                    return
+                pool.state = RESTARTING
+            if time.monotonic() - started >= _STABLE:
+                backoff.reset()
+            delay = backoff.delay
+            log.error(
+                "the pool's supervisor (pid %d) died (%s): starting a new one%s",
+                pid,
+                cause,
+                f" in {delay:.1f}s" if delay else "",
+            )
+            while True:
+                if self._wake.wait(delay):
+                    return  # closed: close() stops what is left
+                with self._restart_lock:
+                    if self._closed:
+                        return
+                    try:
+                        self._replace_supervisor()
+                    except OSError as exc:
+                        delay = backoff.failed()
+                        log.error("could not fork a new supervisor (%s): trying again in %.1fs", exc, delay)
+                        continue
+                    if pool.state == RESTARTING:
+                        pool.state = RUNNING
+                    break
+            started = time.monotonic()
+            backoff.failed()  # if this one dies soon too, wait before the next
 
     # -- the transport -------------------------------------------------------------
 
@@ -264,16 +347,43 @@ class LocalTransport:
         """Take no more tasks; in the builder, stop the supervisor (it drains
         the queue for up to ``timeout`` seconds, then cancels the rest)."""
         self._closed = True
+        self._wake.set()
         if os.getpid() == self.pool.owner:
             self._stop_supervisor(timeout)
+            self._reap_orphans(wait=1.0)  # the supervisor waited for them (or killed them)
 
     def _stop_supervisor(self, timeout: float) -> None:
-        self.pool.state = STOPPED
-        pid = self.pool.supervisor_pid
+        """Stop the supervisor (it drains the queue). One that is dead, or
+        dies while stopping, leaves workers that still run what they hold and
+        a queue of tasks: a new one adopts them and stops the pool in its
+        place."""
+        words = self.pool.table.words
+        for _ in range(3):
+            with self._restart_lock:
+                self.pool.state = STOPPED
+                pid = self.pool.supervisor_pid
+                if not _proc.alive(pid):
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+                    log.warning("the pool's supervisor (pid %d) is dead: starting one to stop the pool", pid)
+                    try:
+                        pid = self._replace_supervisor()
+                    except OSError as exc:
+                        log.error("could not fork a supervisor to stop the pool (%s): its tasks are left", exc)
+                        return
+            if self._wait_stopped(pid, timeout) or words[self.pool.table.sup + _table.STOPPED_BY] == pid:
+                return
+
+    def _wait_stopped(self, pid: int, timeout: float) -> bool:
+        """SIGTERM supervisor ``pid`` and wait until it exits; True if it had
+        to be killed (it did not stop within ``timeout`` seconds and 5 more)."""
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            return False
+        killed = False
         deadline = time.monotonic() + timeout + 5.0
         while True:
             try:
@@ -281,10 +391,11 @@ class LocalTransport:
             except ChildProcessError:  # reaped by someone else (an app server's arbiter)
                 done = pid if not _proc.alive(pid) else 0
             if done:
-                return
+                return killed
             if time.monotonic() > deadline:
                 log.error("supervisor %d did not stop within %.1fs: killing it", pid, timeout + 5.0)
                 os.kill(pid, signal.SIGKILL)
+                killed = True
                 deadline = time.monotonic() + 5.0
             time.sleep(0.01)
 
@@ -300,4 +411,8 @@ class LocalTransport:
         """In a forked child: no channel claimed, no reader."""
         self._channel = None
         self._claim_lock = threading.Lock()
+        for fd in self._orphans.values():
+            os.close(fd)
+        self._orphans = {}
+        self._restart_lock = threading.Lock()
         self.pool.after_fork()

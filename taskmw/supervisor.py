@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
-from taskmw import _table, _title, records
+from taskmw import _proc, _table, _title, records
 from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK, TERMINATE
 from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
@@ -37,16 +39,83 @@ _WATCHED = {signal.SIGCHLD, signal.SIGTERM}
 _TICK = 0.1  # seconds between checks of time limits and that the pool's builder is alive
 
 
-def spawn(pool: Pool, start_worker: StartWorker) -> int:
+class Backoff:
+    """Capped exponential delays between the attempts of something that
+    fails for a while (``fork()`` at the process limit): 0 before the first
+    failure, then ``first``, doubling up to ``cap``."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap = first, cap
+        self.delay = 0.0
+        """The wait before the next attempt."""
+
+    def failed(self) -> float:
+        """One more failure: the (longer) wait before the next attempt."""
+        self.delay = min(self.cap, self.delay * 2 if self.delay else self.first)
+        return self.delay
+
+    def reset(self) -> None:
+        """It worked: the next failure starts from ``first`` again."""
+        self.delay = 0.0
+
+
+class Orphan(NamedTuple):
+    """A task worker whose supervisor died, for the next supervisor to adopt."""
+
+    worker_id: int
+    pid: int
+    pidfd: int
+    """A pidfd of the process (-1: it was gone already)."""
+
+
+def orphans(pool: Pool) -> list[Orphan]:
+    """The workers in ``pool``'s worker table, with a pidfd each: in the
+    builder, after its supervisor died and before the next one starts. A
+    worker keeps its row until it is gone, so this finds the workers of every
+    supervisor that died, not only the last one's. A pid that now names a
+    process without the pool's ring mapped is someone else's and is left out."""
+    words, me = pool.table.words, os.getpid()
+    ring = os.fstat(pool.submit.memfd()).st_ino
+    found = []
+    for worker_id in range(pool.settings.task_workers):
+        pid = words[worker_id * ROW + PID]
+        if pid <= 0 or pid == me:
+            continue
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            found.append(Orphan(worker_id, pid, -1))  # gone (reaped by someone else): reclaim what it held
+            continue
+        if ended(fd) or _proc.maps_inode(pid, ring):
+            found.append(Orphan(worker_id, pid, fd))
+        else:
+            os.close(fd)
+    return found
+
+
+def ended(pidfd: int, timeout: float = 0.0) -> bool:
+    """True once the process of ``pidfd`` has exited (a zombie or reaped),
+    waiting up to ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
+
+
+def spawn(pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ()) -> int:
     """Fork the supervisor of ``pool``, which starts its workers with
-    ``start_worker``; returns its pid (in the caller)."""
+    ``start_worker`` and takes over the ``adopted`` workers of a dead one;
+    returns its pid (in the caller)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # Fork with SIGTERM and SIGCHLD blocked, so that a close() right after the
     # fork cannot kill the supervisor before it has started its workers: the
     # signal waits, pending, for the supervisor's loop.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
     if pid:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return pid
@@ -54,44 +123,69 @@ def spawn(pool: Pool, start_worker: StartWorker) -> int:
     try:
         _title.set_title("supervisor")
         reset_signals()
-        code = _Supervisor(pool, start_worker).run()
+        code = _Supervisor(pool, start_worker, adopted).run()
     except BaseException:
         log.exception("taskmw supervisor failed")
     finally:
         os._exit(code)
 
 
+IGNORED_SIGNALS = (
+    signal.SIGINT,  # Ctrl-C reaches the whole group; the pool stops in order when its builder does
+    signal.SIGHUP,  # a terminal hang-up, kill -HUP -PGID (gunicorn's reload, meant for its master)
+    signal.SIGQUIT,  # Ctrl-\ (gunicorn's quick stop, for its master)
+    signal.SIGUSR1,  # gunicorn: reopen logs
+    signal.SIGUSR2,  # gunicorn: upgrade
+    signal.SIGTTIN,  # gunicorn: one more HTTP worker (by default: stop this process)
+    signal.SIGTTOU,  # gunicorn: one fewer
+    signal.SIGPIPE,  # a closed pipe is an error (EPIPE) in the task, not a death
+    signal.SIGXFSZ,  # a file size limit too (EFBIG)
+    signal.SIGALRM,  # timers nothing of the pool set; a task that wants one installs its handler
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGPWR,
+)
+"""Signals a pool process ignores: every one whose default action ends the
+process and that anything but the process itself may send to a whole
+process group (the README's "Never losing a task" says which does what).
+SIGTERM is the supervisor's stop (workers ignore it too); the rest keep their
+default: faults (SIGSEGV, SIGBUS, ...) and SIGXCPU end one process, whose
+tasks finish ``lost``; SIGTSTP and SIGSTOP pause it until SIGCONT."""
+
+
 def reset_signals() -> None:
     """In a freshly forked pool process: drop the app server's signal handling
-    (its handlers and wake-up fd belong to the app server). SIGINT is
-    ignored: a terminal's Ctrl-C reaches the whole process group, and the pool
-    stops in order when its builder does."""
+    (its handlers and wake-up fd belong to the app server) and ignore
+    :data:`IGNORED_SIGNALS`: sent to the whole process group (a terminal, a
+    service manager, ``kill -HUP -PGID``), they are for the app server. The
+    pool stops in order when its builder does, or on SIGTERM."""
     try:
         signal.set_wakeup_fd(-1)
     except ValueError:  # not the main thread
         pass
-    for sig in (
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGCHLD,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGWINCH,
-        signal.SIGALRM,
-    ):
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class _Supervisor:
-    def __init__(self, pool: Pool, start_worker: StartWorker) -> None:
+    """The supervisor's loop and what it knows: its workers (its children),
+    and the workers it adopted from a dead supervisor. It cannot wait for
+    those (they are not its children): it watches them through pidfds,
+    enforces their time limits, finishes what they held when they are gone,
+    and only then starts a fresh worker in their row."""
+
+    def __init__(self, pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ()) -> None:
         self.pool = pool
         self.start_worker = start_worker
         self.owner = pool.owner
         self.workers: dict[int, int] = {}  # pid -> worker id
+        self.adopted = {o.pid: (o.worker_id, o.pidfd) for o in adopted}  # pid -> (worker id, pidfd)
+        self.unstarted: set[int] = set()  # worker ids whose fork failed, tried again after the backoff
+        self.fork_backoff = Backoff()
+        self.next_fork = 0.0  # time.monotonic() of the next attempt
         self.timed_out: dict[int, tuple[int, float]] = {}  # pid -> (seq, limit) of the task it was killed for
         self.terminated: dict[int, int] = {}  # pid -> seq of the task it was killed for (cancel(terminate=True))
         self.stopping = False
@@ -99,8 +193,12 @@ class _Supervisor:
         self.words = pool.table.words
 
     def run(self) -> int:
-        for worker_id in range(self.pool.settings.task_workers):
-            self.start(worker_id)
+        if self.adopted:
+            log.warning("adopted %d task worker(s) of the supervisor that died", len(self.adopted))
+        taken = {worker_id for worker_id, _ in self.adopted.values()}
+        self.unstarted.update(set(range(self.pool.settings.task_workers)) - taken)
+        self.watch_adopted()
+        self.start_unstarted()
         while not self.stopping:
             info = signal.sigtimedwait(_WATCHED, _TICK)
             if info is not None and info.si_signo == signal.SIGTERM:
@@ -110,16 +208,39 @@ class _Supervisor:
                 self.stopping = True
             self.enforce_time_limits()
             self.reap()
+            self.watch_adopted()
+            if self.unstarted and time.monotonic() >= self.next_fork:
+                self.start_unstarted()
         self.stop()
         return 0
 
-    def start(self, worker_id: int) -> None:
+    def start_unstarted(self) -> None:
+        """Start the workers not running yet, in order, until a fork fails."""
+        for worker_id in sorted(self.unstarted):
+            if not self.start(worker_id):
+                return
+
+    def start(self, worker_id: int) -> bool:
+        """Fork worker ``worker_id``; False if ``fork()`` failed (at the
+        process limit, out of memory): it is tried again by the main loop
+        after a capped exponential backoff, one log line per attempt."""
         w, r = self.words, worker_id * ROW
         w[r + STATE], w[r + TASK], w[r + DEADLINE] = STARTING, 0, 0
-        pid = self.start_worker(worker_id)
+        try:
+            pid = self.start_worker(worker_id)
+        except OSError as exc:
+            w[r + PID] = 0
+            self.unstarted.add(worker_id)
+            delay = self.fork_backoff.failed()
+            self.next_fork = time.monotonic() + delay
+            log.error("could not fork task worker %d (%s): trying again in %.1fs", worker_id, exc, delay)
+            return False
+        self.fork_backoff.reset()
+        self.unstarted.discard(worker_id)
         w[r + PID] = pid
         self.workers[pid] = worker_id
         log.debug("task worker %d started, pid %d", worker_id, pid)
+        return True
 
     def reap(self) -> None:
         """Collect dead workers: report their tasks ``lost`` and replace them
@@ -136,50 +257,89 @@ class _Supervisor:
                 continue
             self.settle(pid, worker_id, status)
             if not self.stopping:
-                self.start(worker_id)
+                self.unstarted.add(worker_id)  # started by the main loop, at once unless forks fail
+
+    def watch_adopted(self) -> None:
+        """Settle the adopted workers that are gone (their pidfd says so) and
+        give their rows to fresh workers (unless stopping)."""
+        for pid, (worker_id, fd) in list(self.adopted.items()):
+            if fd >= 0 and not ended(fd):
+                continue
+            del self.adopted[pid]
+            if fd >= 0:
+                os.close(fd)
+            self.settle(pid, worker_id, None)
+            if not self.stopping:
+                self.unstarted.add(worker_id)
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL a worker: a child by pid (it stays a zombie until reaped), an
+        adopted one through its pidfd (its pid may be reused once it is reaped)."""
+        adopted = self.adopted.get(pid)
+        if adopted is None:
+            os.kill(pid, signal.SIGKILL)
+        elif adopted[1] >= 0:
+            try:
+                signal.pidfd_send_signal(adopted[1], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def enforce_time_limits(self) -> None:
         """Kill every worker whose task ran past its deadline, or was cancelled
-        with ``terminate=True``."""
+        with ``terminate=True``.
+
+        The worker writes its row while this reads it: each word is read
+        once, and the kill is made only if the deadline read first is still
+        there after the others were read (a task's deadline is unique and is
+        cleared when it ends, so the seq read in between is that task's). A
+        worker that moved on to its next task is left alone."""
         w, now = self.words, time.monotonic_ns()
-        for pid, worker_id in self.workers.items():
+        adopted = [(pid, worker_id) for pid, (worker_id, _) in self.adopted.items()]
+        for pid, worker_id in [*self.workers.items(), *adopted]:
             r = worker_id * ROW
-            seq, deadline, started = w[r + SEQ], w[r + DEADLINE], w[r + _table.STARTED]
             stop = w[r + TERMINATE]
             if stop and pid not in self.terminated:
                 w[r + TERMINATE] = 0
-                if stop == seq and w[r + TASK]:
-                    log.warning(
-                        "task worker %d (pid %d): task %d was cancelled: killing it", worker_id, pid, w[r + TASK]
-                    )
-                    self.terminated[pid] = seq
-                    os.kill(pid, signal.SIGKILL)
+                task_id = w[r + TASK]
+                if stop == w[r + SEQ] and task_id:
+                    self.kill(pid)
+                    self.terminated[pid] = stop
+                    log.warning("task worker %d (pid %d): task %d was cancelled: killed it", worker_id, pid, task_id)
                     continue
-            if deadline and now > deadline and pid not in self.timed_out and w[r + SEQ] == seq:
-                limit = (deadline - started) / 1e9
-                log.warning(
-                    "task worker %d (pid %d): task %d passed its time limit of %.3gs: killing it",
-                    worker_id,
-                    pid,
-                    w[r + TASK],
-                    limit,
-                )
-                self.timed_out[pid] = (seq, limit)
-                os.kill(pid, signal.SIGKILL)
+            deadline = w[r + DEADLINE]
+            if not deadline or now <= deadline or pid in self.timed_out:
+                continue
+            seq, task_id, started = w[r + SEQ], w[r + TASK], w[r + _table.STARTED]
+            if w[r + DEADLINE] != deadline:
+                continue  # that task ended meanwhile
+            self.kill(pid)
+            limit = (deadline - started) / 1e9
+            self.timed_out[pid] = (seq, limit)
+            log.warning(
+                "task worker %d (pid %d): task %d passed its time limit of %.3gs: killed it",
+                worker_id,
+                pid,
+                task_id,
+                limit,
+            )
 
-    def settle(self, pid: int, worker_id: int, status: int) -> None:
+    def settle(self, pid: int, worker_id: int, status: int | None) -> None:
         """Finish every task the dead worker ``pid`` held: ``timeout`` for the
-        one it was killed for, ``lost`` for the others."""
+        one it was killed for, ``lost`` for the others. ``status``: its wait
+        status (``None``: an adopted worker, whose status only its parent gets)."""
         held = self.pool.submit.reclaim(pid)
-        cause = _describe(status)
+        lost = [h for h in held if not records.is_stop(h.aux)]
         timed_seq, limit = self.timed_out.pop(pid, (0, 0.0))
         cancelled_seq = self.terminated.pop(pid, 0)
+        if status is None:
+            cause, failed = "died after its supervisor did", bool(lost)
+        else:
+            cause, failed = describe(status), status != 0
         r = worker_id * ROW
-        if status != 0 and not cancelled_seq:
+        if failed and not cancelled_seq:
             self.words[r + RESTARTS] += 1
         running_seq, running_id = self.words[r + SEQ], self.words[r + TASK]  # what it ran when it died
-        lost = [h for h in held if not records.is_stop(h.aux)]
-        if (status != 0 or lost) and not timed_seq and not cancelled_seq:
+        if (failed or lost) and not timed_seq and not cancelled_seq:
             log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))
         error = TaskError("WorkerLost", f"task worker {worker_id} (pid {pid}) {cause} while running the task", "")
         for h in lost:
@@ -215,19 +375,28 @@ class _Supervisor:
             pool.submit.push_many([b""] * markers, aux=records.STOP, timeout=grace)
         except RingFull as full:
             log.warning("the queue stayed full: only %d of %d workers were asked to stop", full.accepted, markers)
-        while self.workers and time.monotonic() < deadline:
+        while (self.workers or self.adopted) and time.monotonic() < deadline:
             signal.sigtimedwait({signal.SIGCHLD}, 0.05)
             self.enforce_time_limits()
             self.reap()
-        if self.workers:
-            log.warning("%d task worker(s) still busy after shutdown_timeout: killing them", len(self.workers))
-            for pid in self.workers:
-                os.kill(pid, signal.SIGKILL)
+            self.watch_adopted()
+        busy = len(self.workers) + len(self.adopted)
+        if busy:
+            log.warning("%d task worker(s) still busy after shutdown_timeout: killing them", busy)
+            for pid in [*self.workers, *self.adopted]:
+                self.kill(pid)
             for pid, worker_id in list(self.workers.items()):
                 _, status = os.waitpid(pid, 0)
                 del self.workers[pid]
                 self.settle(pid, worker_id, status)
+            for _, fd in self.adopted.values():
+                if fd >= 0:
+                    ended(fd, 5.0)
+            self.watch_adopted()
+            if self.adopted:
+                log.error("adopted task worker(s) %s did not die of SIGKILL within 5s", sorted(self.adopted))
         self.cancel_queued()
+        self.words[self.table.sup + _table.STOPPED_BY] = os.getpid()
         if os.getppid() != self.owner:  # else the builder removes it, once it has read its finishes
             pool.remove_files()
 
@@ -252,7 +421,8 @@ class _Supervisor:
             log.warning("pool stopped: %d queued task(s) cancelled", cancelled)
 
 
-def _describe(status: int) -> str:
+def describe(status: int) -> str:
+    """How a process ended, from its wait status."""
     if os.WIFSIGNALED(status):
         return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exited with code {os.waitstatus_to_exitcode(status)}"

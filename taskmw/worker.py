@@ -128,6 +128,8 @@ class _Worker:
         max_batch = 1 if self.timeout else MAX_BATCH  # a timed task is held alone
         size = 1
         words[row + STATE] = IDLE
+        if os.getppid() != supervisor:  # it died while this one started: the next one runs new workers
+            return
         while True:
             batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True, alone=records.TIMED)
             if not batch.records:

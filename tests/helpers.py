@@ -55,6 +55,7 @@ __all__ = [
     "welcome",
     "whoami",
     "worker_pids",
+    "zombies_of",
 ]
 
 WAIT = 20.0
@@ -88,6 +89,20 @@ def worker_pids(server: TaskServer) -> list[int]:
     """The pids of the pool's workers, once every one has started."""
     assert wait_until(lambda: all(w["state"] == "idle" for w in server.stats()["workers"]))
     return [w["pid"] for w in server.stats()["workers"]]
+
+
+def zombies_of(parent: int) -> list[int]:
+    """The pids of the zombies whose parent is ``parent`` (from /proc)."""
+    out = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == parent:
+            out.append(int(entry))
+    return out
 
 
 def local_pool(server: TaskServer) -> Pool:
@@ -126,9 +141,10 @@ def reap(pid: int, timeout: float = WAIT) -> int:
         time.sleep(0.01)
 
 
-def in_child(fn: Callable[[], None]) -> int:
-    """Run ``fn`` in a forked child and return its exit code."""
-    return reap(fork_call(fn))
+def in_child(fn: Callable[[], None], timeout: float = WAIT) -> int:
+    """Run ``fn`` in a forked child and return its exit code (SIGKILLed
+    after ``timeout`` seconds: -9)."""
+    return reap(fork_call(fn), timeout)
 
 
 # -- finishes ----------------------------------------------------------------------------
