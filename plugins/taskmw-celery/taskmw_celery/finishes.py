@@ -8,8 +8,10 @@ subscription is confirmed before the first task is sent, so no result can
 beat it. Pub/sub is at most once (a dropped connection loses what was
 published meanwhile), so results of tasks pending for longer than
 :data:`SWEEP` seconds are also looked up by key every :data:`SWEEP` seconds.
-A result is deleted once delivered; a second result for the same id (a task
-that ran twice) finds no pending entry and is dropped.
+A result delivered is kept for ``result_ttl`` (for ``server.result()`` from
+any process) and then expires; a second result for the same id (a task that
+ran twice) finds no pending entry and is dropped. Celery's own failures
+(below) are written into the task's record here, since no worker did.
 
 What Celery stores becomes a finish record (:mod:`taskmw.records`):
 ``SUCCESS`` carries the record the taskmw task made itself (statuses ``ok``
@@ -25,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import states
 from redis.exceptions import RedisError
@@ -33,7 +35,11 @@ from redis.exceptions import RedisError
 from taskmw import records
 from taskmw.events import TaskError
 from taskmw.pipeline import error_of
-from taskmw.records import CANCELLED, ERROR, LOST, TIMEOUT
+from taskmw.records import CANCELLED, ERROR, LOST, TIMEOUT, FinishRecord
+from taskmw.retries import RETRIED
+
+if TYPE_CHECKING:
+    from taskmw_celery.taskrecords import TaskRecords
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,9 @@ SWEEP = 2.0
 BATCH = 256
 """Most finishes delivered at once."""
 
-Pending = dict[int, tuple[int, float]]
-"""Task id -> (its finish's header, when it was sent): the tasks of this process with no finish yet."""
+Pending = dict[int, tuple[int, float, int, int]]
+"""Seq -> (its finish's header, when it was sent, its task id, runs left after
+it): the runs of this process's tasks with no finish yet."""
 Deliver = Callable[[list[bytes], list[int]], None]
 
 
@@ -82,15 +89,18 @@ class FinishListener:
         prefix: the Celery task id prefix of this process's tasks.
         pending: this process's tasks without a finish (shared with the sender).
         deliver: called on the listener's thread with records and aux words.
+        records: the record of tasks (delivered results expire after its
+            ``ttl``; Celery's own failures are written into it).
     """
 
-    def __init__(self, backend: Any, prefix: str, pending: Pending, deliver: Deliver) -> None:
+    def __init__(self, backend: Any, prefix: str, pending: Pending, deliver: Deliver, records: TaskRecords) -> None:
         self.backend = backend
         self.client = backend.client
         self.key_prefix: bytes = backend.get_key_for_task(prefix)
         self.prefix = prefix
         self.pending = pending
         self.deliver = deliver
+        self.records = records
         self.stopping = threading.Event()
         self.pubsub = self.client.pubsub()
         self.pubsub.psubscribe(self.key_prefix + b"*")
@@ -152,7 +162,7 @@ class FinishListener:
     def _sweep(self) -> None:
         """Look up the stored results of tasks pending for longer than :data:`SWEEP` seconds."""
         before = time.monotonic() - SWEEP
-        ids = [task_id for task_id, (_want, sent) in self.pending.copy().items() if sent < before]
+        ids = [seq for seq, (_want, sent, _id, _left) in self.pending.copy().items() if sent < before]
         for i in range(0, len(ids), 1000):
             keys = [self.key_prefix + str(task_id).encode() for task_id in ids[i : i + 1000]]
             found = [(k, v) for k, v in zip(keys, self.client.mget(keys), strict=True) if v is not None]
@@ -161,33 +171,46 @@ class FinishListener:
                 self._handle(found)
 
     def _handle(self, got: list[tuple[bytes, bytes]]) -> None:
-        """Turn stored results into finish records, delete them, and deliver those still pending."""
+        """Turn stored results into finish records, deliver those still
+        pending, and have the results expire after ``result_ttl``."""
         finishes: list[bytes] = []
         headers: list[int] = []
         keys: list[bytes] = []
+        outcomes: list[tuple[int, int, TaskError | None]] = []
         start = len(self.key_prefix)
         for key, data in got:
             try:
-                task_id = int(key[start:])
+                seq = int(key[start:])
             except ValueError:
                 log.warning("ignored a result under an unexpected key %r", key)
                 continue
+            ours = False  # a finish made here, not by the taskmw task: the worker recorded nothing
             try:
-                record = finish_record(task_id, self.backend.decode_result(data))
+                meta = self.backend.decode_result(data)
+                record = finish_record(seq, meta)
+                ours = meta.get("status") != states.SUCCESS or not isinstance(meta.get("result"), bytes)
             except Exception as exc:
-                log.exception("the result of task %d could not be read", task_id)
+                log.exception("the result of task %d could not be read", seq)
                 error = TaskError("ResultUnreadable", f"its Celery result could not be read: {exc!r}", "")
-                record = records.lost(task_id, error, ERROR)
+                record, ours = records.lost(seq, error, ERROR), True
             if record is None:
                 continue
             keys.append(key)
-            entry = self.pending.pop(task_id, None)
+            entry = self.pending.pop(seq, None)
             if entry is None:
-                log.debug("dropped a second finish of task %d (it ran twice)", task_id)
+                log.debug("dropped a second finish of task %d (it ran twice)", seq)
                 continue
             finishes.append(record)
             headers.append(entry[0])
+            if ours:
+                finish = FinishRecord.decode(record)  # no value: Celery's failures carry none
+                if not (entry[3] and finish.status in RETRIED):
+                    outcomes.append((entry[2], finish.status, finish.error))
         if finishes:
             self.deliver(finishes, headers)
         if keys:
-            self.client.delete(*keys)
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.pexpire(key, self.records.ttl_ms)
+                self.records.finished(outcomes, client=pipe)
+                pipe.execute()

@@ -33,9 +33,16 @@ from taskmw.interfaces import Deliver, Registered, Server
 from taskmw.records import FinishRecord
 from taskmw.settings import Settings
 from taskmw_celery.finishes import FinishListener, Pending
-from taskmw_celery.settings import IDS_KEY, IN_WORKER, TASK_NAME, redis_backend
+from taskmw_celery.settings import IN_WORKER, TASK_NAME, redis_backend
+from taskmw_celery.taskrecords import CANCEL_FINISHED as _FINISHED
+from taskmw_celery.taskrecords import CANCEL_GONE as _GONE
+from taskmw_celery.taskrecords import CANCEL_NOT_STARTED as _NOT_STARTED
+from taskmw_celery.taskrecords import TaskRecords
 
 log = logging.getLogger(__name__)
+
+CANCEL_WAIT = 10.0
+"""Seconds ``cancel(terminate=True)`` waits for a terminated task's finish."""
 
 
 class CeleryTransport:
@@ -80,6 +87,8 @@ class CeleryTransport:
             )
         self._settings = settings
         self._backend = redis_backend(celery_app)
+        self.records = TaskRecords(self._backend, settings.result_ttl, settings.task_records)
+        """The record of tasks (:class:`~taskmw_celery.taskrecords.TaskRecords`)."""
         self.celery_app = celery_app
         """The Celery app tasks are sent with."""
         self._deliver: Deliver | None = None
@@ -110,13 +119,13 @@ class CeleryTransport:
         if len(record) > self._settings.max_payload_bytes:
             limit = self._settings.max_payload_bytes
             raise ValueError(f"the task is {len(record)} bytes pickled, more than max_payload_bytes={limit}")
-        own = records.options_of(record, header).timeout
-        limit = own if own is not None else self._settings.task_timeout
-        options = {} if limit is None else {"time_limit": limit}
+        opts = records.options_of(record, header)
+        own = opts.timeout if opts.timeout is not None else self._settings.task_timeout
+        options = {} if own is None else {"time_limit": own}
         seq = -1
         try:
-            seq = self._backend.client.incr(IDS_KEY)
-            self._pending[seq] = (records.reply_to(header), time.monotonic())
+            seq = self.records.queue(self._prefix, opts.task_id, name, opts.left, opts.attempt)
+            self._pending[seq] = (records.reply_to(header), time.monotonic(), opts.task_id or seq, opts.left)
             if registered is not None:
                 registered(seq)
             self.celery_app.send_task(
@@ -144,7 +153,7 @@ class CeleryTransport:
                 return
             prefix = f"taskmw-{os.urandom(5).hex()}-"
             try:
-                self._listener = FinishListener(self._backend, prefix, self._pending, self._on_finishes)
+                self._listener = FinishListener(self._backend, prefix, self._pending, self._on_finishes, self.records)
             except _UNREACHABLE as exc:
                 raise _queue_full(exc) from exc
             self._prefix = prefix
@@ -164,22 +173,64 @@ class CeleryTransport:
     # -- the record of tasks --------------------------------------------------------
 
     def status(self, task_id: int) -> TaskInfo:
-        """Not yet: see the README's Celery section."""
-        raise NotImplementedError("status() is not implemented for the celery backend yet")
+        """The record of a task, from any process using the app (see
+        :mod:`taskmw_celery.taskrecords`).
+
+        Raises:
+            UnknownTask: never issued, expired or evicted.
+        """
+        return self.records.status(task_id)
 
     def outcome(self, task_id: int) -> FinishRecord | None:
-        """Not yet: see the README's Celery section."""
-        raise NotImplementedError("result() is not implemented for the celery backend yet")
+        """The finish record of a done task: Celery's stored result of its last run."""
+        return self.records.outcome(task_id)
 
     def cancel(self, task_id: int, terminate: bool = False) -> bool:
-        """Not yet: see the README's Celery section."""
-        raise NotImplementedError("cancel() is not implemented for the celery backend yet")
+        """Cancel a task, from any process using the app: one not started is
+        marked cancelled in its record (the worker that takes it finishes it
+        ``cancelled`` without running it) and revoked (Celery drops it and
+        stores ``REVOKED``, also ``cancelled``); a running one, with
+        ``terminate``, is revoked with ``terminate=True, signal="SIGKILL"``
+        (its pool process is killed) and this waits up to
+        :data:`CANCEL_WAIT` seconds for its finish.
+
+        Returns:
+            True if it will not run, or was stopped; False if it finished
+            already, or runs and ``terminate`` is false.
+
+        Raises:
+            UnknownTask: never issued, expired or evicted.
+        """
+        info = self.records.status(task_id)
+        if info.state == "done":
+            return False
+        state, celery_id = self.records.cancel(task_id, terminate)
+        if state == _GONE:
+            self.records.status(task_id)  # raises UnknownTask with the reason
+            return False
+        if state == _FINISHED or celery_id is None:
+            return False
+        if state == _NOT_STARTED:
+            try:
+                self.celery_app.control.revoke(celery_id)
+            except _UNREACHABLE as exc:  # its record says cancelled: a worker that takes it does not run it
+                log.warning("revoking task %d failed (%s): it is cancelled when a worker takes it", task_id, exc)
+            return True
+        if not terminate:
+            return False
+        self.celery_app.control.revoke(celery_id, terminate=True, signal="SIGKILL")
+        deadline, delay = time.monotonic() + CANCEL_WAIT, 0.005
+        info = self.records.status(task_id)
+        while info.state != "done" and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            info = self.records.status(task_id)
+        return info.state == "done" and info.status == "cancelled"
 
     def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
-        """This process's pending tasks are all it knows of (Celery has no listing without ``inspect``)."""
-        return {"queued": [], "running": [], "done": []}
-
-    # -- the rest of the transport -----------------------------------------------
+        """The records of the last :data:`~taskmw_celery.taskrecords.SCAN`
+        ids (every process's): queued and running oldest first, done newest first."""
+        return self.records.tasks(limit)
 
     @property
     def reader_loop(self) -> asyncio.AbstractEventLoop | None:

@@ -15,25 +15,50 @@ and at ``worker_shutdown``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from billiard.process import current_process
 from celery import signals, states
+from redis.exceptions import RedisError
 
-from taskmw import TaskServer
+from taskmw import TaskServer, _codec
+from taskmw.events import TaskError
 from taskmw.listeners import Listener
 from taskmw.pipeline import error_of, run_task
 from taskmw.plugins import call_each, implementations
-from taskmw.records import ERROR, FinishRecord, SubmitRecord
+from taskmw.records import CANCELLED, ERROR, FinishRecord, SubmitRecord, encode_finish
+from taskmw.retries import RETRIED
+from taskmw.tasks import _reporter
 from taskmw_celery.settings import IN_WORKER, TASK_NAME, configure
+from taskmw_celery.taskrecords import START_CANCELLED, START_OK, TaskRecords
 
 log = logging.getLogger(__name__)
+
+
+Store = Callable[[bytes], None]
+"""Stores a task's finish record as its Celery result."""
+_CANCELLED = TaskError("Cancelled", "the task was cancelled before it ran", "")
+
+
+def _recording(write: Callable[..., Any], *args: Any) -> int:
+    """``write(*args)`` to the record of tasks; a failure is logged, not the task's (0 then)."""
+    try:
+        return int(write(*args) or 0)
+    except RedisError as exc:
+        log.warning("taskmw: writing the record of tasks to Redis failed: %s", exc)
+        return 0
+
+
+def _report(task_records: TaskRecords, task_id: int, fraction: float, message: str | None) -> None:
+    """:func:`taskmw.progress` in a Celery pool process: one Redis write."""
+    _recording(task_records.progress, task_id, fraction, message)
 
 
 class _WorkerProcess:
@@ -50,27 +75,49 @@ class _WorkerProcess:
             IN_WORKER.reset(token)
         self.server.worker_id = self.worker_id
         self.calls = implementations(self.server.hook.on_task)
+        self.records: TaskRecords = self.server.transport.records  # type: ignore[attr-defined]
         self.loops = threading.local()  # an event loop per thread that runs async tasks (--pool threads)
         call_each(self.server.hook.on_worker_start, {"worker_id": self.worker_id, "server": self.server})
 
-    def run(self, seq: int, record: bytes, header: int) -> bytes:
-        """Run one task (a submit record sent under ``seq``); returns its finish record."""
+    def run(self, seq: int, record: bytes, header: int, limit: float | None, store: Store) -> None:
+        """Run one task (a submit record sent under ``seq``, with the hard
+        time limit ``limit``) and ``store`` its finish record: with its record
+        of tasks marked started before, and finished after (see
+        :mod:`taskmw_celery.taskrecords`)."""
         started = time.perf_counter()
         task = SubmitRecord.read(seq, record, header)
-        server, worker_id = self.server, self.worker_id
-        status, value, error, name = run_task(
-            self.calls, server, task.task_id, worker_id, task.payload, task.kind, task.attempt
-        )
-        if inspect.iscoroutine(value):
-            loop = getattr(self.loops, "loop", None)
-            if loop is None:
-                loop = self.loops.loop = asyncio.new_event_loop()
-            try:
-                value = loop.run_until_complete(value)
-            except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, as in the local pool
-                status, value, error = ERROR, None, error_of(exc)
+        server, worker_id, task_records = self.server, self.worker_id, self.records
+        recorded = _recording(task_records.start, task.task_id, worker_id, task.attempt, limit)
+        if recorded == START_CANCELLED:
+            finish = FinishRecord(seq, task.task_id, CANCELLED, None, _CANCELLED, 0.0, worker_id).encode()
+            store(finish)
+            _recording(task_records.finished, [(task.task_id, CANCELLED, _CANCELLED)])
+            return
+        token = _reporter.set(functools.partial(_report, task_records, task.task_id))
+        try:
+            status, value, error, name = run_task(
+                self.calls, server, task.task_id, worker_id, task.payload, task.kind, task.attempt
+            )
+            if inspect.iscoroutine(value):
+                loop = getattr(self.loops, "loop", None)
+                if loop is None:
+                    loop = self.loops.loop = asyncio.new_event_loop()
+                try:
+                    value = loop.run_until_complete(value)
+                except BaseException as exc:  # noqa: B036 - a task's SystemExit is its failure, as in the local pool
+                    status, value, error = ERROR, None, error_of(exc)
+        finally:
+            _reporter.reset(token)
         duration = time.perf_counter() - started
-        return FinishRecord(seq, task.task_id, status, value, error, duration, worker_id, name).encode()
+        fields = (seq, task.task_id, status, value, error, duration, worker_id, name)
+        try:
+            finish = _codec.dumps(fields)
+        except BaseException:  # noqa: B036 - a value's __reduce__ may raise anything
+            finish = encode_finish(*fields)  # the error naming the value that cannot be pickled
+            status, error = ERROR, FinishRecord.decode(finish).error  # what the record says (it has no value)
+        store(finish)
+        if recorded == START_OK and not (task.left and status in RETRIED):  # else its queuing process runs it again
+            _recording(task_records.finished, [(task.task_id, status, error)])
 
     def stop(self) -> None:
         """Run ``on_worker_stop`` and close what the process opened."""
@@ -179,8 +226,13 @@ def install(
         typing=False,
     )
     def run(self: Any, seq: int, record: bytes, header: int) -> None:
-        finish = state.get().run(seq, record, header)
-        self.backend.store_result(self.request.id, finish, states.SUCCESS, request=self.request)
+        request = self.request
+        hard = (request.timelimit or (None, None))[0] or limit
+
+        def store(finish: bytes) -> None:
+            self.backend.store_result(request.id, finish, states.SUCCESS, request=request)
+
+        state.get().run(seq, record, header, hard, store)
 
     signals.worker_init.connect(state.on_worker_init, weak=False)
     signals.worker_process_init.connect(state.on_process_init, weak=False)

@@ -1,7 +1,7 @@
 """The processes of the Celery backend's tests (and benchmarks): a real
 ``redis-server`` on a free port of 127.0.0.1 and real ``celery worker``
-processes (prefork, 2 pool processes), each stopped at the end and checked
-gone (the e2e harness's :class:`~e2e.servers.Server` runs the workers: it
+processes (prefork, 2 pool processes unless told), each stopped at the end
+and checked gone (the e2e harness's :class:`~e2e.servers.Server` runs the workers: it
 is taskmw's, in the repository's ``tests/e2e/servers.py``).
 
 Without ``redis-server`` or the ``celery``/``redis`` packages the tests are
@@ -103,9 +103,9 @@ class Redis:
         assert not alive(self.ident), "redis-server outlived its stop"
 
 
-def worker_argv(name: str, app: str, loglevel: str) -> list[str]:
+def worker_argv(name: str, app: str, loglevel: str, concurrency: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork", "-c", "2",
+        sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork", "-c", str(concurrency),
         "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", name,
     ]  # fmt: skip
 
@@ -119,11 +119,12 @@ def celery_worker(
     path: Path = APPS,
     loglevel: str = "info",
     time_limit: float = 120.0,
+    concurrency: int = 2,
 ) -> Iterator[Server]:
     """A ``celery worker`` for ``app`` (importable from ``path``; default
     ``apps/cworker.py``) on Redis ``url``, writing records into ``records``;
     on exit SIGTERM (warm shutdown), bounded waits, and a check that none of
-    its processes is left."""
+    its processes is left. ``concurrency``: its pool processes."""
     workdir = records / f"worker-{'late' if acks_late else 'early'}"
     workdir.mkdir(parents=True, exist_ok=True)
     env = base_env(records)
@@ -136,7 +137,7 @@ def celery_worker(
     if os.geteuid() == 0:  # Celery refuses root with pickle unless told (CI may run as root; see README)
         env["C_FORCE_ROOT"] = "1"
     name = f"taskmw-{os.getpid()}-{free_port()}@{socket.gethostname()}"
-    worker = Server(worker_argv(name, app, loglevel), workdir, env, 0)
+    worker = Server(worker_argv(name, app, loglevel, concurrency), workdir, env, 0)
     from celery import Celery
 
     pinger = Celery("taskmw-ping", broker=url, set_as_current=False)

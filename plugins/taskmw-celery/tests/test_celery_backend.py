@@ -328,7 +328,17 @@ def test_what_celery_stores_becomes_the_right_finish(redis_server: Redis, finish
         assert finishes.wait([later])[later].return_value == 4
         assert finishes.count[ok] == 1
         key = backend.get_key_for_task(celery_id(later))
-        _wait_for(lambda: backend.client.get(key) is None, "a delivered result is deleted")
+        ttl_ms = server.settings.result_ttl * 1000
+        _wait_for(lambda: 0 < backend.client.pttl(key) <= ttl_ms, "a delivered result is kept for result_ttl")
+        statuses = {t: (i.state, i.status, i.error.type.rpartition(".")[2] if i.error else None)
+                    for t in (ok, lost, slow, revoked) if (i := server.status(t))}  # fmt: skip
+        assert statuses == {
+            ok: ("done", "ok", None),
+            lost: ("done", "lost", "WorkerLost"),
+            slow: ("done", "timeout", "TimeLimitExceeded"),
+            revoked: ("done", "cancelled", "Revoked"),
+        }
+        assert backend.client.hget(f"taskmw:task:{lost}", "status") == str(records.LOST).encode()  # written here
 
 
 def test_finishes_survive_a_redis_restart(tmp_path: Path, finishes: Finishes) -> None:

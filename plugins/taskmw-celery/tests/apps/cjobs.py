@@ -93,6 +93,14 @@ def sleep_for(seconds: float) -> float:
     return seconds
 
 
+def report_progress(steps: int, pause: float) -> str:
+    """Report ``taskmw.progress`` ``steps`` times, ``pause`` seconds apart."""
+    for i in range(1, steps + 1):
+        taskmw.progress(i / steps, f"step {i}")
+        time.sleep(pause)
+    return "reported"
+
+
 def return_lock() -> Any:
     return threading.Lock()
 
