@@ -34,6 +34,10 @@ _SPIN_US = 0.0
 before sleeping costs more CPU (taken from the HTTP workers on a small
 machine) than the wake-up it saves."""
 
+BACKLOG_FACTOR = 16
+"""A completion channel's backlog holds this many times ``channel_bytes``
+(memory is only touched as it is used)."""
+
 RUNNING, STOPPED, RESTARTING = 0, 1, 2
 """The pool's state (its state page): taking tasks, stopped, or its
 supervisor is being replaced."""
@@ -61,6 +65,13 @@ class Pool:
             for _ in range(settings.max_dispatchers)
         ]
         """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`)."""
+        self.backlogs = [
+            Ring(BACKLOG_FACTOR * settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
+            for _ in range(settings.max_dispatchers)
+        ]
+        """One backlog per completion channel: finishes that did not fit in a
+        full channel wait here, and the supervisor moves them on as the
+        channel's process reads (see :mod:`taskmw.backlog`)."""
         self.table = WorkerTable(workers)
         """One row of counters per worker, plus the supervisor's."""
         self.tasks = TaskTable(settings.task_records, workers, settings.result_bytes, settings.result_ttl)
@@ -158,6 +169,25 @@ class Pool:
                             records.discard(r)
                     return len(finishes)
         return 0
+
+    def grouped(self, reply: int, finishes: list[bytes]) -> list[tuple[int, list[bytes]]]:
+        """``finishes`` for the channel ``reply`` addresses, as ``(header,
+        records)`` groups ready to push: the large ones written to files
+        (each with the :data:`~taskmw.records.SPILLED` bit), the rest as they are."""
+        header = reply & ~records.CHANNEL_MASK
+        limit = self.finish_spill_at
+        if all(len(r) <= limit for r in finishes):
+            return [(header, finishes)]
+        big = [records.spill(r, self.spill_dir) for r in finishes if len(r) > limit]
+        small = [r for r in finishes if len(r) <= limit]
+        return [(h, rs) for h, rs in ((header, small), (header | records.SPILLED, big)) if rs]
+
+    @staticmethod
+    def discard(header: int, finishes: list[bytes]) -> None:
+        """Remove the files of finishes that will never be read."""
+        if records.is_spilled(header):
+            for r in finishes:
+                records.discard(r)
 
     # -- completion channels ------------------------------------------------------------
 

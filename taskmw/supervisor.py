@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from taskmw import _proc, _table, _title, records
 from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK, TERMINATE
+from taskmw.backlog import Backlogs
 from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _WATCHED = {signal.SIGCHLD, signal.SIGTERM}
 _TICK = 0.1  # seconds between checks of time limits and that the pool's builder is alive
+_BUSY_TICK = 0.01  # the same while finishes wait in a backlog (see taskmw.backlog)
+_SETTLE = 3.0  # seconds a stopping supervisor keeps moving backlogged finishes to processes that read them
 
 
 class Backoff:
@@ -191,6 +194,7 @@ class _Supervisor:
         self.stopping = False
         self.table = pool.table
         self.words = pool.table.words
+        self.backlogs = Backlogs(pool)
 
     def run(self) -> int:
         if self.adopted:
@@ -200,7 +204,7 @@ class _Supervisor:
         self.watch_adopted()
         self.start_unstarted()
         while not self.stopping:
-            info = signal.sigtimedwait(_WATCHED, _TICK)
+            info = signal.sigtimedwait(_WATCHED, _BUSY_TICK if self.backlogs.busy else _TICK)
             if info is not None and info.si_signo == signal.SIGTERM:
                 self.stopping = True
             elif os.getppid() != self.owner:
@@ -209,6 +213,7 @@ class _Supervisor:
             self.enforce_time_limits()
             self.reap()
             self.watch_adopted()
+            self.backlogs.move()
             if self.unstarted and time.monotonic() >= self.next_fork:
                 self.start_unstarted()
         self.stop()
@@ -357,11 +362,13 @@ class _Supervisor:
 
     def finish(self, held: Held, task_id: int, status: int, error: TaskError, duration: float, worker_id: int) -> None:
         """Finish a task the supervisor settles itself (lost, timeout, cancelled):
-        record it, and send its finish to the process that queued it."""
+        record it, and send its finish to the process that queued it. Never
+        waits: a full channel's finish waits in its backlog for as long as
+        its process lives (see :mod:`taskmw.backlog`)."""
         self.pool.tasks.finished(task_id, status, 0, error)
         record = records.lost(held.seq, error, status, duration, worker_id, task_id)
-        if self.pool.send_finishes(records.reply_to(held.aux), [record], patience=5.0):
-            log.error("a completion channel stayed full for 5s: a finish was dropped")
+        if self.backlogs.send(records.reply_to(held.aux), [record]):
+            log.info("the finish of task %d was dropped: the process that queued it is gone", task_id)
 
     def stop(self) -> None:
         """Let the workers drain the queue for up to ``shutdown_timeout``
@@ -376,10 +383,11 @@ class _Supervisor:
         except RingFull as full:
             log.warning("the queue stayed full: only %d of %d workers were asked to stop", full.accepted, markers)
         while (self.workers or self.adopted) and time.monotonic() < deadline:
-            signal.sigtimedwait({signal.SIGCHLD}, 0.05)
+            signal.sigtimedwait({signal.SIGCHLD}, _BUSY_TICK if self.backlogs.busy else 0.05)
             self.enforce_time_limits()
             self.reap()
             self.watch_adopted()
+            self.backlogs.move()
         busy = len(self.workers) + len(self.adopted)
         if busy:
             log.warning("%d task worker(s) still busy after shutdown_timeout: killing them", busy)
@@ -396,6 +404,7 @@ class _Supervisor:
             if self.adopted:
                 log.error("adopted task worker(s) %s did not die of SIGKILL within 5s", sorted(self.adopted))
         self.cancel_queued()
+        self.backlogs.settle(_SETTLE)
         self.words[self.table.sup + _table.STOPPED_BY] = os.getpid()
         if os.getppid() != self.owner:  # else the builder removes it, once it has read its finishes
             pool.remove_files()
