@@ -146,29 +146,31 @@ class Pool:
     def send_finishes(self, reply: int, finishes: list[bytes], patience: float | None = None) -> int:
         """Write finish records into the completion channel ``reply``
         addresses (see :func:`taskmw.records.reply_to`); a large one travels
-        as a file. While the channel is full, wait for as long as its process
-        lives (or ``patience`` seconds). Returns how many were dropped."""
-        big = [r for r in finishes if len(r) > self.finish_spill_at]
-        if big:
-            for r in big:
-                self.send_finishes(reply | records.SPILLED, [records.spill(r, self.spill_dir)], patience)
-            finishes = [r for r in finishes if len(r) <= self.finish_spill_at]
+        as a file. What does not fit in a full channel goes into its backlog
+        (see :mod:`taskmw.backlog`) without waiting; only when the backlog is
+        full too, wait for room in either for as long as the channel's
+        process lives (or ``patience`` seconds). Finishes for a process that
+        is gone are dropped at once. Returns how many were dropped."""
         index = records.channel_of(reply)
-        channel = self.channels[index]
-        header = reply & ~records.CHANNEL_MASK
-        deadline = None if patience is None else time.monotonic() + patience
-        while finishes:
-            try:
-                channel.push_many(finishes, aux=header, timeout=1.0)
-                return 0
-            except RingFull as full:
-                finishes = finishes[full.accepted :]
+        channel, backlog = self.channels[index], self.backlogs[index]
+        dropped = 0
+        for header, left in self.grouped(reply, finishes):
+            left = left[channel.try_push_many(left, aux=header) :]
+            deadline = None if patience is None else time.monotonic() + patience
+            while left:
                 if not self.channel_claimed(index) or (deadline is not None and time.monotonic() > deadline):
-                    for r in finishes:
-                        if records.is_spilled(header):
-                            records.discard(r)
-                    return len(finishes)
-        return 0
+                    self.discard(header, left)
+                    dropped += len(left)
+                    break
+                left = left[backlog.try_push_many(left, aux=header) :]
+                if not left:
+                    break
+                try:  # both full: the pool waits for that process (the backlog's bound)
+                    channel.push_many(left, aux=header, timeout=0.1)
+                    break
+                except RingFull as full:
+                    left = left[full.accepted :]
+        return dropped
 
     def grouped(self, reply: int, finishes: list[bytes]) -> list[tuple[int, list[bytes]]]:
         """``finishes`` for the channel ``reply`` addresses, as ``(header,

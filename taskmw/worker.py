@@ -107,6 +107,8 @@ class _Worker:
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
         self.tasks = pool.tasks
         self.current = 0  # the id of the sync task running now, for taskmw.progress()
+        self.dropped = 0  # finishes dropped (their process is gone) and not logged yet
+        self.next_drop_log = 0.0  # time.monotonic() of the next log line about them
         _reporter.set(self.report)
 
     def run(self) -> int:
@@ -245,11 +247,17 @@ class _Worker:
         return encode_finish(seq, task_id, status, value, error, time.perf_counter() - started, self.worker_id, name)
 
     def send(self, reply: int, finishes: list[bytes]) -> None:
-        """Write finishes back, waiting while the channel is full for as long
-        as its process lives."""
+        """Write finishes back: into the channel, or its backlog while the
+        channel is full (see :mod:`taskmw.backlog`); waits only when both are
+        full, for as long as the channel's process lives. Finishes for a
+        process that is gone are dropped (one log line a second at most)."""
         dropped = self.pool.send_finishes(reply, finishes)
         if dropped:
-            log.warning("dropped %d finishes: the process that queued them is gone", dropped)
+            self.dropped += dropped
+            now = time.monotonic()
+            if now >= self.next_drop_log:
+                log.warning("dropped %d finishes: the process that queued them is gone", self.dropped)
+                self.dropped, self.next_drop_log = 0, now + 1.0
 
 
 class _AsyncRunner:
