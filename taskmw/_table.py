@@ -31,6 +31,7 @@ ASYNC_OK = 8
 RESTARTS = 9  # supervisor: times this worker was replaced after dying
 SEQ = 10  # the ring seq of the task it runs now (its id, unless it is a retry)
 ASYNC_TIMEOUT = 11  # async tasks stopped at their time limit
+CANCELLED_HERE = 14  # tasks it finished cancelled without running them (cancel() of a queued task)
 ATTEMPT = 13  # which run of the task it runs now is this (1: the first)
 TERMINATE = 12  # any process: the seq of a running task to stop (cancel(terminate=True)); the supervisor kills it
 ROW = 16
@@ -120,6 +121,6 @@ class WorkerTable:
             "error": error,
             "lost": w[s + LOST],
             "timeout": timeout + w[s + TIMEOUT],
-            "cancelled": w[s + CANCELLED],
+            "cancelled": w[s + CANCELLED] + sum(w[i * ROW + CANCELLED_HERE] for i in range(self.task_workers)),
         }
         return {"workers": workers, "totals": totals}

@@ -18,7 +18,6 @@ import mmap
 import os
 import shutil
 import tempfile
-import time
 
 from taskmw import _proc, records
 from taskmw._table import WorkerTable
@@ -143,22 +142,21 @@ class Pool:
                 f"({self.submit.stats().records} tasks waiting): the task was not queued"
             ) from None
 
-    def send_finishes(self, reply: int, finishes: list[bytes], patience: float | None = None) -> int:
+    def send_finishes(self, reply: int, finishes: list[bytes]) -> int:
         """Write finish records into the completion channel ``reply``
         addresses (see :func:`taskmw.records.reply_to`); a large one travels
         as a file. What does not fit in a full channel goes into its backlog
         (see :mod:`taskmw.backlog`) without waiting; only when the backlog is
         full too, wait for room in either for as long as the channel's
-        process lives (or ``patience`` seconds). Finishes for a process that
+        process lives. Finishes for a process that
         is gone are dropped at once. Returns how many were dropped."""
         index = records.channel_of(reply)
         channel, backlog = self.channels[index], self.backlogs[index]
         dropped = 0
         for header, left in self.grouped(reply, finishes):
             left = left[channel.try_push_many(left, aux=header) :]
-            deadline = None if patience is None else time.monotonic() + patience
             while left:
-                if not self.channel_claimed(index) or (deadline is not None and time.monotonic() > deadline):
+                if not self.channel_claimed(index):
                     self.discard(header, left)
                     dropped += len(left)
                     break

@@ -195,6 +195,7 @@ class _Worker:
         _, task_id, kind, _, own_limit, attempt, left, cancelled, payload = task
         tasks = self.tasks
         if cancelled or tasks.cancel_requested(task_id):
+            words[row + _table.CANCELLED_HERE] += 1
             tasks.finished(task_id, CANCELLED, attempt, _CANCELLED)
             return self.finish(seq, task_id, CANCELLED, None, _CANCELLED, started, "")
         if attempt > 1:

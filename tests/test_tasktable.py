@@ -153,6 +153,7 @@ def test_cancel_from_another_process_a_queued_task_never_runs(finishes: FinishLo
         assert [e.status for e in finishes.deliveries[victim]] == ["cancelled"]  # exactly one finish
         info = server.status(victim)
         assert (info.state, info.status, info.started_at) == ("done", "cancelled", None)
+        assert server.stats()["totals"]["cancelled"] == 1
         assert server.cancel(victim) is False and server.cancel(kept) is False  # finished already
         with pytest.raises(TaskFailed) as failed:
             server.result(victim, timeout=WAIT)
