@@ -159,7 +159,8 @@ class Sampler:
 
     def since(self, t: float) -> list[list[object]]:
         """The points after ``t`` (``time.time()``), as JSON-able lists ``[t, totals, depth]``."""
-        return [[round(p[0], 3), p[1], p[2]] for p in list(self.points) if p[0] > t]
+        rounded = ((round(p[0], 3), p[1], p[2]) for p in list(self.points))  # as the page has them
+        return [[at, totals, depth] for at, totals, depth in rounded if at > t]
 
     def rate(self, window: float = 10.0) -> float | None:
         """Tasks finished per second over the last ``window`` seconds (``None``: fewer than two points)."""
