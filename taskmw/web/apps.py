@@ -189,7 +189,7 @@ def wsgi_app(
         interval: seconds between the page's updates.
         title: the name shown in the header.
     """
-    return WSGIDashboard(Dashboard(allow_cancel=allow_cancel, interval=interval, title=title), server, check)
+    return WSGIDashboard(Dashboard(server, allow_cancel=allow_cancel, interval=interval, title=title), server, check)
 
 
 def asgi_app(
@@ -204,7 +204,7 @@ def asgi_app(
     FastAPI's ``app.mount``: it takes its base from ``root_path``). The
     arguments are :func:`wsgi_app`'s; ``check`` is given the ASGI scope, and
     ``server=None`` looks in ``scope["taskmw.server"]``."""
-    return ASGIDashboard(Dashboard(allow_cancel=allow_cancel, interval=interval, title=title), server, check)
+    return ASGIDashboard(Dashboard(server, allow_cancel=allow_cancel, interval=interval, title=title), server, check)
 
 
 WSGIApp = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]

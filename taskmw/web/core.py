@@ -198,32 +198,33 @@ class Filters:
 
 
 class Dashboard:
-    """The dashboard of one pool (``pool()`` finds it per request)."""
+    """The dashboard of the pool each request comes with (:meth:`handle`);
+    ``pool``: the one to sample before any request came."""
 
-    def __init__(self, *, allow_cancel: bool = False, interval: float = 1.0, title: str = "taskmw") -> None:
+    def __init__(
+        self, pool: Pool | None = None, *, allow_cancel: bool = False, interval: float = 1.0, title: str = "taskmw"
+    ) -> None:
         if not 0.2 <= interval <= 60:
             raise ValueError(f"interval must be between 0.2 and 60 seconds, got {interval!r}")
         self.allow_cancel = allow_cancel
         self.interval = interval
         self.title = title
-        self._pools: threading.local = threading.local()
         self.sampler = Sampler(self._current_pool)
-        self._last_pool: Pool | None = None
+        self._last_pool: Pool | None = pool
+        """The pool the sampler reads: the one given, else the first one a request came with."""
 
     def _current_pool(self) -> Pool:
-        pool = getattr(self._pools, "pool", None) or self._last_pool
+        pool = self._last_pool
         if pool is None:
             raise RuntimeError("no pool seen yet")
         return pool
 
     def handle(self, request: Request, pool: Pool) -> Response:
         """Answer ``request`` about ``pool``."""
-        self._pools.pool = self._last_pool = pool
-        try:
-            self.sampler.ensure_running()
-            return self._route(request, pool)
-        finally:
-            self._pools.pool = None
+        if self._last_pool is None:
+            self._last_pool = pool
+        self.sampler.ensure_running()
+        return self._route(request, pool)
 
     def _route(self, request: Request, pool: Pool) -> Response:
         path, get = request.path, request.method in ("GET", "HEAD")
