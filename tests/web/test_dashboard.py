@@ -276,3 +276,34 @@ def test_without_a_server_it_shows_the_requests_pool(pool: TaskServer) -> None:
 
     with wsgi_client(with_pool) as client:
         assert client.get("/api/state").json()["stats"]["supervisor_pid"] == pool.supervisor_pid
+
+
+def test_the_masters_server_and_its_options(pool: TaskServer, busy: dict[str, int]) -> None:
+    """What ``taskmw start --dashboard 8001 --dashboard-cancel`` builds: the
+    options, and a threading server on a real socket whose buttons work."""
+    from taskmw import config
+    from taskmw.cli import build_parser
+    from taskmw.web.serve import DashboardServer, parse_address
+
+    args = build_parser().parse_args(["start", "x:app", "--dashboard", "8001", "--dashboard-cancel"])
+    resolved = config.resolve(vars(args), {})
+    assert (resolved.dashboard, resolved.dashboard_cancel) == ("127.0.0.1:8001", True)
+    assert config.resolve({}, {"TASKMW_DASHBOARD": "[::1]:9"}).dashboard == "[::1]:9"
+    assert config.resolve({}, {}).dashboard is None and config.resolve({}, {}).dashboard_cancel is False
+    assert parse_address("0.0.0.0:80") == ("0.0.0.0", 80)
+    for bad in ("nope", "127.0.0.1:0", "host:99999"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+    served = DashboardServer(pool, "127.0.0.1", 0, allow_cancel=True)
+    served.start()
+    try:
+        with httpx.Client(base_url=served.url, timeout=10, trust_env=False) as client:
+            assert "cancel enabled" in client.get("/").text
+            origin = served.url.rstrip("/")
+            r = client.post(f"/tasks/{busy['queued']}/cancel", headers={"Origin": origin})
+            assert r.status_code == 303 and pool.status(busy["queued"]).status == "cancelled"
+    finally:
+        served.close()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(served.url, timeout=2, trust_env=False)
