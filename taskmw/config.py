@@ -41,6 +41,14 @@ def _int_or_none(text: str) -> int | None:
     return None if text.strip().lower() in ("", "none", "off") else int(text)
 
 
+def _address(text: str) -> str:
+    """``HOST:PORT`` (a bare ``PORT``: on 127.0.0.1), checked."""
+    from taskmw.web.serve import parse_address  # not at import: the CLI's other commands need no web code
+
+    host, port = parse_address(text)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _size(text: str) -> int:
     """Bytes, with an optional K, M or G suffix (powers of 1024)."""
     text = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -151,6 +159,12 @@ OPTIONS: tuple[Option, ...] = (
            "a task worker is replaced after this many tasks; 'none': never", pool=True, metavar="N"),
     Option("max_payload_bytes", ("--max-payload-bytes",), _size, _DEFAULT.max_payload_bytes,
            "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
+    Option("dashboard", ("--dashboard",), _address, None,
+           "serve the live dashboard (taskmw.web) from the master on HOST:PORT (a bare PORT: on 127.0.0.1); "
+           "read-only unless --dashboard-cancel; it has no access check: keep it on 127.0.0.1",
+           metavar="HOST:PORT"),
+    Option("dashboard_cancel", ("--dashboard-cancel",), _bool, False,
+           "the dashboard's cancel and stop buttons work (POSTs from its own pages only)"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}

@@ -60,6 +60,22 @@ def check_can_listen(host: str, port: int) -> None:
         raise CLIError(f"cannot listen on {address}: {exc.strerror or exc}{hint}") from None
 
 
+def start_dashboard(server: TaskServer, address: str, allow_cancel: bool) -> Any:
+    """``--dashboard``: the dashboard of ``server`` on ``address``, bound now
+    (it serves once :meth:`~taskmw.web.serve.DashboardServer.start` is called).
+
+    Raises:
+        CLIError: the address cannot be bound.
+    """
+    from taskmw.web.serve import DashboardServer, parse_address
+
+    host, port = parse_address(address)
+    try:
+        return DashboardServer(server, host, port, allow_cancel=allow_cancel)
+    except OSError as exc:
+        raise CLIError(f"cannot serve the dashboard on {address}: {exc.strerror or exc}") from None
+
+
 def _gunicorn_base() -> type:
     try:
         from gunicorn.app.base import BaseApplication
@@ -90,6 +106,7 @@ class Master:
         self.interface = interface
         self.server: TaskServer | None = None
         self.control: _control.ControlServer | None = None
+        self.dashboard: Any = None  # a taskmw.web.serve.DashboardServer with --dashboard
         self.arbiter: Any = None
         self.started = time.time()
         self.ready_fd: int | None = None  # `start --daemonize`: written once listening
@@ -149,6 +166,8 @@ class Master:
             )
         except (TypeError, ValueError, OSError) as exc:  # a bad setting (named), an unusable socket path
             raise CLIError(f"cannot start the task pool: {exc}") from None
+        if self.settings.dashboard is not None:
+            self.dashboard = start_dashboard(self.server, self.settings.dashboard, self.settings.dashboard_cancel)
 
     def when_ready(self, arbiter: Any) -> None:
         """Serve the control socket and tell ``start --daemonize`` the server
@@ -156,6 +175,8 @@ class Master:
         assert self.control is not None
         self.listening = True
         self.control.start()
+        if self.dashboard is not None:
+            self.dashboard.start()
         log.info("taskmw: serving %s (%s) on http://%s:%s", self.spec, self.interface, self.settings.host,
                  self.settings.port)  # fmt: skip
         if self.ready_fd is not None:
@@ -189,6 +210,9 @@ class Master:
         control, self.control = self.control, None
         if control is not None:
             control.close()
+        dashboard, self.dashboard = self.dashboard, None
+        if dashboard is not None:
+            dashboard.close()
         server, self.server = self.server, None
         if server is not None:
             log.info("taskmw: HTTP workers stopped; draining the task pool")
@@ -219,6 +243,7 @@ class Master:
             num_workers=self.settings.num_workers,
             http_workers=http,
             last_reload=self.last_reload,
+            dashboard=self.dashboard.url if self.dashboard is not None else None,
         )
         return answer
 
