@@ -52,6 +52,7 @@ class Channel:
         """The channel bits of this process's submit records."""
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._armed = False  # the ring is armed for the loop's reader (each arm() needs one disarm())
 
     @classmethod
     def claim(cls, pool: Pool, deliver: Deliver) -> Channel:
@@ -90,6 +91,7 @@ class Channel:
         if loop is not None:
             self.loop = loop
             loop.add_reader(self.ring.fileno(), self._on_readable)
+            self._armed = True
             if self.ring.arm():
                 loop.call_soon(self._on_readable)
         else:
@@ -104,24 +106,40 @@ class Channel:
 
     def _on_readable(self) -> None:
         ring = self.ring
-        ring.disarm()
-        while True:
-            batch = ring.try_pop_many(_BATCH)
-            if batch.records:
-                self._hand_on(batch)
-                continue
-            if not ring.arm():
-                return  # armed and empty: wait for the eventfd
+        if self._armed:
             ring.disarm()
+            self._armed = False
+        try:
+            while True:
+                batch = ring.try_pop_many(_BATCH)
+                if batch.records:
+                    self._hand_on(batch)
+                    continue
+                self._armed = True
+                if not ring.arm():
+                    return  # armed and empty: wait for the eventfd
+                ring.disarm()
+                self._armed = False
+        finally:
+            loop = self.loop
+            if not self._armed and loop is not None and not loop.is_closed():  # something escaped: read on
+                self._armed = True
+                if ring.arm():
+                    loop.call_soon(self._on_readable)
 
     def _hand_on(self, batch: Batch) -> bool:
-        """Deliver a batch; True if the reader's stop marker was in it."""
-        if records.is_reader_stop(reduce(or_, batch.auxs, 0)):  # one of them is the stop marker
-            kept = [(r, h) for r, h in zip(batch.records, batch.auxs, strict=True) if not records.is_reader_stop(h)]
-            self.deliver([r for r, _ in kept], [h for _, h in kept], self.floor)
-            return True
-        self.deliver(batch.records, batch.auxs, self.floor)
-        return False
+        """Deliver a batch; True if the reader's stop marker was in it. What
+        the delivery raises is logged: the reader goes on."""
+        stop = records.is_reader_stop(reduce(or_, batch.auxs, 0))  # one of them is the stop marker
+        finishes, headers = batch.records, batch.auxs
+        if stop:
+            kept = [(r, h) for r, h in zip(finishes, headers, strict=True) if not records.is_reader_stop(h)]
+            finishes, headers = [r for r, _ in kept], [h for _, h in kept]
+        try:
+            self.deliver(finishes, headers, self.floor)
+        except Exception:
+            log.exception("completion channel %d: delivering %d finishes failed", self.index, len(finishes))
+        return stop
 
     def stop(self) -> None:
         """Stop the reader and give the channel up."""

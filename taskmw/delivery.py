@@ -59,8 +59,10 @@ class Delivery:
         return early
 
     def abandon(self, task_id: int) -> None:
-        """With ``lock`` held: nobody waits for ``task_id`` any more."""
-        self.waiters[task_id] = None
+        """With ``lock`` held: nobody waits for ``task_id`` any more (its
+        finish, if it has not come yet, goes to the hooks only)."""
+        if task_id in self.waiters:
+            self.waiters[task_id] = None
 
     # -- delivering ------------------------------------------------------------------
 
@@ -105,13 +107,17 @@ class Delivery:
             self.count_done(delivered)
 
     def hand_over(self, event: TaskFinishEvent, want: bool, impls: list[Impl] | None = None) -> None:
-        """Give a task's final finish to its waiter and the ``on_finish`` hooks."""
+        """Give a task's final finish to its waiter and the ``on_finish``
+        hooks. Nothing a waiter or a hook raises stops the delivery."""
         if want:
             with self.lock:
                 if event.task_id in self.waiters:
                     waiter = self.waiters.pop(event.task_id)
                     if waiter is not None:
-                        waiter(event)
+                        try:
+                            waiter(event)
+                        except Exception as exc:  # its event loop closed, ...: nobody can be told
+                            log.warning("the waiter of task %d could not be given its finish: %r", event.task_id, exc)
                 else:
                     self.early[event.task_id] = event
         for fn, argnames, plugin in impls if impls is not None else implementations(self.hook.on_finish):

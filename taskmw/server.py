@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import functools
 import logging
 import os
 import time
@@ -329,7 +330,7 @@ class TaskServer:
         delivery = self._delivery
 
         if self.transport.reader_loop is loop:
-            deliver: Callable[[TaskFinishEvent], None] = fut.set_result
+            deliver: Callable[[TaskFinishEvent], None] = functools.partial(_set_result, fut)
         else:
 
             def deliver(ev: TaskFinishEvent) -> None:
@@ -342,9 +343,9 @@ class TaskServer:
         try:
             event = await fut
         finally:
-            if not fut.done():
+            if not fut.done() or fut.cancelled():  # given up (cancelled): its finish goes to the hooks only
                 with delivery.lock:
-                    delivery.abandon(task_id)  # drop its finish when it comes
+                    delivery.abandon(task_id)
         if not event.ok:
             raise TaskFailed(event)
         return event.return_value
@@ -546,6 +547,7 @@ def _name_of(obj: Any) -> bytes:
 
 
 def _set_result(fut: asyncio.Future[TaskFinishEvent], event: TaskFinishEvent) -> None:
+    """Give ``fut`` its finish unless its awaiter gave up (cancelled it)."""
     if not fut.done():
         fut.set_result(event)
 
