@@ -116,7 +116,7 @@ class Delivery:
                     if waiter is not None:
                         try:
                             waiter(event)
-                        except Exception as exc:  # its event loop closed, ...: nobody can be told
+                        except BaseException as exc:  # noqa: B036 - its event loop closed, ...: nobody can be told
                             log.warning("the waiter of task %d could not be given its finish: %r", event.task_id, exc)
                 else:
                     self.early[event.task_id] = event
@@ -126,7 +126,7 @@ class Delivery:
                     fn(event)
                 else:
                     fn()
-            except Exception:
+            except BaseException:  # noqa: B036 - SystemExit, KeyboardInterrupt too: the reader must go on
                 log.exception("plugin %s failed in on_finish", plugin)
 
     def count_done(self, n: int) -> None:

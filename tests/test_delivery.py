@@ -6,10 +6,57 @@ may be left.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from helpers import WAIT, FinishLog, add, local_pool
 
 from taskmw import TaskFinishEvent, TaskServer, hookimpl, records
+
+# -- tasks (module level: they travel by reference) ------------------------------
+
+
+class TwoArgs(Exception):
+    """Pickles (as its class and ``args``) but cannot be unpickled: its
+    ``__init__`` wants two arguments and ``args`` holds one."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def return_two_args() -> TwoArgs:
+    return TwoArgs(1, 2)
+
+
+def value(v: str) -> str:
+    return v
+
+
+class Raising:
+    """An ``on_finish`` that raises what a task's return value names."""
+
+    kinds = {"exit": SystemExit, "interrupt": KeyboardInterrupt, "base": BaseException}
+
+    @hookimpl(tryfirst=True)
+    def on_finish(self, event: TaskFinishEvent) -> None:
+        if event.return_value in self.kinds:
+            raise self.kinds[event.return_value](f"raised by the hook for {event.return_value}")
+
+
+class Slow:
+    """An ``on_finish`` taking ``seconds`` per finish, noting when the last ran."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.count = 0
+        self.last = 0.0
+
+    @hookimpl
+    def on_finish(self, event: TaskFinishEvent) -> None:
+        time.sleep(self.seconds)
+        self.count += 1
+        self.last = time.monotonic()
 
 
 def test_a_failing_on_finish_does_not_stop_the_others(caplog: pytest.LogCaptureFixture, finishes: FinishLog) -> None:
@@ -37,3 +84,28 @@ def test_a_second_finish_for_a_task_is_dropped(finishes: FinishLog) -> None:
         pool.channels[pool.own_channel].push(late)
         assert server.taskwait(add, 2, 2, timeout=WAIT) == 4  # delivered after the duplicate
     assert [e.status for e in finishes.deliveries[task_id]] == ["ok"]
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "loop"])
+def test_a_hook_raising_a_base_exception_stops_no_delivery(
+    on_loop: bool, caplog: pytest.LogCaptureFixture, finishes: FinishLog
+) -> None:
+    """``SystemExit``, ``KeyboardInterrupt`` and a bare ``BaseException`` from
+    an ``on_finish`` are logged; the reader (a thread, or the event loop) goes on."""
+    kinds = ["exit", "interrupt", "base"]
+    with TaskServer(2, plugins=[finishes, Raising()]) as server:
+        if on_loop:
+
+            async def main() -> list[int]:
+                ids = [server.task(value, k) for k in kinds]
+                assert await asyncio.wait_for(server.task_async(add, 1, 1), 5.0) == 2
+                return ids
+
+            ids = asyncio.run(main())
+        else:
+            ids = [server.task(value, k) for k in kinds]
+            assert server.taskwait(add, 1, 1, timeout=5.0) == 2
+        finishes.wait(ids, timeout=5.0)
+        assert server.taskwait(add, 2, 2, timeout=5.0) == 4
+    for k in kinds:
+        assert f"raised by the hook for {k}" in caplog.text
