@@ -8,7 +8,11 @@ are dropped by the delivery (the channel's :attr:`Channel.floor`).
 
 The reader runs on the event loop that is running when the channel is
 claimed (``loop.add_reader`` on the ring's eventfd), else on a daemon thread.
-It hands every batch of finish records to the server's delivery.
+It hands every batch of finish records to the server's delivery. When that
+event loop closes (the end of ``asyncio.run()``), the reader moves to a
+thread for the rest of the process's life: a watcher thread checks the loop
+every :data:`_LOOP_CHECK` seconds, and :meth:`Channel.move_to_thread` is also
+called by whoever sees the closed loop first (the next ``task()``, ``close()``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from functools import reduce
 from operator import or_
 
@@ -28,6 +33,8 @@ from taskmw.ring import Batch, Ring
 log = logging.getLogger(__name__)
 
 _BATCH = 256
+_LOOP_CHECK = 0.1
+"""Seconds between two checks that the reader's event loop is still open."""
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -53,6 +60,8 @@ class Channel:
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._armed = False  # the ring is armed for the loop's reader (each arm() needs one disarm())
+        self._stopping = False
+        self._lock = threading.Lock()  # the move from a closed loop to a thread
 
     @classmethod
     def claim(cls, pool: Pool, deliver: Deliver) -> Channel:
@@ -80,23 +89,53 @@ class Channel:
 
     @property
     def stale(self) -> bool:
-        """True if the event loop that read it has closed (read it anew)."""
+        """True if the event loop that read it has closed (see :meth:`move_to_thread`)."""
         loop = self.loop
         return loop is not None and loop.is_closed()
 
     def start_reader(self) -> None:
         """Read on the running event loop if there is one, else on a thread."""
-        self.loop = None
         loop = running_loop()
-        if loop is not None:
+        if loop is None:
+            self._start_thread()
+            return
+        with self._lock:
             self.loop = loop
             loop.add_reader(self.ring.fileno(), self._on_readable)
             self._armed = True
             if self.ring.arm():
                 loop.call_soon(self._on_readable)
-        else:
-            self.thread = threading.Thread(target=self._read_forever, name=f"taskmw-finishes-{self.index}", daemon=True)
-            self.thread.start()
+        watcher = threading.Thread(
+            target=self._watch_loop, args=(loop,), name=f"taskmw-loop-watch-{self.index}", daemon=True
+        )
+        watcher.start()
+
+    def _start_thread(self) -> None:
+        self.thread = threading.Thread(target=self._read_forever, name=f"taskmw-finishes-{self.index}", daemon=True)
+        self.thread.start()
+
+    def _watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until ``loop`` closes (then the reader moves to a thread) or the reader stops."""
+        while not loop.is_closed():
+            if self._stopping or self.loop is not loop:
+                return
+            time.sleep(_LOOP_CHECK)
+        self.move_to_thread()
+
+    def move_to_thread(self) -> None:
+        """If the reader's event loop has closed, read on a thread from now
+        on (the loop can run no callback any more: the thread is the only
+        reader). Safe to call from any thread, any number of times."""
+        with self._lock:
+            loop = self.loop
+            if loop is None or not loop.is_closed() or self._stopping:
+                return
+            self.loop = None
+            if self._armed:
+                self.ring.disarm()
+                self._armed = False
+            log.debug("completion channel %d: its event loop closed, reading on a thread", self.index)
+            self._start_thread()
 
     def _read_forever(self) -> None:
         while True:
@@ -143,6 +182,8 @@ class Channel:
 
     def stop(self) -> None:
         """Stop the reader and give the channel up."""
+        with self._lock:
+            self._stopping = True
         if self.thread is not None:
             self.ring.push(b"", aux=records.READER_STOP, timeout=5.0)
             self.thread.join(5.0)

@@ -251,3 +251,22 @@ def test_a_client_disconnecting_under_uvicorn_loses_no_later_finish(finishes: Fi
         thread.join(WAIT)
         server.close()
         sock.close()
+
+
+def test_finishes_outstanding_when_the_loop_closes_come_on_a_thread(finishes: FinishLog, tmp_path: Path) -> None:
+    """The first ``task()`` ran inside ``asyncio.run()``, so the reader was
+    on that loop; the loop closes with 100 tasks still running: they are
+    delivered all the same, on a thread, with no further ``task()`` call."""
+    gate = tmp_path / "gate"
+    with TaskServer(2, plugins=[finishes]) as server:
+
+        async def queue() -> list[int]:
+            return [server.task(wait_for_file, str(gate)) for _ in range(100)]
+
+        ids = asyncio.run(queue())
+        gate.touch()
+        got = finishes.wait(ids, timeout=10.0)
+        assert len(got) == 100 and all(e.ok for e in got.values())
+        assert threading.get_ident() not in finishes.threads
+        later = server.taskwait(add, 1, 2, timeout=WAIT)  # and from then on
+        assert later == 3
