@@ -33,6 +33,17 @@ _new_finish = tuple.__new__  # builds a TaskFinishEvent without NamedTuple's slo
 Waiter = Callable[[TaskFinishEvent], None]
 
 
+def _salvage(record: bytes) -> records.FinishFields | None:
+    """The finish in a record plain unpickling failed on (its return value
+    cannot be rebuilt here: it becomes an ``error``); None, logged, if the
+    record itself is unreadable."""
+    try:
+        return records.salvage_finish(record)
+    except Exception:
+        log.exception("an unreadable finish record was dropped")
+        return None
+
+
 class Delivery:
     """One process's tasks in flight: waiters, counts, recent seqs, retries."""
 
@@ -80,8 +91,10 @@ class Delivery:
                     record = records.unspill(record)
                 seq, task_id, status, value, error, duration, worker_id, name = read(record)
             except Exception:
-                log.exception("an unreadable finish record was dropped")
-                continue
+                fields = _salvage(record)
+                if fields is None:
+                    continue
+                seq, task_id, status, value, error, duration, worker_id, name = fields
             if seq < floor:
                 log.warning("dropped the finish of task %d, queued by an earlier process", seq)
                 continue

@@ -12,7 +12,7 @@ import time
 import pytest
 from helpers import WAIT, FinishLog, add, local_pool
 
-from taskmw import TaskFinishEvent, TaskServer, hookimpl, records
+from taskmw import TaskFailed, TaskFinishEvent, TaskServer, hookimpl, records
 
 # -- tasks (module level: they travel by reference) ------------------------------
 
@@ -109,3 +109,18 @@ def test_a_hook_raising_a_base_exception_stops_no_delivery(
         assert server.taskwait(add, 2, 2, timeout=5.0) == 4
     for k in kinds:
         assert f"raised by the hook for {k}" in caplog.text
+
+
+def test_a_return_value_that_cannot_be_unpickled_here_finishes_error_naming_it(
+    caplog: pytest.LogCaptureFixture, finishes: FinishLog
+) -> None:
+    with TaskServer(1, plugins=[finishes]) as server:
+        with pytest.raises(TaskFailed) as failed:
+            server.taskwait(return_two_args, timeout=5.0)
+        event = failed.value.event
+        assert event.status == "error" and event.name.endswith("return_two_args") and event.worker_id == 0
+        assert event.error is not None and "test_delivery.TwoArgs" in event.error.message
+        assert "could not be unpickled" in event.error.message
+        task_id = server.task(return_two_args)
+        assert finishes.wait([task_id])[task_id].status == "error"
+    assert "unreadable finish record was dropped" not in caplog.text
