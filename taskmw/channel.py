@@ -186,7 +186,7 @@ class Channel:
             self._stopping = True
         if self.thread is not None:
             self.ring.push(b"", aux=records.READER_STOP, timeout=5.0)
-            self.thread.join(5.0)
+            self.thread.join(1.0)  # the server drained it already (or gave up on a hook that hangs)
         elif self.loop is not None and not self.loop.is_closed():
             try:
                 self.loop.remove_reader(self.ring.fileno())

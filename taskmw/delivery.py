@@ -28,6 +28,9 @@ from taskmw.retries import Retries, Retry
 log = logging.getLogger(__name__)
 
 _RECENT = 1 << 16  # finished seqs remembered to drop a duplicate finish
+STALL = 5.0
+"""Seconds :meth:`Delivery.drain` waits for the next finish to be delivered
+once no more can be produced (a hook that hangs)."""
 _new_finish = tuple.__new__  # builds a TaskFinishEvent without NamedTuple's slower __new__
 
 Waiter = Callable[[TaskFinishEvent], None]
@@ -58,6 +61,10 @@ class Delivery:
         self.sent = 0  # tasks queued by this process
         self.done = 0  # finishes delivered to it
         self.recent: OrderedDict[int, None] = OrderedDict()  # seqs finished lately, oldest first
+        self.handed = 0  # finishes handed over so far: drain() watches it move
+        self.busy = 0  # deliver() calls under way
+        self._busy_lock = threading.Lock()
+        self.shut = False  # closed: nothing more is handed over
 
     # -- waiters ------------------------------------------------------------------
 
@@ -79,6 +86,15 @@ class Delivery:
 
     def deliver(self, finishes: Sequence[bytes], headers: Sequence[int], floor: int = 0) -> None:
         """Deliver finish records (see :data:`taskmw.interfaces.Deliver`)."""
+        with self._busy_lock:  # backends that deliver inline do it on many threads
+            self.busy += 1
+        try:
+            self._deliver(finishes, headers, floor)
+        finally:
+            with self._busy_lock:
+                self.busy -= 1
+
+    def _deliver(self, finishes: Sequence[bytes], headers: Sequence[int], floor: int) -> None:
         delivered = 0
         impls = implementations(self.hook.on_finish)
         recent, retries, hand_over = self.recent, self.retries, self.hand_over
@@ -122,6 +138,9 @@ class Delivery:
     def hand_over(self, event: TaskFinishEvent, want: bool, impls: list[Impl] | None = None) -> None:
         """Give a task's final finish to its waiter and the ``on_finish``
         hooks. Nothing a waiter or a hook raises stops the delivery."""
+        if self.shut:  # close() returned: it said how many were not delivered
+            return
+        self.handed += 1
         if want:
             with self.lock:
                 if event.task_id in self.waiters:
@@ -149,14 +168,35 @@ class Delivery:
             if self.done >= self.sent:
                 self.idle.notify_all()
 
-    def wait_idle(self, timeout: float, alive: Callable[[], bool]) -> None:
-        """Wait up to ``timeout`` seconds for the finish of every task this
-        process queued, while ``alive()`` says more can come."""
-        deadline = time.monotonic() + timeout
+    def drain(self, timeout: float, alive: Callable[[], bool], pending: Callable[[], int]) -> int:
+        """Wait until every task this process queued has had its finish
+        handed over (to its waiter and the ``on_finish`` hooks); returns how
+        many had not when it gave up.
+
+        While ``alive()`` says the tasks may still run, it waits up to
+        ``timeout`` seconds. After that only finishes already received can
+        come: it waits while there are some (``pending()`` records not read
+        yet, or a delivery under way) and each is handed over within
+        :data:`STALL` seconds of the one before; it stops once none is left.
+        """
+        start = time.monotonic()
+        last, moved, empty = self.handed, start, 0
         with self.lock:
-            while not self.idle.wait_for(lambda: self.done >= self.sent, timeout=0.25):
-                if time.monotonic() > deadline or not alive():
-                    break
+            while not self.idle.wait_for(lambda: self.done >= self.sent, timeout=0.05):
+                now = time.monotonic()
+                if self.handed != last:
+                    last, moved = self.handed, now
+                if now - start < timeout and alive():
+                    continue
+                if pending() or self.busy:
+                    empty = 0
+                    if now - moved > STALL:
+                        break  # a hook hangs
+                else:
+                    empty += 1
+                    if empty >= 2:  # nothing left to read, twice in a row: the rest will not come
+                        break
+            return max(0, self.sent - self.done)
 
     def retry_failed(self, retry: Retry, exc: BaseException) -> None:
         """A retry could not be queued: its task finishes ``error`` saying why."""

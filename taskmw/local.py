@@ -317,6 +317,11 @@ class LocalTransport:
             self._channel = channel
             return channel
 
+    def pending(self) -> int:
+        """Finish records in this process's channel not read yet."""
+        channel = self._channel
+        return 0 if channel is None else channel.ring.stats().records
+
     @property
     def reader_loop(self) -> Any:
         """The event loop reading this process's finishes (``None``: a thread,

@@ -7,10 +7,14 @@ may be left.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
-from helpers import WAIT, FinishLog, add, local_pool
+from helpers import WAIT, FinishLog, add, local_pool, wait_until
 
 from taskmw import TaskFailed, TaskFinishEvent, TaskServer, hookimpl, records
 
@@ -124,3 +128,55 @@ def test_a_return_value_that_cannot_be_unpickled_here_finishes_error_naming_it(
         task_id = server.task(return_two_args)
         assert finishes.wait([task_id])[task_id].status == "error"
     assert "unreadable finish record was dropped" not in caplog.text
+
+
+def test_close_delivers_every_finish_to_slow_hooks_before_it_returns() -> None:
+    """4,000 tasks, 2 ms of ``on_finish`` each (8 s of hooks, longer than the
+    reader used to be given), a short ``shutdown_timeout``: every finish has
+    reached the hooks when ``close()`` returns, and none runs after."""
+    slow = Slow(0.002)
+    server = TaskServer(2, plugins=[slow], shutdown_timeout=0.5, channel_bytes=8 << 20, entrypoints=False)
+    n = 4000
+    for i in range(n):
+        server.task(add, i, 1)
+    assert wait_until(lambda: server.stats()["queue_depth"] == 0)  # all run: the rest is delivery
+    server.close()
+    returned, count = time.monotonic(), slow.count
+    assert count == n
+    assert slow.last <= returned
+    assert not any(t.name.startswith("taskmw-finishes") for t in threading.enumerate())
+
+
+_AT_EXIT = """
+import atexit, sys, time
+count = 0
+
+def report():
+    print("delivered", count, flush=True)
+
+atexit.register(report)  # before taskmw's own exit handler is registered: runs after it
+sys.path.insert(0, {tests!r})
+from helpers import add
+from taskmw import TaskServer, hookimpl
+
+class Slow:
+    @hookimpl
+    def on_finish(self, event):
+        global count
+        time.sleep(0.002)
+        count += 1
+
+server = TaskServer(2, plugins=[Slow()], shutdown_timeout=0.5, channel_bytes=8 << 20, entrypoints=False)
+for i in range({n}):
+    server.task(add, i, 1)
+while server.stats()["queue_depth"]:
+    time.sleep(0.01)
+"""
+
+
+def test_interpreter_exit_delivers_every_finish_to_slow_hooks() -> None:
+    n = 4000
+    script = _AT_EXIT.format(tests=str(Path(__file__).parent), n=n)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"delivered {n}" in out.stdout, out.stdout + out.stderr
