@@ -29,6 +29,7 @@ from taskmw.errors import PoolClosed
 from taskmw.interfaces import Deliver
 from taskmw.pool import Pool
 from taskmw.ring import Batch, Ring
+from taskmw.ringtypes import RingFull
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,14 @@ class Channel:
             self._start_thread()
 
     def _read_forever(self) -> None:
+        ring = self.ring
         while True:
-            batch = self.ring.pop_many(_BATCH, timeout=None)
+            if self._stopping:  # stop() could not push the marker (a full channel): stop once it is empty
+                batch = ring.try_pop_many(_BATCH)
+                if not batch.records:
+                    return
+            else:
+                batch = ring.pop_many(_BATCH, timeout=None)
             if self._hand_on(batch):
                 return
 
@@ -185,7 +192,10 @@ class Channel:
         with self._lock:
             self._stopping = True
         if self.thread is not None:
-            self.ring.push(b"", aux=records.READER_STOP, timeout=5.0)
+            try:
+                self.ring.push(b"", aux=records.READER_STOP, timeout=1.0)
+            except RingFull:  # the reader is behind (a hook hangs): it stops when it has read what is there
+                log.debug("completion channel %d is full: its reader stops once it is read", self.index)
             self.thread.join(1.0)  # the server drained it already (or gave up on a hook that hangs)
         elif self.loop is not None and not self.loop.is_closed():
             try:
