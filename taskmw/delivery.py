@@ -12,6 +12,7 @@ to :mod:`taskmw.retries` if the task may run again, and else handed over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -23,11 +24,12 @@ import pluggy
 from taskmw import records
 from taskmw.events import STATUSES, TaskError, TaskFinishEvent
 from taskmw.plugins import Impl, implementations
-from taskmw.retries import Retries, Retry
+from taskmw.retries import REGISTER_WAIT, Retries, Retry
 
 log = logging.getLogger(__name__)
 
 _RECENT = 1 << 16  # finished seqs remembered to drop a duplicate finish
+_PARK_DELAY = 0.0005  # seconds before a parked finish is tried again (see Delivery._park)
 STALL = 5.0
 """Seconds :meth:`Delivery.drain` waits for the next finish to be delivered
 once no more can be produced (a hook that hangs)."""
@@ -65,6 +67,7 @@ class Delivery:
         self.busy = 0  # deliver() calls under way
         self._busy_lock = threading.Lock()
         self.shut = False  # closed: nothing more is handed over
+        self.parked: dict[int, float] = {}  # seq -> deadline of a finish waiting for its retry's registration
 
     # -- waiters ------------------------------------------------------------------
 
@@ -117,16 +120,20 @@ class Delivery:
             if seq in recent:  # its worker died after sending it: the supervisor's "lost" comes too
                 log.debug("dropped a second finish for task %d (%s)", seq, STATUSES[status])
                 continue
+            retry = None
+            if retries.by_seq or retries.registering:
+                on_loop = bool(retries.registering) and asyncio._get_running_loop() is not None
+                retry = retries.take(seq, wait=not on_loop)
+                if on_loop and self._park(retry, seq, record, header, floor):
+                    continue
             recent[seq] = None
             if len(recent) > _RECENT:
                 recent.popitem(last=False)
             attempts = 1
-            if retries.by_seq or retries.registering:
-                retry = retries.take(seq)
-                if retry is not None:
-                    if retries.again(retry, status):
-                        continue
-                    task_id, attempts = retry.task_id, retry.attempt
+            if retry is not None:
+                if retries.again(retry, status):
+                    continue
+                task_id, attempts = retry.task_id, retry.attempt
             event = _new_finish(
                 TaskFinishEvent, (task_id, STATUSES[status], value, error, duration, worker_id, attempts, name)
             )
@@ -134,6 +141,24 @@ class Delivery:
             hand_over(event, waited and wants(header), impls)
         if delivered:
             self.count_done(delivered)
+
+    def _park(self, retry: Retry | None, seq: int, record: bytes, header: int, floor: int) -> bool:
+        """On the event loop, instead of :meth:`Retries.take` sleeping there:
+        True if the finish of ``seq`` is set aside to be delivered again
+        shortly (a retriable task's registration may still be coming, for
+        up to :data:`taskmw.retries.REGISTER_WAIT` seconds)."""
+        parked = self.parked
+        if retry is not None or not self.retries.registering:
+            parked.pop(seq, None)
+            return False
+        now = time.monotonic()
+        deadline = parked.setdefault(seq, now + REGISTER_WAIT)
+        if now >= deadline:
+            del parked[seq]
+            return False
+        loop = asyncio.get_running_loop()
+        loop.call_later(_PARK_DELAY, self.deliver, [record], [records.unspilled(header)], floor)
+        return True
 
     def hand_over(self, event: TaskFinishEvent, want: bool, impls: list[Impl] | None = None) -> None:
         """Give a task's final finish to its waiter and the ``on_finish``

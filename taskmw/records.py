@@ -139,6 +139,11 @@ def is_spilled(header: int) -> bool:
     return bool(header & SPILLED)
 
 
+def unspilled(header: int) -> int:
+    """``header`` of a spilled record once its file was read back (see :func:`unspill`)."""
+    return header & ~SPILLED
+
+
 def is_reader_stop(header: int) -> bool:
     """True for the marker that stops a completion reader."""
     return bool(header & READER_STOP)
