@@ -27,6 +27,10 @@ from taskmw.plugins import Impl, implementations
 from taskmw.retries import REGISTER_WAIT, Retries, Retry
 
 log = logging.getLogger(__name__)
+tasks_log = logging.getLogger("taskmw.tasks")
+"""Where a failed task nobody waited for is logged (the logger taskmw-logging writes to by default)."""
+LOGS_FINISHES = "taskmw_logs_finishes"
+"""A plugin with this attribute true logs every finish itself: the built-in line is skipped."""
 
 _RECENT = 1 << 16  # finished seqs remembered to drop a duplicate finish
 _PARK_DELAY = 0.0005  # seconds before a parked finish is tried again (see Delivery._park)
@@ -166,6 +170,7 @@ class Delivery:
         if self.shut:  # close() returned: it said how many were not delivered
             return
         self.handed += 1
+        told = False  # a waiter has it, or will
         if want:
             with self.lock:
                 if event.task_id in self.waiters:
@@ -173,10 +178,12 @@ class Delivery:
                     if waiter is not None:
                         try:
                             waiter(event)
+                            told = True
                         except BaseException as exc:  # noqa: B036 - its event loop closed, ...: nobody can be told
                             log.warning("the waiter of task %d could not be given its finish: %r", event.task_id, exc)
                 else:
                     self.early[event.task_id] = event
+                    told = True
         for fn, argnames, plugin in impls if impls is not None else implementations(self.hook.on_finish):
             try:
                 if argnames:
@@ -185,6 +192,26 @@ class Delivery:
                     fn()
             except BaseException:  # noqa: B036 - SystemExit, KeyboardInterrupt too: the reader must go on
                 log.exception("plugin %s failed in on_finish", plugin)
+        if not told and event.status != "ok":
+            self._log_failure(event)
+
+    def _log_failure(self, event: TaskFinishEvent) -> None:
+        """A task that did not finish ``ok`` and that nobody waited for: one
+        WARNING line on ``taskmw.tasks`` (its traceback at DEBUG), unless a
+        plugin says it logs finishes itself (``taskmw_logs_finishes = True``,
+        as taskmw-logging does, whose line has all this)."""
+        if not tasks_log.isEnabledFor(logging.WARNING):
+            return
+        for impl in self.hook.on_finish.get_hookimpls():
+            if getattr(impl.plugin, LOGS_FINISHES, False):
+                return
+        error = event.error
+        why = f"{error.type}: {error.message}" if error is not None else "no error given"
+        tasks_log.warning(
+            "task %d %s: %s: %s (nobody waited for it)", event.task_id, event.status, event.name or "?", why
+        )
+        if error is not None and error.traceback:
+            tasks_log.debug("task %d %s: %s", event.task_id, event.status, error.traceback.rstrip("\n"))
 
     def count_done(self, n: int) -> None:
         """``n`` more of this process's tasks got their final finish."""

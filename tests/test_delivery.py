@@ -7,6 +7,7 @@ may be left.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import WAIT, FinishLog, add, local_pool, wait_until
+from helpers import WAIT, FinishLog, add, boom, local_pool, wait_until
 
 from taskmw import TaskFailed, TaskFinishEvent, TaskServer, hookimpl, records
 
@@ -180,3 +181,37 @@ def test_interpreter_exit_delivers_every_finish_to_slow_hooks() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"delivered {n}" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_failed_task_without_a_waiter_is_logged(caplog: pytest.LogCaptureFixture, finishes: FinishLog) -> None:
+    """One WARNING line on ``taskmw.tasks`` (id, name, status, error), the
+    traceback at DEBUG; nothing for a task someone waited for, nor when a
+    plugin says it logs finishes itself."""
+    caplog.set_level(logging.DEBUG, logger="taskmw.tasks")
+    with TaskServer(1, plugins=[finishes], entrypoints=False) as server:
+        task_id = server.task(boom, "nobody waits")
+        finishes.wait([task_id])
+        with pytest.raises(TaskFailed):
+            server.taskwait(boom, "someone waits", timeout=5.0)
+        assert server.taskwait(add, 1, 1, timeout=5.0) == 2
+    lines = [r for r in caplog.records if r.name == "taskmw.tasks"]
+    warnings = [r for r in lines if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        f"task {task_id} error: helpers.boom: ValueError: nobody waits (nobody waited for it)"
+    ]
+    debug = [r.getMessage() for r in lines if r.levelno == logging.DEBUG]
+    assert len(debug) == 1 and f"task {task_id}" in debug[0] and "Traceback" in debug[0]
+    assert "someone waits" not in caplog.text
+
+    class LogsItself:
+        taskmw_logs_finishes = True
+
+        @hookimpl
+        def on_finish(self, event: TaskFinishEvent) -> None:
+            pass
+
+    caplog.clear()
+    with TaskServer(1, plugins=[finishes, LogsItself()], entrypoints=False) as server:
+        task_id = server.task(boom, "the plugin logs it")
+        finishes.wait([task_id])
+    assert not [r for r in caplog.records if r.name == "taskmw.tasks"]
