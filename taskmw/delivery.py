@@ -8,6 +8,10 @@ from its listener thread; the eager backend inline). Here a record is
 decoded, dropped if it belongs to an earlier owner of the channel or is a
 second finish of the same seq (a worker that died after sending it), passed
 to :mod:`taskmw.retries` if the task may run again, and else handed over.
+A record whose return value cannot be unpickled here finishes ``error``
+(:func:`taskmw.records.salvage_finish`); nothing a waiter or a hook raises
+stops the delivery; a failed task nobody waited for is logged; and
+:meth:`Delivery.drain` is how ``close()`` waits for every finish.
 """
 
 from __future__ import annotations
