@@ -8,7 +8,11 @@ are dropped by the delivery (the channel's :attr:`Channel.floor`).
 
 The reader runs on the event loop that is running when the channel is
 claimed (``loop.add_reader`` on the ring's eventfd), else on a daemon thread.
-It hands every batch of finish records to the server's delivery.
+It hands every batch of finish records to the server's delivery. When that
+event loop closes (the end of ``asyncio.run()``), the reader moves to a
+thread for the rest of the process's life: a watcher thread checks the loop
+every :data:`_LOOP_CHECK` seconds, and :meth:`Channel.move_to_thread` is also
+called by whoever sees the closed loop first (the next ``task()``, ``close()``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from functools import reduce
 from operator import or_
 
@@ -24,10 +29,13 @@ from taskmw.errors import PoolClosed
 from taskmw.interfaces import Deliver
 from taskmw.pool import Pool
 from taskmw.ring import Batch, Ring
+from taskmw.ringtypes import RingFull
 
 log = logging.getLogger(__name__)
 
 _BATCH = 256
+_LOOP_CHECK = 0.1
+"""Seconds between two checks that the reader's event loop is still open."""
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -52,6 +60,9 @@ class Channel:
         """The channel bits of this process's submit records."""
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._armed = False  # the ring is armed for the loop's reader (each arm() needs one disarm())
+        self._stopping = False
+        self._lock = threading.Lock()  # the move from a closed loop to a thread
 
     @classmethod
     def claim(cls, pool: Pool, deliver: Deliver) -> Channel:
@@ -79,55 +90,113 @@ class Channel:
 
     @property
     def stale(self) -> bool:
-        """True if the event loop that read it has closed (read it anew)."""
+        """True if the event loop that read it has closed (see :meth:`move_to_thread`)."""
         loop = self.loop
         return loop is not None and loop.is_closed()
 
     def start_reader(self) -> None:
         """Read on the running event loop if there is one, else on a thread."""
-        self.loop = None
         loop = running_loop()
-        if loop is not None:
+        if loop is None:
+            self._start_thread()
+            return
+        with self._lock:
             self.loop = loop
             loop.add_reader(self.ring.fileno(), self._on_readable)
+            self._armed = True
             if self.ring.arm():
                 loop.call_soon(self._on_readable)
-        else:
-            self.thread = threading.Thread(target=self._read_forever, name=f"taskmw-finishes-{self.index}", daemon=True)
-            self.thread.start()
+        watcher = threading.Thread(
+            target=self._watch_loop, args=(loop,), name=f"taskmw-loop-watch-{self.index}", daemon=True
+        )
+        watcher.start()
+
+    def _start_thread(self) -> None:
+        self.thread = threading.Thread(target=self._read_forever, name=f"taskmw-finishes-{self.index}", daemon=True)
+        self.thread.start()
+
+    def _watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until ``loop`` closes (then the reader moves to a thread) or the reader stops."""
+        while not loop.is_closed():
+            if self._stopping or self.loop is not loop:
+                return
+            time.sleep(_LOOP_CHECK)
+        self.move_to_thread()
+
+    def move_to_thread(self) -> None:
+        """If the reader's event loop has closed, read on a thread from now
+        on (the loop can run no callback any more: the thread is the only
+        reader). Safe to call from any thread, any number of times."""
+        with self._lock:
+            loop = self.loop
+            if loop is None or not loop.is_closed() or self._stopping:
+                return
+            self.loop = None
+            if self._armed:
+                self.ring.disarm()
+                self._armed = False
+            log.debug("completion channel %d: its event loop closed, reading on a thread", self.index)
+            self._start_thread()
 
     def _read_forever(self) -> None:
+        ring = self.ring
         while True:
-            batch = self.ring.pop_many(_BATCH, timeout=None)
+            if self._stopping:  # stop() could not push the marker (a full channel): stop once it is empty
+                batch = ring.try_pop_many(_BATCH)
+                if not batch.records:
+                    return
+            else:
+                batch = ring.pop_many(_BATCH, timeout=None)
             if self._hand_on(batch):
                 return
 
     def _on_readable(self) -> None:
         ring = self.ring
-        ring.disarm()
-        while True:
-            batch = ring.try_pop_many(_BATCH)
-            if batch.records:
-                self._hand_on(batch)
-                continue
-            if not ring.arm():
-                return  # armed and empty: wait for the eventfd
+        if self._armed:
             ring.disarm()
+            self._armed = False
+        try:
+            while True:
+                batch = ring.try_pop_many(_BATCH)
+                if batch.records:
+                    self._hand_on(batch)
+                    continue
+                self._armed = True
+                if not ring.arm():
+                    return  # armed and empty: wait for the eventfd
+                ring.disarm()
+                self._armed = False
+        finally:
+            loop = self.loop
+            if not self._armed and loop is not None and not loop.is_closed():  # something escaped: read on
+                self._armed = True
+                if ring.arm():
+                    loop.call_soon(self._on_readable)
 
     def _hand_on(self, batch: Batch) -> bool:
-        """Deliver a batch; True if the reader's stop marker was in it."""
-        if records.is_reader_stop(reduce(or_, batch.auxs, 0)):  # one of them is the stop marker
-            kept = [(r, h) for r, h in zip(batch.records, batch.auxs, strict=True) if not records.is_reader_stop(h)]
-            self.deliver([r for r, _ in kept], [h for _, h in kept], self.floor)
-            return True
-        self.deliver(batch.records, batch.auxs, self.floor)
-        return False
+        """Deliver a batch; True if the reader's stop marker was in it. What
+        the delivery raises is logged: the reader goes on."""
+        stop = records.is_reader_stop(reduce(or_, batch.auxs, 0))  # one of them is the stop marker
+        finishes, headers = batch.records, batch.auxs
+        if stop:
+            kept = [(r, h) for r, h in zip(finishes, headers, strict=True) if not records.is_reader_stop(h)]
+            finishes, headers = [r for r, _ in kept], [h for _, h in kept]
+        try:
+            self.deliver(finishes, headers, self.floor)
+        except Exception:
+            log.exception("completion channel %d: delivering %d finishes failed", self.index, len(finishes))
+        return stop
 
     def stop(self) -> None:
         """Stop the reader and give the channel up."""
+        with self._lock:
+            self._stopping = True
         if self.thread is not None:
-            self.ring.push(b"", aux=records.READER_STOP, timeout=5.0)
-            self.thread.join(5.0)
+            try:
+                self.ring.push(b"", aux=records.READER_STOP, timeout=1.0)
+            except RingFull:  # the reader is behind (a hook hangs): it stops when it has read what is there
+                log.debug("completion channel %d is full: its reader stops once it is read", self.index)
+            self.thread.join(1.0)  # the server drained it already (or gave up on a hook that hangs)
         elif self.loop is not None and not self.loop.is_closed():
             try:
                 self.loop.remove_reader(self.ring.fileno())

@@ -210,8 +210,10 @@ class LocalTransport:
     def send(self, record: bytes, header: int, registered: Registered | None = None, name: bytes | None = None) -> int:
         """Queue one task in the pool; returns its seq (recorded as queued, under ``name``, if given)."""
         channel = self._channel
-        if channel is None or (channel.loop is not None and channel.loop.is_closed()):
+        if channel is None:
             channel = self._claim()
+        elif channel.loop is not None and channel.loop.is_closed():
+            channel.move_to_thread()
         pool = self.pool
         if pool.page[0]:
             pool.check_open()
@@ -303,22 +305,33 @@ class LocalTransport:
 
     def _claim(self) -> Channel:
         """Claim a completion channel (once per process) and start its reader:
-        on the running event loop if there is one, else on a thread."""
+        on the running event loop if there is one, else on a thread (and on
+        a thread from the time that loop closes)."""
         with self._claim_lock:
             channel = self._channel
-            if channel is not None and not channel.stale:
+            if channel is not None:
                 return channel
-            if channel is None:  # else its event loop closed: keep the channel, read it anew
-                assert self._deliver is not None, "start() was not called"
-                channel = Channel.claim(self.pool, self._deliver)
+            assert self._deliver is not None, "start() was not called"
+            channel = Channel.claim(self.pool, self._deliver)
             channel.start_reader()
             self._channel = channel
             return channel
 
+    def pending(self) -> int:
+        """Finish records in this process's channel not read yet."""
+        channel = self._channel
+        return 0 if channel is None else channel.ring.stats().records
+
     @property
     def reader_loop(self) -> Any:
-        """The event loop reading this process's finishes (``None``: a thread, or none yet)."""
-        return None if self._channel is None else self._channel.loop
+        """The event loop reading this process's finishes (``None``: a thread,
+        or none yet). A closed loop's reader is moved to a thread first."""
+        channel = self._channel
+        if channel is None:
+            return None
+        if channel.stale:
+            channel.move_to_thread()
+        return channel.loop
 
     @property
     def closed(self) -> bool:

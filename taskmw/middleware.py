@@ -192,8 +192,15 @@ class TaskMiddleware:
         status_socket: str | None = None,
         **settings: Any,
     ) -> None:
-        if server is not None and (settings or plugins):
-            raise ValueError("give either server= or the settings of a new pool, not both")
+        if server is not None and (settings or plugins or task_workers is not None):
+            given = ", ".join(
+                [*([f"task_workers={task_workers!r}"] if task_workers is not None else []), *sorted(settings)]
+                + (["plugins"] if plugins else [])
+            )
+            raise ValueError(
+                f"give either server= or the settings of a new pool, not both (got {given} with server=: "
+                "the given pool keeps its own)"
+            )
         self.app = app
         if task_workers is not None:
             settings["task_workers"] = task_workers

@@ -27,7 +27,9 @@ operation than an int).
 from __future__ import annotations
 
 import enum
+import io
 import os
+import pickle
 import struct
 import tempfile
 from collections.abc import Callable, Sequence
@@ -135,6 +137,11 @@ def channel_of(header: int) -> int:
 def is_spilled(header: int) -> bool:
     """True if the record is the path of a spill file (see :func:`spill`)."""
     return bool(header & SPILLED)
+
+
+def unspilled(header: int) -> int:
+    """``header`` of a spilled record once its file was read back (see :func:`unspill`)."""
+    return header & ~SPILLED
 
 
 def is_reader_stop(header: int) -> bool:
@@ -312,6 +319,108 @@ FinishFields = tuple[int, int, int, Any, TaskError | None, float, int, str]
 read_finish: Callable[[bytes], FinishFields] = _codec.decode
 """The fields of a finish record, as a plain tuple (the fast path of
 :meth:`FinishRecord.decode`, for the delivery loop)."""
+
+
+class _Unreadable:
+    """What stands in for an object of a finish record that cannot be rebuilt here."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Unreadable:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, item: Any) -> None:
+        pass
+
+
+def _describe(obj: Any) -> str:
+    """``module.qualname`` of a class or function (else of its type)."""
+    if not isinstance(obj, type) and not callable(obj):
+        obj = type(obj)
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+class _SalvagingUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler, but an object that cannot be rebuilt (its
+    class is missing here, its constructor or ``__setstate__`` raises) becomes
+    an :class:`_Unreadable` and the reason is noted in :attr:`problems`."""
+
+    dispatch = pickle._Unpickler.dispatch.copy()
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.problems: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            self.problems.append(f"{module}.{name}: {type(exc).__name__}: {exc}")
+            return _Unreadable
+
+
+def _salvaging(opcode: bytes, consumed: int) -> None:
+    """Make ``opcode`` (which takes ``consumed`` items off the stack and
+    pushes one object) push an :class:`_Unreadable` if it raises."""
+    original: Callable[[Any], None] = pickle._Unpickler.dispatch[opcode[0]]
+
+    def load(self: Any) -> None:  # typeshed types the dispatch table for the C Unpickler
+        stack = self.stack
+        depth = len(stack)
+        target = stack[depth - consumed] if depth >= consumed else None  # the class, callable or instance
+        try:
+            original(self)
+        except Exception as exc:
+            del stack[depth - consumed :]
+            stack.append(_Unreadable())
+            self.problems.append(f"{_describe(target)}: {type(exc).__name__}: {exc}")
+
+    _SalvagingUnpickler.dispatch[opcode[0]] = load
+
+
+for _opcode, _consumed in ((pickle.REDUCE, 2), (pickle.NEWOBJ, 2), (pickle.NEWOBJ_EX, 3), (pickle.BUILD, 2)):
+    _salvaging(_opcode, _consumed)
+
+
+def salvage_finish(record: bytes) -> FinishFields:
+    """The fields of a finish record that :data:`read_finish` could not
+    unpickle because of its return value (a class missing in this process,
+    an exception whose ``__init__`` takes other arguments than its ``args``):
+    the task's seq, id, duration, worker and name as sent, and an ``error``
+    naming what could not be rebuilt, with no value.
+
+    Raises:
+        ValueError, pickle.UnpicklingError, ...: the record itself is unreadable.
+    """
+    unpickler = _SalvagingUnpickler(record)
+    fields = unpickler.load()
+    if not (isinstance(fields, tuple) and len(fields) == 8):
+        raise ValueError(f"not a finish record: {type(fields).__qualname__}")
+    seq, task_id, status, value, error, duration, worker_id, name = fields
+    if not (type(seq) is int and type(task_id) is int and type(status) is int and 0 <= status < len(STATUSES)):
+        raise ValueError("not a finish record: its seq, id or status is unreadable")
+    if not isinstance(duration, float):
+        duration = 0.0
+    if type(worker_id) is not int:
+        worker_id = -1
+    if not isinstance(name, str):
+        name = ""
+    if not unpickler.problems and isinstance(error, TaskError | None):
+        return seq, task_id, status, value, error, duration, worker_id, name
+    what = "return value" if status == OK else "finish"
+    problems = "; ".join(unpickler.problems) or "its error is not a TaskError"
+    message = f"the task's {what} could not be unpickled in the process that queued it: {problems}"
+    return seq, task_id, ERROR, None, TaskError("UnpicklingError", message, ""), duration, worker_id, name
 
 
 def lost(

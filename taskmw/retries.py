@@ -20,6 +20,8 @@ from taskmw.records import ERROR, LOST, TIMEOUT, Options
 
 log = logging.getLogger(__name__)
 
+REGISTER_WAIT = 1.0
+"""Seconds a finish for an unknown seq waits for a retriable task's registration."""
 RETRIED = frozenset({ERROR, LOST, TIMEOUT})
 """The statuses after which a task with retries left runs again."""
 
@@ -78,12 +80,15 @@ class Retries:
             with self.lock:
                 self.registering -= 1
 
-    def take(self, seq: int) -> Retry | None:
+    def take(self, seq: int, wait: bool = True) -> Retry | None:
         """The retry record of ``seq`` (None: it has none). A finish that
-        comes while a retriable task is being queued waits for that."""
+        comes while a retriable task is being queued waits for that (up to
+        :data:`REGISTER_WAIT` seconds), unless ``wait`` is false (on an
+        event loop, which must not sleep: the delivery sets such a finish
+        aside and tries again)."""
         retry = self.by_seq.pop(seq, None)
-        if retry is None and self.registering:
-            deadline = time.monotonic() + 1.0
+        if retry is None and wait and self.registering:
+            deadline = time.monotonic() + REGISTER_WAIT
             while retry is None and self.registering and time.monotonic() < deadline:
                 time.sleep(0.0005)
                 retry = self.by_seq.pop(seq, None)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from helpers import WAIT, Finishes, FinishLog, add, fork_call, reap, sleep_then, wait_until
+from helpers import WAIT, Finishes, FinishLog, add, fork_call, local_pool, reap, sleep_then, wait_until
 
-from taskmw import TaskServer
+from taskmw import TaskFinishEvent, TaskServer, hookimpl, records
 
 
 def test_ids_increase_across_processes_and_finish_where_queued(
@@ -68,3 +70,35 @@ def test_a_dispatcher_killed_while_its_tasks_run_wedges_nothing(finishes: Finish
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert server.taskwait(add, 1, 2, timeout=WAIT) == 3
+
+
+def test_close_with_a_full_channel_raises_nothing_and_runs_no_hook_after(caplog: pytest.LogCaptureFixture) -> None:
+    """The reader is stuck in a hook while the channel fills up: ``close()``
+    gives up on it after its deadline (saying how many finishes were not
+    delivered) without raising, and no hook runs once it returned."""
+    release = threading.Event()
+    calls: list[float] = []
+
+    class Stuck:
+        @hookimpl
+        def on_finish(self, event: TaskFinishEvent) -> None:
+            calls.append(time.monotonic())
+            release.wait(WAIT)
+
+    server = TaskServer(1, plugins=[Stuck()], channel_bytes=4096, entrypoints=False)
+    first = server.task(add, 1, 1)
+    assert wait_until(lambda: calls)  # the reader is in the hook
+    pool = local_pool(server)
+    assert pool.own_channel is not None
+    ring = pool.channels[pool.own_channel]
+    filler = records.FinishRecord(first, first, records.OK).encode()  # a second finish of it: dropped if read
+    while ring.try_push(filler):
+        pass
+    started = time.monotonic()
+    server.close()
+    returned = time.monotonic()
+    assert returned - started < 15.0
+    assert "1 finish" in caplog.text and "not delivered" in caplog.text
+    release.set()
+    assert wait_until(lambda: not any(t.name.startswith("taskmw-finishes") for t in threading.enumerate()), 5.0)
+    assert len(calls) == 1

@@ -45,3 +45,12 @@ def test_middleware_detects_the_interface_and_shares_a_given_pool() -> None:
             TaskMiddleware(wsgi_app, server=w.server, queue_timeout=1)
     finally:
         w.close()
+
+
+def test_task_workers_with_a_given_pool_is_refused() -> None:
+    server = TaskMiddleware(wsgi_app, task_workers=1, entrypoints=False).server
+    try:
+        with pytest.raises(ValueError, match="task_workers=3 .*server="):
+            TaskMiddleware(wsgi_app, 3, server=server)
+    finally:
+        server.close()

@@ -6,7 +6,9 @@ after: none may be left.
 
 from __future__ import annotations
 
+import sys
 import threading
+import types
 
 import pytest
 from helpers import add
@@ -35,3 +37,25 @@ def test_invalid_per_task_options() -> None:
             server.task(Task(add, 1, 2), timeout=-1)
         with pytest.raises(ValueError, match="retries must be"):
             server.task(Task(add, 1, 2), retries="3")
+
+
+class _Gone:
+    """Pickled by reference to a module the reading process does not have."""
+
+
+def test_a_finish_whose_value_cannot_be_rebuilt_is_salvaged_as_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("no_such_module_here")
+    module._Gone = _Gone  # type: ignore[attr-defined]
+    monkeypatch.setattr(_Gone, "__module__", module.__name__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    record = records.encode_finish(7, 5, records.OK, {"x": [_Gone()]}, None, 0.25, 1, "mod.fn")
+    monkeypatch.delitem(sys.modules, module.__name__)  # gone in the process that reads it
+    with pytest.raises(ModuleNotFoundError):
+        records.read_finish(record)
+    seq, task_id, status, value, error, duration, worker_id, name = records.salvage_finish(record)
+    assert (seq, task_id, status, value, duration, worker_id, name) == (7, 5, records.ERROR, None, 0.25, 1, "mod.fn")
+    assert error is not None and "no_such_module_here._Gone" in error.message
+    readable = records.encode_finish(8, 8, records.OK, {"a": (1, 2)})
+    assert records.salvage_finish(readable) == records.read_finish(readable)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever a broken pickle raises
+        records.salvage_finish(b"\x80\x05garbage")

@@ -5,8 +5,10 @@ this process's descendants before and after: none may be left.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,48 @@ def test_the_pool_default_retries(tmp_path: Path) -> None:
     with TaskServer(1, plugins=[finishes], retries=1, retry_backoff=0) as server:
         task_id = server.task(fail_until, str(tmp_path / "a"), 2)
         assert finishes.wait([task_id])[task_id][1:3] == ("ok", 2)
+
+
+def test_waiting_for_a_retry_registration_does_not_block_the_event_loop() -> None:
+    """While another thread is queuing a retriable task (its registration
+    pending), a finish for an unknown seq waits for that registration: on the
+    event loop that wait must not stop the loop."""
+    with TaskServer(1, retry_backoff=0.01) as server:
+        retries = server._delivery.retries  # noqa: SLF001 - holding a registration open
+        gaps: list[float] = []
+
+        async def main() -> int:
+            assert await server.task_async(add, 0, 0) == 0  # the reader is on this loop
+            loop = asyncio.get_running_loop()
+            stop = False
+
+            async def tick() -> None:
+                last = loop.time()
+                while not stop:
+                    await asyncio.sleep(0.01)
+                    gaps.append(loop.time() - last)
+                    last = loop.time()
+
+            ticker = asyncio.ensure_future(tick())
+            release = threading.Event()
+
+            def registering() -> None:  # what a thread blocked in task(..., retries=1) on a full queue holds
+                with retries.lock:
+                    retries.registering += 1
+                release.wait(WAIT)
+                with retries.lock:
+                    retries.registering -= 1
+
+            holder = threading.Thread(target=registering)
+            holder.start()
+            try:
+                result = await asyncio.wait_for(server.task_async(add, 1, 1), 5.0)
+            finally:
+                release.set()
+                holder.join(WAIT)
+                stop = True
+                await ticker
+            return result  # type: ignore[no-any-return]
+
+        assert asyncio.run(main()) == 2
+        assert max(gaps) < 0.5, f"the loop stopped for {max(gaps):.2f}s"

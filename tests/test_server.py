@@ -153,3 +153,120 @@ def test_unknown_backend_names_the_installed_ones(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TASKMW_BACKEND", "from-env")
     with pytest.raises(ValueError, match="got 'from-env'"):
         taskmw.TaskServer(1)
+
+
+# -- a waiter that is gone, a loop that closes -------------------------------------------
+
+
+async def _until(predicate: Any, timeout: float = WAIT) -> bool:
+    """``wait_until`` on an event loop (it goes on running meanwhile)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def _late(finishes: FinishLog) -> bool:
+    return any(e.return_value == "late" for e in finishes.events.values())
+
+
+def test_a_cancelled_task_async_loses_no_later_finish_on_the_loop(finishes: FinishLog) -> None:
+    """``asyncio.wait_for`` gives up on a ``task_async``: its finish still
+    reaches ``on_finish`` when it comes, and the loop's reader goes on with
+    every finish after it."""
+    with TaskServer(2, plugins=[finishes]) as server:
+
+        async def main() -> list[int]:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(server.task_async(sleep_then, 0.3, "late"), 0.05)
+            assert await _until(lambda: _late(finishes), 5.0), "the cancelled task's finish reached no hook"
+            return list(await asyncio.wait_for(asyncio.gather(*(server.task_async(add, i, 1) for i in range(20))), 5))
+
+        assert asyncio.run(asyncio.wait_for(main(), WAIT)) == [i + 1 for i in range(20)]
+
+
+def test_a_waiter_whose_loop_closed_does_not_stop_the_reader_thread(finishes: FinishLog) -> None:
+    """The reader is a thread (the first task was queued off any loop); a
+    ``task_async`` on a short-lived loop is given up, and that loop closes
+    before its finish comes: the thread goes on."""
+    with TaskServer(2, plugins=[finishes]) as server:
+        assert server.taskwait(add, 1, 1, timeout=WAIT) == 2  # a reader thread
+
+        async def give_up() -> None:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(server.task_async(sleep_then, 0.3, "late"), 0.05)
+
+        asyncio.run(give_up())  # the loop is closed now
+        assert wait_until(lambda: _late(finishes), 5.0), "the late finish reached no hook"
+        assert server.taskwait(add, 2, 2, timeout=5.0) == 4
+
+
+def test_a_client_disconnecting_under_uvicorn_loses_no_later_finish(finishes: FinishLog, tmp_path: Path) -> None:
+    """uvicorn serves an ASGI app whose handler awaits ``task_async`` and
+    gives up when the client goes away (the usual way: a disconnect cancels
+    the await); the requests after it still get their tasks' results."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    server = TaskServer(2, plugins=[finishes])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()  # the request
+        if scope["path"] == "/slow":
+            work = asyncio.ensure_future(server.task_async(sleep_then, 0.3, "late"))
+            gone = asyncio.ensure_future(receive())  # http.disconnect when the client leaves
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone in done:
+                work.cancel()
+                return
+            gone.cancel()
+            body = b"slow"
+        else:
+            body = str(await server.task_async(add, 2, 3)).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": body})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    web = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: web.started)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert wait_until(lambda: any(w["task_id"] for w in server.stats()["workers"]))  # it runs
+        assert wait_until(lambda: _late(finishes), 5.0), "the given-up task's finish reached no hook"
+        assert httpx.get(f"http://127.0.0.1:{port}/add", timeout=5.0).text == "5"
+    finally:
+        web.should_exit = True
+        thread.join(WAIT)
+        server.close()
+        sock.close()
+
+
+def test_finishes_outstanding_when_the_loop_closes_come_on_a_thread(finishes: FinishLog, tmp_path: Path) -> None:
+    """The first ``task()`` ran inside ``asyncio.run()``, so the reader was
+    on that loop; the loop closes with 100 tasks still running: they are
+    delivered all the same, on a thread, with no further ``task()`` call."""
+    gate = tmp_path / "gate"
+    with TaskServer(2, plugins=[finishes]) as server:
+
+        async def queue() -> list[int]:
+            return [server.task(wait_for_file, str(gate)) for _ in range(100)]
+
+        ids = asyncio.run(queue())
+        gate.touch()
+        got = finishes.wait(ids, timeout=10.0)
+        assert len(got) == 100 and all(e.ok for e in got.values())
+        assert threading.get_ident() not in finishes.threads
+        later = server.taskwait(add, 1, 2, timeout=WAIT)  # and from then on
+        assert later == 3

@@ -137,6 +137,9 @@ class TaskLogger:
         ValueError: an unknown level or format.
     """
 
+    taskmw_logs_finishes = True
+    """taskmw's own line for a failed task nobody waited for is skipped: this plugin's finish line says it all."""
+
     def __init__(
         self, logger: str = "taskmw.tasks", level: int | str = "INFO", format: str = "text", stderr: bool = True
     ) -> None:
