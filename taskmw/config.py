@@ -151,6 +151,9 @@ OPTIONS: tuple[Option, ...] = (
            "a task worker is replaced after this many tasks; 'none': never", pool=True, metavar="N"),
     Option("max_payload_bytes", ("--max-payload-bytes",), _size, _DEFAULT.max_payload_bytes,
            "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
+    Option("spill_dir", ("--spill-dir",), str, _DEFAULT.spill_dir,
+           "directory in which the pool makes its private directory for payloads too large for the rings",
+           pool=True, metavar="DIR", shown="/dev/shm (else the temp directory)"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}

@@ -71,8 +71,8 @@ class Pool:
         """Tasks larger than this travel as files."""
         self.finish_spill_at = self.channels[0].max_record // 4
         """Finishes larger than this travel as files."""
-        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=shm)  # mode 0700
+        where = settings.spill_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+        self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
         """Where spilled records live (removed by :meth:`remove_files`)."""
         self.owner = os.getpid()
         """The pid of the process that built the pool (the supervisor's parent)."""

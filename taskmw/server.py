@@ -148,6 +148,8 @@ class TaskServer:
         max_payload_bytes: largest task (pickled) ``task()`` accepts.
             Tasks and results too large for the rings travel as files in a
             private directory (on ``/dev/shm`` when there is one).
+        spill_dir: where that private directory is made (``None``:
+            ``/dev/shm`` if writable, else the temp directory).
 
         backend: where tasks run: ``"local"`` (this pool) or the name of a
             backend installed in the entry-point group ``taskmw.backends``
@@ -186,6 +188,7 @@ class TaskServer:
         retry_backoff: float = Settings.retry_backoff,
         max_tasks_per_worker: int | None = Settings.max_tasks_per_worker,
         max_payload_bytes: int = Settings.max_payload_bytes,
+        spill_dir: str | None = Settings.spill_dir,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(
@@ -204,6 +207,7 @@ class TaskServer:
             retry_backoff=retry_backoff,
             max_tasks_per_worker=max_tasks_per_worker,
             max_payload_bytes=max_payload_bytes,
+            spill_dir=spill_dir,
         )
         """The pool's settings (:class:`taskmw.settings.Settings`)."""
         self.backend = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from taskmw import _table, _title, records
+from taskmw import _codec, _table, _title, records
 from taskmw._table import (
     ASYNC_DONE,
     ASYNC_OK,
@@ -107,6 +107,7 @@ class _Worker:
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
         self.tasks = pool.tasks
         self.current = 0  # the id of the sync task running now, for taskmw.progress()
+        self.reply = 0  # the finish header of the task running now
         _reporter.set(self.report)
 
     def run(self) -> int:
@@ -153,9 +154,14 @@ class _Worker:
                     stops += 1
                     done.append(seq)
                 else:
-                    finish = self.run_one(seq, record, header)
+                    self.reply = records.reply_to(header)
+                    try:
+                        finish = self.run_one(seq, record, header)
+                    except BaseException as exc:  # noqa: B036 - never let one task's outcome end the batch
+                        finish = self.failed(seq, exc)
                     if finish is not None:
-                        finishes.setdefault(records.reply_to(header), []).append(finish)
+                        if finish:  # else it was sent already (spilled)
+                            finishes.setdefault(self.reply, []).append(finish)
                         done.append(seq)
                 seq += 1
             for reply, outcomes in finishes.items():
@@ -179,9 +185,24 @@ class _Worker:
                     log.info("task worker %d: max_tasks_per_worker reached, recycling", self.worker_id)
                     return
 
+    def failed(self, seq: int, exc: BaseException, task_id: int = 0) -> bytes:
+        """The ``error`` finish of a task whose outcome could not be made
+        (taskmw's own failure around it), so its worker and batch go on."""
+        log.exception("task worker %d: could not finish task seq %d", self.worker_id, seq)
+        words, row = self.words, self.row
+        if not task_id:  # a sync task: the one in this worker's row
+            words[row + DEADLINE] = 0
+            task_id = words[row + TASK] if words[row + SEQ] == seq and words[row + TASK] else seq
+        error = TaskError(
+            "TaskmwError", f"the task's outcome could not be recorded: {_codec.safe_str(exc)}", error_of(exc).traceback
+        )
+        self.tasks.finished(task_id, ERROR, max(1, words[row + _table.ATTEMPT]), error)
+        return encode_finish(seq, task_id, ERROR, None, error, 0.0, self.worker_id, "")
+
     def run_one(self, seq: int, record: bytes, header: int) -> bytes | None:
         """Run one task; returns its finish record (None: an async task, which
-        sends its own finish when it is done)."""
+        sends its own finish when it is done; ``b""``: a large finish, sent
+        already)."""
         words, row = self.words, self.row
         started = time.perf_counter()
         try:
@@ -222,9 +243,42 @@ class _Worker:
             words[row + _table.OK] += 1
         duration = time.perf_counter() - started
         finish = encode_finish(seq, task_id, status, value, error, duration, self.worker_id, name)
+        sent = False
+        if len(finish) > self.pool.finish_spill_at:  # its file is written here: it may not fit (ENOSPC)
+            status, error, finish, sent = self.spill(seq, task_id, status, error, finish, duration, name, self.reply)
         if not (left and status in RETRIED):  # a failure that runs again is its queuing process's to retry
             tasks.finished(task_id, status, attempt, error, finish, self.worker_id, self.worker_id, duration)
-        return finish
+        return b"" if sent else finish
+
+    def spill(
+        self,
+        seq: int,
+        task_id: int,
+        status: int,
+        error: TaskError | None,
+        finish: bytes,
+        duration: float,
+        name: str,
+        reply: int,
+    ) -> tuple[int, TaskError | None, bytes, bool]:
+        """Write a finish too large for a channel record to a spill file and
+        send it now, to ``reply`` (see :func:`taskmw.records.reply_to`);
+        returns ``(status, error, finish, True)``. If the file cannot be
+        written (the spill directory is full: ``ENOSPC``) the task finishes
+        ``error`` saying why instead: ``(ERROR, error, its finish, False)``,
+        to be sent with the others."""
+        pool = self.pool
+        try:
+            path = records.spill(finish, pool.spill_dir)
+        except OSError as exc:
+            message = (
+                f"the task's outcome ({len(finish)} bytes pickled) could not be written to the spill "
+                f"directory {pool.spill_dir}: {exc}"
+            )
+            error = TaskError("OSError", message, "")
+            return ERROR, error, encode_finish(seq, task_id, ERROR, None, error, duration, self.worker_id, name), False
+        self.send(reply | records.SPILLED, [path])
+        return status, error, finish, True
 
     def record(self, task: SubmitRecord, status: int, error: TaskError | None, finish: bytes, duration: float) -> None:
         """Put an async task's outcome in the pool's record (not a failure that
@@ -279,12 +333,11 @@ class _AsyncRunner:
         _reporter.set(functools.partial(w.tasks.progress, task_id))  # this task's own context
         timer = asyncio.timeout(limit)
         error: TaskError | None = None
+        value = None
         try:
             async with timer:
                 value = await coro
             status = OK
-            finish = w.finish(seq, task_id, OK, value, None, started, name)
-            words[row + ASYNC_OK] += 1
         except BaseException as exc:  # noqa: B036
             if isinstance(exc, TimeoutError) and timer.expired():
                 message = f"the task ran longer than its time limit of {limit}s and was cancelled"
@@ -292,11 +345,21 @@ class _AsyncRunner:
                 words[row + ASYNC_TIMEOUT] += 1
             else:
                 status, error = ERROR, error_of(exc)
-            finish = w.finish(seq, task_id, status, None, error, started, name)
+        sent = False
+        duration = time.perf_counter() - started
+        try:
+            finish = encode_finish(seq, task_id, status, value, error, duration, w.worker_id, name)
+            if len(finish) > w.pool.finish_spill_at:  # it may not fit in the spill directory (ENOSPC)
+                status, error, finish, sent = w.spill(seq, task_id, status, error, finish, duration, name, task.reply)
+        except BaseException as exc:  # noqa: B036 - one task's outcome must not stop the loop's others
+            status, finish = ERROR, w.failed(seq, exc, task_id)
+        if status == OK:
+            words[row + ASYNC_OK] += 1
         words[row + ASYNC_DONE] += 1
         try:
-            w.record(task, status, error, finish, time.perf_counter() - started)
-            w.send(task.reply, [finish])
+            w.record(task, status, error, finish, duration)
+            if not sent:
+                w.send(task.reply, [finish])
             w.ring.release([seq])
         finally:
             self.slots.release()
