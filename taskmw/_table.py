@@ -33,7 +33,13 @@ SEQ = 10  # the ring seq of the task it runs now (its id, unless it is a retry)
 ASYNC_TIMEOUT = 11  # async tasks stopped at their time limit
 ATTEMPT = 13  # which run of the task it runs now is this (1: the first)
 TERMINATE = 12  # any process: the seq of a running task to stop (cancel(terminate=True)); the supervisor kills it
-ROW = 16
+# The earliest time limit of the worker's running async tasks (its event-loop thread writes them; 0: none).
+# The loop cancels a task at its limit; past ASYNC_DEADLINE + taskmw.supervisor.ASYNC_GRACE (the loop is
+# blocked, or the task ignores its cancellation) the supervisor kills the worker, as for a sync task.
+ASYNC_DEADLINE = 14  # time.monotonic_ns() of that limit
+ASYNC_SEQ = 15  # the ring seq of that task
+ASYNC_LIMIT = 16  # its time limit, in ns
+ROW = 24
 
 # Fields of the supervisor's row.
 LOST = 0

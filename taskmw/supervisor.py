@@ -22,7 +22,20 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from taskmw import _proc, _table, _title, records
-from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK, TERMINATE
+from taskmw._table import (
+    ASYNC_DEADLINE,
+    ASYNC_LIMIT,
+    ASYNC_SEQ,
+    DEADLINE,
+    PID,
+    RESTARTS,
+    ROW,
+    SEQ,
+    STARTING,
+    STATE,
+    TASK,
+    TERMINATE,
+)
 from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
@@ -37,6 +50,11 @@ log = logging.getLogger(__name__)
 
 _WATCHED = {signal.SIGCHLD, signal.SIGTERM}
 _TICK = 0.1  # seconds between checks of time limits and that the pool's builder is alive
+ASYNC_GRACE = 1.0
+"""Seconds an async task past its time limit has to end (its event loop
+cancels it at the limit) before the supervisor kills its worker: the loop is
+blocked (a sync call inside ``async def``) or the task ignores
+``CancelledError``."""
 
 
 class Backoff:
@@ -225,7 +243,7 @@ class _Supervisor:
         process limit, out of memory): it is tried again by the main loop
         after a capped exponential backoff, one log line per attempt."""
         w, r = self.words, worker_id * ROW
-        w[r + STATE], w[r + TASK], w[r + DEADLINE] = STARTING, 0, 0
+        w[r + STATE], w[r + TASK], w[r + DEADLINE], w[r + ASYNC_DEADLINE] = STARTING, 0, 0, 0
         try:
             pid = self.start_worker(worker_id)
         except OSError as exc:
@@ -306,6 +324,9 @@ class _Supervisor:
                     self.terminated[pid] = stop
                     log.warning("task worker %d (pid %d): task %d was cancelled: killed it", worker_id, pid, task_id)
                     continue
+            if pid in self.timed_out:
+                continue
+            self.enforce_async_limit(pid, worker_id, now)
             deadline = w[r + DEADLINE]
             if not deadline or now <= deadline or pid in self.timed_out:
                 continue
@@ -322,6 +343,30 @@ class _Supervisor:
                 task_id,
                 limit,
             )
+
+    def enforce_async_limit(self, pid: int, worker_id: int, now: int) -> None:
+        """Kill worker ``pid`` if an async task of it is still running
+        :data:`ASYNC_GRACE` seconds past its time limit (its event loop did
+        not stop it). That task finishes ``timeout``; the others the worker
+        held finish ``lost``."""
+        w, r = self.words, worker_id * ROW
+        deadline = w[r + ASYNC_DEADLINE]
+        if not deadline or now <= deadline + int(ASYNC_GRACE * 1e9):
+            return
+        seq, limit = w[r + ASYNC_SEQ], w[r + ASYNC_LIMIT] / 1e9
+        if w[r + ASYNC_DEADLINE] != deadline:
+            return  # that task ended meanwhile
+        self.kill(pid)
+        self.timed_out[pid] = (seq, limit)
+        log.warning(
+            "task worker %d (pid %d): async task seq %d ran %.3gs past its time limit of %.3gs without "
+            "stopping (its event loop is blocked, or it ignores cancellation): killed it",
+            worker_id,
+            pid,
+            seq,
+            ASYNC_GRACE,
+            limit,
+        )
 
     def settle(self, pid: int, worker_id: int, status: int | None) -> None:
         """Finish every task the dead worker ``pid`` held: ``timeout`` for the

@@ -27,8 +27,11 @@ from typing import Any
 
 from taskmw import _codec, _table, _title, records
 from taskmw._table import (
+    ASYNC_DEADLINE,
     ASYNC_DONE,
+    ASYNC_LIMIT,
     ASYNC_OK,
+    ASYNC_SEQ,
     ASYNC_TIMEOUT,
     BUSY,
     DEADLINE,
@@ -102,6 +105,7 @@ class _Worker:
         self.words = pool.table.words
         self.row = pool.table.row(worker_id)
         self.words[self.row + _table.PID] = os.getpid()  # the supervisor writes it too, after fork() returns
+        self.words[self.row + ASYNC_DEADLINE] = 0
         self.generation = pool.table.generation
         self.timeout = pool.settings.task_timeout
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
@@ -311,6 +315,7 @@ class _AsyncRunner:
 
     def __init__(self, worker: _Worker, limit: int) -> None:
         self.worker = worker
+        self.deadlines: dict[int, tuple[int, int]] = {}  # seq -> (deadline, limit) in ns, of the timed tasks running
         self.loop = asyncio.new_event_loop()
         self.slots = threading.Semaphore(limit)
         self.limit = limit
@@ -334,17 +339,25 @@ class _AsyncRunner:
         timer = asyncio.timeout(limit)
         error: TaskError | None = None
         value = None
+        begun = time.monotonic_ns()
+        if limit:  # the supervisor's backstop, should the loop not stop the task (see _table.ASYNC_DEADLINE)
+            self.deadlines[seq] = (begun + int(limit * 1e9), int(limit * 1e9))
+            self.publish()
         try:
             async with timer:
                 value = await coro
             status = OK
         except BaseException as exc:  # noqa: B036
-            if isinstance(exc, TimeoutError) and timer.expired():
+            status, error = ERROR, error_of(exc)
+        if limit:
+            del self.deadlines[seq]
+            self.publish()
+            # Past its limit whatever it did: cancelled, or it swallowed the cancellation, or it blocked
+            # the loop (no await) and the timer never fired.
+            if timer.expired() or time.monotonic_ns() - begun > limit * 1e9:
                 message = f"the task ran longer than its time limit of {limit}s and was cancelled"
-                status, error = TIMEOUT, TaskError("TimeoutError", message, "")
+                status, error, value = TIMEOUT, TaskError("TimeoutError", message, ""), None
                 words[row + ASYNC_TIMEOUT] += 1
-            else:
-                status, error = ERROR, error_of(exc)
         sent = False
         duration = time.perf_counter() - started
         try:
@@ -363,6 +376,18 @@ class _AsyncRunner:
             w.ring.release([seq])
         finally:
             self.slots.release()
+
+    def publish(self) -> None:
+        """Write the earliest time limit of the running timed tasks into the
+        worker's row (the supervisor reads the deadline, then the seq, then
+        the deadline again: it is cleared first and written last)."""
+        words, row = self.worker.words, self.worker.row
+        words[row + ASYNC_DEADLINE] = 0
+        if self.deadlines:
+            seq, (deadline, limit) = min(self.deadlines.items(), key=lambda item: item[1][0])
+            words[row + ASYNC_SEQ] = seq
+            words[row + ASYNC_LIMIT] = limit
+            words[row + ASYNC_DEADLINE] = deadline
 
     def drain(self) -> None:
         """Wait for every running async task, then stop the loop."""

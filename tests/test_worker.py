@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,63 @@ def test_a_result_too_large_for_the_spill_directory_finishes_error_naming_enospc
         assert worker_pids(server) == pids
         assert os.listdir(local_pool(server).spill_dir) == []  # the partial file is gone
         assert server.taskwait(make_bytes, 1 << 20, timeout=WAIT) == b"r" * (1 << 20)  # room again
+
+
+# -- async time limits ---------------------------------------------------------------------
+
+
+async def async_block(seconds: float) -> str:
+    time.sleep(seconds)  # blocks the worker's event loop: no await, the loop cannot cancel it
+    return "full result"
+
+
+async def async_ignore_cancel(seconds: float) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            await asyncio.sleep(end - time.monotonic())
+        except asyncio.CancelledError:
+            pass  # swallowed: the time limit's cancellation is ignored
+    return "full result"
+
+
+async def async_swallow_once() -> str:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        pass
+    return "returned after swallowing its cancellation"
+
+
+@pytest.mark.usefixtures("no_process_left")
+@pytest.mark.parametrize("fn", [async_block, async_ignore_cancel])
+def test_an_async_task_the_loop_cannot_stop_finishes_timeout_and_its_worker_is_replaced(
+    finishes: FinishLog, fn: Callable[[float], Any]
+) -> None:
+    with TaskServer(1, plugins=[finishes]) as server:
+        pids = worker_pids(server)
+        neighbour = server.task(Task(async_peak, 10))  # on the same loop: lost with the worker (documented)
+        queued = time.monotonic()
+        stuck = server.task(Task(fn, 5), timeout=0.3)
+        got = finishes.wait([stuck, neighbour])
+        took = time.monotonic() - queued
+        assert got[stuck].status == "timeout", got[stuck]
+        assert got[stuck].return_value is None
+        assert took < 3.0  # 0.3 s limit + 1 s grace + the supervisor's tick, not the task's 5 s
+        assert got[neighbour].status == "lost"
+        assert worker_pids(server) != pids  # killed and replaced
+        assert server.taskwait(add, 1, 2, timeout=WAIT) == 3
+        assert server.stats()["totals"]["timeout"] == 1
+
+
+@pytest.mark.usefixtures("no_process_left")
+def test_an_async_task_that_swallows_its_cancellation_and_returns_finishes_timeout(finishes: FinishLog) -> None:
+    with TaskServer(1, plugins=[finishes]) as server:
+        pids = worker_pids(server)
+        neighbour = server.task(Task(async_peak, 0.5))
+        swallow = server.task(Task(async_swallow_once), timeout=0.3)
+        got = finishes.wait([swallow, neighbour])
+        assert got[swallow].status == "timeout"
+        assert got[swallow].return_value is None
+        assert got[neighbour].status == "ok"  # the loop stopped it in time: nothing else is touched
+        assert worker_pids(server) == pids
