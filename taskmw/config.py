@@ -154,6 +154,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("spill_dir", ("--spill-dir",), str, _DEFAULT.spill_dir,
            "directory in which the pool makes its private directory for payloads too large for the rings",
            pool=True, metavar="DIR", shown="/dev/shm (else the temp directory)"),
+    Option("spill_bytes", ("--spill-bytes",), _size, _DEFAULT.spill_bytes,
+           "bound on the queued tasks' files in the spill directory; past it task() waits, then QueueFull",
+           pool=True, metavar="SIZE"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}

@@ -150,6 +150,9 @@ class TaskServer:
             private directory (on ``/dev/shm`` when there is one).
         spill_dir: where that private directory is made (``None``:
             ``/dev/shm`` if writable, else the temp directory).
+        spill_bytes: bound on the queued tasks' files in it (``/dev/shm``
+            is memory): past it ``task()`` waits ``queue_timeout`` for room,
+            then raises :class:`~taskmw.QueueFull`, as for a full queue.
 
         backend: where tasks run: ``"local"`` (this pool) or the name of a
             backend installed in the entry-point group ``taskmw.backends``
@@ -189,6 +192,7 @@ class TaskServer:
         max_tasks_per_worker: int | None = Settings.max_tasks_per_worker,
         max_payload_bytes: int = Settings.max_payload_bytes,
         spill_dir: str | None = Settings.spill_dir,
+        spill_bytes: int = Settings.spill_bytes,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(
@@ -208,6 +212,7 @@ class TaskServer:
             max_tasks_per_worker=max_tasks_per_worker,
             max_payload_bytes=max_payload_bytes,
             spill_dir=spill_dir,
+            spill_bytes=spill_bytes,
         )
         """The pool's settings (:class:`taskmw.settings.Settings`)."""
         self.backend = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"

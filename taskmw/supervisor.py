@@ -458,6 +458,7 @@ class _Supervisor:
                     continue
                 cancelled += 1
                 if records.is_spilled(header):
+                    self.pool.consume_spill(batch.records[i])
                     records.discard(batch.records[i])
                 seq = batch.first_seq + i
                 self.finish(Held(seq, header), seq, CANCELLED, error, 0.0, -1)

@@ -209,6 +209,8 @@ class _Worker:
         already)."""
         words, row = self.words, self.row
         started = time.perf_counter()
+        if header & records.SPILLED:
+            self.pool.consume_spill(record)  # the file is read (and removed) now: room for another
         try:
             task = SubmitRecord.read(seq, record, header)
         except Exception as exc:  # an unreadable record: the task cannot run

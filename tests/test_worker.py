@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,20 +194,6 @@ def test_an_outcome_that_cannot_be_encoded_finishes_error_and_spares_its_batch(
         assert "__reduce__ raised SystemExit" in errors[3].message  # type: ignore[union-attr]
         assert worker_pids(server) == pids  # the worker never crashed
         assert server.stats()["totals"]["lost"] == 0
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[str]:
-    """A 2 MiB tmpfs (a full /dev/shm in miniature: writes past it fail with ENOSPC)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "shm"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield str(mnt)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 @pytest.mark.usefixtures("no_process_left")
