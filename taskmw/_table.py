@@ -39,6 +39,7 @@ TERMINATE = 12  # any process: the seq of a running task to stop (cancel(termina
 ASYNC_DEADLINE = 14  # time.monotonic_ns() of that limit
 ASYNC_SEQ = 15  # the ring seq of that task
 ASYNC_LIMIT = 16  # its time limit, in ns
+START = 17  # worker (supervisor clears it): its start time (taskmw._proc.start_ticks), which with PID names it
 ROW = 24
 
 # Fields of the supervisor's row.

@@ -157,6 +157,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("spill_bytes", ("--spill-bytes",), _size, _DEFAULT.spill_bytes,
            "bound on the queued tasks' files in the spill directory; past it task() waits, then QueueFull",
            pool=True, metavar="SIZE"),
+    Option("builder_dumpable", ("--builder-dumpable",), _bool, _DEFAULT.builder_dumpable,
+           "leave the master and HTTP workers dumpable (debuggers, core dumps) at the cost of letting "
+           "processes of the same user reach the pool through them", pool=True),
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}

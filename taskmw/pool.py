@@ -68,6 +68,9 @@ class Pool:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if not settings.builder_dumpable:
+            # Before any memfd exists: only processes forked from here (and root) can reach them.
+            _proc.make_undumpable()
         workers = settings.task_workers
         self.submit = Ring(
             settings.queue_bytes,

@@ -31,6 +31,7 @@ from taskmw._table import (
     RESTARTS,
     ROW,
     SEQ,
+    START,
     STARTING,
     STATE,
     TASK,
@@ -104,7 +105,11 @@ def orphans(pool: Pool) -> list[Orphan]:
         except ProcessLookupError:
             found.append(Orphan(worker_id, pid, -1))  # gone (reaped by someone else): reclaim what it held
             continue
-        if ended(fd) or _proc.maps_inode(pid, ring):
+        mapped = ended(fd) or _proc.maps_inode(pid, ring)
+        if mapped is None:  # not dumpable and this process unprivileged: its start time says if it is that worker
+            start = words[worker_id * ROW + START]
+            mapped = not start or _proc.start_ticks(pid) == start  # 0: it died before writing it
+        if mapped:
             found.append(Orphan(worker_id, pid, fd))
         else:
             os.close(fd)
@@ -139,6 +144,7 @@ def spawn(pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ())
         return pid
     code = 1
     try:
+        _proc.make_undumpable()  # no other process of its user can reach the pool's memfds through it
         _title.set_title("supervisor")
         reset_signals()
         code = _Supervisor(pool, start_worker, adopted).run()
@@ -243,7 +249,7 @@ class _Supervisor:
         process limit, out of memory): it is tried again by the main loop
         after a capped exponential backoff, one log line per attempt."""
         w, r = self.words, worker_id * ROW
-        w[r + STATE], w[r + TASK], w[r + DEADLINE], w[r + ASYNC_DEADLINE] = STARTING, 0, 0, 0
+        w[r + STATE], w[r + TASK], w[r + DEADLINE], w[r + ASYNC_DEADLINE], w[r + START] = STARTING, 0, 0, 0, 0
         try:
             pid = self.start_worker(worker_id)
         except OSError as exc:

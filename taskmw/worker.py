@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from taskmw import _codec, _table, _title, records
+from taskmw import _codec, _proc, _table, _title, records
 from taskmw._table import (
     ASYNC_DEADLINE,
     ASYNC_DONE,
@@ -73,6 +73,7 @@ def spawn(pool: Pool, server: Server, worker_id: int) -> int:
         return pid
     code = 1
     try:
+        _proc.make_undumpable()  # (inherited from the supervisor already: said again, being the point)
         _title.set_title(f"task worker {worker_id}")
         # The supervisor stops workers (with stop markers, behind the queued
         # tasks); a SIGTERM to the whole process group (systemd, kill -TERM
@@ -106,6 +107,7 @@ class _Worker:
         self.row = pool.table.row(worker_id)
         self.words[self.row + _table.PID] = os.getpid()  # the supervisor writes it too, after fork() returns
         self.words[self.row + ASYNC_DEADLINE] = 0
+        self.words[self.row + _table.START] = _proc.start_ticks(os.getpid()) or 0
         self.generation = pool.table.generation
         self.timeout = pool.settings.task_timeout
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
