@@ -33,7 +33,17 @@ def dumps(obj: Any) -> bytes:
 
 def unpicklable_message(what: str, obj: Any, exc: BaseException) -> str:
     """Why ``obj`` (``what`` it is) could not be pickled, naming its type."""
-    return f"{what} cannot be pickled: {type(obj).__module__}.{type(obj).__qualname__} {_short(obj)} ({exc})"
+    cause = safe_str(exc)
+    return f"{what} cannot be pickled: {type(obj).__module__}.{type(obj).__qualname__} {_short(obj)} ({cause})"
+
+
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or what went wrong if its ``__str__`` raises (an
+    outcome must always be describable: a worker must not die of it)."""
+    try:
+        return str(exc)
+    except BaseException as inner:  # noqa: B036 - __str__ may raise anything, SystemExit too
+        return f"<{type(exc).__qualname__}.__str__ raised {type(inner).__qualname__}>"
 
 
 def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+
 import psutil
+
+_PR_SET_DUMPABLE = 4
 
 
 def alive(pid: int) -> bool:
@@ -35,12 +40,43 @@ def children(pid: int) -> set[int]:
         return set()
 
 
-def maps_inode(pid: int, inode: int) -> bool:
+def maps_inode(pid: int, inode: int) -> bool | None:
     """True if ``pid`` has a file with inode number ``inode`` mapped (a memfd
     of the pool: then it is one of the pool's processes, not a stranger that
-    got a dead one's pid)."""
+    got a dead one's pid); ``None`` if this process may not read its maps (a
+    process that is not dumpable, see :func:`make_undumpable`, unless this
+    one is privileged)."""
     try:
         with open(f"/proc/{pid}/maps") as f:
             return any(len(fields) > 4 and fields[4] == str(inode) for fields in map(str.split, f))
+    except PermissionError:
+        return None
     except OSError:
         return False
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``,
+    readable for any process: with the pid, it names one process for good);
+    ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def make_undumpable() -> None:
+    """``prctl(PR_SET_DUMPABLE, 0)`` for this process (and the children it
+    forks from now on; ``execve`` resets it): another process of the same
+    user, unless privileged (``CAP_SYS_PTRACE``, root), can no longer open
+    its files through ``/proc/<pid>/fd``, read its memory, attach a debugger
+    or read ``/proc/<pid>/environ``, and it leaves no core dump.
+
+    Raises:
+        OSError: the kernel refused (it does not on Linux).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

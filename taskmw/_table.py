@@ -31,10 +31,17 @@ ASYNC_OK = 8
 RESTARTS = 9  # supervisor: times this worker was replaced after dying
 SEQ = 10  # the ring seq of the task it runs now (its id, unless it is a retry)
 ASYNC_TIMEOUT = 11  # async tasks stopped at their time limit
-CANCELLED_HERE = 14  # tasks it finished cancelled without running them (cancel() of a queued task)
+CANCELLED_HERE = 18  # tasks it finished cancelled without running them (cancel() of a queued task)
 ATTEMPT = 13  # which run of the task it runs now is this (1: the first)
 TERMINATE = 12  # any process: the seq of a running task to stop (cancel(terminate=True)); the supervisor kills it
-ROW = 16
+# The earliest time limit of the worker's running async tasks (its event-loop thread writes them; 0: none).
+# The loop cancels a task at its limit; past ASYNC_DEADLINE + taskmw.supervisor.ASYNC_GRACE (the loop is
+# blocked, or the task ignores its cancellation) the supervisor kills the worker, as for a sync task.
+ASYNC_DEADLINE = 14  # time.monotonic_ns() of that limit
+ASYNC_SEQ = 15  # the ring seq of that task
+ASYNC_LIMIT = 16  # its time limit, in ns
+START = 17  # worker (supervisor clears it): its start time (taskmw._proc.start_ticks), which with PID names it
+ROW = 24
 
 # Fields of the supervisor's row.
 LOST = 0

@@ -159,6 +159,15 @@ OPTIONS: tuple[Option, ...] = (
            "a task worker is replaced after this many tasks; 'none': never", pool=True, metavar="N"),
     Option("max_payload_bytes", ("--max-payload-bytes",), _size, _DEFAULT.max_payload_bytes,
            "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
+    Option("spill_dir", ("--spill-dir",), str, _DEFAULT.spill_dir,
+           "directory in which the pool makes its private directory for payloads too large for the rings",
+           pool=True, metavar="DIR", shown="/dev/shm (else the temp directory)"),
+    Option("spill_bytes", ("--spill-bytes",), _size, _DEFAULT.spill_bytes,
+           "bound on the queued tasks' files in the spill directory; past it task() waits, then QueueFull",
+           pool=True, metavar="SIZE"),
+    Option("builder_dumpable", ("--builder-dumpable",), _bool, _DEFAULT.builder_dumpable,
+           "leave the master and HTTP workers dumpable (debuggers, core dumps) at the cost of letting "
+           "processes of the same user reach the pool through them", pool=True),
     Option("dashboard", ("--dashboard",), _address, None,
            "serve the live dashboard (taskmw.web) from the master on HOST:PORT (a bare PORT: on 127.0.0.1); "
            "read-only unless --dashboard-cancel; it has no access check: keep it on 127.0.0.1",

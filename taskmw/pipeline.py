@@ -84,7 +84,11 @@ def error_of(exc: BaseException) -> TaskError:
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         tb = tb.tb_next  # start the traceback at the task's own code
-    return TaskError(name, str(exc), "".join(traceback.format_exception(cls, exc, tb or exc.__traceback__)))
+    try:
+        text = "".join(traceback.format_exception(cls, exc, tb or exc.__traceback__))
+    except BaseException:  # noqa: B036 - a broken exception (its notes, its chain) must still be reported
+        text = ""
+    return TaskError(name, _codec.safe_str(exc), text)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -12,12 +12,15 @@ never the server. Its methods are the two ends of the carrying:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import mmap
 import os
 import shutil
 import tempfile
+import threading
+import time
 
 from taskmw import _proc, records
 from taskmw._table import WorkerTable
@@ -41,6 +44,24 @@ RUNNING, STOPPED, RESTARTING = 0, 1, 2
 """The pool's state (its state page): taking tasks, stopped, or its
 supervisor is being replaced."""
 
+_SPILLED = 1
+"""Word 1 of the state page (int64): bytes of queued tasks' spill files, by
+the count of the processes that write and read them (see :meth:`Pool.reserve_spill`)."""
+_RECOUNT_FULL = 0.2  # seconds: the least time between recounts of a spill directory that looks full
+_RECOUNT_ANYWAY = 5.0  # seconds: recount at least this often while spilling (a count that drifted low)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EFBIG)
+_spill_lock = threading.Lock()
+"""The threads of one process take turns on the spill count (the file lock
+only excludes other processes)."""
+
+
+def _new_spill_lock() -> None:
+    global _spill_lock
+    _spill_lock = threading.Lock()  # a fork may have copied it held by another thread
+
+
+os.register_at_fork(after_in_child=_new_spill_lock)
+
 
 class Pool:
     """The shared memory, files and settings of one local pool.
@@ -51,6 +72,9 @@ class Pool:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if not settings.builder_dumpable:
+            # Before any memfd exists: only processes forked from here (and root) can reach them.
+            _proc.make_undumpable()
         workers = settings.task_workers
         self.submit = Ring(
             settings.queue_bytes,
@@ -81,9 +105,15 @@ class Pool:
         """Tasks larger than this travel as files."""
         self.finish_spill_at = self.channels[0].max_record // 4
         """Finishes larger than this travel as files."""
-        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=shm)  # mode 0700
+        where = settings.spill_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+        self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
         """Where spilled records live (removed by :meth:`remove_files`)."""
+        self.words = memoryview(self.page).cast("q")
+        """The state page as int64 words (word 0's first byte is :attr:`state`)."""
+        self.spill_lock = os.fdopen(os.memfd_create("taskmw-spill-count", os.MFD_CLOEXEC), "r+b", buffering=0)
+        """A memfd whose POSIX lock (per process: a forked child holds none) guards the spill count
+        (a file object: closed with the pool)."""
+        self.recounted = 0.0  # time.monotonic() of this process's last recount of the spill directory
         self.owner = os.getpid()
         """The pid of the process that built the pool (the supervisor's parent)."""
         self.own_channel: int | None = None
@@ -124,23 +154,123 @@ class Pool:
             QueueFull: the queue stayed full for ``queue_timeout`` seconds.
             PoolClosed: the supervisor is gone.
         """
-        if len(record) > self.spill_at:
-            limit = self.settings.max_payload_bytes
-            if len(record) > limit:
-                raise ValueError(f"the task is {len(record)} bytes pickled, more than max_payload_bytes={limit}")
-            record = records.spill(record, self.spill_dir)
+        size = len(record)
+        if size > self.spill_at:
+            record = self.spill_task(record)
             header |= records.SPILLED
         try:
             return self.submit.push(record, aux=header, timeout=self.settings.queue_timeout)
         except RingFull:
             if records.is_spilled(header):
                 records.discard(record)
+                self.release_spill(size)
             if not _proc.alive(self.supervisor_pid):
                 raise PoolClosed(f"the pool's supervisor (pid {self.supervisor_pid}) is gone") from None
             raise QueueFull(
                 f"the task queue stayed full for queue_timeout={self.settings.queue_timeout}s "
                 f"({self.submit.stats().records} tasks waiting): the task was not queued"
             ) from None
+
+    # -- spilled tasks -----------------------------------------------------------------
+
+    def spill_task(self, record: bytes) -> bytes:
+        """Write a task too large for a ring record to a file of the spill
+        directory, waiting up to ``queue_timeout`` for room under
+        ``spill_bytes``; returns the record that stands for it.
+
+        Raises:
+            ValueError: it is larger than ``max_payload_bytes`` or ``spill_bytes``.
+            QueueFull: no room came within ``queue_timeout``, or the spill
+                directory's file system is full (``ENOSPC``).
+        """
+        size, settings = len(record), self.settings
+        for name in ("max_payload_bytes", "spill_bytes"):
+            limit = getattr(settings, name)
+            if size > limit:
+                raise ValueError(f"the task is {size} bytes pickled, more than {name}={limit}")
+        deadline = time.monotonic() + settings.queue_timeout
+        while not self.reserve_spill(size):
+            if time.monotonic() >= deadline:
+                raise QueueFull(
+                    f"the spilled tasks stayed over spill_bytes={settings.spill_bytes} for queue_timeout="
+                    f"{settings.queue_timeout}s ({self.spilled_bytes()} bytes waiting in {self.spill_dir}, "
+                    f"this task {size}): the task was not queued"
+                )
+            time.sleep(0.01)
+        try:
+            return records.spill(record, self.spill_dir, records.TASK_FILE)
+        except OSError as exc:
+            self.release_spill(size)
+            if exc.errno in _NO_ROOM:
+                raise QueueFull(
+                    f"the spill directory {self.spill_dir} has no room for the task ({size} bytes pickled): "
+                    f"{exc.strerror}; the task was not queued (see spill_dir, spill_bytes)"
+                ) from None
+            raise
+
+    def spilled_bytes(self) -> int:
+        """Bytes of queued tasks' files, by the shared count."""
+        return max(0, self.words[_SPILLED])
+
+    def reserve_spill(self, size: int) -> bool:
+        """Count ``size`` more bytes of spilled tasks, if they fit under
+        ``spill_bytes``; False if they do not (yet).
+
+        The count is a word of the state page, changed under a file lock by
+        whoever writes (:meth:`spill_task`) or reads (:meth:`release_spill`)
+        a task's file. A process killed between a file and its count leaves
+        it wrong, so when it says "full" (at most every 0.2 s), and every 5 s
+        anyway, it is recounted from the directory (the ``task-*`` files'
+        sizes, set in full before their bytes are written)."""
+        bound = self.settings.spill_bytes
+        with _spill_lock:
+            fcntl.lockf(self.spill_lock.fileno(), fcntl.LOCK_EX)
+            try:
+                used = self.spilled_bytes()
+                since = time.monotonic() - self.recounted
+                if (used + size > bound and since > _RECOUNT_FULL) or since > _RECOUNT_ANYWAY:
+                    used = self.recount_spill()
+                if used + size > bound:
+                    return False
+                self.words[_SPILLED] = used + size
+                return True
+            finally:
+                fcntl.lockf(self.spill_lock.fileno(), fcntl.LOCK_UN)
+
+    def release_spill(self, size: int) -> None:
+        """``size`` bytes of a spilled task's file are gone (read, or discarded)."""
+        with _spill_lock:
+            fcntl.lockf(self.spill_lock.fileno(), fcntl.LOCK_EX)
+            try:
+                self.words[_SPILLED] = max(0, self.words[_SPILLED] - size)
+            finally:
+                fcntl.lockf(self.spill_lock.fileno(), fcntl.LOCK_UN)
+
+    def consume_spill(self, record: bytes) -> None:
+        """A spilled task's file (``record`` is its path) is about to be read
+        or discarded: uncount its size (nothing if it is gone)."""
+        try:
+            size = os.stat(os.fsdecode(record)).st_size
+        except (OSError, ValueError):
+            return
+        self.release_spill(size)
+
+    def recount_spill(self) -> int:
+        """Set the count from the spill directory's task files (with the lock held)."""
+        total = 0
+        try:
+            with os.scandir(self.spill_dir) as entries:
+                for entry in entries:
+                    if entry.name.startswith(records.TASK_FILE):
+                        try:
+                            total += entry.stat().st_size
+                        except OSError:  # read meanwhile
+                            pass
+        except OSError:
+            pass
+        self.words[_SPILLED] = total
+        self.recounted = time.monotonic()
+        return total
 
     def send_finishes(self, reply: int, finishes: list[bytes]) -> int:
         """Write finish records into the completion channel ``reply``

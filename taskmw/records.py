@@ -435,12 +435,21 @@ def lost(
 # -- records too large for a ring --------------------------------------------------
 
 
-def spill(payload: bytes, directory: str) -> bytes:
+TASK_FILE = "task-"
+"""The name prefix of a spilled task's file (a finish's is ``payload-``):
+:meth:`taskmw.pool.Pool.recount_spill` counts these."""
+
+
+def spill(payload: bytes, directory: str, prefix: str = "payload-") -> bytes:
     """Write ``payload`` to a new file in ``directory``; returns the record
-    that stands for it (its path). Send it with :data:`SPILLED` in the header."""
-    fd, path = tempfile.mkstemp(dir=directory, prefix="payload-")
+    that stands for it (its path). Send it with :data:`SPILLED` in the
+    header. The file has its full size before its bytes are written (a
+    recount of the directory sees it whole); a file that cannot be written
+    (``ENOSPC``) is removed, and the ``OSError`` raised."""
+    fd, path = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.ftruncate(f.fileno(), len(payload))
             f.write(payload)
     except BaseException:
         os.unlink(path)

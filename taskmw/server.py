@@ -149,6 +149,19 @@ class TaskServer:
         max_payload_bytes: largest task (pickled) ``task()`` accepts.
             Tasks and results too large for the rings travel as files in a
             private directory (on ``/dev/shm`` when there is one).
+        spill_dir: where that private directory is made (``None``:
+            ``/dev/shm`` if writable, else the temp directory).
+        spill_bytes: bound on the queued tasks' files in it (``/dev/shm``
+            is memory): past it ``task()`` waits ``queue_timeout`` for room,
+            then raises :class:`~taskmw.QueueFull`, as for a full queue.
+        builder_dumpable: leave the process that builds a local pool (and
+            the HTTP workers it forks later) dumpable. By default it is made
+            non-dumpable (``PR_SET_DUMPABLE`` 0), as the supervisor and task
+            workers always are, so that no other process of the same user
+            can open the pool's memfds through ``/proc/<pid>/fd``; that also
+            stops same-user debuggers (py-spy, gdb), core dumps and reading
+            its ``/proc/<pid>/environ``. ``True`` keeps those, and lets every
+            process of the user reach the pool through the builder.
 
         backend: where tasks run: ``"local"`` (this pool) or the name of a
             backend installed in the entry-point group ``taskmw.backends``
@@ -187,6 +200,9 @@ class TaskServer:
         retry_backoff: float = Settings.retry_backoff,
         max_tasks_per_worker: int | None = Settings.max_tasks_per_worker,
         max_payload_bytes: int = Settings.max_payload_bytes,
+        spill_dir: str | None = Settings.spill_dir,
+        spill_bytes: int = Settings.spill_bytes,
+        builder_dumpable: bool = Settings.builder_dumpable,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(
@@ -205,6 +221,9 @@ class TaskServer:
             retry_backoff=retry_backoff,
             max_tasks_per_worker=max_tasks_per_worker,
             max_payload_bytes=max_payload_bytes,
+            spill_dir=spill_dir,
+            spill_bytes=spill_bytes,
+            builder_dumpable=builder_dumpable,
         )
         """The pool's settings (:class:`taskmw.settings.Settings`)."""
         self.backend = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"

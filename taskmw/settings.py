@@ -56,6 +56,9 @@ class Settings:
     retry_backoff: float = 0.5
     max_tasks_per_worker: int | None = None
     max_payload_bytes: int = 128 << 20
+    spill_dir: str | None = None
+    spill_bytes: int = 256 << 20
+    builder_dumpable: bool = False
 
     def __post_init__(self) -> None:
         check_int("task_workers", self.task_workers, 1, 1024)
@@ -71,6 +74,11 @@ class Settings:
         check_seconds("retry_backoff", self.retry_backoff)
         check_int("retries", self.retries, 0, 1000)
         check_int("max_payload_bytes", self.max_payload_bytes, 1, 1 << 40)
+        check_int("spill_bytes", self.spill_bytes, 1, 1 << 40)
+        if not isinstance(self.builder_dumpable, bool):
+            raise ValueError(f"builder_dumpable must be True or False, got {self.builder_dumpable!r}")
+        if self.spill_dir is not None and (not isinstance(self.spill_dir, str) or not self.spill_dir):
+            raise ValueError(f"spill_dir must be a directory's path or None, got {self.spill_dir!r}")
         if self.task_timeout is not None:
             check_seconds("task_timeout", self.task_timeout, positive=True)
         if self.max_tasks_per_worker is not None:

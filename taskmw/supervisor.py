@@ -22,7 +22,21 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from taskmw import _proc, _table, _title, records
-from taskmw._table import DEADLINE, PID, RESTARTS, ROW, SEQ, STARTING, STATE, TASK, TERMINATE
+from taskmw._table import (
+    ASYNC_DEADLINE,
+    ASYNC_LIMIT,
+    ASYNC_SEQ,
+    DEADLINE,
+    PID,
+    RESTARTS,
+    ROW,
+    SEQ,
+    START,
+    STARTING,
+    STATE,
+    TASK,
+    TERMINATE,
+)
 from taskmw.backlog import Backlogs
 from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
@@ -40,6 +54,11 @@ _WATCHED = {signal.SIGCHLD, signal.SIGTERM}
 _TICK = 0.1  # seconds between checks of time limits and that the pool's builder is alive
 _BUSY_TICK = 0.01  # the same while finishes wait in a backlog (see taskmw.backlog)
 _SETTLE = 3.0  # seconds a stopping supervisor keeps moving backlogged finishes to processes that read them
+ASYNC_GRACE = 1.0
+"""Seconds an async task past its time limit has to end (its event loop
+cancels it at the limit) before the supervisor kills its worker: the loop is
+blocked (a sync call inside ``async def``) or the task ignores
+``CancelledError``."""
 
 
 class Backoff:
@@ -89,7 +108,11 @@ def orphans(pool: Pool) -> list[Orphan]:
         except ProcessLookupError:
             found.append(Orphan(worker_id, pid, -1))  # gone (reaped by someone else): reclaim what it held
             continue
-        if ended(fd) or _proc.maps_inode(pid, ring):
+        mapped = ended(fd) or _proc.maps_inode(pid, ring)
+        if mapped is None:  # not dumpable and this process unprivileged: its start time says if it is that worker
+            start = words[worker_id * ROW + START]
+            mapped = not start or _proc.start_ticks(pid) == start  # 0: it died before writing it
+        if mapped:
             found.append(Orphan(worker_id, pid, fd))
         else:
             os.close(fd)
@@ -124,6 +147,7 @@ def spawn(pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ())
         return pid
     code = 1
     try:
+        _proc.make_undumpable()  # no other process of its user can reach the pool's memfds through it
         _title.set_title("supervisor")
         reset_signals()
         code = _Supervisor(pool, start_worker, adopted).run()
@@ -230,7 +254,7 @@ class _Supervisor:
         process limit, out of memory): it is tried again by the main loop
         after a capped exponential backoff, one log line per attempt."""
         w, r = self.words, worker_id * ROW
-        w[r + STATE], w[r + TASK], w[r + DEADLINE] = STARTING, 0, 0
+        w[r + STATE], w[r + TASK], w[r + DEADLINE], w[r + ASYNC_DEADLINE], w[r + START] = STARTING, 0, 0, 0, 0
         try:
             pid = self.start_worker(worker_id)
         except OSError as exc:
@@ -311,6 +335,9 @@ class _Supervisor:
                     self.terminated[pid] = stop
                     log.warning("task worker %d (pid %d): task %d was cancelled: killed it", worker_id, pid, task_id)
                     continue
+            if pid in self.timed_out:
+                continue
+            self.enforce_async_limit(pid, worker_id, now)
             deadline = w[r + DEADLINE]
             if not deadline or now <= deadline or pid in self.timed_out:
                 continue
@@ -327,6 +354,30 @@ class _Supervisor:
                 task_id,
                 limit,
             )
+
+    def enforce_async_limit(self, pid: int, worker_id: int, now: int) -> None:
+        """Kill worker ``pid`` if an async task of it is still running
+        :data:`ASYNC_GRACE` seconds past its time limit (its event loop did
+        not stop it). That task finishes ``timeout``; the others the worker
+        held finish ``lost``."""
+        w, r = self.words, worker_id * ROW
+        deadline = w[r + ASYNC_DEADLINE]
+        if not deadline or now <= deadline + int(ASYNC_GRACE * 1e9):
+            return
+        seq, limit = w[r + ASYNC_SEQ], w[r + ASYNC_LIMIT] / 1e9
+        if w[r + ASYNC_DEADLINE] != deadline:
+            return  # that task ended meanwhile
+        self.kill(pid)
+        self.timed_out[pid] = (seq, limit)
+        log.warning(
+            "task worker %d (pid %d): async task seq %d ran %.3gs past its time limit of %.3gs without "
+            "stopping (its event loop is blocked, or it ignores cancellation): killed it",
+            worker_id,
+            pid,
+            seq,
+            ASYNC_GRACE,
+            limit,
+        )
 
     def settle(self, pid: int, worker_id: int, status: int | None) -> None:
         """Finish every task the dead worker ``pid`` held: ``timeout`` for the
@@ -422,6 +473,7 @@ class _Supervisor:
                     continue
                 cancelled += 1
                 if records.is_spilled(header):
+                    self.pool.consume_spill(batch.records[i])
                     records.discard(batch.records[i])
                 seq = batch.first_seq + i
                 self.finish(Held(seq, header), seq, CANCELLED, error, 0.0, -1)

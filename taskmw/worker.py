@@ -25,10 +25,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from taskmw import _table, _title, records
+from taskmw import _codec, _proc, _table, _title, records
 from taskmw._table import (
+    ASYNC_DEADLINE,
     ASYNC_DONE,
+    ASYNC_LIMIT,
     ASYNC_OK,
+    ASYNC_SEQ,
     ASYNC_TIMEOUT,
     BUSY,
     DEADLINE,
@@ -70,6 +73,7 @@ def spawn(pool: Pool, server: Server, worker_id: int) -> int:
         return pid
     code = 1
     try:
+        _proc.make_undumpable()  # (inherited from the supervisor already: said again, being the point)
         _title.set_title(f"task worker {worker_id}")
         # The supervisor stops workers (with stop markers, behind the queued
         # tasks); a SIGTERM to the whole process group (systemd, kill -TERM
@@ -102,6 +106,8 @@ class _Worker:
         self.words = pool.table.words
         self.row = pool.table.row(worker_id)
         self.words[self.row + _table.PID] = os.getpid()  # the supervisor writes it too, after fork() returns
+        self.words[self.row + ASYNC_DEADLINE] = 0
+        self.words[self.row + _table.START] = _proc.start_ticks(os.getpid()) or 0
         self.generation = pool.table.generation
         self.timeout = pool.settings.task_timeout
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
@@ -109,6 +115,7 @@ class _Worker:
         self.current = 0  # the id of the sync task running now, for taskmw.progress()
         self.dropped = 0  # finishes dropped (their process is gone) and not logged yet
         self.next_drop_log = 0.0  # time.monotonic() of the next log line about them
+        self.reply = 0  # the finish header of the task running now
         _reporter.set(self.report)
 
     def run(self) -> int:
@@ -155,9 +162,14 @@ class _Worker:
                     stops += 1
                     done.append(seq)
                 else:
-                    finish = self.run_one(seq, record, header)
+                    self.reply = records.reply_to(header)
+                    try:
+                        finish = self.run_one(seq, record, header)
+                    except BaseException as exc:  # noqa: B036 - never let one task's outcome end the batch
+                        finish = self.failed(seq, exc)
                     if finish is not None:
-                        finishes.setdefault(records.reply_to(header), []).append(finish)
+                        if finish:  # else it was sent already (spilled)
+                            finishes.setdefault(self.reply, []).append(finish)
                         done.append(seq)
                 seq += 1
             for reply, outcomes in finishes.items():
@@ -181,11 +193,28 @@ class _Worker:
                     log.info("task worker %d: max_tasks_per_worker reached, recycling", self.worker_id)
                     return
 
+    def failed(self, seq: int, exc: BaseException, task_id: int = 0) -> bytes:
+        """The ``error`` finish of a task whose outcome could not be made
+        (taskmw's own failure around it), so its worker and batch go on."""
+        log.exception("task worker %d: could not finish task seq %d", self.worker_id, seq)
+        words, row = self.words, self.row
+        if not task_id:  # a sync task: the one in this worker's row
+            words[row + DEADLINE] = 0
+            task_id = words[row + TASK] if words[row + SEQ] == seq and words[row + TASK] else seq
+        error = TaskError(
+            "TaskmwError", f"the task's outcome could not be recorded: {_codec.safe_str(exc)}", error_of(exc).traceback
+        )
+        self.tasks.finished(task_id, ERROR, max(1, words[row + _table.ATTEMPT]), error)
+        return encode_finish(seq, task_id, ERROR, None, error, 0.0, self.worker_id, "")
+
     def run_one(self, seq: int, record: bytes, header: int) -> bytes | None:
         """Run one task; returns its finish record (None: an async task, which
-        sends its own finish when it is done)."""
+        sends its own finish when it is done; ``b""``: a large finish, sent
+        already)."""
         words, row = self.words, self.row
         started = time.perf_counter()
+        if header & records.SPILLED:
+            self.pool.consume_spill(record)  # the file is read (and removed) now: room for another
         try:
             task = SubmitRecord.read(seq, record, header)
         except Exception as exc:  # an unreadable record: the task cannot run
@@ -225,9 +254,42 @@ class _Worker:
             words[row + _table.OK] += 1
         duration = time.perf_counter() - started
         finish = encode_finish(seq, task_id, status, value, error, duration, self.worker_id, name)
+        sent = False
+        if len(finish) > self.pool.finish_spill_at:  # its file is written here: it may not fit (ENOSPC)
+            status, error, finish, sent = self.spill(seq, task_id, status, error, finish, duration, name, self.reply)
         if not (left and status in RETRIED):  # a failure that runs again is its queuing process's to retry
             tasks.finished(task_id, status, attempt, error, finish, self.worker_id, self.worker_id, duration)
-        return finish
+        return b"" if sent else finish
+
+    def spill(
+        self,
+        seq: int,
+        task_id: int,
+        status: int,
+        error: TaskError | None,
+        finish: bytes,
+        duration: float,
+        name: str,
+        reply: int,
+    ) -> tuple[int, TaskError | None, bytes, bool]:
+        """Write a finish too large for a channel record to a spill file and
+        send it now, to ``reply`` (see :func:`taskmw.records.reply_to`);
+        returns ``(status, error, finish, True)``. If the file cannot be
+        written (the spill directory is full: ``ENOSPC``) the task finishes
+        ``error`` saying why instead: ``(ERROR, error, its finish, False)``,
+        to be sent with the others."""
+        pool = self.pool
+        try:
+            path = records.spill(finish, pool.spill_dir)
+        except OSError as exc:
+            message = (
+                f"the task's outcome ({len(finish)} bytes pickled) could not be written to the spill "
+                f"directory {pool.spill_dir}: {exc}"
+            )
+            error = TaskError("OSError", message, "")
+            return ERROR, error, encode_finish(seq, task_id, ERROR, None, error, duration, self.worker_id, name), False
+        self.send(reply | records.SPILLED, [path])
+        return status, error, finish, True
 
     def record(self, task: SubmitRecord, status: int, error: TaskError | None, finish: bytes, duration: float) -> None:
         """Put an async task's outcome in the pool's record (not a failure that
@@ -266,6 +328,7 @@ class _AsyncRunner:
 
     def __init__(self, worker: _Worker, limit: int) -> None:
         self.worker = worker
+        self.deadlines: dict[int, tuple[int, int]] = {}  # seq -> (deadline, limit) in ns, of the timed tasks running
         self.loop = asyncio.new_event_loop()
         self.slots = threading.Semaphore(limit)
         self.limit = limit
@@ -288,27 +351,56 @@ class _AsyncRunner:
         _reporter.set(functools.partial(w.tasks.progress, task_id))  # this task's own context
         timer = asyncio.timeout(limit)
         error: TaskError | None = None
+        value = None
+        begun = time.monotonic_ns()
+        if limit:  # the supervisor's backstop, should the loop not stop the task (see _table.ASYNC_DEADLINE)
+            self.deadlines[seq] = (begun + int(limit * 1e9), int(limit * 1e9))
+            self.publish()
         try:
             async with timer:
                 value = await coro
             status = OK
-            finish = w.finish(seq, task_id, OK, value, None, started, name)
-            words[row + ASYNC_OK] += 1
         except BaseException as exc:  # noqa: B036
-            if isinstance(exc, TimeoutError) and timer.expired():
+            status, error = ERROR, error_of(exc)
+        if limit:
+            del self.deadlines[seq]
+            self.publish()
+            # Past its limit whatever it did: cancelled, or it swallowed the cancellation, or it blocked
+            # the loop (no await) and the timer never fired.
+            if timer.expired() or time.monotonic_ns() - begun > limit * 1e9:
                 message = f"the task ran longer than its time limit of {limit}s and was cancelled"
-                status, error = TIMEOUT, TaskError("TimeoutError", message, "")
+                status, error, value = TIMEOUT, TaskError("TimeoutError", message, ""), None
                 words[row + ASYNC_TIMEOUT] += 1
-            else:
-                status, error = ERROR, error_of(exc)
-            finish = w.finish(seq, task_id, status, None, error, started, name)
+        sent = False
+        duration = time.perf_counter() - started
+        try:
+            finish = encode_finish(seq, task_id, status, value, error, duration, w.worker_id, name)
+            if len(finish) > w.pool.finish_spill_at:  # it may not fit in the spill directory (ENOSPC)
+                status, error, finish, sent = w.spill(seq, task_id, status, error, finish, duration, name, task.reply)
+        except BaseException as exc:  # noqa: B036 - one task's outcome must not stop the loop's others
+            status, finish = ERROR, w.failed(seq, exc, task_id)
+        if status == OK:
+            words[row + ASYNC_OK] += 1
         words[row + ASYNC_DONE] += 1
         try:
-            w.record(task, status, error, finish, time.perf_counter() - started)
-            w.send(task.reply, [finish])
+            w.record(task, status, error, finish, duration)
+            if not sent:
+                w.send(task.reply, [finish])
             w.ring.release([seq])
         finally:
             self.slots.release()
+
+    def publish(self) -> None:
+        """Write the earliest time limit of the running timed tasks into the
+        worker's row (the supervisor reads the deadline, then the seq, then
+        the deadline again: it is cleared first and written last)."""
+        words, row = self.worker.words, self.worker.row
+        words[row + ASYNC_DEADLINE] = 0
+        if self.deadlines:
+            seq, (deadline, limit) = min(self.deadlines.items(), key=lambda item: item[1][0])
+            words[row + ASYNC_SEQ] = seq
+            words[row + ASYNC_LIMIT] = limit
+            words[row + ASYNC_DEADLINE] = deadline
 
     def drain(self) -> None:
         """Wait for every running async task, then stop the loop."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import FinishLog, pids_gone, pool_processes, wait_until, zombies_of
@@ -77,3 +79,17 @@ def no_process_left() -> Iterator[None]:
         except ChildProcessError:  # reaped meanwhile by a pool's builder (this process, a subreaper)
             pass
     assert left == set(), "the test left processes behind"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[str]:
+    """A 2 MiB tmpfs (a full /dev/shm in miniature: writes past it fail with ENOSPC)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "shm"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
