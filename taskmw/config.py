@@ -165,6 +165,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("spill_bytes", ("--spill-bytes",), _size, _DEFAULT.spill_bytes,
            "bound on the queued tasks' files in the spill directory; past it task() waits, then QueueFull",
            pool=True, metavar="SIZE"),
+    Option("record_arguments", ("--record-arguments",), _bool, _DEFAULT.record_arguments,
+           "keep each task's arguments in the record (status(), the dashboard show their repr)", pool=True),
     Option("builder_dumpable", ("--builder-dumpable",), _bool, _DEFAULT.builder_dumpable,
            "leave the master and HTTP workers dumpable (debuggers, core dumps) at the cost of letting "
            "processes of the same user reach the pool through them", pool=True),

@@ -39,6 +39,9 @@ class TaskInfo:
     """The message that came with it."""
     error: TaskError | None
     """Why it did not finish ``ok`` (``None`` while it runs, or when it did)."""
+    arguments: str | None = None
+    """A short repr of what it was given (``fn(*args, **kwargs)``), when the
+    pool records arguments (``record_arguments=True``) and they are still kept."""
 
     def as_dict(self) -> dict[str, object]:
         """Plain data (JSON-able): the fields, the error as a dict."""

@@ -423,6 +423,16 @@ def salvage_finish(record: bytes) -> FinishFields:
     return seq, task_id, ERROR, None, TaskError("UnpicklingError", message, ""), duration, worker_id, name
 
 
+def load_salvaging(data: bytes) -> Any:
+    """Unpickle ``data``, with a placeholder for whatever cannot be rebuilt in
+    this process (a class it has not imported): for showing, never for running.
+
+    Raises:
+        ValueError, pickle.UnpicklingError, ...: ``data`` is not a pickle.
+    """
+    return _SalvagingUnpickler(data).load()
+
+
 def lost(
     seq: int, error: TaskError, status: int = LOST, duration: float = 0.0, worker_id: int = -1, task_id: int = 0
 ) -> bytes:

@@ -154,6 +154,10 @@ class TaskServer:
         spill_bytes: bound on the queued tasks' files in it (``/dev/shm``
             is memory): past it ``task()`` waits ``queue_timeout`` for room,
             then raises :class:`~taskmw.QueueFull`, as for a full queue.
+        record_arguments: keep each task's pickled arguments in the record
+            too (its worker copies them into its result arena, about 0.5 µs
+            a task), so that ``status(id).arguments`` and the dashboard show
+            their repr; off by default.
         builder_dumpable: leave the process that builds a local pool (and
             the HTTP workers it forks later) dumpable. By default it is made
             non-dumpable (``PR_SET_DUMPABLE`` 0), as the supervisor and task
@@ -203,6 +207,7 @@ class TaskServer:
         spill_dir: str | None = Settings.spill_dir,
         spill_bytes: int = Settings.spill_bytes,
         builder_dumpable: bool = Settings.builder_dumpable,
+        record_arguments: bool = Settings.record_arguments,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(
@@ -224,6 +229,7 @@ class TaskServer:
             spill_dir=spill_dir,
             spill_bytes=spill_bytes,
             builder_dumpable=builder_dumpable,
+            record_arguments=record_arguments,
         )
         """The pool's settings (:class:`taskmw.settings.Settings`)."""
         self.backend = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"

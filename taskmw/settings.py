@@ -59,6 +59,7 @@ class Settings:
     spill_dir: str | None = None
     spill_bytes: int = 256 << 20
     builder_dumpable: bool = False
+    record_arguments: bool = False
 
     def __post_init__(self) -> None:
         check_int("task_workers", self.task_workers, 1, 1024)
@@ -75,6 +76,8 @@ class Settings:
         check_int("retries", self.retries, 0, 1000)
         check_int("max_payload_bytes", self.max_payload_bytes, 1, 1 << 40)
         check_int("spill_bytes", self.spill_bytes, 1, 1 << 40)
+        if not isinstance(self.record_arguments, bool):
+            raise ValueError(f"record_arguments must be True or False, got {self.record_arguments!r}")
         if not isinstance(self.builder_dumpable, bool):
             raise ValueError(f"builder_dumpable must be True or False, got {self.builder_dumpable!r}")
         if self.spill_dir is not None and (not isinstance(self.spill_dir, str) or not self.spill_dir):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import reprlib
 import struct
 import time
 from typing import Any
@@ -42,23 +43,39 @@ from typing import Any
 from taskmw.errors import UnknownTask
 from taskmw.events import STATUSES, TaskError
 from taskmw.info import State, TaskInfo
-from taskmw.records import FinishRecord
+from taskmw.records import FinishRecord, load_salvaging
 
-# Slot layout: 45 words (360 bytes).
-_Q, _R, _P, _D, _C = 0, 8, 12, 22, 44
-_SLOT = 45
+# Slot layout: 49 words (392 bytes).
+_Q, _R, _P, _D, _C, _A = 0, 8, 12, 22, 44, 45
+_SLOT = 49
+_A_FIELDS = struct.Struct("<qqq")  # the arguments (record_arguments): arena, pos, len
 _Q_FIELDS = struct.Struct("<d48s")  # queued_at, name
 _R_FIELDS = struct.Struct("<qqd")  # worker_id, attempt, started_at
 _P_FIELDS = struct.Struct("<d64s")  # progress (NaN: none), message
 _D_FIELDS = struct.Struct("<qddqqqqq32s64s")
 """status, started_at, finished_at, attempts, worker_id, arena, pos, len, error type, message"""
 assert _Q_FIELDS.size <= (_R - _Q - 1) * 8 and _R_FIELDS.size <= (_P - _R - 1) * 8
-assert _P_FIELDS.size <= (_D - _P - 1) * 8 and _D_FIELDS.size <= (_SLOT - _D - 1) * 8
+assert _P_FIELDS.size <= (_D - _P - 1) * 8 and _D_FIELDS.size <= (_C - _D - 1) * 8
+assert _A_FIELDS.size <= (_SLOT - _A - 1) * 8
 _D_HEAD = struct.Struct("<qddqqqqq")  # the same without the error: an ``ok`` finish's fields end there
 _pack_d, _pack_d_head = _D_FIELDS.pack_into, _D_HEAD.pack_into
 _NO_ARENA = -1
 _OK = 0  # taskmw.records.OK
 _TRIES = 4  # a reader retries a group this often while a writer rewrites it
+
+
+_ARGS = reprlib.Repr()
+_ARGS.maxlevel, _ARGS.maxstring, _ARGS.maxother, _ARGS.maxlist, _ARGS.maxdict, _ARGS.maxtuple = 3, 60, 60, 8, 8, 8
+
+
+def _arguments_repr(given: Any) -> str:
+    """``fn(*args, **kwargs)``-like text of a pickled call, or the repr of a data object."""
+    if isinstance(given, tuple) and len(given) == 3 and isinstance(given[1], tuple):
+        fn, args, kwargs = given
+        parts = [_ARGS.repr(a) for a in args] + [f"{k}={_ARGS.repr(v)}" for k, v in (kwargs or {}).items()]
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        return f"{name}({', '.join(parts)})"
+    return _ARGS.repr(given)
 
 
 def _text(raw: bytes) -> str:
@@ -155,12 +172,7 @@ class TaskTable:
         worker's own; each arena has one writer) when given and small enough."""
         pos = length = 0
         if record is not None and arena >= 0 and len(record) <= self.max_result:
-            length, size, pos = len(record), self.arena_size, self._positions[arena]
-            if pos % size + length > size:  # it does not fit before the end: start the next lap
-                pos += size - pos % size
-            start = arena * size + pos % size
-            self._positions[arena] = pos + length  # first: a reader of what it overwrites sees it evicted
-            self._arenas[start : start + length] = record
+            pos, length = self._keep(arena, record), len(record)
         else:
             arena = _NO_ARENA
         words, base = self._words, (task_id % self.capacity) * _SLOT + _D
@@ -175,6 +187,45 @@ class TaskTable:
             _pack_d(self._map, (base + 1) * 8, status, now - duration, now, attempts, worker_id, arena, pos, length,
                     kind or b"?", message)  # fmt: skip
         words[base] = task_id
+
+    def _keep(self, arena: int, data: bytes) -> int:
+        """Copy ``data`` into ``arena`` (one writer each); returns its absolute position."""
+        length, size, pos = len(data), self.arena_size, self._positions[arena]
+        if pos % size + length > size:  # it does not fit before the end: start the next lap
+            pos += size - pos % size
+        start = arena * size + pos % size
+        self._positions[arena] = pos + length  # first: a reader of what it overwrites sees it evicted
+        self._arenas[start : start + length] = data
+        return pos
+
+    def arguments(self, task_id: int, payload: bytes, arena: int) -> None:
+        """In the worker (``record_arguments``): keep the task's pickled call
+        or data object in its arena (one too large is not kept)."""
+        if len(payload) <= self.max_result:
+            self._write(task_id, _A, _A_FIELDS, arena, self._keep(arena, payload), len(payload))
+
+    def arguments_of(self, task_id: int) -> str | None:
+        """A short repr of what ``task_id`` was given, if it is still kept."""
+        a = self._read(task_id, _A, _A_FIELDS)
+        if a is None:
+            return None
+        data = self._copy(*a)
+        if data is None:
+            return None
+        try:
+            given = load_salvaging(data)
+        except Exception:  # noqa: BLE001 - torn by a second writer: not kept
+            return None
+        return _arguments_repr(given)
+
+    def _copy(self, arena: int, pos: int, length: int) -> bytes | None:
+        """The bytes kept at ``pos`` of ``arena``, unless it wrapped past them."""
+        size = self.arena_size
+        if self._positions[arena] > pos + size:
+            return None
+        start = arena * size + pos % size
+        data = bytes(self._arenas[start : start + length])
+        return None if self._positions[arena] > pos + size else data
 
     # -- reading ------------------------------------------------------------------
 
@@ -194,7 +245,7 @@ class TaskTable:
     def _newer(self, task_id: int) -> bool:
         """True if a later task took ``task_id``'s slot (it was evicted by count)."""
         base = (task_id % self.capacity) * _SLOT
-        return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C))
+        return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C, _A))
 
     def info(
         self, task_id: int, issued: int, queue_start: int, running: tuple[int, int, float] | None = None
@@ -227,7 +278,7 @@ class TaskTable:
         if d is None:
             state: State = "running" if r is not None else "queued"
             return TaskInfo(task_id, state, None, name, worker_id, attempts, queued_at, started_at, None, progress,
-                            message, None)  # fmt: skip
+                            message, None, self.arguments_of(task_id))  # fmt: skip
         code, ran_at, finished_at, done_attempts, ran_by, _, _, _, kind, text = d
         attempts = done_attempts or attempts
         if ran_by >= 0:
@@ -242,7 +293,7 @@ class TaskTable:
             if kept is not None and kept.error is not None:
                 error = kept.error
         return TaskInfo(task_id, "done", STATUSES[code], name, worker_id, attempts, queued_at, started_at,
-                        finished_at, progress, message, error)  # fmt: skip
+                        finished_at, progress, message, error, self.arguments_of(task_id))  # fmt: skip
 
     def finish_record(self, task_id: int) -> FinishRecord | None:
         """The kept finish record of a finished task (None: not kept, or evicted)."""
@@ -253,13 +304,9 @@ class TaskTable:
         arena, pos, length = d[5], d[6], d[7]
         if arena < 0:
             return None
-        size = self.arena_size
-        if self._positions[arena] > pos + size:
+        record = self._copy(arena, pos, length)
+        if record is None:
             return None  # the arena wrapped past it
-        start = arena * size + pos % size
-        record = bytes(self._arenas[start : start + length])
-        if self._positions[arena] > pos + size:
-            return None  # overwritten while it was copied
         try:
             finish = FinishRecord.decode(record)
         except Exception:  # noqa: BLE001 - torn by a second writer (an orphaned worker of the same row)

@@ -112,6 +112,7 @@ class _Worker:
         self.timeout = pool.settings.task_timeout
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
         self.tasks = pool.tasks
+        self.record_arguments = pool.settings.record_arguments
         self.current = 0  # the id of the sync task running now, for taskmw.progress()
         self.dropped = 0  # finishes dropped (their process is gone) and not logged yet
         self.next_drop_log = 0.0  # time.monotonic() of the next log line about them
@@ -229,6 +230,8 @@ class _Worker:
             return self.finish(seq, task_id, CANCELLED, None, _CANCELLED, started, "")
         if attempt > 1:
             tasks.rerun(task_id)
+        if self.record_arguments:
+            tasks.arguments(task_id, payload, self.worker_id)
         self.current = task_id
         limit = own_limit or self.timeout
         words[row + SEQ] = seq

@@ -319,3 +319,20 @@ def test_progress_outside_a_task_does_nothing_and_checks_its_argument() -> None:
 
 def bad_progress() -> None:
     taskmw.progress(2)
+
+
+def given(a: object, *, b: object = None) -> object:
+    return a
+
+
+def test_arguments_are_recorded_only_when_asked() -> None:
+    with TaskServer(1, record_arguments=True) as server:
+        task_id = server.task(given, [1, 2, 3], b="x" * 200)
+        server.result(task_id, timeout=WAIT)
+        shown = server.status(task_id).arguments
+        assert shown is not None and shown.startswith("given([1, 2, 3], b='xxx") and "..." in shown
+        assert len(shown) < 120  # a short repr, not the whole value
+    with TaskServer(1) as server:
+        task_id = server.task(given, 1)
+        server.result(task_id, timeout=WAIT)
+        assert server.status(task_id).arguments is None

@@ -18,7 +18,7 @@ from taskmw.events import STATUSES
 from taskmw.info import TaskInfo
 
 LISTS = ("scheduled", "queued", "running", "done")
-ARGUMENTS_NOT_RECORDED = "not recorded (the pool's record keeps what a task runs, not its arguments)"
+ARGUMENTS_NOT_RECORDED = "not recorded (the pool records arguments with record_arguments=True)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +298,12 @@ def task_section(view: View, info: TaskInfo) -> str:
     rows = [
         ("state", state_badge(info) + (f" (state {esc(info.state)})" if info.state == "done" else "")),
         ("task", f"<code>{esc(info.name or '?')}</code>"),
-        ("arguments", f'<span class="muted">{esc(ARGUMENTS_NOT_RECORDED)}</span>'),
+        (
+            "arguments",
+            f"<code>{esc(info.arguments)}</code>"
+            if info.arguments is not None
+            else f'<span class="muted">{esc(ARGUMENTS_NOT_RECORDED)}</span>',
+        ),
         ("worker", esc(info.worker_id if info.worker_id is not None else "—")),
         ("attempts", esc(info.attempts)),
         ("queued at", _at(info.queued_at, view.now)),

@@ -117,7 +117,7 @@ def test_a_task_page_shows_its_timings_error_and_traceback(pool: TaskServer, bus
         assert '<pre class="traceback">Traceback (most recent call last):' in page and "raise ValueError" in page
         for label in ("queued at", "started at", "finished at", "waited in the queue", "ran", "arguments"):
             assert f"<th>{label}</th>" in page
-        assert "not recorded" in page
+        assert "not recorded (the pool records arguments with record_arguments=True)" in page
         assert "data-live" not in page  # done: nothing to follow
         running = client.get(f"/tasks/{busy['running']}").text
         assert f'data-live="/tasks/{busy["running"]}/live"' in running and "running for" in running
@@ -307,3 +307,13 @@ def test_the_masters_server_and_its_options(pool: TaskServer, busy: dict[str, in
         served.close()
     with pytest.raises(httpx.ConnectError):
         httpx.get(served.url, timeout=2, trust_env=False)
+
+
+def test_a_task_page_shows_its_arguments_when_the_pool_records_them() -> None:
+    with TaskServer(1, record_arguments=True) as server:
+        task_id = server.task(fails)
+        with pytest.raises(taskmw.TaskFailed):
+            server.result(task_id, timeout=30)
+        with wsgi_client(taskmw.web.wsgi_app(server)) as client:
+            page = client.get(f"/tasks/{task_id}").text
+        assert "<th>arguments</th><td><code>fails()</code>" in page.replace("\n", "")
