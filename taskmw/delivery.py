@@ -60,9 +60,12 @@ def _salvage(record: bytes) -> records.FinishFields | None:
 class Delivery:
     """One process's tasks in flight: waiters, counts, recent seqs, retries."""
 
-    def __init__(self, hook: pluggy.HookRelay, retries: Retries) -> None:
+    def __init__(self, hook: pluggy.HookRelay, retries: Retries, name_of: Callable[[int], str] | None = None) -> None:
         self.hook = hook
         self.retries = retries
+        self.name_of = name_of
+        """What the pool's record calls a task: the name of a finish that has
+        none (``lost``, ``cancelled``: no worker read the task)."""
         retries.failed = self.retry_failed
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
@@ -142,6 +145,8 @@ class Delivery:
                 if retries.again(retry, status):
                     continue
                 task_id, attempts = retry.task_id, retry.attempt
+            if not name and self.name_of is not None:
+                name = self.name_of(task_id)
             event = _new_finish(
                 TaskFinishEvent, (task_id, STATUSES[status], value, error, duration, worker_id, attempts, name)
             )

@@ -141,6 +141,11 @@ class EagerTransport:
         """The record of a task run here."""
         return self._kept(task_id).info()
 
+    def name_of(self, task_id: int) -> str:
+        """What this backend's record calls ``task_id``."""
+        kept = self._records.get(task_id)
+        return "" if kept is None else kept.name
+
     def outcome(self, task_id: int) -> FinishRecord | None:
         """The finish record of a task run here."""
         finish = self._kept(task_id).finish

@@ -113,6 +113,10 @@ class Transport(Protocol):
     def cancel(self, task_id: int, terminate: bool = False) -> bool:
         """See :meth:`taskmw.TaskServer.cancel`."""
 
+    def name_of(self, task_id: int) -> str:
+        """What the record calls a task (``""``: it does not say); for a
+        finish that carries no name (no worker read the task)."""
+
     def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
         """``{"queued": [...], "running": [...], "done": [...]}``, up to ``limit`` each."""
 

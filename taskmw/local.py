@@ -249,6 +249,10 @@ class LocalTransport:
         stats = self.pool.submit.stats()
         return stats.next_seq, stats.next_seq - stats.records
 
+    def name_of(self, task_id: int) -> str:
+        """What the record calls ``task_id``."""
+        return self.pool.tasks.name_of(task_id)
+
     def outcome(self, task_id: int) -> FinishRecord | None:
         """The kept finish record of a finished task (None: not kept, or evicted)."""
         return self.pool.tasks.finish_record(task_id)

@@ -255,7 +255,7 @@ class TaskServer:
     def _new_delivery(self) -> None:
         """This process's delivery state (at build, and anew after a fork)."""
         retries = Retries(self.transport.send, self.settings.retry_backoff, self.transport.inline)
-        self._delivery = Delivery(self.hook, retries)
+        self._delivery = Delivery(self.hook, retries, self.transport.name_of)
 
     def _on_finishes(self, finishes: Sequence[bytes], headers: Sequence[int], floor: int) -> None:
         self._delivery.deliver(finishes, headers, floor)

@@ -204,6 +204,11 @@ class TaskTable:
         if len(payload) <= self.max_result:
             self._write(task_id, _A, _A_FIELDS, arena, self._keep(arena, payload), len(payload))
 
+    def name_of(self, task_id: int) -> str:
+        """The name ``task()`` recorded for ``task_id`` (``""``: none kept)."""
+        q = self._read(task_id, _Q, _Q_FIELDS)
+        return "" if q is None else _text(q[1])
+
     def arguments_of(self, task_id: int) -> str | None:
         """A short repr of what ``task_id`` was given, if it is still kept."""
         a = self._read(task_id, _A, _A_FIELDS)

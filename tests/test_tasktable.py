@@ -199,6 +199,7 @@ def test_a_lost_task_is_lost_in_the_record_and_result_says_why(finishes: FinishL
         finishes.wait([task_id])
         info = server.status(task_id)
         assert (info.state, info.status) == ("done", "lost")
+        assert finishes.events[task_id].name == "helpers.die"  # from the record: no worker sent it
         assert info.error is not None and info.error.type == "WorkerLost"
         with pytest.raises(TaskFailed, match="lost"):
             server.result(task_id, timeout=WAIT)

@@ -181,6 +181,11 @@ class CeleryTransport:
         """
         return self.records.status(task_id)
 
+    def name_of(self, task_id: int) -> str:
+        """Celery's finishes carry their name (the worker read the task); the
+        ones Celery makes itself (lost, revoked) have none here."""
+        return ""
+
     def outcome(self, task_id: int) -> FinishRecord | None:
         """The finish record of a done task: Celery's stored result of its last run."""
         return self.records.outcome(task_id)

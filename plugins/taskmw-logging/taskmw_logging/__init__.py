@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
-import struct
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -87,40 +85,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=repr)
 
 
-class _Names:
-    """Task id -> what it runs, noted by ``on_task`` in the task worker and
-    read by ``on_finish`` in the process that queued the task, for the
-    finishes that carry no name (``lost``, ``timeout``). An anonymous shared
-    mapping made when the plugin is made (before the pool forks, so every
-    process of the pool shares it); slot = id modulo :attr:`SLOTS`, the id
-    written last and checked again after reading, so a slot taken over by a
-    later task gives no name rather than a wrong one."""
-
-    SLOTS = 4096
-    SIZE = 256
-    _HEAD = struct.Struct("<qH")  # task id, name length
-
-    def __init__(self) -> None:
-        self.map = mmap.mmap(-1, self.SLOTS * self.SIZE)
-
-    def put(self, task_id: int, name: str) -> None:
-        at = (task_id % self.SLOTS) * self.SIZE
-        data = name.encode("utf-8", "replace")[: self.SIZE - self._HEAD.size]
-        self._HEAD.pack_into(self.map, at, 0, 0)
-        start = at + self._HEAD.size
-        self.map[start : start + len(data)] = data
-        self._HEAD.pack_into(self.map, at, task_id, len(data))
-
-    def get(self, task_id: int) -> str | None:
-        at = (task_id % self.SLOTS) * self.SIZE
-        seen, length = self._HEAD.unpack_from(self.map, at)
-        if seen != task_id:
-            return None
-        start = at + self._HEAD.size
-        name = bytes(self.map[start : start + length]).decode("utf-8", "replace")
-        return name if self._HEAD.unpack_from(self.map, at)[0] == task_id else None
-
-
 class TaskLogger:
     """The plugin: logs task starts, finishes and worker starts and stops.
 
@@ -148,7 +112,6 @@ class TaskLogger:
         self.json = _format(format)
         self.stderr = stderr
         self._handler: logging.Handler | None = None
-        self._names = _Names()
         self._install_handler()
 
     @classmethod
@@ -197,7 +160,6 @@ class TaskLogger:
         if not self.logger.isEnabledFor(self.level):
             return
         name = task_name(event.data)
-        self._names.put(event.task_id, name)
         fields = {"event": "task.start", "task_id": event.task_id, "name": name, "worker_id": event.worker_id}
         text = f"task {event.task_id} started: {name} on worker {event.worker_id}"
         if event.attempt > 1:
@@ -210,7 +172,7 @@ class TaskLogger:
         level = self.level if event.ok else max(self.level, logging.WARNING)
         if not self.logger.isEnabledFor(level):
             return
-        name = event.name or self._names.get(event.task_id) or ""
+        name = event.name  # taskmw fills it from the pool's record for the finishes no worker sent
         shown = name or "?"
         text = f"task {event.task_id} {event.status}: {shown} in {event.duration:.4f}s on worker {event.worker_id}"
         fields: dict[str, Any] = {
