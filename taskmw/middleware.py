@@ -124,6 +124,18 @@ def _in_gunicorn_worker() -> bool:
     return False
 
 
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI lifespan scope for an app with nothing to start or
+    stop: startup and shutdown complete at once."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def _is_asgi(app: Any) -> bool:
     if inspect.iscoroutinefunction(app):
         return True

@@ -25,13 +25,13 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib.metadata import entry_points
 from types import FunctionType
 from typing import Any
 
 import pluggy
 
 from taskmw import _codec, records
+from taskmw.backends import BACKEND_ENV, backend_factory
 from taskmw.channel import running_loop
 from taskmw.delivery import Delivery
 from taskmw.errors import TaskFailed, UnknownTask
@@ -39,24 +39,17 @@ from taskmw.events import TaskFinishEvent
 from taskmw.info import TaskInfo
 from taskmw.interfaces import Transport
 from taskmw.listeners import Listener
-from taskmw.pipeline import task_name
 from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
 from taskmw.settings import Settings
-from taskmw.tasks import ServiceTask, Task, _set_default
-from taskmw.tasktable import name_field
+from taskmw.tasks import _set_default
+from taskmw.tasktable import task_name_field
 
 log = logging.getLogger(__name__)
 
-BACKEND_GROUP = "taskmw.backends"
-"""Entry-point group of the backends: each names a transport factory,
-``factory(settings, server, **options) -> Transport``."""
-BACKEND_ENV = "TASKMW_BACKEND"
-
 _live: weakref.WeakSet[TaskServer] = weakref.WeakSet()
 _CALL = records.submit_header(Kind.CALL)
-_CALL_WANT = records.submit_header(Kind.CALL, want=True)
 
 
 def create_server(task_workers: int = 4, *, backend: str | None = None, **settings: Any) -> TaskServer:
@@ -70,28 +63,6 @@ def create_server(task_workers: int = 4, *, backend: str | None = None, **settin
         TypeError: a setting the backend does not know.
     """
     return TaskServer(task_workers, backend=backend, **settings)
-
-
-def backend_factory(name: str) -> Callable[..., Transport]:
-    """The transport factory of the backend called ``name``.
-
-    Raises:
-        ValueError: no such backend is installed (the message lists those that are).
-    """
-    if name == "local":
-        from taskmw.local import LocalTransport
-
-        return LocalTransport
-    if name == "eager":
-        from taskmw.eager import EagerTransport
-
-        return EagerTransport
-    found = {ep.name: ep for ep in entry_points(group=BACKEND_GROUP)}
-    if name not in found:
-        known = ", ".join(repr(n) for n in ["local", "eager", *sorted(set(found) - {"eager"})])
-        raise ValueError(f"backend must be one of {known}, got {name!r} (is its plugin installed?)")
-    factory: Callable[..., Transport] = found[name].load()
-    return factory
 
 
 class TaskServer:
@@ -120,52 +91,13 @@ class TaskServer:
             entry-point names, e.g. ``["logging"]``). The environment
             variable ``TASKMW_DISABLE_PLUGINS`` adds more (comma-separated;
             ``*`` disables them all).
-        queue_bytes: size of the task queue (shared memory, allocated as used).
-        queue_timeout: seconds ``task()`` waits for room in a full queue
-            before raising :class:`~taskmw.QueueFull`.
-        task_concurrency: ``async def`` tasks one worker runs at once.
-        shutdown_timeout: seconds :meth:`close` lets queued tasks run before
-            the rest finish ``cancelled``.
-        max_dispatchers: processes that may queue tasks at once (each
-            claims a completion channel; a dead one's is reused).
-        channel_bytes: size of each process's completion channel.
-        task_records: tasks the pool's record keeps (the last this many
-            ids; :meth:`status`, :meth:`result`).
-        result_bytes: memory for kept results, for the whole pool (oldest
-            evicted first; a result larger than a quarter of one worker's
-            share is not kept).
-        result_ttl: seconds a finished task's record and result are kept.
-        task_timeout: seconds a task may run (``None``: no limit). A task
-            over it finishes ``timeout``: a sync task's worker is killed and
-            replaced, an async task is cancelled. Per task:
-            ``task(Task(fn, ...), timeout=s)``.
-        retries: times a task that finished ``error``, ``lost`` or
-            ``timeout`` is run again (for idempotent work; per task:
-            ``task(Task(fn, ...), retries=n)``). Its finish event says how
-            many ``attempts`` ran.
-        retry_backoff: seconds before the first retry, doubling after each.
-        max_tasks_per_worker: a worker that ran this many tasks is replaced
-            by a fresh one (``None``: never), to bound leaks.
-        max_payload_bytes: largest task (pickled) ``task()`` accepts.
-            Tasks and results too large for the rings travel as files in a
-            private directory (on ``/dev/shm`` when there is one).
-        spill_dir: where that private directory is made (``None``:
-            ``/dev/shm`` if writable, else the temp directory).
-        spill_bytes: bound on the queued tasks' files in it (``/dev/shm``
-            is memory): past it ``task()`` waits ``queue_timeout`` for room,
-            then raises :class:`~taskmw.QueueFull`, as for a full queue.
-        record_arguments: keep each task's pickled arguments in the record
-            too (its worker copies them into its result arena, about 0.5 µs
-            a task), so that ``status(id).arguments`` and the dashboard show
-            their repr; off by default.
-        builder_dumpable: leave the process that builds a local pool (and
-            the HTTP workers it forks later) dumpable. By default it is made
-            non-dumpable (``PR_SET_DUMPABLE`` 0), as the supervisor and task
-            workers always are, so that no other process of the same user
-            can open the pool's memfds through ``/proc/<pid>/fd``; that also
-            stops same-user debuggers (py-spy, gdb), core dumps and reading
-            its ``/proc/<pid>/environ``. ``True`` keeps those, and lets every
-            process of the user reach the pool through the builder.
+        queue_bytes, queue_timeout, task_concurrency, shutdown_timeout,
+        max_dispatchers, channel_bytes, task_records, result_bytes,
+        result_ttl, task_timeout, retries, retry_backoff,
+        max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
+        record_arguments, builder_dumpable: the pool's settings, each
+            described in :class:`taskmw.Settings` (and, with its
+            ``taskmw start`` flag, in docs/configuration.md).
 
         backend: where tasks run: ``"local"`` (this pool) or the name of a
             backend installed in the entry-point group ``taskmw.backends``
@@ -291,12 +223,12 @@ class TaskServer:
             PoolClosed: the pool has stopped.
         """
         if type(fn_or_data) is FunctionType and self._no_retries:  # the fast path: a plain function
-            name = _names.get(fn_or_data) or _function_name(fn_or_data)
+            name = task_name_field(fn_or_data)
             task_id = self._send(_codec.encode_call(fn_or_data, args, kwargs), _CALL, None, name)
             self._delivery.sent += 1
             return task_id
         payload, kind, options = encode_task(fn_or_data, args, kwargs)
-        return self._queue(payload, records.submit_header(kind), _name_of(fn_or_data), **options)
+        return self._queue(payload, records.submit_header(kind), task_name_field(fn_or_data), **options)
 
     def _queue(
         self, payload: bytes, header: int, name: bytes, timeout: float | None = None, retries: int | None = None
@@ -377,7 +309,7 @@ class TaskServer:
 
     def _queue_waited(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         payload, kind, options = encode_task(obj, args, kwargs)
-        return self._queue(payload, records.submit_header(kind, want=True), _name_of(obj), **options)
+        return self._queue(payload, records.submit_header(kind, want=True), task_name_field(obj), **options)
 
     # -- any task, from any process ---------------------------------------------------
 
@@ -563,26 +495,6 @@ class TaskServer:
         """In a forked child: none of the parent's tasks are this process's."""
         self.transport.after_fork()
         self._new_delivery()
-
-
-_names: dict[Any, bytes] = {}
-"""The record's name of each plain function queued (bounded: cleared when full)."""
-
-
-def _function_name(fn: Any) -> bytes:
-    if len(_names) >= 4096:
-        _names.clear()
-    name = _names[fn] = name_field(f"{fn.__module__}.{fn.__qualname__}")
-    return name
-
-
-def _name_of(obj: Any) -> bytes:
-    """What the record calls a task given to ``task()``."""
-    if type(obj) is FunctionType:
-        return _names.get(obj) or _function_name(obj)
-    if isinstance(obj, (Task, ServiceTask)) or not callable(obj) or isinstance(obj, type):
-        return name_field(task_name(obj))
-    return name_field(task_name(Task(obj)))
 
 
 def _nothing() -> int:

@@ -33,9 +33,60 @@ def check_seconds(name: str, value: object, *, positive: bool = False) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every setting of a pool, with its default. See :class:`taskmw.TaskServer`
-    for what each one does; ``docs/configuration.md`` lists them with their
-    ``taskmw start`` flags and environment variables.
+    """Every setting of a pool, with its default and its check (the
+    arguments of :class:`taskmw.TaskServer` of the same names);
+    ``docs/configuration.md`` lists them with their ``taskmw start`` flags
+    and environment variables.
+
+    Attributes:
+        task_workers: worker processes (N tasks run at once; 1 gives strict
+            FIFO order).
+        queue_bytes: size of the task queue (shared memory, allocated as used).
+        queue_timeout: seconds ``task()`` waits for room in a full queue
+            before raising :class:`~taskmw.QueueFull`.
+        task_concurrency: ``async def`` tasks one worker runs at once.
+        shutdown_timeout: seconds :meth:`close` lets queued tasks run before
+            the rest finish ``cancelled``.
+        max_dispatchers: processes that may queue tasks at once (each
+            claims a completion channel; a dead one's is reused).
+        channel_bytes: size of each process's completion channel.
+        task_records: tasks the pool's record keeps (the last this many
+            ids; :meth:`status`, :meth:`result`).
+        result_bytes: memory for kept results, for the whole pool (oldest
+            evicted first; a result larger than a quarter of one worker's
+            share is not kept).
+        result_ttl: seconds a finished task's record and result are kept.
+        task_timeout: seconds a task may run (``None``: no limit). A task
+            over it finishes ``timeout``: a sync task's worker is killed and
+            replaced, an async task is cancelled. Per task:
+            ``task(Task(fn, ...), timeout=s)``.
+        retries: times a task that finished ``error``, ``lost`` or
+            ``timeout`` is run again (for idempotent work; per task:
+            ``task(Task(fn, ...), retries=n)``). Its finish event says how
+            many ``attempts`` ran.
+        retry_backoff: seconds before the first retry, doubling after each.
+        max_tasks_per_worker: a worker that ran this many tasks is replaced
+            by a fresh one (``None``: never), to bound leaks.
+        max_payload_bytes: largest task (pickled) ``task()`` accepts.
+            Tasks and results too large for the rings travel as files in a
+            private directory (on ``/dev/shm`` when there is one).
+        spill_dir: where that private directory is made (``None``:
+            ``/dev/shm`` if writable, else the temp directory).
+        spill_bytes: bound on the queued tasks' files in it (``/dev/shm``
+            is memory): past it ``task()`` waits ``queue_timeout`` for room,
+            then raises :class:`~taskmw.QueueFull`, as for a full queue.
+        record_arguments: keep each task's pickled arguments in the record
+            too (its worker copies them into its result arena, about 0.5 µs
+            a task), so that ``status(id).arguments`` and the dashboard show
+            their repr; off by default.
+        builder_dumpable: leave the process that builds a local pool (and
+            the HTTP workers it forks later) dumpable. By default it is made
+            non-dumpable (``PR_SET_DUMPABLE`` 0), as the supervisor and task
+            workers always are, so that no other process of the same user
+            can open the pool's memfds through ``/proc/<pid>/fd``; that also
+            stops same-user debuggers (py-spy, gdb), core dumps and reading
+            its ``/proc/<pid>/environ``. ``True`` keeps those, and lets every
+            process of the user reach the pool through the builder.
 
     Raises:
         ValueError: a setting is out of range (the message names it).

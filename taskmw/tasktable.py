@@ -38,12 +38,15 @@ import mmap
 import reprlib
 import struct
 import time
+from types import FunctionType
 from typing import Any
 
 from taskmw.errors import UnknownTask
 from taskmw.events import STATUSES, TaskError
 from taskmw.info import State, TaskInfo
+from taskmw.pipeline import task_name
 from taskmw.records import FinishRecord, load_salvaging
+from taskmw.tasks import ServiceTask, Task
 
 # Slot layout: 49 words (392 bytes).
 _Q, _R, _P, _D, _C, _A = 0, 8, 12, 22, 44, 45
@@ -93,6 +96,24 @@ def _fit(text: str, size: int) -> bytes:
 def name_field(name: str) -> bytes:
     """A task's name as the record keeps it (UTF-8, at most 48 bytes)."""
     return _fit(name, 48)
+
+
+_names: dict[Any, bytes] = {}
+"""The name field of each plain function queued (bounded: cleared when full)."""
+
+
+def task_name_field(obj: Any) -> bytes:
+    """What the record calls a task given to ``task()`` (see :func:`name_field`)."""
+    if type(obj) is FunctionType:
+        name = _names.get(obj)
+        if name is None:
+            if len(_names) >= 4096:
+                _names.clear()
+            name = _names[obj] = name_field(f"{obj.__module__}.{obj.__qualname__}")
+        return name
+    if isinstance(obj, (Task, ServiceTask)) or not callable(obj) or isinstance(obj, type):
+        return name_field(task_name(obj))
+    return name_field(task_name(Task(obj)))
 
 
 class TaskTable:

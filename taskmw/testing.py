@@ -37,9 +37,10 @@ from typing import Any
 import pytest
 
 from taskmw import _proc
+from taskmw.backends import BACKEND_ENV
 from taskmw.events import TaskFinishEvent
 from taskmw.hookspecs import hookimpl
-from taskmw.server import BACKEND_ENV, TaskServer, create_server
+from taskmw.server import TaskServer, create_server
 
 WAIT = 30.0
 """Seconds a fixture waits for a pool's processes to be gone after closing it."""

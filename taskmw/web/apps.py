@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, cast
 from wsgiref.types import StartResponse, WSGIEnvironment
 
+from taskmw.middleware import serve_lifespan
 from taskmw.web.core import MAX_BODY, Dashboard, Pool, Request, Response, text_response
 
 log = logging.getLogger(__name__)
@@ -122,13 +123,8 @@ class ASGIDashboard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # served on its own (uvicorn taskmw.web...): nothing to start
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         response = await self._respond(scope, receive)

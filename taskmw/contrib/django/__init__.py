@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from taskmw.contrib.django.plugin import DjangoConnections, close_inherited_connections
 from taskmw.contrib.django.plugin import plugin as connections_plugin
-from taskmw.middleware import TaskMiddleware
+from taskmw.middleware import TaskMiddleware, serve_lifespan
 from taskmw.tasks import DeferredListener, ServiceTask, current_server, deferred
 
 __all__ = [
@@ -149,13 +149,7 @@ def get_asgi_application() -> TaskMiddleware:
         if scope["type"] != "lifespan":
             await handler(scope, receive, send)
             return
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send)
 
     return TaskMiddleware(application, interface="asgi", **_with_connections_plugin(pool_settings()))
 
