@@ -140,7 +140,7 @@ class Backlogs:
             batch = backlog.try_pop_many(_MOVE_BATCH)
             if not batch.records:
                 break
-            if records.any_flag(batch.auxs, records.Flag.SPILLED):
+            if records.is_spilled(records.batch_bits(batch.auxs)):
                 for record, header in zip(batch.records, batch.auxs, strict=True):
                     pool.discard(header, [record])
             dropped += len(batch.records)

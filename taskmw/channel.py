@@ -21,8 +21,6 @@ import asyncio
 import logging
 import threading
 import time
-from functools import reduce
-from operator import or_
 
 from taskmw import records
 from taskmw.errors import PoolClosed
@@ -176,7 +174,7 @@ class Channel:
     def _hand_on(self, batch: Batch) -> bool:
         """Deliver a batch; True if the reader's stop marker was in it. What
         the delivery raises is logged: the reader goes on."""
-        stop = records.is_reader_stop(reduce(or_, batch.auxs, 0))  # one of them is the stop marker
+        stop = records.is_reader_stop(records.batch_bits(batch.auxs))  # one of them is the stop marker
         finishes, headers = batch.records, batch.auxs
         if stop:
             kept = [(r, h) for r, h in zip(finishes, headers, strict=True) if not records.is_reader_stop(h)]

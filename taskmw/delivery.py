@@ -60,7 +60,7 @@ def _salvage(record: bytes) -> records.FinishFields | None:
 class Delivery:
     """One process's tasks in flight: waiters, counts, recent seqs, retries."""
 
-    def __init__(self, hook: pluggy.HookRelay, retries: Retries, name_of: Callable[[int], str] | None = None) -> None:
+    def __init__(self, hook: pluggy.HookRelay, retries: Retries, name_of: Callable[[int], str]) -> None:
         self.hook = hook
         self.retries = retries
         self.name_of = name_of
@@ -113,8 +113,8 @@ class Delivery:
         impls = implementations(self.hook.on_finish)
         recent, retries, hand_over = self.recent, self.retries, self.hand_over
         read, wants = records.read_finish, records.wants
-        spilled = records.any_flag(headers, records.Flag.SPILLED)
-        waited = records.any_flag(headers, records.Flag.WANT)
+        bits = records.batch_bits(headers)
+        spilled, waited = records.is_spilled(bits), records.wants(bits)
         for record, header in zip(finishes, headers, strict=True):
             try:
                 if spilled and records.is_spilled(header):
@@ -145,7 +145,7 @@ class Delivery:
                 if retries.again(retry, status):
                     continue
                 task_id, attempts = retry.task_id, retry.attempt
-            if not name and self.name_of is not None:
+            if not name:
                 name = self.name_of(task_id)
             event = _new_finish(
                 TaskFinishEvent, (task_id, STATUSES[status], value, error, duration, worker_id, attempts, name)

@@ -212,7 +212,7 @@ class LocalTransport:
         channel = self._channel
         if channel is None:
             channel = self._claim()
-        elif channel.loop is not None and channel.loop.is_closed():
+        elif channel.stale:
             channel.move_to_thread()
         pool = self.pool
         if pool.page[0]:
@@ -273,14 +273,12 @@ class LocalTransport:
             return info.status == "cancelled"
         if not terminate or info.state != "running":
             return False
-        table = self.pool.table
-        for worker_id in range(self.pool.settings.task_workers):
-            row = table.row(worker_id)
-            if table.words[row + TASK] == task_id:
-                table.words[row + TERMINATE] = table.words[row + SEQ]
-                break
-        else:
+        running = self._running().get(task_id)
+        if running is None:
             return False
+        table = self.pool.table
+        row = table.row(running[0])
+        table.words[row + TERMINATE] = table.words[row + SEQ]
         info = _poll(lambda: self.status(task_id), lambda i: i.state == "done", _CANCEL_WAIT)
         return info.state == "done" and info.status == "cancelled"
 

@@ -98,25 +98,22 @@ def with_channel(header: int, channel: int) -> int:
     return header | channel
 
 
-def kind_of(header: int) -> int:
-    """The :class:`Kind` of a submit record (as a plain int: it compares equal)."""
-    return (header & _KIND_MASK) >> _KIND_SHIFT
-
-
 def is_stop(header: int) -> bool:
     """True for a stop marker."""
     return header & _KIND_MASK == STOP
 
 
+def batch_bits(headers: Sequence[int]) -> int:
+    """The headers of a batch OR-ed together: :func:`is_spilled`,
+    :func:`wants`, :func:`is_reader_stop` of it say whether any of them
+    has that flag (one check for a batch instead of one a record)."""
+    return reduce(or_, headers, 0)
+
+
 def any_stop(headers: Sequence[int]) -> bool:
-    """False if none of ``headers`` is a stop marker (one check for a batch:
-    of the kinds, only a stop marker has bit 1 set)."""
-    return bool(reduce(or_, headers, 0) & STOP)
-
-
-def any_flag(headers: Sequence[int], flag: Flag) -> bool:
-    """False if none of ``headers`` has ``flag`` (one check for a batch)."""
-    return bool(reduce(or_, headers, 0) & flag)
+    """False if none of ``headers`` is a stop marker (of the kinds, only a
+    stop marker has bit 1 set)."""
+    return bool(batch_bits(headers) & STOP)
 
 
 def wants(header: int) -> bool:

@@ -117,9 +117,3 @@ class Retries:
             log.warning("task %d could not be queued again: %s", retry.task_id, exc)
             if self.failed is not None:
                 self.failed(retry, exc)
-
-    def after_fork(self) -> None:
-        """In a forked child: none of these tasks are its own."""
-        self.by_seq.clear()
-        self.registering = 0
-        self.lock = threading.Lock()

@@ -137,11 +137,6 @@ class TaskTable:
         self._arenas = mmap.mmap(-1, self.arena_size * arenas)
         self._positions = memoryview(mmap.mmap(-1, mmap.PAGESIZE)).cast("q")  # per arena: bytes ever written
 
-    @property
-    def memory_bytes(self) -> int:
-        """Shared memory the table and its arenas take at most."""
-        return len(self._map) + len(self._arenas)
-
     # -- writing ------------------------------------------------------------------
 
     def _write(self, task_id: int, group: int, fields: struct.Struct, *values: Any) -> None:

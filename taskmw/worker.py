@@ -222,7 +222,7 @@ class _Worker:
             unreadable = error_of(exc)
             self.tasks.finished(seq, ERROR, 1, unreadable)
             return self.finish(seq, seq, ERROR, None, unreadable, started, "")
-        _, task_id, kind, _, own_limit, attempt, left, cancelled, payload = task
+        _, task_id, kind, _, own_limit, attempt, _, cancelled, payload = task
         tasks = self.tasks
         if cancelled or tasks.cancel_requested(task_id):
             words[row + _table.CANCELLED_HERE] += 1
@@ -260,8 +260,7 @@ class _Worker:
         sent = False
         if len(finish) > self.pool.finish_spill_at:  # its file is written here: it may not fit (ENOSPC)
             status, error, finish, sent = self.spill(seq, task_id, status, error, finish, duration, name, self.reply)
-        if not (left and status in RETRIED):  # a failure that runs again is its queuing process's to retry
-            tasks.finished(task_id, status, attempt, error, finish, self.worker_id, self.worker_id, duration)
+        self.record(task, status, error, finish, duration)
         return b"" if sent else finish
 
     def spill(
@@ -295,8 +294,8 @@ class _Worker:
         return status, error, finish, True
 
     def record(self, task: SubmitRecord, status: int, error: TaskError | None, finish: bytes, duration: float) -> None:
-        """Put an async task's outcome in the pool's record (not a failure that
-        will run again: its queuing process retries it)."""
+        """Put a task's outcome in the pool's record (not a failure that will
+        run again: its queuing process retries it)."""
         if not (task.left and status in RETRIED):
             wid = self.worker_id
             self.tasks.finished(task.task_id, status, task.attempt, error, finish, wid, wid, duration)
