@@ -222,13 +222,12 @@ def task_answer(server: Server | None, task_id: object) -> dict[str, Any]:
     """The ``task`` answer: ``{"task": TaskInfo.as_dict()}``, or ``{"task":
     None, "unknown": reason}`` for an id the pool has no record of (an
     answer, not an error: nothing to log in the master)."""
-    status = getattr(server, "status", None)  # not in the Server protocol (yet): TaskServer has it
-    if status is None:
+    if server is None:
         raise LookupError("this process has no task pool that keeps task records")
     if not isinstance(task_id, int) or isinstance(task_id, bool):
         raise ValueError(f"task_id must be an int, got {task_id!r}")
     try:
-        info = status(task_id)
+        info = server.status(task_id)
     except LookupError as exc:  # taskmw.UnknownTask: never issued, or evicted
         return {"task": None, "unknown": str(exc)}
     return {"task": info.as_dict(), "now": time.time()}

@@ -28,10 +28,10 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any, Protocol
 
 from taskmw.events import STATUSES
 from taskmw.info import TaskInfo
+from taskmw.interfaces import Server
 from taskmw.web import render
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,8 @@ SECURITY_HEADERS = (
 )
 
 
-class Pool(Protocol):
-    """What the dashboard reads from a pool (:class:`taskmw.TaskServer` has it all)."""
-
-    def stats(self) -> dict[str, Any]: ...
-
-    def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]: ...
-
-    def status(self, task_id: int) -> TaskInfo: ...
-
-    def cancel(self, task_id: int, terminate: bool = False) -> bool: ...
+Pool = Server
+"""What the dashboard reads from: a pool's server (``stats``, ``tasks``, ``status``, ``cancel``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +136,9 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
 
-    def sample(self, stats: Mapping[str, Any] | None = None) -> None:
+    def sample(self) -> None:
         try:
-            stats = stats if stats is not None else self._pool().stats()
+            stats = self._pool().stats()
             totals = {str(k): int(v) for k, v in stats["totals"].items()}
             depth = int(stats.get("queue_depth") or 0)
         except Exception:  # noqa: BLE001 - a closed pool, another backend: no point, no chart
