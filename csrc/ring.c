@@ -64,6 +64,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -396,6 +397,48 @@ fail:
     return TMW_ESYS;
 }
 
+int tmw_ring_open(int memfd, int efd_data, int efd_space, uint64_t spin_ns, tmw_ring **out) {
+    if (!out || memfd < 0 || efd_data < 0 || efd_space < 0) return TMW_EINVAL;
+    struct stat st;
+    if (fstat(memfd, &st) < 0) return TMW_ESYS;
+    if ((uint64_t)st.st_size < HDR_SIZE) return TMW_ECORRUPT;
+    shared_hdr *peek = mmap(NULL, HDR_SIZE, PROT_READ, MAP_SHARED, memfd, 0);
+    if (peek == MAP_FAILED) return TMW_ESYS;
+    uint64_t magic = LOAD(&peek->magic), capacity = peek->capacity;
+    uint32_t nslots = peek->nslots, max_held = peek->max_held;
+    munmap(peek, HDR_SIZE);
+    if (magic != MAGIC || nslots < 1 || max_held < 1 || capacity < 64 || capacity > (1ULL << 40) ||
+        (capacity & 15))
+        return TMW_ECORRUPT;
+    size_t stride = sizeof(slot_hdr) + (size_t)max_held * sizeof(tmw_held);
+    stride = (stride + 63) & ~(size_t)63;
+    size_t size = HDR_SIZE + stride * nslots;
+    size = (size + 4095) & ~(size_t)4095;
+    size_t data_off = size;
+    size += capacity;
+    if ((uint64_t)st.st_size != size) return TMW_ECORRUPT;
+    tmw_ring *r = calloc(1, sizeof *r);
+    if (!r) return TMW_ESYS;
+    r->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (r->base == MAP_FAILED) {
+        free(r);
+        return TMW_ESYS;
+    }
+    r->memfd = memfd;
+    r->efd_data = efd_data;
+    r->efd_space = efd_space;
+    r->region_size = size;
+    r->h = (shared_hdr *)r->base;
+    r->data = r->base + data_off;
+    r->slot_stride = stride;
+    r->capacity = capacity;
+    r->nslots = nslots;
+    r->max_held = max_held;
+    r->spin_ns = spin_ns;
+    *out = r;
+    return TMW_OK;
+}
+
 void tmw_ring_close(tmw_ring *r) {
     if (!r) return;
     int saved = errno;
@@ -409,6 +452,7 @@ void tmw_ring_close(tmw_ring *r) {
 
 int tmw_ring_memfd(const tmw_ring *r) { return r->memfd; }
 int tmw_ring_data_fd(const tmw_ring *r) { return r->efd_data; }
+int tmw_ring_space_fd(const tmw_ring *r) { return r->efd_space; }
 uint64_t tmw_ring_max_record(const tmw_ring *r) { return r->capacity - REC_HDR; }
 uint64_t tmw_ring_data_offset(const tmw_ring *r) { return (uint64_t)(r->data - r->base); }
 

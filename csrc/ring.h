@@ -152,6 +152,16 @@ typedef struct tmw_ring tmw_ring;
 int tmw_ring_create(uint64_t capacity, uint32_t nslots, uint32_t max_held,
                     uint64_t spin_ns, tmw_ring **out);
 
+/* Open a ring another process made, from copies of its three fds (received
+ * over a unix socket with SCM_RIGHTS): memfd, data eventfd, space eventfd.
+ * The geometry is read from the region's header and checked against the
+ * memfd's size. On success *out owns the three fds (tmw_ring_close closes
+ * them); on error they are left open for the caller to close.
+ * Errors: TMW_EINVAL (out is NULL, an fd < 0); TMW_ECORRUPT (not a ring,
+ * or a header that does not match the region); TMW_ESYS (fstat, mmap or
+ * malloc failed; errno tells why). */
+int tmw_ring_open(int memfd, int efd_data, int efd_space, uint64_t spin_ns, tmw_ring **out);
+
 /* Unmap the region and close this process's memfd and both eventfds, then
  * free the handle (r may be NULL). Other processes, and their copies of the
  * fds, are unaffected; so is the shared state: a slot this process claimed,
@@ -162,12 +172,13 @@ int tmw_ring_create(uint64_t capacity, uint32_t nslots, uint32_t max_held,
  * errno. */
 void tmw_ring_close(tmw_ring *r);
 
-/* This handle's memfd of the region, and its data eventfd (readable when
+/* This handle's memfd of the region, its data eventfd (readable when
  * records arrived for a sleeping or armed consumer: for an event loop, with
  * tmw_ring_arm). Borrowed: valid until tmw_ring_close; see FILE DESCRIPTORS
  * for what the caller may do with them. No errors. */
 int tmw_ring_memfd(const tmw_ring *r);
 int tmw_ring_data_fd(const tmw_ring *r);
+int tmw_ring_space_fd(const tmw_ring *r);
 
 /* Largest payload one record may carry, in bytes (capacity - 16). */
 uint64_t tmw_ring_max_record(const tmw_ring *r);

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from taskmw._proc import rss_bytes
+from taskmw._shm import shared_map
 
 # Fields of a worker row (int64 each).
 PID = 0  # supervisor
@@ -50,6 +51,7 @@ CANCELLED = 2
 GENERATION = 3  # bumped by TaskServer.reload(): workers of an older one exit
 SUPERVISOR = 4  # pid of the supervisor now (the builder's watchdog replaces a dead one)
 STOPPED_BY = 5  # pid of the supervisor that stopped the pool, once it is done (see LocalTransport.close)
+MEMBERS = 6  # a shared pool's processes (the builder and the siblings that joined; see taskmw._share)
 
 STARTING, IDLE, BUSY, STOPPING = range(4)
 STATE_NAMES = ("starting", "idle", "busy", "stopping")
@@ -58,12 +60,13 @@ _PAGE = mmap.PAGESIZE
 
 class WorkerTable:
     """``task_workers`` rows plus the supervisor's, shared by every process
-    forked after it is built."""
+    forked after it is built (and any that receives :attr:`fd`)."""
 
-    def __init__(self, task_workers: int) -> None:
+    def __init__(self, task_workers: int, fd: int | None = None) -> None:
         self.task_workers = task_workers
         size = (task_workers + 1) * ROW * 8
-        self._map = mmap.mmap(-1, max(size, _PAGE))  # MAP_SHARED | MAP_ANONYMOUS
+        self.fd, self._map = shared_map("workers", max(size, _PAGE), fd)
+        """The table's memfd (``fd``: one received from the process that made it)."""
         self.words = memoryview(self._map).cast("q")
         """The table as int64 words: row ``w`` starts at ``w * ROW``."""
         self.sup = task_workers * ROW

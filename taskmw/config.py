@@ -170,6 +170,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("builder_dumpable", ("--builder-dumpable",), _bool, _DEFAULT.builder_dumpable,
            "leave the master and HTTP workers dumpable (debuggers, core dumps) at the cost of letting "
            "processes of the same user reach the pool through them", pool=True),
+    Option("share", ("--share",), str, _DEFAULT.share,
+           "auto, never or a group name: which processes that did not fork from one another share one pool "
+           "(under taskmw start the master builds the pool: auto does not share)", pool=True, metavar="GROUP"),
     Option("dashboard", ("--dashboard",), _address, None,
            "serve the live dashboard (taskmw.web) from the master on HOST:PORT (a bare PORT: on 127.0.0.1); "
            "read-only unless --dashboard-cancel; it has no access check: keep it on 127.0.0.1",

@@ -6,7 +6,10 @@ supervisor run them, and finishes come back through this process's
 The process that builds it forks the supervisor (with the pool and a way to
 fork workers, nothing else) and keeps a watchdog thread that forks a new
 supervisor if that one dies while the pool runs. Every process forked later
-from the builder (gunicorn's HTTP workers with ``--preload``) shares the pool.
+from the builder (gunicorn's HTTP workers with ``--preload``) shares the pool,
+and so does a sibling that joins it (the ``share`` setting, see
+:mod:`taskmw._share`): it receives the pool's files from the supervisor and
+forks nothing.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import logging
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from taskmw import _proc, _table, records, supervisor, worker
+from taskmw import _proc, _share, _table, records, supervisor, worker
 from taskmw._table import ATTEMPT, SEQ, STARTED, TASK, TERMINATE
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed, UnknownTask
@@ -67,7 +71,25 @@ class LocalTransport:
     def __init__(self, settings: Settings, server: Server, **options: Any) -> None:
         if options:
             raise TypeError(f"the local pool got unexpected settings: {', '.join(sorted(options))}")
-        self.pool = Pool(settings)
+        self._group = _share.group_of(settings.share)
+        self._host: _share.Host | None = None  # the builder of a shared pool: its socket, until forked
+        self._member: socket.socket | None = None  # this process's membership of a shared pool
+        self._member_lock = threading.Lock()
+        self._joined: _share.Joined | None = None  # a sibling that joined the pool (it forks nothing)
+        self._lost: str | None = None  # a joined pool whose supervisor is gone for good: why
+        self._timeout = settings.shutdown_timeout  # close()'s
+        got = None if self._group is None else _share.build_or_join(self._group)
+        if isinstance(got, _share.Joined):
+            self._joined, self._member = got, got.member
+            self.pool = Pool.attach(got.settings, got.files)
+        else:
+            self._host = got
+            try:
+                self.pool = Pool(settings)
+            except BaseException:
+                if got is not None:
+                    got.close()
+                raise
         self._server = server
         self._deliver: Deliver | None = None
         self._channel: Channel | None = None
@@ -77,18 +99,37 @@ class LocalTransport:
         self._restart_lock = threading.Lock()  # the watchdog's restart, or close()'s
         self._orphans: dict[int, int] = {}  # pid -> pidfd of a dead supervisor's worker, until reaped
 
-    def _spawn_supervisor(self) -> int:
+    def _spawn_supervisor(self, adopted: list[supervisor.Orphan] | None = None) -> int:
+        """Fork a supervisor (with the sharing socket of a shared pool: the
+        first one's, or a new one for a replacement)."""
         pool, server = self.pool, self._server
-        return supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id))
+        host = self._host
+        if host is None and self._group is not None and adopted is not None:
+            host = _share.Host.bind(self._group)  # None: another pool took the name meanwhile
+        try:
+            pid = supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id), adopted or (), host)
+        except BaseException:
+            if host is not None:
+                host.close()
+            self._host = None
+            raise
+        if host is not None:
+            host.forked()
+            with self._member_lock:
+                if self._member is not None:
+                    self._member.close()  # the dead supervisor's
+                self._member = host.builder_end
+        self._host = None
+        return pid
 
     def _replace_supervisor(self) -> int:
         """Fork a new supervisor that adopts the workers of the dead one (with
         the restart lock held); returns its pid."""
-        pool, server = self.pool, self._server
+        pool = self.pool
         adopted = supervisor.orphans(pool)  # with pidfd -1 for those gone: the supervisor reclaims what they held
         with_fd = [orphan for orphan in adopted if orphan.pidfd >= 0]
         try:
-            pid = supervisor.spawn(pool, lambda worker_id: worker.spawn(pool, server, worker_id), adopted)
+            pid = self._spawn_supervisor(adopted)
         except OSError:
             for orphan in with_fd:
                 os.close(orphan.pidfd)
@@ -203,6 +244,10 @@ class LocalTransport:
         watchdog; finishes go to ``deliver`` (the channel is claimed at the
         first send)."""
         self._deliver = deliver
+        if self._joined is not None:
+            watcher = threading.Thread(target=self._watch_membership, name="taskmw-member", daemon=True)
+            watcher.start()
+            return
         self.pool.table.supervisor_pid = self._spawn_supervisor()
         watchdog = threading.Thread(target=self._watch_supervisor, name="taskmw-watchdog", daemon=True)
         watchdog.start()
@@ -217,6 +262,8 @@ class LocalTransport:
         pool = self.pool
         if pool.page[0]:
             pool.check_open()
+        if self._lost is not None:
+            raise PoolClosed(self._lost)
         seq = pool.push_task(record, header | channel.header)
         if name is not None:
             pool.tasks.queued(seq, name)
@@ -338,7 +385,7 @@ class LocalTransport:
     @property
     def closed(self) -> bool:
         """True once the pool stopped taking tasks."""
-        return self._closed or self.pool.state == STOPPED
+        return self._closed or self.pool.state == STOPPED or self._lost is not None
 
     def alive(self) -> bool:
         """True while the pool's supervisor runs."""
@@ -360,10 +407,13 @@ class LocalTransport:
 
     def close(self, timeout: float) -> None:
         """Take no more tasks; in the builder, stop the supervisor (it drains
-        the queue for up to ``timeout`` seconds, then cancels the rest)."""
+        the queue for up to ``timeout`` seconds, then cancels the rest). A
+        member of a shared pool leaves it in :meth:`stop_receiving` instead,
+        once its own tasks have finished; the last to leave stops it."""
         self._closed = True
         self._wake.set()
-        if os.getpid() == self.pool.owner:
+        self._timeout = timeout
+        if os.getpid() == self.pool.owner and self._member is None:
             self._stop_supervisor(timeout)
             self._reap_orphans(wait=1.0)  # the supervisor waited for them (or killed them)
 
@@ -391,11 +441,12 @@ class LocalTransport:
             if self._wait_stopped(pid, timeout) or words[self.pool.table.sup + _table.STOPPED_BY] == pid:
                 return
 
-    def _wait_stopped(self, pid: int, timeout: float) -> bool:
-        """SIGTERM supervisor ``pid`` and wait until it exits; True if it had
-        to be killed (it did not stop within ``timeout`` seconds and 5 more)."""
+    def _wait_stopped(self, pid: int, timeout: float, stop: bool = True) -> bool:
+        """SIGTERM supervisor ``pid`` (unless ``stop`` is false: it stops by
+        itself) and wait until it exits; True if it had to be killed (it did
+        not stop within ``timeout`` seconds and 5 more)."""
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM if stop else 0)
         except ProcessLookupError:
             return False
         killed = False
@@ -419,8 +470,92 @@ class LocalTransport:
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.stop()
-        if os.getpid() == self.pool.owner:
+        if self._member is not None:
+            self._leave()
+        if os.getpid() == self.pool.owner and self.pool.state == STOPPED:
             self.pool.remove_files()
+
+    # -- a shared pool ----------------------------------------------------------------
+
+    def _leave(self) -> None:
+        """Leave a shared pool (its supervisor sees the membership close). The
+        builder, if it was the last member, waits for the pool to stop."""
+        words, members = self.pool.table.words, self.pool.table.sup + _table.MEMBERS
+        before = words[members]
+        with self._member_lock:
+            member, self._member = self._member, None
+        if member is None:
+            return
+        try:
+            member.shutdown(socket.SHUT_RDWR)  # wakes the watcher thread, which is then done
+        except OSError:
+            pass
+        member.close()
+        if os.getpid() != self.pool.owner:
+            return
+        pid, deadline = self.pool.supervisor_pid, time.monotonic() + 2.0
+        while words[members] == before and self.pool.state != STOPPED and time.monotonic() < deadline:
+            if not _proc.alive(pid):
+                break
+            time.sleep(0.01)
+        if self.pool.state == STOPPED or words[members] == 0 or not _proc.alive(pid):
+            self._wait_stopped(pid, self._timeout, stop=False)
+            self._reap_orphans(wait=1.0)
+
+    def _watch_membership(self) -> None:
+        """In a sibling that joined a shared pool: if the supervisor dies, join
+        the one that replaces it (the builder's watchdog starts it); if none
+        comes, or another pool now holds the name (the builder is gone too),
+        the pool is lost and :meth:`send` raises :class:`PoolClosed`."""
+        joined, group = self._joined, self._group
+        assert joined is not None and group is not None
+        while True:
+            poller = select.poll()
+            with self._member_lock:
+                member = self._member
+                if member is None:
+                    return
+                poller.register(member, select.POLLIN | select.POLLHUP)
+            poller.poll()  # _leave() shuts it down before it closes it
+            with self._member_lock:
+                if self._member is not member or self._closed:
+                    return
+            supervisor_pid = self.pool.supervisor_pid
+            why = self._rejoin(group, joined.pool_id, member)
+            if why is not None:
+                self._lost = (
+                    f"the shared pool's supervisor (pid {supervisor_pid}) is gone and {why}: "
+                    "no more tasks can be queued (restart this process to build a new pool)"
+                )
+                log.error("taskmw: %s", self._lost)
+                return
+
+    def _rejoin(self, group: _share.Group, pool_id: int, old: socket.socket) -> str | None:
+        """Join the supervisor that replaced a dead one; why not (``None``: done)."""
+        deadline = time.monotonic() + 3 * _STABLE
+        while time.monotonic() < deadline and not self._closed:
+            try:
+                again = _share.join(group)
+            except (OSError, ValueError) as exc:
+                again, error = None, exc
+            else:
+                error = None
+            if again is not None:
+                _share.close_fds(again.files.fds)
+                if again.pool_id != pool_id:
+                    again.member.close()
+                    return "another pool has its name now"
+                with self._member_lock:
+                    if self._member is old:
+                        old.close()
+                        self._member = again.member
+                        return None
+                again.member.close()
+                return None
+            if isinstance(error, _share.Refused):
+                return f"its replacement refused this process ({error})"
+            time.sleep(0.2)
+        return f"no supervisor replaced it within {3 * _STABLE:.0f}s"
 
     def after_fork(self) -> None:
         """In a forked child: no channel claimed, no reader."""

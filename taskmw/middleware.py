@@ -35,7 +35,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
-from taskmw import _control
+from taskmw import _control, _share
 from taskmw.listeners import Dispatcher
 from taskmw.plugins import check_no_wrappers
 from taskmw.server import TaskServer, create_server
@@ -106,20 +106,6 @@ def _werkzeug_reloader_parent() -> bool:
         if frame.f_code.co_name == "run_command" and frame.f_globals.get("__name__") == "flask.cli":
             reload = frame.f_locals.get("reload")  # None until run_command resolves it from --debug
             return bool(cli.get_debug_flag() if reload is None else reload)
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
-
-
-def _in_gunicorn_worker() -> bool:
-    """True while a gunicorn worker loads the app (gunicorn without
-    ``--preload``: with it, the arbiter loads the app before any fork)."""
-    base = sys.modules.get("gunicorn.workers.base")
-    if base is None:
-        return False
-    frame = sys._getframe(1)  # noqa: SLF001
-    while frame is not None:
-        if isinstance(frame.f_locals.get("self"), base.Worker):
-            return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
 
@@ -228,11 +214,10 @@ class TaskMiddleware:
             self.server = None  # type: ignore[assignment] # never served: the reloader's child serves
         else:
             self.server = create_server(plugins=plugins, **settings)
-            if _in_gunicorn_worker():
-                log.warning("taskmw: gunicorn HTTP worker %d built its own task pool (%d task workers): without "
-                            "--preload each HTTP worker has its own pool, and task ids are unique only within it; "
-                            "gunicorn --preload or taskmw start share one pool", os.getpid(),
-                            self.server.task_workers)  # fmt: skip
+            if self.server.settings.share == "never" and _share.in_gunicorn_worker():
+                log.warning("taskmw: gunicorn HTTP worker %d built its own task pool (%d task workers): with "
+                            "share='never' each HTTP worker has its own pool, and task ids are unique only within "
+                            "it", os.getpid(), self.server.task_workers)  # fmt: skip
             path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
             if path:
                 _control.serve_status(self.server, path)

@@ -21,8 +21,10 @@ import shutil
 import tempfile
 import threading
 import time
+from typing import NamedTuple
 
 from taskmw import _proc, records
+from taskmw._shm import shared_map
 from taskmw._table import WorkerTable
 from taskmw.errors import PoolClosed, QueueFull
 from taskmw.ring import Ring, RingFull
@@ -63,61 +65,110 @@ def _new_spill_lock() -> None:
 os.register_at_fork(after_in_child=_new_spill_lock)
 
 
+class PoolFiles(NamedTuple):
+    """What a process that did not fork from a pool's builder needs to join
+    it (see :meth:`Pool.files`, :mod:`taskmw._share`)."""
+
+    fds: list[int]
+    """Every memfd and eventfd of the pool, in :meth:`Pool.fds` order."""
+    spill_dir: str
+    owner: int
+    """The pid of the process that built the pool."""
+
+
 class Pool:
     """The shared memory, files and settings of one local pool.
 
     Args:
         settings: the pool's settings (sizes, limits, timeouts).
+        files: join the pool these describe (received from its supervisor,
+            see :meth:`attach`) instead of making a new one.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, files: PoolFiles | None = None) -> None:
         self.settings = settings
         if not settings.builder_dumpable:
             # Before any memfd exists: only processes forked from here (and root) can reach them.
             _proc.make_undumpable()
+        received = iter(files.fds) if files is not None else None
+
+        def ring(capacity: int, slots: int, max_held: int) -> Ring:
+            if received is None:
+                return Ring(capacity, slots=slots, max_held=max_held, spin_us=_SPIN_US)
+            return Ring.attach([next(received) for _ in range(3)], spin_us=_SPIN_US)
+
+        def fd() -> int | None:
+            return None if received is None else next(received)
+
         workers = settings.task_workers
-        self.submit = Ring(
+        self.submit = ring(
             settings.queue_bytes,
             slots=settings.max_dispatchers + 2 * workers + 8,
             max_held=max(256, settings.task_concurrency + 128),
-            spin_us=_SPIN_US,
         )
         """The task queue: submit records of :mod:`taskmw.records`."""
         self.channels = [
-            Ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
-            for _ in range(settings.max_dispatchers)
+            ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1) for _ in range(settings.max_dispatchers)
         ]
         """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`)."""
         self.backlogs = [
-            Ring(BACKLOG_FACTOR * settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
+            ring(BACKLOG_FACTOR * settings.channel_bytes, slots=2 * workers + 8, max_held=1)
             for _ in range(settings.max_dispatchers)
         ]
         """One backlog per completion channel: finishes that did not fit in a
         full channel wait here, and the supervisor moves them on as the
         channel's process reads (see :mod:`taskmw.backlog`)."""
-        self.table = WorkerTable(workers)
+        self.table = WorkerTable(workers, fd())
         """One row of counters per worker, plus the supervisor's."""
-        self.tasks = TaskTable(settings.task_records, workers, settings.result_bytes, settings.result_ttl)
+        tasks_fds = None if received is None else [next(received) for _ in range(3)]
+        self.tasks = TaskTable(settings.task_records, workers, settings.result_bytes, settings.result_ttl, tasks_fds)
         """The record of every task (see :mod:`taskmw.tasktable`)."""
-        self.page = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with every forked process
+        self.page_fd, self.page = shared_map("state", mmap.PAGESIZE, fd())
         """The state page: ``page[0]`` is :attr:`state` (read directly on the hot path)."""
         self.spill_at = min(1 << 20, self.submit.max_record)
         """Tasks larger than this travel as files."""
         self.finish_spill_at = self.channels[0].max_record // 4
         """Finishes larger than this travel as files."""
-        where = settings.spill_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
-        self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
+        if files is None:
+            where = settings.spill_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+            self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
+        else:
+            self.spill_dir = files.spill_dir
         """Where spilled records live (removed by :meth:`remove_files`)."""
         self.words = memoryview(self.page).cast("q")
         """The state page as int64 words (word 0's first byte is :attr:`state`)."""
-        self.spill_lock = os.fdopen(os.memfd_create("taskmw-spill-count", os.MFD_CLOEXEC), "r+b", buffering=0)
+        lock_fd = os.memfd_create("taskmw-spill-count", os.MFD_CLOEXEC) if received is None else next(received)
+        self.spill_lock = os.fdopen(lock_fd, "r+b", buffering=0)
         """A memfd whose POSIX lock (per process: a forked child holds none) guards the spill count
         (a file object: closed with the pool)."""
         self.recounted = 0.0  # time.monotonic() of this process's last recount of the spill directory
-        self.owner = os.getpid()
+        self.owner = os.getpid() if files is None else files.owner
         """The pid of the process that built the pool (the supervisor's parent)."""
         self.own_channel: int | None = None
         """The completion channel this process has claimed (``None``: none)."""
+
+    @classmethod
+    def attach(cls, settings: Settings, files: PoolFiles) -> Pool:
+        """The pool ``files`` describe, in a process that did not fork from
+        its builder (a sibling HTTP worker): the same shared memory,
+        queue and record, the builder's ``settings``. It queues like a
+        forked process; it forks nothing. Owns the received fds."""
+        return cls(settings, files)
+
+    def fds(self) -> list[int]:
+        """Every memfd and eventfd of the pool (borrowed), in the order
+        :meth:`attach` takes them."""
+        out: list[int] = []
+        for ring in (self.submit, *self.channels, *self.backlogs):
+            out.extend(ring.fds())
+        out.append(self.table.fd)
+        out.extend(self.tasks.fds)
+        out.extend((self.page_fd, self.spill_lock.fileno()))
+        return out
+
+    def files(self) -> PoolFiles:
+        """What :meth:`attach` needs in another process (the fds are borrowed)."""
+        return PoolFiles(self.fds(), self.spill_dir, self.owner)
 
     # -- state ------------------------------------------------------------------
 

@@ -186,14 +186,36 @@ class Ring:
         rc = lib.tmw_ring_create(capacity, slots, max_held, int(spin_us * 1000), out)
         if rc != _OK:
             _raise_for(rc, "cannot create ring")
-        self._r = out[0]
+        self._setup(out[0])
+
+    @classmethod
+    def attach(cls, fds: Sequence[int], *, spin_us: float = 50.0) -> Ring:
+        """Open a ring another process made, from copies of its
+        :meth:`fds` (received over a unix socket): the ring then owns them
+        (:meth:`close` closes them). Its geometry is read from the region.
+
+        Raises:
+            RingCorrupt: the memfd does not hold a ring.
+            OSError: it could not be mapped.
+        """
+        memfd, data_fd, space_fd = fds
+        out = ffi.new("tmw_ring **")
+        rc = lib.tmw_ring_open(memfd, data_fd, space_fd, int(spin_us * 1000), out)
+        if rc != _OK:
+            _raise_for(rc, "cannot open ring")
+        self = cls.__new__(cls)
+        self._setup(out[0])
+        return self
+
+    def _setup(self, handle: Any) -> None:
+        self._r = handle
         self._slot = -1
         self._claim_lock = threading.Lock()  # one slot per process, whichever thread claims it
         self._max_record: int = lib.tmw_ring_max_record(self._r)
         geometry = ffi.new("tmw_ring_stats *")
         lib.tmw_ring_get_stats(self._r, geometry)
         self._capacity: int = geometry.capacity  # after the C core's rounding up
-        self._max_held = max_held
+        self._max_held: int = geometry.max_held
         self._pop_size = min(self._max_record, _POP_BUFFER)  # a pop buffer's smallest size
         self._local = threading.local()  # per-thread _Buffers: calls release the GIL
         _live_rings.add(self)
@@ -221,6 +243,12 @@ class Ring:
     def memfd(self) -> int:
         """The memfd holding the shared region (for diagnostics and tests)."""
         return int(lib.tmw_ring_memfd(self._handle()))
+
+    def fds(self) -> tuple[int, int, int]:
+        """The ring's memfd, data eventfd and space eventfd (borrowed: to
+        send to a process that opens it with :meth:`attach`)."""
+        r = self._handle()
+        return int(lib.tmw_ring_memfd(r)), int(lib.tmw_ring_data_fd(r)), int(lib.tmw_ring_space_fd(r))
 
     def data_offset(self) -> int:
         """Offset of the record area inside the region (for tests)."""

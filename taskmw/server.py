@@ -95,7 +95,7 @@ class TaskServer:
         max_dispatchers, channel_bytes, task_records, result_bytes,
         result_ttl, task_timeout, retries, retry_backoff,
         max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
-        record_arguments, builder_dumpable: the pool's settings, each
+        record_arguments, builder_dumpable, share: the pool's settings, each
             described in :class:`taskmw.Settings` (and, with its
             ``taskmw start`` flag, in docs/configuration.md).
 
@@ -140,6 +140,7 @@ class TaskServer:
         spill_bytes: int = Settings.spill_bytes,
         builder_dumpable: bool = Settings.builder_dumpable,
         record_arguments: bool = Settings.record_arguments,
+        share: str = Settings.share,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(
@@ -162,6 +163,7 @@ class TaskServer:
             spill_bytes=spill_bytes,
             builder_dumpable=builder_dumpable,
             record_arguments=record_arguments,
+            share=share,
         )
         """The pool's settings (:class:`taskmw.settings.Settings`)."""
         self.backend = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"

@@ -10,7 +10,10 @@ process is forked.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
+
+_SHARE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def check_int(name: str, value: object, lo: int, hi: int) -> None:
@@ -87,6 +90,17 @@ class Settings:
             stops same-user debuggers (py-spy, gdb), core dumps and reading
             its ``/proc/<pid>/environ``. ``True`` keeps those, and lets every
             process of the user reach the pool through the builder.
+        share: which processes that did not fork from one another share
+            one pool. ``"auto"``: the HTTP workers of an app server that
+            imports the app in each worker (gunicorn without ``--preload``,
+            ``uvicorn --workers N``) share the pool the first of them
+            builds; anywhere else (a script, ``--preload``, ``taskmw
+            start``) the pool is this process's and its forked children's.
+            ``"never"``: each such worker builds its own. Any other string
+            names a group (letters, digits, ``.``, ``_``, ``-``; up to 64):
+            every process of the user that builds a pool with that name
+            joins the same one (another app server's workers, your own
+            prefork). See README, "Topologies".
 
     Raises:
         ValueError: a setting is out of range (the message names it).
@@ -111,6 +125,7 @@ class Settings:
     spill_bytes: int = 256 << 20
     builder_dumpable: bool = False
     record_arguments: bool = False
+    share: str = "auto"
 
     def __post_init__(self) -> None:
         check_int("task_workers", self.task_workers, 1, 1024)
@@ -133,6 +148,11 @@ class Settings:
             raise ValueError(f"builder_dumpable must be True or False, got {self.builder_dumpable!r}")
         if self.spill_dir is not None and (not isinstance(self.spill_dir, str) or not self.spill_dir):
             raise ValueError(f"spill_dir must be a directory's path or None, got {self.spill_dir!r}")
+        if not isinstance(self.share, str) or not _SHARE_NAME.fullmatch(self.share):
+            raise ValueError(
+                f"share must be 'auto', 'never' or a group name (1 to 64 letters, digits, '.', '_', '-'), "
+                f"got {self.share!r}"
+            )
         if self.task_timeout is not None:
             check_seconds("task_timeout", self.task_timeout, positive=True)
         if self.max_tasks_per_worker is not None:

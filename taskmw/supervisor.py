@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from taskmw import _proc, _table, _title, records
+from taskmw._share import Host
 from taskmw._table import (
     ASYNC_DEADLINE,
     ASYNC_LIMIT,
@@ -127,10 +128,12 @@ def ended(pidfd: int, timeout: float = 0.0) -> bool:
     return bool(poller.poll(int(timeout * 1000)))
 
 
-def spawn(pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ()) -> int:
+def spawn(pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = (), host: Host | None = None) -> int:
     """Fork the supervisor of ``pool``, which starts its workers with
     ``start_worker`` and takes over the ``adopted`` workers of a dead one;
-    returns its pid (in the caller)."""
+    returns its pid (in the caller). With ``host``, it also hands the pool
+    to sibling processes (see :mod:`taskmw._share`) and stops when every
+    member has left, not when its builder is gone."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # Fork with SIGTERM and SIGCHLD blocked, so that a close() right after the
@@ -150,7 +153,9 @@ def spawn(pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ())
         _proc.make_undumpable()  # no other process of its user can reach the pool's memfds through it
         _title.set_title("supervisor")
         reset_signals()
-        code = _Supervisor(pool, start_worker, adopted).run()
+        if host is not None:
+            host.adopt()
+        code = _Supervisor(pool, start_worker, adopted, host).run()
     except BaseException:
         log.exception("taskmw supervisor failed")
     finally:
@@ -204,8 +209,13 @@ class _Supervisor:
     enforces their time limits, finishes what they held when they are gone,
     and only then starts a fresh worker in their row."""
 
-    def __init__(self, pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = ()) -> None:
+    def __init__(
+        self, pool: Pool, start_worker: StartWorker, adopted: Iterable[Orphan] = (), host: Host | None = None
+    ) -> None:
         self.pool = pool
+        self.host = host
+        self.files = pool.files() if host is not None else None
+        self.pool_id = os.fstat(pool.submit.memfd()).st_ino
         self.start_worker = start_worker
         self.owner = pool.owner
         self.workers: dict[int, int] = {}  # pid -> worker id
@@ -227,12 +237,16 @@ class _Supervisor:
         self.unstarted.update(set(range(self.pool.settings.task_workers)) - taken)
         self.watch_adopted()
         self.start_unstarted()
+        self.serve()
         while not self.stopping:
             info = signal.sigtimedwait(_WATCHED, _BUSY_TICK if self.backlogs.busy else _TICK)
             if info is not None and info.si_signo == signal.SIGTERM:
                 self.stopping = True
-            elif os.getppid() != self.owner:
+            elif self.host is None and os.getppid() != self.owner:
                 log.warning("the process that built the pool (pid %d) is gone: stopping the pool", self.owner)
+                self.stopping = True
+            elif self.host is not None and not self.serve():
+                log.info("every process of the shared pool has left: stopping the pool")
                 self.stopping = True
             self.enforce_time_limits()
             self.reap()
@@ -242,6 +256,15 @@ class _Supervisor:
                 self.start_unstarted()
         self.stop()
         return 0
+
+    def serve(self) -> int:
+        """Hand the pool to the siblings that asked (a shared pool) and count
+        its members; returns how many (1 without sharing: the builder)."""
+        if self.host is None or self.files is None:
+            return 1
+        members = self.host.serve(self.files, self.pool.settings, self.pool_id, os.getpid())
+        self.words[self.table.sup + _table.MEMBERS] = members
+        return members
 
     def start_unstarted(self) -> None:
         """Start the workers not running yet, in order, until a fork fails."""
@@ -425,6 +448,8 @@ class _Supervisor:
         """Let the workers drain the queue for up to ``shutdown_timeout``
         seconds, kill what is left, and cancel the tasks nobody ran."""
         pool = self.pool
+        if self.host is not None:
+            self.host.stop_listening()  # a sibling that comes now builds a fresh pool
         pool.state = STOPPED
         grace = pool.settings.shutdown_timeout
         deadline = time.monotonic() + grace
@@ -457,8 +482,8 @@ class _Supervisor:
         self.cancel_queued()
         self.backlogs.settle(_SETTLE)
         self.words[self.table.sup + _table.STOPPED_BY] = os.getpid()
-        if os.getppid() != self.owner:  # else the builder removes it, once it has read its finishes
-            pool.remove_files()
+        if os.getppid() != self.owner or (self.host is not None and not self.host.members):
+            pool.remove_files()  # else the builder removes it, once it has read its finishes
 
     def cancel_queued(self) -> None:
         """Finish every task still queued as ``cancelled``."""

@@ -38,9 +38,11 @@ import mmap
 import reprlib
 import struct
 import time
+from collections.abc import Sequence
 from types import FunctionType
 from typing import Any
 
+from taskmw._shm import shared_map
 from taskmw.errors import UnknownTask
 from taskmw.events import STATUSES, TaskError
 from taskmw.info import State, TaskInfo
@@ -126,16 +128,22 @@ class TaskTable:
         result_ttl: seconds a finished task's record and result are kept.
     """
 
-    def __init__(self, capacity: int, arenas: int, result_bytes: int, result_ttl: float) -> None:
+    def __init__(
+        self, capacity: int, arenas: int, result_bytes: int, result_ttl: float, fds: Sequence[int] | None = None
+    ) -> None:
         self.capacity = capacity
         self.result_ttl = result_ttl
-        self._map = mmap.mmap(-1, capacity * _SLOT * 8)  # MAP_SHARED | MAP_ANONYMOUS, touched as used
+        got = iter(fds) if fds is not None else None
+        slots_fd, self._map = shared_map("tasks", capacity * _SLOT * 8, next(got) if got else None)  # touched as used
         self._words = memoryview(self._map).cast("q")
         self.arena_size = max(4096, result_bytes // max(1, arenas))
         self.max_result = self.arena_size // 4
         """The largest finish record an arena keeps (larger results are not kept)."""
-        self._arenas = mmap.mmap(-1, self.arena_size * arenas)
-        self._positions = memoryview(mmap.mmap(-1, mmap.PAGESIZE)).cast("q")  # per arena: bytes ever written
+        arenas_fd, self._arenas = shared_map("results", self.arena_size * arenas, next(got) if got else None)
+        positions_fd, positions = shared_map("positions", mmap.PAGESIZE, next(got) if got else None)
+        self._positions = memoryview(positions).cast("q")  # per arena: bytes ever written
+        self.fds = (slots_fd, arenas_fd, positions_fd)
+        """The memfds of the record (``fds``: those received from the process that made it)."""
 
     # -- writing ------------------------------------------------------------------
 
