@@ -300,11 +300,12 @@ def gunicorn_argv(app: str, port: int, workers: int, preload: bool, worker_class
     return argv
 
 
-def uvicorn_argv(app: str, port: int) -> list[str]:
+def uvicorn_argv(app: str, port: int, workers: int | None = None) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", app,
         "--host", "127.0.0.1", "--port", str(port),
         "--log-level", "info", "--timeout-graceful-shutdown", "10",
+        *(["--workers", str(workers)] if workers else []),
     ]  # fmt: skip
 
 

@@ -2,8 +2,12 @@
 polled through the others (``server.status``), cancelled from another one
 (``server.cancel``), and still reaches ``done`` when the worker that queued
 it was SIGKILLed; under gunicorn ``--preload -w 3`` (Flask, sync workers),
-gunicorn ``--preload -w 3`` with uvicorn's worker (Starlette), and plain
-uvicorn (one process: the same checks through its one worker).
+gunicorn ``--preload -w 3`` with uvicorn's worker (Starlette), plain
+uvicorn (one process: the same checks through its one worker), and the two
+topologies whose HTTP workers each import the app, gunicorn ``-w 3``
+without ``--preload`` (Flask) and ``uvicorn --workers 3`` (Starlette), where
+the first HTTP worker builds the pool and the others join it (one pool: every
+worker reports the same supervisor, and there is one supervisor process).
 
 The apps are ``apps/progress_wsgi.py`` and ``apps/progress_asgi.py`` over
 ``apps/progress_jobs.py``: a job reports progress 0.5 and waits for a flag
@@ -61,6 +65,12 @@ TOPOS = {
         3,
     ),
     "uvicorn": Topo(("uvicorn", "starlette"), lambda port: uvicorn_argv("progress_asgi:app", port), 1),
+    "gunicorn-flask": Topo(
+        ("gunicorn", "flask"), lambda port: gunicorn_argv("progress_wsgi:app", port, workers=3, preload=False), 3
+    ),
+    "uvicorn-workers": Topo(
+        ("uvicorn", "starlette"), lambda port: uvicorn_argv("progress_asgi:app", port, workers=3), 3
+    ),
 }
 MULTI = [name for name, topo in TOPOS.items() if topo.http_workers > 1]
 
@@ -127,6 +137,31 @@ def _finishes(workdir: Path, task_id: int) -> list[dict]:
     return [f for f in read_records(workdir, "finish") if f["task_id"] == task_id]
 
 
+def _one_pool(server: Server, workers: int) -> int:
+    """Every HTTP worker that answers (at least two of them, bounded tries)
+    reports the same supervisor, and the server's processes hold one
+    supervisor; returns its pid."""
+    want = min(2, workers)
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + MEET_TIMEOUT
+
+    def ask(delay: float) -> dict:
+        time.sleep(delay)
+        with server.client() as c:
+            return c.get("/pool", params={"hold": HOLD}).json()
+
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        while len(seen) < want and time.monotonic() < deadline:
+            for body in ex.map(ask, [0, 0.1, 0.2]):
+                seen[body["pid"]] = body["supervisor"]
+    assert len(seen) >= want, f"answers only from {sorted(seen)} in {MEET_TIMEOUT}s"
+    assert len(set(seen.values())) == 1, f"HTTP workers report different supervisors: {seen}"
+    supervisor = next(iter(seen.values()))
+    supervisors = [d for d in server.snapshot(extra=[supervisor]).values() if "taskmw: supervisor" in d]
+    assert len(supervisors) == 1, supervisors
+    return supervisor
+
+
 def _stop(server: Server) -> None:
     with server.client() as c:
         supervisor = c.get("/pool").json()["supervisor"]
@@ -143,6 +178,7 @@ def test_a_job_is_polled_through_every_worker(name: str, tmp_path: Path) -> None
     topo, started = _start(name, tmp_path)
     first, job = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
     with started as server:
+        _one_pool(server, topo.http_workers)
         first_id, _ = _queue(server, first)
         _wait_state(server, first_id, "running")  # the one task worker is taken
         task_id, queuer = _queue(server, job)

@@ -1,0 +1,177 @@
+"""One pool for processes that did not fork from one another (the ``share``
+setting, :mod:`taskmw._share`): a pool built in one process is joined from
+another (a ``subprocess``, with the same group name), which queues through
+it and sees the same record; the pool outlives its builder while a member
+remains and stops when the last one leaves; a process of another user is
+refused before anything is sent. The app-server topologies (gunicorn
+without ``--preload``, ``uvicorn --workers``) are in
+``tests/e2e/test_job_status.py`` and ``tests/e2e/test_shared_pool.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import psutil
+import pytest
+from helpers import WAIT, local_pool, wait_until
+
+from taskmw import TaskServer
+from taskmw._share import Group, Refused, join
+
+pytestmark = [pytest.mark.usefixtures("no_process_left"), pytest.mark.timeout(120)]
+
+
+def _group() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def _run(code: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def test_a_process_that_did_not_fork_joins_the_pool_and_both_see_its_tasks() -> None:
+    group = _group()
+    with TaskServer(2, entrypoints=False, share=group) as server:
+        assert wait_until(lambda: all(w["pid"] for w in server.stats()["workers"]))
+        workers = {w["pid"] for w in server.stats()["workers"]}
+        child = _run(f"""
+            import json, os
+            from taskmw import TaskServer
+            with TaskServer(2, entrypoints=False, share={group!r}) as s:
+                t = s.task(os.getpid)
+                print(json.dumps({{"id": t, "worker": s.result(t, timeout=30), "supervisor": s.supervisor_pid,
+                                  "workers": len(s.stats()["workers"])}}), flush=True)
+                input()  # until the test has looked at the task from its side
+                print(json.dumps(s.status(int(input())).status), flush=True)
+        """)
+        got = json.loads(child.stdout.readline() or child.communicate()[1])
+        assert (got["supervisor"], got["workers"]) == (server.supervisor_pid, 2)
+        assert got["worker"] in workers  # run by this pool's workers: the joiner forked none
+        info = server.status(got["id"])
+        assert (info.state, info.status, info.name) == ("done", "ok", "posix.getpid")
+        assert server.result(got["id"]) == got["worker"]
+        mine = server.task(os.getpid)
+        assert mine > got["id"]  # ids from one queue: unique across the processes
+        assert server.result(mine, timeout=WAIT) in workers
+        out, err = child.communicate(f"\n{mine}\n", timeout=60)
+        assert child.returncode == 0, err
+        assert json.loads(out) == "ok"  # this process's task, seen from the joiner
+        # The joiner left; the pool runs on for its builder.
+        assert server.result(server.task(os.getpid), timeout=WAIT) in workers
+
+
+def test_the_pool_outlives_its_builder_and_stops_when_the_last_member_leaves() -> None:
+    group = _group()
+    builder = _run(f"""
+        import sys
+        from taskmw import TaskServer
+        with TaskServer(1, entrypoints=False, share={group!r}) as s:
+            print(s.supervisor_pid, flush=True)
+            sys.stdin.read()
+    """)
+    supervisor = int(builder.stdout.readline() or builder.communicate()[1])
+    server = TaskServer(1, entrypoints=False, share=group)
+    try:
+        assert server.supervisor_pid == supervisor
+        pool = local_pool(server)
+        assert pool.owner == builder.pid and os.path.isdir(pool.spill_dir)
+        assert builder.stdin is not None
+        builder.stdin.close()  # the builder closes its server and exits (its pool's processes keep its pipes)
+        assert builder.wait(timeout=60) == 0
+        assert psutil.pid_exists(supervisor)
+        task_id = server.task(os.getpid)
+        assert server.result(task_id, timeout=WAIT) == server.stats()["workers"][0]["pid"]
+        assert server.status(task_id).status == "ok"
+    finally:
+        server.close()
+        for stream in (builder.stdout, builder.stderr):
+            stream.close()  # type: ignore[union-attr]
+    assert wait_until(lambda: not psutil.pid_exists(supervisor) or _zombie(supervisor)), "the pool did not stop"
+    assert wait_until(lambda: not os.path.exists(pool.spill_dir)), "the pool's files were left"
+    # The name is free again: the next process builds a fresh pool.
+    with TaskServer(1, entrypoints=False, share=group) as fresh:
+        assert fresh.supervisor_pid != supervisor and local_pool(fresh).owner == os.getpid()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing uid needs root")
+def test_a_process_of_another_user_is_refused_before_anything_is_sent() -> None:
+    group = _group()
+    with TaskServer(1, entrypoints=False, share=group) as server:
+        address = Group(group, None).address
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the stranger: a raw connection, then the library's own join
+            code = 1
+            try:
+                os.setuid(65534)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                sock.settimeout(10)
+                sock.connect(address)  # the pool's name, as root made it
+                data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 253)
+                try:
+                    join(Group(group, None))  # named after uid 65534: nobody listens there
+                    joined = "none"
+                except Refused:
+                    joined = "refused"
+                os.write(write, json.dumps([data.decode(), len(fds), joined]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        with os.fdopen(read) as f:
+            data, fds, joined = json.loads(f.read())
+        assert (data, fds) == ("", 0)  # the supervisor hung up: no settings, no fds
+        assert joined == "none"
+        assert server.taskwait(os.getpid, timeout=WAIT) == server.stats()["workers"][0]["pid"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing uid needs root")
+def test_a_socket_held_by_another_user_is_not_joined() -> None:
+    """A stranger that takes a group's name first (abstract sockets have no
+    permissions) is not trusted: joining raises, naming it."""
+    group = _group()
+    address = Group(group, None).address
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setuid(65534)
+            squatter = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            squatter.bind(address)
+            squatter.listen(1)
+            os.write(write, b"x")
+            squatter.accept()  # until killed
+        finally:
+            os._exit(0)
+    try:
+        os.read(read, 1)
+        with pytest.raises(Refused, match="uid 65534"):
+            TaskServer(1, entrypoints=False, share=group)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(read)
+        os.close(write)
