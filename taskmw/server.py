@@ -72,7 +72,9 @@ class TaskServer:
     ``task_workers`` workers, replaces any that die, and stops them when the
     pool closes (or when the process that built it exits). Every process
     forked later from the builder (gunicorn's HTTP workers with
-    ``--preload``) shares the pool.
+    ``--preload``) shares the pool, and so do sibling HTTP workers that each
+    import the app (gunicorn without ``--preload``, ``uvicorn --workers N``):
+    the first builds the pool and the others join it (``share``).
 
     Use it as a context manager in scripts and tests::
 
@@ -212,8 +214,10 @@ class TaskServer:
         ``fn_or_data`` is a callable (run as ``fn(*args, **kwargs)``), a
         :class:`~taskmw.Task` or :class:`~taskmw.ServiceTask`, or any other
         picklable object, which the dispatcher hands to the listeners of its
-        type. Ids are unique and increasing across every process of the pool
-        (not across pools: without ``--preload`` each gunicorn HTTP worker has its own).
+        type. Ids are unique and increasing across every process of the pool,
+        the sibling HTTP workers that joined it included (gunicorn without
+        ``--preload``, ``uvicorn --workers N``; see the ``share`` setting), not
+        across pools.
         With a Task or data object, ``timeout=`` and ``retries=`` are the
         task's own options.
 

@@ -217,6 +217,12 @@ class Server:
         self.known.update(now)
         return now
 
+    def supervisors(self, extra: Iterable[int] = ()) -> set[int]:
+        """The pids of the pools' supervisors among the server's processes (a
+        task worker just forked, still titled as its supervisor, is not one)."""
+        titled = {pid for (pid, _), d in self.snapshot(extra).items() if "taskmw: supervisor" in d}
+        return {pid for pid in titled if (st := proc_stat(pid)) is not None and st.ppid not in titled}
+
     # -- stopping it
 
     def stop(self, sig: int | None = signal.SIGTERM) -> StopReport:

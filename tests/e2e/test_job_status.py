@@ -157,8 +157,7 @@ def _one_pool(server: Server, workers: int) -> int:
     assert len(seen) >= want, f"answers only from {sorted(seen)} in {MEET_TIMEOUT}s"
     assert len(set(seen.values())) == 1, f"HTTP workers report different supervisors: {seen}"
     supervisor = next(iter(seen.values()))
-    supervisors = [d for d in server.snapshot(extra=[supervisor]).values() if "taskmw: supervisor" in d]
-    assert len(supervisors) == 1, supervisors
+    assert server.supervisors(extra=[supervisor]) == {supervisor}
     return supervisor
 
 
