@@ -17,15 +17,17 @@ lines the apps wrote (see ``apps/jobs.py`` and ``apps/recorder.py``):
 - every id got exactly one finish, in the process that queued it, with the
   right status and return value (``ValueError`` and its message for ``/fail``);
 - ids are unique per pool and increase within each HTTP worker;
-- ``--preload`` gives one pool (one supervisor) for all HTTP workers, no
-  preload one per HTTP worker;
+- every topology gives one pool (one supervisor) for all HTTP workers: with
+  ``--preload`` the master builds it, without it the first HTTP worker does
+  and the others join it (``share="auto"``);
 - after SIGTERM the server exits cleanly and nothing of its process tree
   (HTTP workers, supervisors, task workers) is left.
 
 The other tests apply the same checks to harder stops: SIGTERM while tasks
 are still queued (the stop drains them), SIGTERM or SIGINT to the whole
 process group (systemd, Ctrl-C), HTTP workers recycled by ``--max-requests``,
-and the SIGKILL of the process that built a pool.
+and the SIGKILL of the process that built a pool (a master: the pool stops;
+an HTTP worker of a shared pool: the pool carries on for the others).
 """
 
 from __future__ import annotations
@@ -205,9 +207,9 @@ def check_run(
     if missing_pool:
         problems.append(f"no /pool answer from HTTP worker(s) {sorted(missing_pool)}")
     if shared_pool and len(supervisors) != 1:
-        problems.append(f"--preload: all HTTP workers should share one pool, supervisors: {supervisor_of}")
+        problems.append(f"all HTTP workers should share one pool, supervisors: {supervisor_of}")
     if not shared_pool and len(supervisors) != len(pools):
-        problems.append(f"no preload: each HTTP worker should have its own pool, supervisors: {supervisor_of}")
+        problems.append(f"each HTTP worker should have its own pool, supervisors: {supervisor_of}")
     for sup in supervisors:
         if not isinstance(sup, int) or sup <= 0:
             problems.append(f"bad supervisor_pid {sup!r}")
@@ -396,7 +398,7 @@ TOPOLOGIES = {
         ("gunicorn", "flask"),
         lambda port: gunicorn_argv("flask_app:app", port, workers=2, preload=False),
         http_workers=2,
-        shared_pool=False,
+        shared_pool=True,  # the first HTTP worker builds it, the other joins it
         exit_marker="Shutting down: Master",
     ),
     # uvicorn, one process: it serves HTTP and owns the pool.
@@ -631,8 +633,8 @@ def test_gunicorn_preload_recycled_http_workers(tmp_path: Path) -> None:
 
 # The process that built the pool, killed with SIGKILL (the OOM killer, gunicorn
 # killing a worker past --timeout, a crash): "master" is the server's own
-# process, "http-worker" one of gunicorn's HTTP workers (without --preload,
-# each builds its own pool).
+# process, "http-worker" the gunicorn HTTP worker that built the pool the
+# others joined (without --preload).
 OWNER_KILLS = {
     "uvicorn-starlette": "master",
     "gunicorn-flask": "http-worker",
@@ -642,9 +644,10 @@ OWNER_KILLS = {
 
 @pytest.mark.parametrize("name", list(OWNER_KILLS))
 def test_pool_stops_when_its_owner_is_killed(tmp_path: Path, name: str) -> None:
-    """SIGKILL the process that built a pool while its tasks are queued: the
-    pool's supervisor and task workers exit by themselves within GONE_TIMEOUT.
-    A killed gunicorn HTTP worker is replaced by one with a pool of its own,
+    """SIGKILL the process that built a pool while its tasks are queued. A
+    master: the pool's supervisor and task workers exit by themselves within
+    GONE_TIMEOUT. The gunicorn HTTP worker that built a shared pool: the pool
+    carries on for the other HTTP workers, gunicorn's replacement joins it,
     and tasks flow as before; whatever the killed worker queued ran at most
     once. Then SIGTERM leaves nothing behind."""
     topo = topology(name)
@@ -655,20 +658,29 @@ def test_pool_stops_when_its_owner_is_killed(tmp_path: Path, name: str) -> None:
         pools = meet_workers(server, topo.http_workers)
         sent = send_all(server, "kill", n_queue=20, n_fail=0, n_wait=0, delay=0.05)
         snapshot_tree(server, workdir, pools)
-        owner = server.pid if victim == "master" else sorted(pools)[0]
-        sup = pools[owner]["supervisor"] if owner in pools else next(iter(pools.values()))["supervisor"]
-        pool_procs = {(p.pid, p.starttime): p for p in all_procs() if sup in (p.pid, p.ppid)}
+        sup = next(iter(pools.values()))["supervisor"]
+        procs = all_procs()
+        owner = server.pid if victim == "master" else next(p.ppid for p in procs if p.pid == sup)
+        pool_procs = {(p.pid, p.starttime): p for p in procs if sup in (p.pid, p.ppid)}
+        owner_ident = next((p.pid, p.starttime) for p in procs if p.pid == owner)
         if len(pool_procs) != 3:
             problems.append(f"expected the supervisor {sup} and its 2 task workers, found {list(pool_procs.values())}")
         os.kill(owner, signal.SIGKILL)
         deadline = time.monotonic() + GONE_TIMEOUT
-        while time.monotonic() < deadline and any(alive(i) for i in pool_procs):
-            time.sleep(0.05)
-        left = [p for i, p in pool_procs.items() if alive(i)]
-        if left:
-            problems.append(f"the pool of the killed process {owner} outlived it by {GONE_TIMEOUT}s: {left}")
+        if victim == "http-worker":  # the pool must outlive it
+            while time.monotonic() < deadline and alive(owner_ident):
+                time.sleep(0.05)
+            gone = [p for i, p in pool_procs.items() if not alive(i)]
+            if gone:
+                problems.append(f"the shared pool stopped with the HTTP worker {owner} that built it: {gone} gone")
+        else:
+            while time.monotonic() < deadline and any(alive(i) for i in pool_procs):
+                time.sleep(0.05)
+            left = [p for i, p in pool_procs.items() if alive(i)]
+            if left:
+                problems.append(f"the pool of the killed process {owner} outlived it by {GONE_TIMEOUT}s: {left}")
         if victim == "http-worker":
-            # gunicorn boots a replacement, which builds a pool of its own.
+            # gunicorn boots a replacement, which joins the pool.
             survivors = {pid: ans for pid, ans in pools.items() if pid != owner}
             pools = pools | meet_workers(server, topo.http_workers, survivors)
             sent += send_all(server, "after-kill")
