@@ -534,6 +534,8 @@ class LocalTransport:
         """Join the supervisor that replaced a dead one; why not (``None``: done)."""
         deadline = time.monotonic() + 3 * _STABLE
         while time.monotonic() < deadline and not self._closed:
+            if not _proc.alive(self.pool.owner):
+                return f"so is the process that built it (pid {self.pool.owner}), which would start a new one"
             try:
                 again = _share.join(group)
             except (OSError, ValueError) as exc:

@@ -175,3 +175,89 @@ def test_a_socket_held_by_another_user_is_not_joined() -> None:
         os.waitpid(pid, 0)
         os.close(read)
         os.close(write)
+
+
+_JOINER = """
+    import os, sys, time
+    import taskmw
+    from taskmw import TaskServer
+    with TaskServer(1, entrypoints=False, share={group!r}) as s:
+        print(s.supervisor_pid, flush=True)
+        for line in sys.stdin:  # one task per line, its outcome printed; "quit" (a new supervisor holds the pipe too)
+            if line.strip() == "quit":
+                break
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    print("ok", s.result(s.task(os.getpid), timeout=30), flush=True)
+                    break
+                except taskmw.PoolClosed as exc:
+                    if "restarted" in str(exc) and time.monotonic() < deadline:
+                        time.sleep(0.05)  # its supervisor is being replaced
+                        continue
+                    print("closed", str(exc).replace(chr(10), " "), flush=True)
+                    break
+"""
+
+
+def _ask(joiner: subprocess.Popen[str], line: str = "\n") -> list[str]:
+    assert joiner.stdin is not None and joiner.stdout is not None
+    joiner.stdin.write(line)
+    joiner.stdin.flush()
+    return joiner.stdout.readline().split(" ", 1)
+
+
+def _quit(joiner: subprocess.Popen[str]) -> None:
+    _ask(joiner, "quit\n")
+    assert joiner.wait(timeout=60) == 0, joiner.stderr.read()  # type: ignore[union-attr]
+    for stream in (joiner.stdin, joiner.stdout, joiner.stderr):
+        stream.close()  # type: ignore[union-attr]
+
+
+def test_a_joined_process_follows_the_supervisor_the_builder_restarts() -> None:
+    group = _group()
+    with TaskServer(1, entrypoints=False, share=group) as server:
+        joiner = _run(_JOINER.format(group=group))
+        try:
+            first = int(joiner.stdout.readline() or joiner.communicate()[1])  # type: ignore[union-attr]
+            assert first == server.supervisor_pid
+            assert _ask(joiner)[0] == "ok"
+            os.kill(first, 9)
+            assert wait_until(lambda: server.supervisor_pid != first and not server.closed)
+            answer = _ask(joiner)
+            assert answer[0] == "ok", answer  # queued through the new supervisor's pool: the same one
+            assert server.supervisor_pid != first
+            assert wait_until(lambda: server.stats()["supervisor_pid"] == server.supervisor_pid)
+        finally:
+            _quit(joiner)
+        assert server.taskwait(os.getpid, timeout=WAIT) > 0
+
+
+def test_a_joined_process_whose_pool_died_with_its_builder_says_so() -> None:
+    """The builder is gone and then its supervisor dies: nobody can restart
+    it, and the joined process's task() raises PoolClosed naming it."""
+    group = _group()
+    builder = _run(f"""
+        import sys
+        from taskmw import TaskServer
+        with TaskServer(1, entrypoints=False, share={group!r}) as s:
+            print(s.supervisor_pid, flush=True)
+            sys.stdin.read()
+    """)
+    supervisor = int(builder.stdout.readline() or builder.communicate()[1])  # type: ignore[union-attr]
+    joiner = _run(_JOINER.format(group=group))
+    try:
+        assert int(joiner.stdout.readline() or joiner.communicate()[1]) == supervisor  # type: ignore[union-attr]
+        builder.stdin.close()  # type: ignore[union-attr]
+        assert builder.wait(timeout=60) == 0
+        assert _ask(joiner)[0] == "ok"  # the pool outlived its builder
+        workers = [c.pid for c in psutil.Process(supervisor).children()]
+        os.kill(supervisor, 9)
+        assert wait_until(lambda: all(_zombie(pid) for pid in [supervisor, *workers]), 40)
+        verdict, why = _ask(joiner)
+        assert verdict == "closed", why
+        assert f"the shared pool's supervisor (pid {supervisor}) is gone" in why
+    finally:
+        _quit(joiner)
+        builder.stdout.close()  # type: ignore[union-attr]
+        builder.stderr.close()  # type: ignore[union-attr]
