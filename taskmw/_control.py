@@ -251,7 +251,7 @@ def serve_status(server: Server, path: str) -> ControlServer | None:
     another live process already answers on ``path``."""
     with contextlib.suppress(ConnectionError, OSError, ValueError):
         request(path, timeout=1.0)
-        log.warning("status socket %s: another process answers there; this pool serves no status", path)
+        log.warning("status socket %s: another process answers there; this process does not serve it", path)
         return None
     started = time.time()
     control = ControlServer(path, {"status": lambda: pool_status(server, started, control.rate())},
