@@ -315,7 +315,10 @@ def build_or_join(group: Group) -> Host | Joined:
         host = Host.bind(group)
         if host is not None:
             return host
-        joined = join(group)
+        try:
+            joined = join(group)
+        except ConnectionError:  # reset: the pool began to stop before it answered
+            joined = None
         if joined is not None:
             return joined
         time.sleep(0.05)
