@@ -459,8 +459,9 @@ class TaskServer:
     def close(self, timeout: float | None = None) -> None:
         """Stop the pool (in the process that built it) or leave it (in any
         other; in a pool shared by sibling HTTP workers, every member leaves
-        it, and the last one to leave stops it): queued tasks run for up to ``shutdown_timeout`` seconds, the
-        rest finish ``cancelled``, and this process's finishes are delivered
+        it, and the last one to leave stops it): queued tasks run for up to
+        ``shutdown_timeout`` seconds, the rest finish ``cancelled``, and this
+        process's finishes are delivered
         (waiters and ``on_finish`` hooks) before ``close()`` returns; no hook
         runs after it. No process of the pool is left behind.
 
