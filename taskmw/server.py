@@ -461,9 +461,9 @@ class TaskServer:
         other; in a pool shared by sibling HTTP workers, every member leaves
         it, and the last one to leave stops it): queued tasks run for up to
         ``shutdown_timeout`` seconds, the rest finish ``cancelled``, and this
-        process's finishes are delivered
-        (waiters and ``on_finish`` hooks) before ``close()`` returns; no hook
-        runs after it. No process of the pool is left behind.
+        process's finishes are delivered (waiters and ``on_finish`` hooks)
+        before ``close()`` returns; no hook runs after it. No process of the
+        pool is left behind.
 
         It returns once every task this process queued got its finish, or
         when a deadline passes: in a process that did not build the pool,
