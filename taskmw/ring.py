@@ -192,7 +192,8 @@ class Ring:
     def attach(cls, fds: Sequence[int], *, spin_us: float = 50.0) -> Ring:
         """Open a ring another process made, from copies of its
         :meth:`fds` (received over a unix socket): the ring then owns them
-        (:meth:`close` closes them). Its geometry is read from the region.
+        (:meth:`close` closes them; if this raises, they are still the
+        caller's). Its geometry is read from the region.
 
         Raises:
             RingCorrupt: the memfd does not hold a ring.

@@ -541,3 +541,38 @@ def test_mark_sets_bits_on_a_queued_record_only() -> None:
     ring.close()
     with pytest.raises(ValueError):
         ring.mark(first, 1)
+
+
+# -- a ring opened from another process's fds ----------------------------------------
+
+
+def test_attach_opens_the_same_ring_from_copies_of_its_fds() -> None:
+    """What a process that did not fork from the ring's maker does (it got
+    the fds over a unix socket): the geometry comes from the region, and both
+    handles push and pop the one ring; the attached one owns its fds."""
+    with Ring(1 << 16, slots=4, max_held=3) as ring:
+        ring.push(b"before", aux=7)
+        copies = [os.dup(fd) for fd in ring.fds()]
+        with Ring.attach(copies) as other:
+            assert (other.capacity, other.max_record) == (ring.capacity, ring.max_record)
+            assert other.pop_many(timeout=1).records == [b"before"]
+            other.push(b"back")
+            assert ring.pop_many(timeout=1).records == [b"back"]
+            assert other.stats().next_seq == ring.stats().next_seq == 3
+        for fd in copies:  # closed with the attached ring
+            with pytest.raises(OSError):
+                os.fstat(fd)
+
+
+def test_attach_refuses_a_memfd_that_is_not_a_ring() -> None:
+    with Ring(1 << 16) as ring:
+        _, data_fd, space_fd = ring.fds()
+        stranger = os.memfd_create("not-a-ring")
+        os.ftruncate(stranger, 1 << 20)
+        fds = [stranger, os.dup(data_fd), os.dup(space_fd)]
+        try:
+            with pytest.raises(RingCorrupt):
+                Ring.attach(fds)
+        finally:
+            for fd in fds:  # still the caller's
+                os.close(fd)
