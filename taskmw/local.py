@@ -81,7 +81,11 @@ class LocalTransport:
         got = None if self._group is None else _share.build_or_join(self._group)
         if isinstance(got, _share.Joined):
             self._joined, self._member = got, got.member
-            self.pool = Pool.attach(got.settings, got.files)
+            try:
+                self.pool = Pool.attach(got.settings, got.files)
+            except BaseException:
+                got.member.close()  # (the fds not taken yet are left to the process's exit)
+                raise
         else:
             self._host = got
             try:
