@@ -117,11 +117,12 @@ class LocalTransport:
                 host.close()
             self._host = None
             raise
-        if host is not None:
-            host.forked()
-            with self._member_lock:
-                if self._member is not None:
-                    self._member.close()  # the dead supervisor's
+        with self._member_lock:
+            if self._member is not None and adopted is not None:
+                self._member.close()  # the dead supervisor's
+                self._member = None  # (no name for the new one: the pool is this process's, stopped by close())
+            if host is not None:
+                host.forked()
                 self._member = host.builder_end
         self._host = None
         return pid
