@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from taskmw._address import join_address, parse_address
 from taskmw.settings import Settings
 
 ENV_PREFIX = "TASKMW_"
@@ -43,10 +44,7 @@ def _int_or_none(text: str) -> int | None:
 
 def _address(text: str) -> str:
     """``HOST:PORT`` (a bare ``PORT``: on 127.0.0.1), checked."""
-    from taskmw.web.serve import parse_address  # not at import: the CLI's other commands need no web code
-
-    host, port = parse_address(text)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_address(*parse_address(text))
 
 
 def _size(text: str) -> int:

@@ -282,8 +282,9 @@ def test_the_masters_server_and_its_options(pool: TaskServer, busy: dict[str, in
     """What ``taskmw start --dashboard 8001 --dashboard-cancel`` builds: the
     options, and a threading server on a real socket whose buttons work."""
     from taskmw import config
+    from taskmw._address import join_address, parse_address
     from taskmw.cli import build_parser
-    from taskmw.web.serve import DashboardServer, parse_address
+    from taskmw.web.serve import DashboardServer
 
     args = build_parser().parse_args(["start", "x:app", "--dashboard", "8001", "--dashboard-cancel"])
     resolved = config.resolve(vars(args), {})
@@ -291,6 +292,7 @@ def test_the_masters_server_and_its_options(pool: TaskServer, busy: dict[str, in
     assert config.resolve({}, {"TASKMW_DASHBOARD": "[::1]:9"}).dashboard == "[::1]:9"
     assert config.resolve({}, {}).dashboard is None and config.resolve({}, {}).dashboard_cancel is False
     assert parse_address("0.0.0.0:80") == ("0.0.0.0", 80)
+    assert parse_address(join_address("::1", 8001)) == ("::1", 8001) and join_address("::1", 8001) == "[::1]:8001"
     for bad in ("nope", "127.0.0.1:0", "host:99999"):
         with pytest.raises(ValueError):
             parse_address(bad)
