@@ -118,7 +118,8 @@ class Transport(Protocol):
         finish that carries no name (no worker read the task)."""
 
     def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
-        """``{"queued": [...], "running": [...], "done": [...]}``, up to ``limit`` each."""
+        """``{"scheduled": [...], "queued": [...], "running": [...], "done": [...]}``, up to
+        ``limit`` each (``"scheduled"`` may be left out by a backend that cannot list them)."""
 
     @property
     def reader_loop(self) -> asyncio.AbstractEventLoop | None:

@@ -107,7 +107,9 @@ class Pool:
         """Finishes larger than this travel as files."""
         where = settings.spill_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
         self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
-        """Where spilled records live (removed by :meth:`remove_files`)."""
+        """Where spilled records live (removed by :meth:`remove_files`), and
+        the delayed tasks held until due (its ``scheduled`` directory, see :mod:`taskmw.delayed`)."""
+        os.mkdir(os.path.join(self.spill_dir, "scheduled"), 0o700)
         self.words = memoryview(self.page).cast("q")
         """The state page as int64 words (word 0's first byte is :attr:`state`)."""
         self.spill_lock = os.fdopen(os.memfd_create("taskmw-spill-count", os.MFD_CLOEXEC), "r+b", buffering=0)

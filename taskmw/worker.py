@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from taskmw import _codec, _proc, _table, _title, records
+from taskmw import _codec, _proc, _table, _title, delayed, records
 from taskmw._table import (
     ASYNC_DEADLINE,
     ASYNC_DONE,
@@ -222,8 +222,16 @@ class _Worker:
             unreadable = error_of(exc)
             self.tasks.finished(seq, ERROR, 1, unreadable)
             return self.finish(seq, seq, ERROR, None, unreadable, started, "")
-        _, task_id, kind, _, own_limit, attempt, _, cancelled, payload = task
+        _, task_id, kind, _, own_limit, attempt, _, cancelled, payload, due = task
         tasks = self.tasks
+        if header & records.DELAYED and not cancelled:
+            if not due and not delayed.claim(self.pool.spill_dir, task_id):
+                return b""  # a second push of a task that ran, or one cancelled: dropped (no finish)
+            if due and not tasks.cancel_requested(task_id):
+                delayed.hold(self.pool.spill_dir, task, self.pool.supervisor_pid)  # not due yet: to the scheduler
+                if tasks.cancel_requested(task_id):  # cancel() came while the file was written: it may not see it
+                    delayed.cancel(self.pool.spill_dir, task_id, self.pool.supervisor_pid)
+                return b""
         if cancelled or tasks.cancel_requested(task_id):
             words[row + _table.CANCELLED_HERE] += 1
             tasks.finished(task_id, CANCELLED, attempt, _CANCELLED)
