@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 from taskmw import _codec
 from taskmw.events import STATUSES, TaskError
 from taskmw.settings import check_int, check_seconds
-from taskmw.tasks import ServiceTask, Task
+from taskmw.tasks import OPTION_NAMES, OPTIONS_ATTR, ServiceTask, Task, check_option_names
 
 
 class Kind(enum.IntEnum):
@@ -192,11 +192,6 @@ def task_id_of(seq: int, first_id: int) -> int:
     return first_id or seq
 
 
-OPTION_NAMES = ("delay", "eta", "task_timeout", "retries", "retry_backoff")
-"""The per-task options, given with a :class:`~taskmw.Task` (never with a
-plain callable's arguments, which all go to the callable)."""
-
-
 def encode_task(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, Kind, dict[str, Any]]:
     """``(payload, kind, options)`` of what ``task()`` was given: a callable
     and its arguments, a :class:`~taskmw.Task` or :class:`~taskmw.ServiceTask`
@@ -215,7 +210,8 @@ def encode_task(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
         return _codec.encode_data(obj), Kind.DATA, task_options(obj, args, kwargs)
     if kwargs:
         check_not_options(obj, kwargs)
-    return _codec.encode_call(obj, args, kwargs), Kind.CALL, {}
+    defaults = getattr(obj, OPTIONS_ATTR, None)
+    return _codec.encode_call(obj, args, kwargs), Kind.CALL, task_options(Task(obj), (), defaults) if defaults else {}
 
 
 _RESERVED = frozenset(OPTION_NAMES) | {"timeout"}
@@ -268,17 +264,10 @@ def task_options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dic
             f"task() got positional arguments with a {what}: only a plain callable takes "
             "arguments (put them in the Task)"
         )
-    if "timeout" in kwargs:
-        raise TypeError(
-            f"task() got timeout= with a {what}: timeout= is how long a call waits (taskwait, result); "
-            "the task's own time limit is task_timeout=, e.g. server.task(Task(fn, x), task_timeout=10)"
-        )
-    unknown = set(kwargs) - set(OPTION_NAMES)
-    if unknown:
-        raise TypeError(
-            f"task() got unexpected keyword arguments {sorted(unknown)} with a {what}: "
-            f"the options are {', '.join(n + '=' for n in OPTION_NAMES)} (a Task's own arguments go in the Task)"
-        )
+    check_option_names(kwargs, f"task() with a {what}")
+    defaults = getattr(obj.fn, OPTIONS_ATTR, None) if type(obj) is Task else None
+    if defaults:
+        kwargs = {**defaults, **kwargs}
     out: dict[str, Any] = {}
     if kwargs.get("task_timeout") is not None:
         check_seconds("task_timeout", kwargs["task_timeout"], positive=True)

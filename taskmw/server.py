@@ -43,13 +43,14 @@ from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
 from taskmw.settings import Settings
-from taskmw.tasks import _set_default
+from taskmw.tasks import OPTIONS_ATTR, _set_default
 from taskmw.tasktable import task_name_field
 
 log = logging.getLogger(__name__)
 
 _live: weakref.WeakSet[TaskServer] = weakref.WeakSet()
 _CALL = records.submit_header(Kind.CALL)
+_OPTIONS = OPTIONS_ATTR
 
 
 def create_server(task_workers: int = 4, *, backend: str | None = None, **settings: Any) -> TaskServer:
@@ -231,7 +232,8 @@ class TaskServer:
             QueueFull: no room in the queue within ``queue_timeout`` seconds.
             PoolClosed: the pool has stopped.
         """
-        if type(fn_or_data) is FunctionType and self._no_retries:  # the fast path: a plain function
+        if type(fn_or_data) is FunctionType and self._no_retries and _OPTIONS not in fn_or_data.__dict__:
+            # the fast path: a plain function (without @task defaults)
             if kwargs:
                 records.check_not_options(fn_or_data, kwargs)
             name = task_name_field(fn_or_data)
