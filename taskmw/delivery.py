@@ -235,9 +235,7 @@ class Delivery:
             if self.done >= self.sent:
                 self.idle.notify_all()
 
-    def drain(
-        self, timeout: float, alive: Callable[[], bool], pending: Callable[[], int], delayed: bool = True
-    ) -> int:
+    def drain(self, timeout: float, alive: Callable[[], bool], pending: Callable[[], int], delayed: bool = True) -> int:
         """Wait until every task this process queued has had its finish
         handed over (to its waiter and the ``on_finish`` hooks); returns how
         many had not when it gave up.

@@ -503,7 +503,6 @@ class _Supervisor:
             self.table.count(_table.CANCELLED, cancelled)
             log.warning("pool stopped: %d queued task(s) cancelled", cancelled)
 
-
     def queued_delayed(self, seq: int, record: bytes, header: int) -> int:
         """A delayed task's record left in the queue when the pool stops: the
         id to finish ``cancelled`` (0: none, a run whose file is gone, see
