@@ -214,9 +214,7 @@ def test_a_delayed_task_with_retries(pool: TaskServer, tmp_path: Path) -> None:
 
 
 def test_option_names_never_reach_a_plain_callable_that_lacks_them(pool: TaskServer) -> None:
-    with pytest.raises(
-        TypeError, match=r"got timeout= for add.*Task\(add, \*args, \*\*kwargs\), task_timeout="
-    ):
+    with pytest.raises(TypeError, match=r"got timeout= for add.*Task\(add, \*args, \*\*kwargs\), task_timeout="):
         pool.task(add, 1, 2, timeout=10)
     with pytest.raises(TypeError, match=r"got delay= for add"):
         pool.taskwait(add, 1, 2, delay=5, timeout=WAIT)

@@ -23,5 +23,3 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
         yield server
     finally:
         server.stop()
-
-
