@@ -23,3 +23,5 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
         yield server
     finally:
         server.stop()
+
+

@@ -389,7 +389,6 @@ def test_gunicorn_app_unchanged_on_celery(worker: Any, redis_server: Redis, reco
     monkeypatch.setenv("PYTHONPATH", str(cjobs.__file__).rsplit("/", 1)[0])
     queued: dict[int, tuple[int, str]] = {}
     with running_server(lambda port: gunicorn_argv("cweb:app", port, 2, preload=True), tmp_path) as web:
-
         def queue(i: int) -> dict[str, Any]:
             with web.client() as c:
                 return c.get("/queue", params={"a": i, "b": 1}).json()  # type: ignore[no-any-return]
