@@ -39,6 +39,7 @@ import os
 import signal
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,7 @@ WAKE = signal.SIGURG
 """The signal that tells the supervisor the scheduled directory changed."""
 _HEAD = struct.Struct("<dIdqq")  # due, header (kind and reply), time limit (0: none), retries left, task id
 _RETRY = 0.01  # seconds before pushing again when the queue was full
+_RUNS = 1 << 16  # runs pushed whose seq the scheduler remembers (for the workers that die holding one)
 
 SendCancelled = Callable[[int, int], None]
 """``send(task_id, header)``: record task ``task_id`` cancelled and send its
@@ -157,6 +159,7 @@ class Scheduler:
         self.pushed: set[int] = set()  # ids pushed into the queue whose file is still there
         self.mtime = -1
         self.retry_at = 0.0  # time.monotonic() to try a push again after a full queue (0: none)
+        self.runs: OrderedDict[int, int] = OrderedDict()  # seq of each run pushed -> the task's id
 
     def wait(self, tick: float) -> float:
         """Seconds the supervisor may sleep: ``tick``, or less if a task is due sooner."""
@@ -244,12 +247,38 @@ class Scheduler:
                 log.warning("delayed task %d could not be queued yet: %s", task_id, exc)
                 return False
             header |= records.SPILLED
-        if pool.submit.try_push(record, aux=header) is None:
+        seq = pool.submit.try_push(record, aux=header | records.RELEASED)
+        if seq is None:
             if header & records.SPILLED:
                 pool.consume_spill(record)
                 records.discard(record)
             return False
+        self.runs[seq] = first_id
+        while len(self.runs) > _RUNS:
+            self.runs.popitem(last=False)
         return True
+
+    def lost_run(self, seq: int, elsewhere: Callable[[int], bool]) -> int:
+        """A worker died holding run ``seq`` of a delayed task: the task's id
+        if that run may have claimed it (it is to be finished ``lost``), else
+        0: not claimed (it is pushed again), claimed by another run (which
+        finished it, or ``elsewhere(task_id)`` says another worker runs it),
+        or a run this supervisor does not know (pushed by the one before it)."""
+        task_id = self.runs.get(seq, 0)
+        if not task_id:
+            log.warning("a task worker died holding a delayed task's run (seq %d) pushed by an earlier supervisor", seq)
+            return 0
+        if os.path.exists(_path(self.spill_dir, "s", task_id)):
+            self.pushed.discard(task_id)  # not claimed: push it again when it is due (now)
+            heapq.heappush(self.heap, (0.0, task_id))
+            return 0
+        if self.pool.tasks.done(task_id) or elsewhere(task_id):
+            return 0  # this run was a second push, dropped: another one ran it
+        return task_id
+
+    def handed_over(self, task_id: int) -> bool:
+        """True if delayed task ``task_id``'s first trip reached the scheduler (its file is there)."""
+        return any(os.path.exists(_path(self.spill_dir, kind, task_id)) for kind in "sc")
 
     def finish_cancelled(self, task_id: int) -> None:
         """Send the ``cancelled`` finish of a cancelled held task, then remove its file."""

@@ -13,6 +13,7 @@ bits 16-23            the :class:`Kind` (a call, a data object, a stop marker)
 :attr:`Flag.TIMED`    (submit) the task has a time limit: a worker takes it alone
 :attr:`Flag.SPILLED`  the record is the path of a file holding the payload
 :attr:`Flag.DELAYED`  (submit and finish) a task queued with ``delay=``/``eta=`` (see :mod:`taskmw.delayed`)
+:attr:`Flag.RELEASED`  (submit) that task's run, pushed by the scheduler when it is due
 ====================  ===============================================
 
 A task's **seq** is its record's sequence number in the submit ring; its
@@ -71,6 +72,8 @@ class Flag(enum.IntFlag):
     DELAYED = 1 << 30
     """(submit and finish) a delayed task: its first trip (options ``due`` set) takes it to the
     scheduler (:mod:`taskmw.delayed`), its second (``due`` 0) runs it; its finish says so too"""
+    RELEASED = 1 << 31
+    """(submit) a delayed task's second trip, pushed by the scheduler (its seq is not its id)"""
 
 
 CHANNEL_MASK = 0xFFFF
@@ -83,6 +86,7 @@ TIMED = int(Flag.TIMED)
 SPILLED = int(Flag.SPILLED)
 CANCEL = int(Flag.CANCELLED)
 DELAYED = int(Flag.DELAYED)
+RELEASED = int(Flag.RELEASED)
 """The bit :meth:`taskmw.Ring.mark` sets on a queued task that is cancelled."""
 _OPTS = int(Flag.OPTS)
 _REPLY = CHANNEL_MASK | WANT | DELAYED

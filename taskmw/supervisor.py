@@ -407,6 +407,13 @@ class _Supervisor:
         error = TaskError("WorkerLost", f"task worker {worker_id} (pid {pid}) {cause} while running the task", "")
         for h in lost:
             task_id = running_id if h.seq == running_seq and running_id else h.seq
+            if records.is_delayed(h.aux) and task_id == h.seq:  # not known to have started: see taskmw.delayed
+                if h.aux & records.RELEASED:
+                    task_id = self.scheduler.lost_run(h.seq, self.runs_elsewhere(worker_id))
+                    if not task_id:
+                        continue
+                elif self.scheduler.handed_over(h.seq):
+                    continue  # its first trip was done: the scheduler has it
             if h.seq == timed_seq:
                 message = f"the task ran longer than its time limit of {limit:.3g}s; its worker was replaced"
                 self.table.count(_table.TIMEOUT)
@@ -427,6 +434,16 @@ class _Supervisor:
         record = records.lost(held.seq, error, status, duration, worker_id, task_id)
         if self.backlogs.send(records.reply_to(held.aux), [record]):
             log.info("the finish of task %d was dropped: the process that queued it is gone", task_id)
+
+    def runs_elsewhere(self, dead: int) -> Callable[[int], bool]:
+        """Whether a worker other than ``dead`` runs a task now (by its id)."""
+        words = self.words
+
+        def running(task_id: int) -> bool:
+            rows = (w * ROW for w in range(self.pool.settings.task_workers) if w != dead)
+            return any(words[r + TASK] == task_id for r in rows)
+
+        return running
 
     def send_cancelled(self, task_id: int, header: int) -> None:
         """Finish a delayed task cancelled while the scheduler held it (see :mod:`taskmw.delayed`)."""

@@ -327,6 +327,10 @@ class TaskTable:
         return TaskInfo(task_id, "done", STATUSES[code], name, worker_id, attempts, queued_at, started_at,
                         finished_at, progress, message, error, self.arguments_of(task_id), due)  # fmt: skip
 
+    def done(self, task_id: int) -> bool:
+        """True if ``task_id``'s record says it has finished."""
+        return self._read(task_id, _D, _D_FIELDS) is not None
+
     def finish_record(self, task_id: int) -> FinishRecord | None:
         """The kept finish record of a finished task (None: not kept, or evicted)."""
         d = self._read(task_id, _D, _D_FIELDS)

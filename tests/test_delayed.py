@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import WAIT, FinishLog, add, fork_call, local_pool, reap, wait_until
+from helpers import WAIT, FinishLog, add, die, fork_call, local_pool, reap, wait_until
 
 import taskmw
 from taskmw import Task, TaskFailed, TaskServer, delayed
@@ -202,6 +202,16 @@ def test_supervisor_sigkilled_while_due_tasks_are_released_runs_each_once(
         statuses = [e.status for e in finishes.deliveries[task_id]]
         assert len(statuses) == 1, (task_id, statuses)
         assert len(runs(out)) == (1 if statuses == ["ok"] else 0), (task_id, statuses)
+
+
+def test_a_delayed_task_that_kills_its_worker_finishes_lost_once(pool: TaskServer, finishes: FinishLog) -> None:
+    task_id = pool.task(Task(die, "sigkill"), delay=0.3)
+    after = pool.task(Task(add, 1, 1), delay=0.6)
+    assert wait_until(lambda: task_id in finishes.deliveries and after in finishes.deliveries, WAIT)
+    time.sleep(0.3)
+    assert [e.status for e in finishes.deliveries[task_id]] == ["lost"]
+    assert [e.status for e in finishes.deliveries[after]] == ["ok"]
+    assert pool.status(task_id).status == "lost"
 
 
 def test_a_delayed_task_with_retries(pool: TaskServer, tmp_path: Path) -> None:
