@@ -55,6 +55,7 @@ WAKE = signal.SIGURG
 """The signal that tells the supervisor the scheduled directory changed."""
 _HEAD = struct.Struct("<dIdqq")  # due, header (kind and reply), time limit (0: none), retries left, task id
 _RETRY = 0.01  # seconds before pushing again when the queue was full
+_RESCAN = 1.0  # seconds between two checks of the directory when nothing woke the supervisor
 _RUNS = 1 << 16  # runs pushed whose seq the scheduler remembers (for the workers that die holding one)
 
 SendCancelled = Callable[[int, int], None]
@@ -158,6 +159,7 @@ class Scheduler:
         self.known: set[int] = set()  # ids of the s files seen (in the heap, or pushed)
         self.pushed: set[int] = set()  # ids pushed into the queue whose file is still there
         self.mtime = -1
+        self.scanned = 0.0  # time.monotonic() of the last check of the directory
         self.retry_at = 0.0  # time.monotonic() to try a push again after a full queue (0: none)
         self.runs: OrderedDict[int, int] = OrderedDict()  # seq of each run pushed -> the task's id
 
@@ -172,14 +174,18 @@ class Scheduler:
         return max(0.0, min(tick, self.heap[0][0] - time.time()))
 
     def tick(self, woken: bool = False) -> None:
-        """Read the directory if it changed (or ``woken``), then push what is due."""
-        try:
-            mtime = os.stat(self.dir).st_mtime_ns
-        except FileNotFoundError:
-            return
-        if woken or mtime != self.mtime:
-            self.mtime = mtime
-            self.scan()
+        """Read the directory when ``woken`` (a file came, or was cancelled),
+        or, in case a wake-up went to a supervisor that was just replaced,
+        once a second if it changed; then push what is due."""
+        now = time.monotonic()
+        if woken or now - self.scanned >= _RESCAN:
+            try:
+                mtime = os.stat(self.dir).st_mtime_ns
+            except FileNotFoundError:
+                return
+            if woken or mtime != self.mtime:
+                self.mtime, self.scanned = mtime, now
+                self.scan()
         if self.retry_at and time.monotonic() < self.retry_at:
             return
         self.retry_at = 0.0
@@ -188,7 +194,11 @@ class Scheduler:
     def scan(self) -> None:
         """Take in new files: held tasks into the heap, cancelled ones finished."""
         present: set[int] = set()
-        for name in os.listdir(self.dir):
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:  # the pool's files were removed: nothing is held
+            names = []
+        for name in names:
             kind, digits = name[0], name[1:]
             if not digits.isdigit():
                 continue  # a file being written
