@@ -252,9 +252,9 @@ class Scheduler:
         pool = self.pool
         if len(record) > pool.spill_at:
             try:
-                record = pool.spill_task(record)
+                record = pool.spill_task(record, timeout=0.0)  # the supervisor never waits for room
             except Exception as exc:  # noqa: BLE001 - no room for its file: it waits, and is tried again
-                log.warning("delayed task %d could not be queued yet: %s", task_id, exc)
+                log.debug("delayed task %d could not be queued yet: %s", task_id, exc)
                 return False
             header |= records.SPILLED
         seq = pool.submit.try_push(record, aux=header | records.RELEASED)

@@ -175,10 +175,10 @@ class Pool:
 
     # -- spilled tasks -----------------------------------------------------------------
 
-    def spill_task(self, record: bytes) -> bytes:
+    def spill_task(self, record: bytes, timeout: float | None = None) -> bytes:
         """Write a task too large for a ring record to a file of the spill
-        directory, waiting up to ``queue_timeout`` for room under
-        ``spill_bytes``; returns the record that stands for it.
+        directory, waiting up to ``timeout`` (default ``queue_timeout``)
+        seconds for room under ``spill_bytes``; returns the record that stands for it.
 
         Raises:
             ValueError: it is larger than ``max_payload_bytes`` or ``spill_bytes``.
@@ -190,7 +190,7 @@ class Pool:
             limit = getattr(settings, name)
             if size > limit:
                 raise ValueError(f"the task is {size} bytes pickled, more than {name}={limit}")
-        deadline = time.monotonic() + settings.queue_timeout
+        deadline = time.monotonic() + (settings.queue_timeout if timeout is None else timeout)
         while not self.reserve_spill(size):
             if time.monotonic() >= deadline:
                 raise QueueFull(
