@@ -8,7 +8,7 @@ A delayed task's trip, each step robust to any process dying at any instant:
    scheduled (:meth:`taskmw.tasktable.TaskTable.scheduled`). From here the
    pool has it: the queuing process may exit.
 2. The task worker that pops it does not run it: :func:`hold` writes it to a
-   file ``s<id>`` of the pool's scheduled directory (under a temporary name,
+   file ``s<id>`` of the pool's scheduled directory (``Pool.scheduled_dir``; under a temporary name,
    then renamed, so a file is whole or absent) and wakes the supervisor.
 3. The supervisor's :class:`Scheduler` keeps the due times in a heap (loaded
    from the directory when it starts: a supervisor that replaces a dead one
@@ -63,13 +63,8 @@ SendCancelled = Callable[[int, int], None]
 finish to the process its header addresses (the supervisor's)."""
 
 
-def directory(spill_dir: str) -> str:
-    """The scheduled directory of a pool whose spill directory is ``spill_dir``."""
-    return os.path.join(spill_dir, "scheduled")
-
-
-def _path(spill_dir: str, prefix: str, task_id: int) -> str:
-    return os.path.join(spill_dir, "scheduled", f"{prefix}{task_id}")
+def _path(directory: str, prefix: str, task_id: int) -> str:
+    return os.path.join(directory, f"{prefix}{task_id}")
 
 
 def wake(supervisor_pid: int) -> None:
@@ -80,7 +75,7 @@ def wake(supervisor_pid: int) -> None:
         pass  # restarting: the next supervisor reads the directory when it starts
 
 
-def hold(spill_dir: str, task: SubmitRecord, supervisor_pid: int) -> None:
+def hold(directory: str, task: SubmitRecord, supervisor_pid: int) -> None:
     """In the worker that popped a delayed task's first trip: hand it to the
     scheduler (write its file, wake the supervisor).
 
@@ -90,7 +85,7 @@ def hold(spill_dir: str, task: SubmitRecord, supervisor_pid: int) -> None:
     """
     header = records.submit_header(records.Kind(task.kind)) | task.reply
     head = _HEAD.pack(task.due, header, task.timeout or 0.0, task.left, task.task_id)
-    final = _path(spill_dir, "s", task.task_id)
+    final = _path(directory, "s", task.task_id)
     temp = f"{final}.{os.getpid()}.tmp"
     try:
         with open(temp, "wb") as f:
@@ -105,38 +100,38 @@ def hold(spill_dir: str, task: SubmitRecord, supervisor_pid: int) -> None:
     wake(supervisor_pid)
 
 
-def claim(spill_dir: str, task_id: int) -> bool:
+def claim(directory: str, task_id: int) -> bool:
     """In the worker that popped a delayed task's run: True if this run is
     the one to run it (it took the file), False if it must be dropped."""
     try:
-        os.unlink(_path(spill_dir, "s", task_id))
+        os.unlink(_path(directory, "s", task_id))
     except FileNotFoundError:
         return False
     return True
 
 
-def cancel(spill_dir: str, task_id: int, supervisor_pid: int) -> bool:
+def cancel(directory: str, task_id: int, supervisor_pid: int) -> bool:
     """Cancel delayed task ``task_id`` if the scheduler holds it and no run
     has claimed it; the supervisor then sends its ``cancelled`` finish."""
-    if not _take(spill_dir, task_id):
+    if not _take(directory, task_id):
         return False
     wake(supervisor_pid)
     return True
 
 
-def _take(spill_dir: str, task_id: int) -> bool:
+def _take(directory: str, task_id: int) -> bool:
     """Mark held task ``task_id`` cancelled (False: it is not held, or a run claimed it)."""
     try:
-        os.rename(_path(spill_dir, "s", task_id), _path(spill_dir, "c", task_id))
+        os.rename(_path(directory, "s", task_id), _path(directory, "c", task_id))
     except FileNotFoundError:
         return False
     return True
 
 
-def held(spill_dir: str) -> list[int]:
+def held(directory: str) -> list[int]:
     """The ids of the delayed tasks the scheduler holds (not run yet)."""
     try:
-        names = os.listdir(directory(spill_dir))
+        names = os.listdir(directory)
     except FileNotFoundError:
         return []
     return sorted(int(n[1:]) for n in names if n[0] == "s" and n[1:].isdigit())
@@ -146,14 +141,13 @@ class Scheduler:
     """The supervisor's part: pushes each held task into the queue when it is due.
 
     Args:
-        pool: the pool (its ring, spill directory).
+        pool: the pool (its ring, spill and scheduled directories).
         send_cancelled: records a cancelled task and sends its finish.
     """
 
     def __init__(self, pool: Pool, send_cancelled: SendCancelled) -> None:
         self.pool = pool
-        self.spill_dir: str = pool.spill_dir
-        self.dir = directory(self.spill_dir)
+        self.directory: str = pool.scheduled_dir
         self.send_cancelled = send_cancelled
         self.heap: list[tuple[float, int]] = []
         self.known: set[int] = set()  # ids of the s files seen (in the heap, or pushed)
@@ -180,7 +174,7 @@ class Scheduler:
         now = time.monotonic()
         if woken or now - self.scanned >= _RESCAN:
             try:
-                mtime = os.stat(self.dir).st_mtime_ns
+                mtime = os.stat(self.directory).st_mtime_ns
             except FileNotFoundError:
                 return
             if woken or mtime != self.mtime:
@@ -195,7 +189,7 @@ class Scheduler:
         """Take in new files: held tasks into the heap, cancelled ones finished."""
         present: set[int] = set()
         try:
-            names = os.listdir(self.dir)
+            names = os.listdir(self.directory)
         except FileNotFoundError:  # the pool's files were removed: nothing is held
             names = []
         for name in names:
@@ -218,7 +212,7 @@ class Scheduler:
 
     def due_of(self, task_id: int) -> float | None:
         try:
-            with open(_path(self.spill_dir, "s", task_id), "rb") as f:
+            with open(_path(self.directory, "s", task_id), "rb") as f:
                 head = f.read(_HEAD.size)
         except FileNotFoundError:
             return None
@@ -242,7 +236,7 @@ class Scheduler:
     def push(self, task_id: int) -> bool:
         """Push one held task's run; False if the queue is full (try again)."""
         try:
-            with open(_path(self.spill_dir, "s", task_id), "rb") as f:
+            with open(_path(self.directory, "s", task_id), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return True  # cancelled meanwhile: its c file says so
@@ -278,7 +272,7 @@ class Scheduler:
         if not task_id:
             log.warning("a task worker died holding a delayed task's run (seq %d) pushed by an earlier supervisor", seq)
             return 0
-        if os.path.exists(_path(self.spill_dir, "s", task_id)):
+        if os.path.exists(_path(self.directory, "s", task_id)):
             self.pushed.discard(task_id)  # not claimed: push it again when it is due (now)
             heapq.heappush(self.heap, (0.0, task_id))
             return 0
@@ -288,11 +282,11 @@ class Scheduler:
 
     def handed_over(self, task_id: int) -> bool:
         """True if delayed task ``task_id``'s first trip reached the scheduler (its file is there)."""
-        return any(os.path.exists(_path(self.spill_dir, kind, task_id)) for kind in "sc")
+        return any(os.path.exists(_path(self.directory, kind, task_id)) for kind in "sc")
 
     def finish_cancelled(self, task_id: int) -> None:
         """Send the ``cancelled`` finish of a cancelled held task, then remove its file."""
-        path = _path(self.spill_dir, "c", task_id)
+        path = _path(self.directory, "c", task_id)
         try:
             with open(path, "rb") as f:
                 head = f.read(_HEAD.size)
@@ -306,8 +300,8 @@ class Scheduler:
         """When the pool stops: cancel every held task not claimed by a run;
         returns how many."""
         count = 0
-        for task_id in held(self.spill_dir):
-            if _take(self.spill_dir, task_id):
+        for task_id in held(self.directory):
+            if _take(self.directory, task_id):
                 count += 1
         if count:
             self.scan()

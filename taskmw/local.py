@@ -271,7 +271,7 @@ class LocalTransport:
             tasks.finished(task_id, records.CANCELLED, 0, _CANCELLED_QUEUED)
             return True
         tasks.request_cancel(task_id)  # popped: its worker checks before it starts it (or hands it to the scheduler)
-        if info.scheduled_for is not None and delayed.cancel(pool.spill_dir, task_id, pool.supervisor_pid):
+        if info.scheduled_for is not None and delayed.cancel(pool.scheduled_dir, task_id, pool.supervisor_pid):
             tasks.finished(task_id, records.CANCELLED, 0, _CANCELLED_QUEUED)  # the supervisor sends its finish
             return True
         info = _poll(lambda: self.status(task_id), lambda i: i.state not in ("queued", "scheduled"), _CANCEL_WAIT)
@@ -296,7 +296,7 @@ class LocalTransport:
         queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit, now)
         back = max(0, issued - 1 - _RECENT_SCAN * limit)
         recent = tasks.scan(range(issued - 1, back, -1), issued, queue_start, limit, now)
-        held = tasks.scan(iter(delayed.held(self.pool.spill_dir)), issued, queue_start, limit, now)
+        held = tasks.scan(iter(delayed.held(self.pool.scheduled_dir)), issued, queue_start, limit, now)
         scheduled = {i.task_id: i for i in [*held, *queued] if i.state == "scheduled"}
         return {
             "scheduled": sorted(scheduled.values(), key=lambda i: i.scheduled_for or 0.0)[:limit],

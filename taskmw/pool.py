@@ -107,9 +107,10 @@ class Pool:
         """Finishes larger than this travel as files."""
         where = settings.spill_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
         self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
-        """Where spilled records live (removed by :meth:`remove_files`), and
-        the delayed tasks held until due (its ``scheduled`` directory, see :mod:`taskmw.delayed`)."""
-        os.mkdir(os.path.join(self.spill_dir, "scheduled"), 0o700)
+        """Where spilled records live (removed by :meth:`remove_files`)."""
+        self.scheduled_dir = tempfile.mkdtemp(prefix="taskmw-scheduled-", dir=where)
+        """Where the delayed tasks not due yet wait, a file each (see :mod:`taskmw.delayed`; removed
+        by :meth:`remove_files`)."""
         self.words = memoryview(self.page).cast("q")
         """The state page as int64 words (word 0's first byte is :attr:`state`)."""
         self.spill_lock = os.fdopen(os.memfd_create("taskmw-spill-count", os.MFD_CLOEXEC), "r+b", buffering=0)
@@ -359,5 +360,6 @@ class Pool:
         self.own_channel = None
 
     def remove_files(self) -> None:
-        """Remove the spill directory (by the builder, once the pool stopped)."""
+        """Remove the spill and scheduled directories (by the builder, once the pool stopped)."""
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+        shutil.rmtree(self.scheduled_dir, ignore_errors=True)

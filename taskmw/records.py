@@ -85,9 +85,9 @@ TIMED = int(Flag.TIMED)
 """The ring's ``alone`` mask: a worker pops a timed task on its own."""
 SPILLED = int(Flag.SPILLED)
 CANCEL = int(Flag.CANCELLED)
+"""The bit :meth:`taskmw.Ring.mark` sets on a queued task that is cancelled."""
 DELAYED = int(Flag.DELAYED)
 RELEASED = int(Flag.RELEASED)
-"""The bit :meth:`taskmw.Ring.mark` sets on a queued task that is cancelled."""
 _OPTS = int(Flag.OPTS)
 _REPLY = CHANNEL_MASK | WANT | DELAYED
 _UNCOMMON = SPILLED | _OPTS | CANCEL
@@ -156,12 +156,6 @@ def unspilled(header: int) -> int:
 def is_delayed(header: int) -> bool:
     """True for a delayed task's submit record or finish (see :data:`DELAYED`)."""
     return bool(header & DELAYED)
-
-
-def bare(header: int) -> int:
-    """A submit header without its record's own bits (options, time limit,
-    spill, cancel mark): what a delayed task's record is queued again with."""
-    return header & (_KIND_MASK | _REPLY)
 
 
 def is_reader_stop(header: int) -> bool:

@@ -408,12 +408,13 @@ class _Supervisor:
         for h in lost:
             task_id = running_id if h.seq == running_seq and running_id else h.seq
             if records.is_delayed(h.aux) and task_id == h.seq:  # not known to have started: see taskmw.delayed
+                elsewhere = self.runs_elsewhere(worker_id)
                 if h.aux & records.RELEASED:
-                    task_id = self.scheduler.lost_run(h.seq, self.runs_elsewhere(worker_id))
+                    task_id = self.scheduler.lost_run(h.seq, elsewhere)
                     if not task_id:
                         continue
-                elif self.scheduler.handed_over(h.seq):
-                    continue  # its first trip was done: the scheduler has it
+                elif self.scheduler.handed_over(h.seq) or self.pool.tasks.done(h.seq) or elsewhere(h.seq):
+                    continue  # its first trip was done: the scheduler has it (or had, and it runs or ran)
             if h.seq == timed_seq:
                 message = f"the task ran longer than its time limit of {limit:.3g}s; its worker was replaced"
                 self.table.count(_table.TIMEOUT)
@@ -530,7 +531,7 @@ class _Supervisor:
             task = records.SubmitRecord.read(seq, record, header)
         except Exception:  # noqa: BLE001 - unreadable: finish it under its seq
             return seq
-        if task.due or delayed.claim(self.pool.spill_dir, task.task_id):
+        if task.due or delayed.claim(self.pool.scheduled_dir, task.task_id):
             return task.task_id
         return 0
 

@@ -210,8 +210,8 @@ class _Worker:
 
     def run_one(self, seq: int, record: bytes, header: int) -> bytes | None:
         """Run one task; returns its finish record (None: an async task, which
-        sends its own finish when it is done; ``b""``: a large finish, sent
-        already)."""
+        sends its own finish when it is done, or a delayed task's trip that
+        has none, released already; ``b""``: a large finish, sent already)."""
         words, row = self.words, self.row
         started = time.perf_counter()
         if header & records.SPILLED:
@@ -224,14 +224,16 @@ class _Worker:
             return self.finish(seq, seq, ERROR, None, unreadable, started, "")
         _, task_id, kind, _, own_limit, attempt, _, cancelled, payload, due = task
         tasks = self.tasks
-        if header & records.DELAYED and not cancelled:
-            if not due and not delayed.claim(self.pool.spill_dir, task_id):
-                return b""  # a second push of a task that ran, or one cancelled: dropped (no finish)
+        if header & records.DELAYED and not cancelled:  # see taskmw.delayed
+            if not due and not delayed.claim(self.pool.scheduled_dir, task_id):
+                self.ring.release([seq])  # a second push of a task that ran, or one cancelled: dropped, no finish
+                return None
             if due and not tasks.cancel_requested(task_id):
-                delayed.hold(self.pool.spill_dir, task, self.pool.supervisor_pid)  # not due yet: to the scheduler
+                delayed.hold(self.pool.scheduled_dir, task, self.pool.supervisor_pid)  # not due yet: to the scheduler
+                self.ring.release([seq])  # now, not with the batch: the scheduler has it
                 if tasks.cancel_requested(task_id):  # cancel() came while the file was written: it may not see it
-                    delayed.cancel(self.pool.spill_dir, task_id, self.pool.supervisor_pid)
-                return b""
+                    delayed.cancel(self.pool.scheduled_dir, task_id, self.pool.supervisor_pid)
+                return None
         if cancelled or tasks.cancel_requested(task_id):
             words[row + _table.CANCELLED_HERE] += 1
             tasks.finished(task_id, CANCELLED, attempt, _CANCELLED)

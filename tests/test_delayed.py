@@ -56,7 +56,7 @@ def takes_timeout(x: int, timeout: float = 0.0) -> float:
 
 
 def held_ids(server: TaskServer) -> list[int]:
-    return delayed.held(local_pool(server).spill_dir)
+    return delayed.held(local_pool(server).scheduled_dir)
 
 
 # -- delay and eta ---------------------------------------------------------------------------
