@@ -43,7 +43,7 @@ from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
 from taskmw.settings import Settings
-from taskmw.tasks import OPTIONS_ATTR, _set_default
+from taskmw.tasks import OPTIONS_ATTR, ServiceTask, Task, _set_default
 from taskmw.tasktable import task_name_field
 
 log = logging.getLogger(__name__)
@@ -292,14 +292,18 @@ class TaskServer:
             raise TaskFailed(event)
         return event.return_value
 
-    def taskwait_multi(self, tasks: Sequence[Any], *, timeout: float | None = None) -> list[TaskFinishEvent | None]:
+    def taskwait_multi(
+        self, tasks: Sequence[Any], *, timeout: float | None = None, **options: Any
+    ) -> list[TaskFinishEvent | None]:
         """Queue several tasks (callables, :class:`~taskmw.Task`\\ s or data
-        objects) and wait up to ``timeout`` seconds for all of them.
+        objects) and wait up to ``timeout`` seconds for all of them; the
+        per-task ``options`` (as :meth:`task` takes them with a Task) apply
+        to each.
 
         Returns their finish events in order; ``None`` for any that had not
         finished in time (like Swoole's ``taskWaitMulti``).
         """
-        ids = [self._queue_waited(t, (), {}) for t in tasks]
+        ids = [self._queue_waited(_as_task(t) if options else t, (), options) for t in tasks]
         return self._wait_ids(ids, timeout)
 
     async def task_async(self, fn_or_data: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -531,6 +535,13 @@ class TaskServer:
 
 def _nothing() -> int:
     return 0
+
+
+def _as_task(obj: Any) -> Any:
+    """A plain callable as a :class:`~taskmw.Task` (so that options can go with it); anything else as it is."""
+    if callable(obj) and not isinstance(obj, (Task, ServiceTask, type)):
+        return Task(obj)
+    return obj
 
 
 def _set_result(fut: asyncio.Future[TaskFinishEvent], event: TaskFinishEvent) -> None:

@@ -99,6 +99,13 @@ def test_taskwait_waits_for_a_delayed_task(pool: TaskServer) -> None:
     assert time.monotonic() - started >= 0.29
 
 
+def test_taskwait_multi_takes_the_options_for_each(pool: TaskServer) -> None:
+    started = time.monotonic()
+    events = pool.taskwait_multi([Task(add, 1, 1), Task(slow, 30)], timeout=WAIT, delay=0.3, task_timeout=2)
+    assert [e.status for e in events if e is not None] == ["ok", "timeout"]
+    assert time.monotonic() - started >= 0.29
+
+
 def test_delayed_task_runs_after_the_queuing_process_exits(pool: TaskServer, tmp_path: Path) -> None:
     out, ids = tmp_path / "ran", tmp_path / "id"
 
