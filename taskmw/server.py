@@ -263,10 +263,9 @@ class TaskServer:
         else:
             record, header = encode_submit(payload, header, Options(timeout, due=due))
             task_id = self._send(record, header, None, name)
-        with delivery.lock:
-            delivery.sent += 1
-            if due:
-                delivery.delayed += 1
+        delivery.sent += 1
+        if due:
+            delivery.delayed += 1
         return task_id
 
     # -- waiting for results ---------------------------------------------------

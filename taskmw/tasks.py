@@ -248,6 +248,8 @@ class TaskOptions(Generic[P]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Queue the function on :func:`current_server` with these options; returns the task id."""
+        if not self.given:  # as server.task(fn, ...) (its fast path)
+            return current_server().task(self.fn, *args, **kwargs)
         return current_server().task(Task(self.fn, *args, **kwargs), **self.given)
 
     def apply(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> int:
