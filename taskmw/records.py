@@ -241,6 +241,7 @@ def check_not_options(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
             f"task() got {', '.join(k + '=' for k in unknown)} for {name}, which has no such parameter: "
             f"a plain callable's keyword arguments all go to it; per-task options go with a Task: "
             f"server.task(Task({name}, *args, **kwargs), {opts})"
+            + (" (timeout= is a wait only for taskwait() and result())" if "timeout" in unknown else "")
         )
 
 
