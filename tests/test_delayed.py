@@ -15,7 +15,7 @@ from helpers import WAIT, FinishLog, add, die, fork_call, local_pool, reap, wait
 import taskmw
 from taskmw import Task, TaskFailed, TaskServer, delayed
 
-LATE = 0.5
+LATE = 1.0
 """Seconds a delayed task may start after its due time in these tests (the
 machine is shared; measured lateness is a few ms when idle)."""
 
