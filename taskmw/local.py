@@ -41,6 +41,8 @@ _CANCEL_WAIT = 10.0
 _CANCELLED_QUEUED = TaskError("Cancelled", "the task was cancelled before it ran", "")
 _RECENT_SCAN = 4
 """``tasks(limit)`` looks back through ``limit`` times this many ids for finished ones."""
+_HELD_SCAN = 10_000
+"""``tasks()`` reads the records of up to this many delayed tasks to list the soonest due."""
 
 
 def _poll(get: Callable[[], TaskInfo], done: Callable[[TaskInfo], bool], timeout: float) -> TaskInfo:
@@ -296,7 +298,8 @@ class LocalTransport:
         queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit, now)
         back = max(0, issued - 1 - _RECENT_SCAN * limit)
         recent = tasks.scan(range(issued - 1, back, -1), issued, queue_start, limit, now)
-        held = tasks.scan(iter(delayed.held(self.pool.scheduled_dir)), issued, queue_start, limit, now)
+        held_ids = delayed.held(self.pool.scheduled_dir)
+        held = tasks.scan(held_ids, issued, queue_start, min(len(held_ids), _HELD_SCAN), now)
         scheduled = {i.task_id: i for i in [*held, *queued] if i.state == "scheduled"}
         return {
             "scheduled": sorted(scheduled.values(), key=lambda i: i.scheduled_for or 0.0)[:limit],
