@@ -152,6 +152,24 @@ def test_cancel_of_a_scheduled_task_from_another_process(pool: TaskServer, finis
     assert [e.status for e in finishes.deliveries[task_id]] == ["cancelled"]
 
 
+def test_cancel_after_the_queuing_process_exited(pool: TaskServer, tmp_path: Path) -> None:
+    out, ids = tmp_path / "ran", tmp_path / "id"
+
+    def queue_and_exit() -> None:
+        ids.write_text(str(pool.task(Task(stamp, str(out)), delay=1.0)))
+        os._exit(0)
+
+    assert reap(fork_call(queue_and_exit)) == 0
+    task_id = int(ids.read_text())
+    assert wait_until(lambda: task_id in held_ids(pool), WAIT)
+    assert pool.cancel(task_id)
+    assert wait_until(lambda: held_ids(pool) == [], WAIT)  # the supervisor finished it (its finish dropped)
+    info = pool.status(task_id)
+    assert (info.state, info.status) == ("done", "cancelled")
+    time.sleep(max(0.0, info.scheduled_for + 0.5 - time.time()))
+    assert not out.exists()
+
+
 def test_close_cancels_the_scheduled_tasks(tmp_path: Path) -> None:
     log = FinishLog()
     server = TaskServer(1, plugins=[log], shutdown_timeout=5.0)
