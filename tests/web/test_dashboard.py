@@ -96,9 +96,7 @@ def test_the_page_shows_workers_running_queued_and_finished_tasks(pool: TaskServ
         assert '<span class="st st-ok">ok</span>' in recent.group(1)
         scheduled = re.search(r'<div id="s-scheduled">(.*?)</div></section>', page, re.S)
         assert scheduled is not None and f'/tasks/{busy["scheduled"]}">' in scheduled.group(1)
-        assert re.search(r"<td><span title=[^>]*>in (9|10) min</span></td>", scheduled.group(1)), (
-            scheduled.group(1)
-        )
+        assert re.search(r"<td><span title=[^>]*>in (9|10) min</span></td>", scheduled.group(1)), scheduled.group(1)
         assert "cancel" not in re.sub(r"<[^>]*>", "", page).lower().replace("cancelled", "")  # read-only: no buttons
         assert '<form class="inline"' not in page and "read-only" in page
 
