@@ -32,7 +32,17 @@ from taskmw.ring import (
 )
 from taskmw.server import TaskServer, create_server
 from taskmw.settings import Settings
-from taskmw.tasks import DeferredListener, ServiceTask, Task, TaskFunction, current_server, deferred, progress, task
+from taskmw.tasks import (
+    DeferredListener,
+    ServiceTask,
+    Task,
+    TaskFunction,
+    TaskOptions,
+    current_server,
+    deferred,
+    progress,
+    task,
+)
 
 __all__ = [
     "ASGITaskMiddleware",
@@ -58,6 +68,7 @@ __all__ = [
     "TaskFailed",
     "TaskFinishEvent",
     "TaskFunction",
+    "TaskOptions",
     "TaskInfo",
     "TaskMiddleware",
     "TaskServer",

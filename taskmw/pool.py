@@ -108,6 +108,9 @@ class Pool:
         where = settings.spill_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
         self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
         """Where spilled records live (removed by :meth:`remove_files`)."""
+        self.scheduled_dir = tempfile.mkdtemp(prefix="taskmw-scheduled-", dir=where)
+        """Where the delayed tasks not due yet wait, a file each (see :mod:`taskmw.delayed`; removed
+        by :meth:`remove_files`)."""
         self.words = memoryview(self.page).cast("q")
         """The state page as int64 words (word 0's first byte is :attr:`state`)."""
         self.spill_lock = os.fdopen(os.memfd_create("taskmw-spill-count", os.MFD_CLOEXEC), "r+b", buffering=0)
@@ -173,10 +176,10 @@ class Pool:
 
     # -- spilled tasks -----------------------------------------------------------------
 
-    def spill_task(self, record: bytes) -> bytes:
+    def spill_task(self, record: bytes, timeout: float | None = None) -> bytes:
         """Write a task too large for a ring record to a file of the spill
-        directory, waiting up to ``queue_timeout`` for room under
-        ``spill_bytes``; returns the record that stands for it.
+        directory, waiting up to ``timeout`` (default ``queue_timeout``)
+        seconds for room under ``spill_bytes``; returns the record that stands for it.
 
         Raises:
             ValueError: it is larger than ``max_payload_bytes`` or ``spill_bytes``.
@@ -188,7 +191,7 @@ class Pool:
             limit = getattr(settings, name)
             if size > limit:
                 raise ValueError(f"the task is {size} bytes pickled, more than {name}={limit}")
-        deadline = time.monotonic() + settings.queue_timeout
+        deadline = time.monotonic() + (settings.queue_timeout if timeout is None else timeout)
         while not self.reserve_spill(size):
             if time.monotonic() >= deadline:
                 raise QueueFull(
@@ -357,5 +360,6 @@ class Pool:
         self.own_channel = None
 
     def remove_files(self) -> None:
-        """Remove the spill directory (by the builder, once the pool stopped)."""
+        """Remove the spill and scheduled directories (by the builder, once the pool stopped)."""
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+        shutil.rmtree(self.scheduled_dir, ignore_errors=True)

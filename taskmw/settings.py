@@ -59,7 +59,7 @@ class Settings:
         task_timeout: seconds a task may run (``None``: no limit). A task
             over it finishes ``timeout``: a sync task's worker is killed and
             replaced, an async task is cancelled. Per task:
-            ``task(Task(fn, ...), timeout=s)``.
+            ``task(Task(fn, ...), task_timeout=s)``.
         retries: times a task that finished ``error``, ``lost`` or
             ``timeout`` is run again (for idempotent work; per task:
             ``task(Task(fn, ...), retries=n)``). Its finish event says how

@@ -195,6 +195,29 @@ def _qualname(fn: Any) -> str:
 
 # -- @task functions ---------------------------------------------------------------
 
+OPTION_NAMES = ("delay", "eta", "task_timeout", "retries", "retry_backoff")
+"""The per-task options: given with a :class:`Task` to ``server.task()``
+(never among a plain callable's arguments, which all go to the callable),
+as ``@task(...)`` defaults, or to ``fn.options(...)`` / ``fn.apply(...)``."""
+OPTIONS_ATTR = "_taskmw_options"
+"""The attribute of a ``@task(...)`` function holding its default options."""
+
+
+def check_option_names(options: dict[str, Any], where: str) -> None:
+    """Raise ``TypeError`` for a name in ``options`` that is not an option
+    (``timeout=`` is how long a call waits: the time limit is ``task_timeout=``)."""
+    if "timeout" in options:
+        raise TypeError(
+            f"{where} got timeout=: timeout= is how long a call waits (taskwait, result); "
+            "a task's own time limit is task_timeout=, e.g. server.task(Task(fn, x), task_timeout=10)"
+        )
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(
+            f"{where} got unexpected keyword arguments {unknown}: the options are "
+            f"{', '.join(n + '=' for n in OPTION_NAMES)} (a Task's own arguments go in the Task)"
+        )
+
 
 class TaskFunction(Protocol[P, R_co]):
     """A function decorated with :func:`task`: call it to run it here, or
@@ -208,23 +231,81 @@ class TaskFunction(Protocol[P, R_co]):
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
 
+    def apply(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> int: ...
 
-def task(fn: Callable[P, R]) -> TaskFunction[P, R]:
-    """Give ``fn`` a ``.delay(*args, **kwargs)`` that queues it on
-    :func:`current_server` and returns the task id, and (for Django, as
-    Celery has it) a ``.delay_on_commit(*args, **kwargs)`` that queues it once
-    the current database transaction commits, never if it rolls back
-    (:func:`taskmw.contrib.django.task_on_commit`). ``fn`` itself is
-    unchanged (and still travels by reference)."""
+    def options(self, **options: Any) -> TaskOptions[P]: ...
 
-    def delay(*args: Any, **kwargs: Any) -> int:
-        return current_server().task(fn, *args, **kwargs)
 
-    def delay_on_commit(*args: Any, **kwargs: Any) -> None:
+class TaskOptions(Generic[P]):
+    """A ``@task`` function with options set (``fn.options(task_timeout=10,
+    retries=3)``): ``.delay(*args, **kwargs)`` queues it with them (its
+    arguments all go to the function), ``.apply(args, kwargs, **more)`` too."""
+
+    def __init__(self, fn: Callable[P, Any], options: dict[str, Any]) -> None:
+        check_option_names(options, f"{getattr(fn, '__qualname__', fn)}.options()")
+        self.fn = fn
+        self.given = options
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Queue the function on :func:`current_server` with these options; returns the task id."""
+        if not self.given:  # as server.task(fn, ...) (its fast path)
+            return current_server().task(self.fn, *args, **kwargs)
+        return current_server().task(Task(self.fn, *args, **kwargs), **self.given)
+
+    def apply(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> int:
+        """Queue ``fn(*args, **kwargs)`` with these options and ``options`` (which win)."""
+        return self.options(**options).delay(*args, **(kwargs or {}))
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Queue it with these options once the Django transaction commits."""
         from taskmw.contrib.django import task_on_commit  # needs Django, imported only when used
 
-        task_on_commit(fn, *args, **kwargs)
+        task_on_commit(Task(self.fn, *args, **kwargs), **self.given)
 
-    fn.delay = delay  # type: ignore[attr-defined]
-    fn.delay_on_commit = delay_on_commit  # type: ignore[attr-defined]
-    return fn  # type: ignore[return-value]
+    def options(self, **options: Any) -> TaskOptions[P]:
+        """These options with ``options`` added (they win)."""
+        return TaskOptions(self.fn, {**self.given, **options})
+
+    def __repr__(self) -> str:
+        return f"<TaskOptions {getattr(self.fn, '__qualname__', self.fn)} {self.given!r}>"
+
+
+@overload
+def task(fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+@overload
+def task(**options: Any) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+def task(fn: Any = None, /, **options: Any) -> Any:
+    """Make ``fn`` a task function: ``@taskmw.task`` or, with default
+    options, ``@taskmw.task(retries=3, task_timeout=10, retry_backoff=2)``
+    (``delay=`` too; see :data:`OPTION_NAMES`).
+
+    It gains ``.delay(*args, **kwargs)``, which queues it on
+    :func:`current_server` and returns the task id (every argument goes to
+    ``fn``); ``.options(**options).delay(...)`` and ``.apply(args, kwargs,
+    **options)``, which queue it with options (over its defaults); and
+    (for Django, as Celery has it) ``.delay_on_commit(*args, **kwargs)``,
+    which queues it once the current database transaction commits, never if
+    it rolls back (:func:`taskmw.contrib.django.task_on_commit`). The
+    defaults also apply to ``server.task(fn, ...)`` and
+    ``server.task(Task(fn, ...))`` (options given there win). ``fn`` itself
+    is unchanged (and still travels by reference).
+
+    Raises:
+        TypeError: an unknown option (``timeout=``: the time limit is ``task_timeout=``).
+    """
+    if fn is None:
+        check_option_names(options, "@taskmw.task()")
+        return lambda f: task(f, **options)
+    if not callable(fn):
+        raise TypeError(f"@taskmw.task needs a function, got {fn!r}")
+    check_option_names(options, "@taskmw.task()")
+    if "eta" in options:
+        raise TypeError("@taskmw.task() got eta=: a default due time makes no sense; give delay= (seconds)")
+    if options:
+        setattr(fn, OPTIONS_ATTR, dict(options))
+    defaults = TaskOptions(fn, options)
+    fn.delay = defaults.delay
+    fn.delay_on_commit = defaults.delay_on_commit
+    fn.apply = defaults.apply
+    fn.options = defaults.options
+    return fn

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from taskmw import _codec, _proc, _table, _title, records
+from taskmw import _codec, _proc, _table, _title, delayed, records
 from taskmw._table import (
     ASYNC_DEADLINE,
     ASYNC_DONE,
@@ -210,8 +210,8 @@ class _Worker:
 
     def run_one(self, seq: int, record: bytes, header: int) -> bytes | None:
         """Run one task; returns its finish record (None: an async task, which
-        sends its own finish when it is done; ``b""``: a large finish, sent
-        already)."""
+        sends its own finish when it is done, or a delayed task's trip that
+        has none, released already; ``b""``: a large finish, sent already)."""
         words, row = self.words, self.row
         started = time.perf_counter()
         if header & records.SPILLED:
@@ -222,8 +222,18 @@ class _Worker:
             unreadable = error_of(exc)
             self.tasks.finished(seq, ERROR, 1, unreadable)
             return self.finish(seq, seq, ERROR, None, unreadable, started, "")
-        _, task_id, kind, _, own_limit, attempt, _, cancelled, payload = task
+        _, task_id, kind, _, own_limit, attempt, _, cancelled, payload, due = task
         tasks = self.tasks
+        if header & records.DELAYED and not cancelled:  # see taskmw.delayed
+            if not due and not delayed.claim(self.pool.scheduled_dir, task_id):
+                self.ring.release([seq])  # a second push of a task that ran, or one cancelled: dropped, no finish
+                return None
+            if due and not tasks.cancel_requested(task_id):
+                delayed.hold(self.pool.scheduled_dir, task, self.pool.supervisor_pid)  # not due yet: to the scheduler
+                self.ring.release([seq])  # now, not with the batch: the scheduler has it
+                if tasks.cancel_requested(task_id):  # cancel() came while the file was written: it may not see it
+                    delayed.cancel(self.pool.scheduled_dir, task_id, self.pool.supervisor_pid)
+                return None
         if cancelled or tasks.cancel_requested(task_id):
             words[row + _table.CANCELLED_HERE] += 1
             tasks.finished(task_id, CANCELLED, attempt, _CANCELLED)

@@ -50,15 +50,16 @@ def render_tasks(tasks: dict[str, list[dict[str, Any]]], now: float, queue_depth
     for key, title in (("queued", "Queued"), ("running", "Running"), ("scheduled", "Scheduled")):
         shown = tasks.get(key) or []
         if key == "scheduled" and not shown:
-            continue  # no scheduled tasks yet (nothing schedules them)
+            continue  # no delayed task waits
         count = len(shown) if key != "queued" or queue_depth is None else max(queue_depth, len(shown))
         lines += ["", f"{title} tasks: {count}" + ("" if shown else "  (none)")]
         if shown:
-            lines.append(head)
+            lines.append(head if key != "scheduled" else head.replace("   AGE", "DUE IN"))
         for t in shown[:SHOWN_TASKS]:
+            when = _ago(t.get("scheduled_for") or now, now) if key == "scheduled" else _ago(now, t.get("queued_at"))
             lines.append(
                 f"  {t['task_id']:>8}  {_cut(t.get('name'), 32):<32}  {_opt(t.get('worker_id')):>6}  "
-                f"{_ago(now, t.get('queued_at')):>6}  {_progress(t):>8}  {_cut(t.get('message'), 40)}".rstrip()
+                f"{when:>6}  {_progress(t):>8}  {_cut(t.get('message'), 40)}".rstrip()
             )
         if count > min(len(shown), SHOWN_TASKS):
             lines.append(f"  … and {count - min(len(shown), SHOWN_TASKS)} more")
