@@ -241,7 +241,6 @@ def check_not_options(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
             f"task() got {', '.join(k + '=' for k in unknown)} for {name}, which has no such parameter: "
             f"a plain callable's keyword arguments all go to it; per-task options go with a Task: "
             f"server.task(Task({name}, *args, **kwargs), {opts})"
-            + (" (timeout= is a wait only for taskwait() and result())" if "timeout" in unknown else "")
         )
 
 
@@ -252,9 +251,9 @@ def task_options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dic
     :class:`~datetime.datetime`) both become ``due``, a ``time.time()`` value.
 
     Raises:
-        TypeError: positional arguments, an unknown option, ``timeout=``
-            (a wait elsewhere: the task's own time limit is ``task_timeout=``),
-            a naive ``eta``, or both ``delay`` and ``eta``.
+        TypeError: positional arguments, an unknown option (``timeout=``
+            is read as ``task_timeout=``), a naive ``eta``, or both ``delay``
+            and ``eta``.
         ValueError: an option is out of range.
     """
     what = type(obj).__qualname__
@@ -263,7 +262,7 @@ def task_options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dic
             f"task() got positional arguments with a {what}: only a plain callable takes "
             "arguments (put them in the Task)"
         )
-    check_option_names(kwargs, f"task() with a {what}")
+    kwargs = check_option_names(kwargs, f"task() with a {what}")
     defaults = getattr(obj.fn, OPTIONS_ATTR, None) if type(obj) is Task else None
     if defaults:
         kwargs = {**defaults, **kwargs}

@@ -219,14 +219,13 @@ class TaskServer:
         - ``delay=`` seconds or ``eta=`` an aware :class:`~datetime.datetime`:
           run it then, not now (the pool holds it meanwhile: it survives
           this process's exit; ``status()`` says ``scheduled``);
-        - ``task_timeout=`` seconds: its time limit (instead of the pool's);
+        - ``task_timeout=`` (or ``timeout=``) seconds: its time limit (instead of the pool's);
         - ``retries=`` and ``retry_backoff=``: instead of the pool's.
 
         Raises:
             TypeError: something cannot be pickled (the message names it),
                 arguments were given with a data object, an option is
-                unknown (``timeout=`` is a wait: the limit is
-                ``task_timeout=``), or a plain callable got an option's name
+                unknown, or a plain callable got an option's name
                 it has no parameter for (the message says to use a Task).
             ValueError: the task is larger than the queue can carry.
             QueueFull: no room in the queue within ``queue_timeout`` seconds.

@@ -203,20 +203,30 @@ OPTIONS_ATTR = "_taskmw_options"
 """The attribute of a ``@task(...)`` function holding its default options."""
 
 
-def check_option_names(options: dict[str, Any], where: str) -> None:
-    """Raise ``TypeError`` for a name in ``options`` that is not an option
-    (``timeout=`` is how long a call waits: the time limit is ``task_timeout=``)."""
+def check_option_names(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """``options`` checked, with ``timeout=`` read as ``task_timeout=``.
+
+    Where a call does not wait (``@task(...)``, ``.options()``, ``.apply()``,
+    ``server.task(Task(...), ...)``) ``timeout=`` is the task's time limit, as
+    ``task_timeout=`` is everywhere; on the calls that wait (``taskwait``,
+    ``taskwait_multi``, ``task_async``, ``result``) ``timeout=`` is the wait,
+    which those calls take before the options are read.
+
+    Raises:
+        TypeError: a name that is not an option, or both ``timeout=`` and ``task_timeout=``.
+    """
     if "timeout" in options:
-        raise TypeError(
-            f"{where} got timeout=: timeout= is how long a call waits (taskwait, result); "
-            "a task's own time limit is task_timeout=, e.g. server.task(Task(fn, x), task_timeout=10)"
-        )
+        if "task_timeout" in options:
+            raise TypeError(f"{where} got both timeout= and task_timeout= (the same option): give one")
+        options = {("task_timeout" if k == "timeout" else k): v for k, v in options.items()}
     unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
         raise TypeError(
             f"{where} got unexpected keyword arguments {unknown}: the options are "
-            f"{', '.join(n + '=' for n in OPTION_NAMES)} (a Task's own arguments go in the Task)"
+            f"{', '.join(n + '=' for n in OPTION_NAMES)} (timeout= for task_timeout=; "
+            "a Task's own arguments go in the Task)"
         )
+    return options
 
 
 class TaskFunction(Protocol[P, R_co]):
@@ -237,12 +247,12 @@ class TaskFunction(Protocol[P, R_co]):
 
 
 class TaskOptions(Generic[P]):
-    """A ``@task`` function with options set (``fn.options(task_timeout=10,
-    retries=3)``): ``.delay(*args, **kwargs)`` queues it with them (its
+    """A ``@task`` function with options set (``fn.options(timeout=10,
+    retries=3)``; ``timeout=`` is ``task_timeout=`` here): ``.delay(*args, **kwargs)`` queues it with them (its
     arguments all go to the function), ``.apply(args, kwargs, **more)`` too."""
 
     def __init__(self, fn: Callable[P, Any], options: dict[str, Any]) -> None:
-        check_option_names(options, f"{getattr(fn, '__qualname__', fn)}.options()")
+        options = check_option_names(options, f"{getattr(fn, '__qualname__', fn)}.options()")
         self.fn = fn
         self.given = options
 
@@ -264,7 +274,8 @@ class TaskOptions(Generic[P]):
 
     def options(self, **options: Any) -> TaskOptions[P]:
         """These options with ``options`` added (they win)."""
-        return TaskOptions(self.fn, {**self.given, **options})
+        more = check_option_names(options, f"{getattr(self.fn, '__qualname__', self.fn)}.options()")
+        return TaskOptions(self.fn, {**self.given, **more})
 
     def __repr__(self) -> str:
         return f"<TaskOptions {getattr(self.fn, '__qualname__', self.fn)} {self.given!r}>"
@@ -276,7 +287,7 @@ def task(fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
 def task(**options: Any) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 def task(fn: Any = None, /, **options: Any) -> Any:
     """Make ``fn`` a task function: ``@taskmw.task`` or, with default
-    options, ``@taskmw.task(retries=3, task_timeout=10, retry_backoff=2)``
+    options, ``@taskmw.task(retries=3, timeout=10, retry_backoff=2)``
     (``delay=`` too; see :data:`OPTION_NAMES`).
 
     It gains ``.delay(*args, **kwargs)``, which queues it on
@@ -291,14 +302,13 @@ def task(fn: Any = None, /, **options: Any) -> Any:
     is unchanged (and still travels by reference).
 
     Raises:
-        TypeError: an unknown option (``timeout=``: the time limit is ``task_timeout=``).
+        TypeError: an unknown option (see :func:`check_option_names`).
     """
+    options = check_option_names(options, "@taskmw.task()")
     if fn is None:
-        check_option_names(options, "@taskmw.task()")
         return lambda f: task(f, **options)
     if not callable(fn):
         raise TypeError(f"@taskmw.task needs a function, got {fn!r}")
-    check_option_names(options, "@taskmw.task()")
     if "eta" in options:
         raise TypeError("@taskmw.task() got eta=: a default due time makes no sense; give delay= (seconds)")
     if options:

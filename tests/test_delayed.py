@@ -51,6 +51,11 @@ def slow(seconds: float) -> str:
     return "slept"
 
 
+@taskmw.task(retries=0, timeout=0.3)  # timeout= is the time limit where nothing waits (task_timeout= too)
+def limited(seconds: float) -> str:
+    return slow(seconds)
+
+
 def takes_timeout(x: int, timeout: float = 0.0) -> float:
     return x + timeout
 
@@ -255,17 +260,18 @@ def test_option_names_never_reach_a_plain_callable_that_lacks_them(pool: TaskSer
         pool.taskwait(add, 1, 2, delay=5, timeout=WAIT)
     assert pool.taskwait(takes_timeout, 1, timeout=WAIT) == 1  # taskwait's timeout= is the wait
     assert pool.result(pool.task(takes_timeout, 1, timeout=2.5), timeout=WAIT) == 3.5  # its own parameter
-    with pytest.raises(TypeError, match=r"timeout= is how long a call waits.*task_timeout="):
-        pool.task(Task(add, 1, 2), timeout=10)
+    with pytest.raises(TypeError, match=r"both timeout= and task_timeout="):
+        pool.task(Task(add, 1, 2), timeout=10, task_timeout=10)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['countdown'\]"):
         pool.task(Task(add, 1, 2), countdown=10)
 
 
 def test_task_timeout_option(pool: TaskServer) -> None:
-    task_id = pool.task(Task(slow, 30), task_timeout=0.3)
-    with pytest.raises(TaskFailed) as failed:
-        pool.result(task_id, timeout=WAIT)
-    assert failed.value.event.status == "timeout"
+    for option in ("task_timeout", "timeout"):  # where task() does not wait, timeout= is the limit too
+        task_id = pool.task(Task(slow, 30), **{option: 0.3})
+        with pytest.raises(TaskFailed) as failed:
+            pool.result(task_id, timeout=WAIT)
+        assert failed.value.event.status == "timeout"
     with pytest.raises(TaskFailed) as waited:
         pool.taskwait(Task(slow, 30), task_timeout=0.3, timeout=WAIT)
     assert waited.value.event.status == "timeout"
@@ -279,9 +285,12 @@ def test_decorator_defaults_options_and_apply(pool: TaskServer, tmp_path: Path) 
     no_retry = flaky.options(retries=0).delay(str(tmp_path / "c"))
     with pytest.raises(TaskFailed):
         pool.result(no_retry, timeout=WAIT)
-    timed = slow.options(task_timeout=0.3).delay(30)
+    for timed in (slow.options(task_timeout=0.3).delay(30), slow.options(timeout=0.3, retries=0).delay(30)):
+        with pytest.raises(TaskFailed) as failed:
+            pool.result(timed, timeout=WAIT)
+        assert failed.value.event.status == "timeout"
     with pytest.raises(TaskFailed) as failed:
-        pool.result(timed, timeout=WAIT)
+        pool.result(limited.delay(30), timeout=WAIT)  # @taskmw.task(retries=0, timeout=0.3): the spelling
     assert failed.value.event.status == "timeout"
     later = slow.apply((0,), delay=0.3)
     assert pool.status(later).state == "scheduled"
@@ -290,12 +299,12 @@ def test_decorator_defaults_options_and_apply(pool: TaskServer, tmp_path: Path) 
 
 
 def test_decorator_refuses_what_is_not_an_option() -> None:
-    with pytest.raises(TypeError, match=r"timeout= is how long a call waits.*task_timeout="):
-        taskmw.task(timeout=10)
+    with pytest.raises(TypeError, match=r"both timeout= and task_timeout="):
+        taskmw.task(timeout=10, task_timeout=10)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['bogus'\]"):
         taskmw.task(bogus=1)
-    with pytest.raises(TypeError, match="timeout="):
-        slow.options(timeout=1)
+    with pytest.raises(TypeError, match="both timeout= and task_timeout="):
+        slow.options(task_timeout=1).options(timeout=1, task_timeout=2)
 
 
 def test_eager_runs_a_delayed_task_at_once(tmp_path: Path) -> None:
