@@ -30,6 +30,7 @@ from taskmw.ring import (
     RingFull,
     RingStats,
 )
+from taskmw.periodic import Periodic, periodic, periodic_tasks
 from taskmw.server import TaskServer, create_server
 from taskmw.settings import Settings
 from taskmw.tasks import DeferredListener, ServiceTask, Task, TaskFunction, current_server, deferred, progress, task
@@ -39,6 +40,7 @@ __all__ = [
     "Batch",
     "DeferredListener",
     "Held",
+    "Periodic",
     "PoolClosed",
     "QueueFull",
     "RecordTooLarge",
@@ -70,6 +72,8 @@ __all__ = [
     "deferred",
     "hookimpl",
     "hookspec",
+    "periodic",
+    "periodic_tasks",
     "progress",
     "task",
 ]

@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskmw.settings import Settings
+from taskmw.periodic import MISSED_RUNS
+from taskmw.settings import Settings, parse_size
 
 ENV_PREFIX = "TASKMW_"
 _DEFAULT = Settings()
@@ -50,10 +51,19 @@ def _address(text: str) -> str:
 
 
 def _size(text: str) -> int:
-    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    return int(text[:-1] if factor > 1 else text) * factor
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024: ``64M``, ``1.5GiB``)."""
+    return parse_size("a size", text)
+
+
+def _size_or_none(text: str) -> int | None:
+    return None if text.strip().lower() in ("", "none", "off") else _size(text)
+
+
+def _missed_runs(text: str) -> str:
+    value = text.strip().lower()
+    if value not in MISSED_RUNS:
+        raise ValueError(f"expected one of {', '.join(MISSED_RUNS)}, got {text!r}")
+    return value
 
 
 def _size_text(value: int) -> str:
@@ -89,7 +99,7 @@ class Option:
         """The default, as ``--help`` and docs/configuration.md say it."""
         if self.shown is not None:
             return self.shown
-        if self.parse is _size:
+        if self.parse in (_size, _size_or_none) and self.default is not None:
             return _size_text(self.default)
         if self.default is None:
             return "none"
@@ -157,6 +167,12 @@ OPTIONS: tuple[Option, ...] = (
            pool=True, metavar="SECONDS"),
     Option("max_tasks_per_worker", ("--max-tasks-per-worker",), _int_or_none, _DEFAULT.max_tasks_per_worker,
            "a task worker is replaced after this many tasks; 'none': never", pool=True, metavar="N"),
+    Option("max_worker_memory", ("--max-worker-memory",), _size_or_none, _DEFAULT.max_worker_memory,
+           "after a task, a task worker whose resident memory is over this (500M, 1.5G) is replaced; 'none': never",
+           pool=True, metavar="SIZE"),
+    Option("missed_runs", ("--missed-runs",), _missed_runs, _DEFAULT.missed_runs,
+           "periodic runs due while the pool's supervisor was replaced: 'once' (run once at once) or 'skip'",
+           pool=True, metavar="once|skip"),
     Option("max_payload_bytes", ("--max-payload-bytes",), _size, _DEFAULT.max_payload_bytes,
            "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
     Option("spill_dir", ("--spill-dir",), str, _DEFAULT.spill_dir,
@@ -179,7 +195,7 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
-APP_ONLY = ("entrypoints", "backend", "disable_plugins")
+APP_ONLY = ("entrypoints", "backend", "disable_plugins", "schedule")
 """TaskServer settings taken from the app's ``TaskMiddleware(...)`` that have no option."""
 POOL_SETTING = {"num_task_workers": "task_workers"}
 """Options whose TaskServer argument has another name."""

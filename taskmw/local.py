@@ -27,6 +27,7 @@ from taskmw.errors import PoolClosed, UnknownTask
 from taskmw.events import TaskError
 from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
+from taskmw.periodic import schedule_snapshot
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
 from taskmw.records import FinishRecord
 from taskmw.settings import Settings
@@ -350,6 +351,7 @@ class LocalTransport:
         out["supervisor_pid"] = self.pool.supervisor_pid
         out["task_workers"] = self.pool.settings.task_workers
         out["queue_depth"] = self.pool.submit.stats().records
+        out["schedule"] = schedule_snapshot(self.pool)
         return out
 
     def reload(self) -> None:

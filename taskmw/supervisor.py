@@ -39,6 +39,7 @@ from taskmw._table import (
 )
 from taskmw.backlog import Backlogs
 from taskmw.events import TaskError
+from taskmw.periodic import Scheduler
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
 from taskmw.ring import Held, RingFull
@@ -219,6 +220,7 @@ class _Supervisor:
         self.table = pool.table
         self.words = pool.table.words
         self.backlogs = Backlogs(pool)
+        self.scheduler = Scheduler(pool)
 
     def run(self) -> int:
         if self.adopted:
@@ -228,7 +230,7 @@ class _Supervisor:
         self.watch_adopted()
         self.start_unstarted()
         while not self.stopping:
-            info = signal.sigtimedwait(_WATCHED, _BUSY_TICK if self.backlogs.busy else _TICK)
+            info = signal.sigtimedwait(_WATCHED, self.scheduler.wait(_BUSY_TICK if self.backlogs.busy else _TICK))
             if info is not None and info.si_signo == signal.SIGTERM:
                 self.stopping = True
             elif os.getppid() != self.owner:
@@ -238,6 +240,8 @@ class _Supervisor:
             self.reap()
             self.watch_adopted()
             self.backlogs.move()
+            if not self.stopping:
+                self.scheduler.tick()
             if self.unstarted and time.monotonic() >= self.next_fork:
                 self.start_unstarted()
         self.stop()
@@ -394,6 +398,7 @@ class _Supervisor:
         r = worker_id * ROW
         if failed and not cancelled_seq:
             self.words[r + RESTARTS] += 1
+            self.words[r + _table.REASON] = _table.DIED
         running_seq, running_id = self.words[r + SEQ], self.words[r + TASK]  # what it ran when it died
         if (failed or lost) and not timed_seq and not cancelled_seq:
             log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))
