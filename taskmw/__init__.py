@@ -30,7 +30,7 @@ from taskmw.ring import (
     RingFull,
     RingStats,
 )
-from taskmw.periodic import Periodic, periodic, periodic_tasks
+from taskmw.schedule import Periodic, periodic, periodic_tasks
 from taskmw.server import TaskServer, create_server
 from taskmw.settings import Settings
 from taskmw.tasks import DeferredListener, ServiceTask, Task, TaskFunction, current_server, deferred, progress, task

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskmw.periodic import MISSED_RUNS
+from taskmw.schedule import MISSED_RUNS
 from taskmw.settings import Settings, parse_size
 
 ENV_PREFIX = "TASKMW_"

@@ -27,7 +27,7 @@ from taskmw.errors import PoolClosed, UnknownTask
 from taskmw.events import TaskError
 from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
-from taskmw.periodic import schedule_snapshot
+from taskmw.schedule import schedule_snapshot
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
 from taskmw.records import FinishRecord
 from taskmw.settings import Settings

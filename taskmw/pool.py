@@ -25,7 +25,7 @@ import time
 from taskmw import _proc, records
 from taskmw._table import WorkerTable
 from taskmw.errors import PoolClosed, QueueFull
-from taskmw.periodic import ScheduleState
+from taskmw.schedule import ScheduleState
 from taskmw.ring import Ring, RingFull
 from taskmw.settings import Settings
 from taskmw.tasktable import TaskTable
@@ -101,7 +101,7 @@ class Pool:
         self.tasks = TaskTable(settings.task_records, workers, settings.result_bytes, settings.result_ttl)
         """The record of every task (see :mod:`taskmw.tasktable`)."""
         self.schedule = ScheduleState(len(settings.schedule))
-        """The history of the schedule's entries (see :mod:`taskmw.periodic`)."""
+        """The history of the schedule's entries (see :mod:`taskmw.schedule`)."""
         self.page = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with every forked process
         """The state page: ``page[0]`` is :attr:`state` (read directly on the hot path)."""
         self.spill_at = min(1 << 20, self.submit.max_record)

@@ -39,7 +39,7 @@ from taskmw.events import TaskFinishEvent
 from taskmw.info import TaskInfo
 from taskmw.interfaces import Transport
 from taskmw.listeners import Listener
-from taskmw.periodic import Periodic, schedule_of
+from taskmw.schedule import Periodic, schedule_of
 from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
@@ -439,7 +439,7 @@ class TaskServer:
         ``starting``, ``idle``, ``busy``, ``stopping``; ``task_started`` is a
         ``time.time()`` value; ``totals`` counts every finish the pool made.
         ``"schedule"`` lists the periodic tasks with their next and last run
-        (see :func:`taskmw.periodic.schedule_snapshot`); each worker's
+        (see :func:`taskmw.schedule.schedule_snapshot`); each worker's
         ``"recycled"`` counts its clean replacements and ``"restart_reason"``
         says why its last predecessor went (``"max_tasks"``, ``"memory"``,
         ``"reload"``, ``"died"``; ``None``: none went).

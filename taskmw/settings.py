@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskmw.periodic import Periodic
+    from taskmw.schedule import Periodic
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(IB|I|B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -115,7 +115,7 @@ class Settings:
             replaced by a fresh one (``None``: never), to bound leaks.
         schedule: the pool's periodic tasks (:class:`taskmw.Periodic`
             entries), run by its supervisor, once per due time per pool (see
-            :mod:`taskmw.periodic`). :class:`taskmw.TaskServer` gives the
+            :mod:`taskmw.schedule`). :class:`taskmw.TaskServer` gives the
             ``@taskmw.periodic`` functions when it is not given one.
         missed_runs: what a supervisor that replaces a dead one does with
             the due times that passed meanwhile: ``"once"`` runs each entry
@@ -177,7 +177,7 @@ class Settings:
             object.__setattr__(self, "max_worker_memory", memory)
         if self.missed_runs not in ("once", "skip"):
             raise ValueError(f"missed_runs must be 'once' or 'skip', got {self.missed_runs!r}")
-        from taskmw.periodic import schedule_of  # it imports the records, which import this module
+        from taskmw.schedule import schedule_of  # it imports the records, which import this module
 
         object.__setattr__(self, "schedule", schedule_of(self.schedule))
         if self.max_tasks_per_worker is not None:

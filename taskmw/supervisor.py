@@ -39,7 +39,7 @@ from taskmw._table import (
 )
 from taskmw.backlog import Backlogs
 from taskmw.events import TaskError
-from taskmw.periodic import Scheduler
+from taskmw.schedule import Scheduler
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
 from taskmw.ring import Held, RingFull

@@ -97,18 +97,9 @@ class Periodic:
         self.name = name if name is not None else f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a periodic task's name must be a non-empty str, got {name!r}")
-        if (every is None) == (cron is None):
-            raise ValueError(f"periodic task {self.name}: give one of every= or cron=, got every={every!r}, cron={cron!r}")
-        self.every = _seconds(self.name, every) if every is not None else None
+        self.every, self._zone = _when(self.name, every, cron, tz, overlap)
         self.cron = cron
         self.tz = tz
-        self._zone = _zone(self.name, tz)
-        if cron is not None:
-            _check_cron(self.name, cron)
-        elif tz is not None:
-            raise ValueError(f"periodic task {self.name}: tz={tz!r} is for cron= entries (every= is in seconds)")
-        if not isinstance(overlap, bool):
-            raise ValueError(f"periodic task {self.name}: overlap must be True or False, got {overlap!r}")
         self.overlap = overlap
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
@@ -165,6 +156,25 @@ def _not_imported() -> None:  # pragma: no cover - stands for a function only ta
     raise RuntimeError("a periodic entry read from its wire form runs through its payload")
 
 
+def _when(
+    name: str, every: float | datetime.timedelta | None, cron: str | None, tz: str | None, overlap: bool
+) -> tuple[float | None, datetime.tzinfo]:
+    """Check an entry's timing; returns its ``every`` in seconds and its time zone.
+
+    Raises:
+        ValueError: naming the entry and the bad value.
+    """
+    if (every is None) == (cron is None):
+        raise ValueError(f"periodic task {name}: give one of every= or cron=, got every={every!r}, cron={cron!r}")
+    if cron is not None:
+        _check_cron(name, cron)
+    elif tz is not None:
+        raise ValueError(f"periodic task {name}: tz={tz!r} is for cron= entries (every= is in seconds)")
+    if not isinstance(overlap, bool):
+        raise ValueError(f"periodic task {name}: overlap must be True or False, got {overlap!r}")
+    return (_seconds(name, every) if every is not None else None), _zone(name, tz)
+
+
 def _seconds(name: str, every: object) -> float:
     if isinstance(every, datetime.timedelta):
         every = every.total_seconds()
@@ -208,6 +218,8 @@ def periodic(
     Raises:
         ValueError: as :class:`Periodic`.
     """
+
+    _when(name or "(decorated)", every, cron, tz, overlap)  # a bad value raises here, where it is written
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         entry = Periodic(fn, every=every, cron=cron, tz=tz, overlap=overlap, name=name)
@@ -254,6 +266,8 @@ _SKIPPED = 4  # due times skipped (overlap, a full queue, missed_runs="skip")
 _LAST_SKIP = 5  # ns since the epoch of the last due time skipped
 _LAST_RUN = 6  # ns since the epoch of the due time of the last run queued
 _ROW = 8
+_LATE = 1.0
+"""Seconds past its due time after which a run a replaced supervisor did not queue counts as missed."""
 
 
 class ScheduleState:
@@ -302,23 +316,28 @@ class Scheduler:
         return -1
 
     def _start(self, missed: str) -> None:
-        """Set each entry's next due time, from its history (a supervisor
-        that replaces a dead one) or from now (a new pool)."""
+        """Set each entry's next due time: the one a dead supervisor planned
+        (a supervisor that replaces it), else the first after now (a new pool).
+        A planned due time more than :data:`_LATE` seconds past was missed:
+        ``missed="once"`` runs it now, ``"skip"`` skips it."""
         now, w = self.clock(), self.words
         for i, entry in enumerate(self.entries):
             r = i * _ROW
-            last = w[r + _LAST_DUE] / 1e9
-            if last and entry.next_after(last) <= now:  # due while no supervisor ran
-                due = entry.last_at_or_before(now) or now
+            planned = w[r + _NEXT_DUE] / 1e9
+            if not planned:
+                w[r + _NEXT_DUE] = _ns(entry.next_after(now))
+            elif now - planned > _LATE:  # due while no supervisor ran
+                due = entry.last_at_or_before(now) or planned
                 if missed == "once":
                     log.warning("periodic task %s: a run was due while the pool's supervisor was replaced: "
                                 "running it now (missed_runs='once')", entry.name)  # fmt: skip
                     w[r + _NEXT_DUE] = _ns(due)
-                    continue
-                log.warning("periodic task %s: the run(s) due while the pool's supervisor was replaced are "
-                            "skipped (missed_runs='skip')", entry.name)  # fmt: skip
-                self._skipped(r, due)
-            w[r + _NEXT_DUE] = _ns(entry.next_after(max(now, last)))
+                else:
+                    log.warning("periodic task %s: the run(s) due while the pool's supervisor was replaced are "
+                                "skipped (missed_runs='skip')", entry.name)  # fmt: skip
+                    w[r + _LAST_DUE] = _ns(due)
+                    self._skipped(r, due)
+                    w[r + _NEXT_DUE] = _ns(entry.next_after(now))
 
     def wait(self, longest: float) -> float:
         """Seconds until the next due time, at most ``longest``."""
