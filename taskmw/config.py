@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskmw.schedule import MISSED_RUNS
+from taskmw.schedule import MISSED_RUNS, Periodic
 from taskmw.settings import Settings, parse_size
 
 ENV_PREFIX = "TASKMW_"
@@ -225,11 +225,14 @@ class Resolved:
         """Arguments for :class:`~taskmw.TaskServer`: the pool options that
         were given (by flag, environment or the app), leaving the rest to
         TaskServer's own defaults."""
-        return self.app_only | {
+        out = self.app_only | {
             pool_name(opt): self.values[opt.name]
             for opt in OPTIONS
             if opt.pool and (self.sources[opt.name] != "default" or opt.name == "num_task_workers")
         }
+        if "schedule" in out:  # the app's, as the inspecting child sent it (the master does not import the app)
+            out["schedule"] = [Periodic.from_wire(entry) for entry in out["schedule"]]
+        return out
 
 
 def resolve(
