@@ -20,14 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from taskmw import _proc, _table, records, supervisor, worker
+from taskmw import _proc, _table, records, schedule, supervisor, worker
 from taskmw._table import ATTEMPT, SEQ, STARTED, TASK, TERMINATE
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed, UnknownTask
 from taskmw.events import TaskError
 from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
-from taskmw.schedule import schedule_snapshot
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
 from taskmw.records import FinishRecord
 from taskmw.settings import Settings
@@ -69,6 +68,7 @@ class LocalTransport:
         if options:
             raise TypeError(f"the local pool got unexpected settings: {', '.join(sorted(options))}")
         self.pool = Pool(settings)
+        schedule.pool_built()
         self._server = server
         self._deliver: Deliver | None = None
         self._channel: Channel | None = None
@@ -351,7 +351,7 @@ class LocalTransport:
         out["supervisor_pid"] = self.pool.supervisor_pid
         out["task_workers"] = self.pool.settings.task_workers
         out["queue_depth"] = self.pool.submit.stats().records
-        out["schedule"] = schedule_snapshot(self.pool)
+        out["schedule"] = schedule.schedule_snapshot(self.pool)
         return out
 
     def reload(self) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime
 import logging
 import mmap
+import os
 import time
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
@@ -49,8 +50,8 @@ MISSED_RUNS: tuple[str, ...] = ("once", "skip")
 
 _registry: dict[str, Periodic] = {}
 """``@periodic`` entries by name, in the order they were decorated."""
-_built: list[bool] = []
-"""Non-empty once a pool took the registry (a later ``@periodic`` is not in it)."""
+_built: list[int] = []
+"""The pid of the process that built a local pool from the registry (a later ``@periodic`` there is not in it)."""
 
 
 class Periodic:
@@ -223,7 +224,7 @@ def periodic(
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         entry = Periodic(fn, every=every, cron=cron, tz=tz, overlap=overlap, name=name)
-        if _built and entry.name not in _registry:
+        if os.getpid() in _built and entry.name not in _registry:
             log.warning("periodic task %s was decorated after a pool of this process took its schedule: that pool "
                         "does not run it (import it before building the pool, or give schedule=)", entry.name)  # fmt: skip
         _registry[entry.name] = entry  # decorated again (a module imported twice): the last one
@@ -239,10 +240,15 @@ def periodic_tasks() -> list[Periodic]:
     return list(_registry.values())
 
 
+def pool_built() -> None:
+    """A local pool was built in this process: a function
+    decorated here from now on is not in its schedule (see :func:`periodic`)."""
+    _built.append(os.getpid())
+
+
 def schedule_of(given: Sequence[Periodic] | None) -> tuple[Periodic, ...]:
     """A pool's schedule: ``given`` (checked), or the decorated entries."""
     if given is None:
-        _built.append(True)
         return tuple(_registry.values())
     entries = tuple(given)
     names: set[str] = set()

@@ -338,7 +338,7 @@ def test_reload_and_a_killed_supervisor_do_not_double_a_run(tmp_path: Path) -> N
     assert len(dues) == len(set(dues)), f"a due time ran twice: {dues}"
 
 
-def test_decorated_functions_are_the_default_schedule(tmp_path: Path) -> None:
+def test_decorated_functions_are_the_default_schedule(caplog: pytest.LogCaptureFixture) -> None:
     before = taskmw.periodic_tasks()
     decorate = taskmw.periodic(every=3600, name="test-decorated")
     decorate(record_run)
@@ -349,9 +349,14 @@ def test_decorated_functions_are_the_default_schedule(tmp_path: Path) -> None:
             assert "test-decorated" in [e["name"] for e in server.stats()["schedule"]]
         with TaskServer(task_workers=1, entrypoints=False, schedule=[]) as server:
             assert server.stats()["schedule"] == []
+            with caplog.at_level(logging.WARNING, "taskmw.schedule"):
+                taskmw.periodic(every=60, name="test-too-late")(add)
+            assert "periodic task test-too-late was decorated after a pool of this process" in caplog.text
     finally:
+        _registry.pop("test-too-late", None)
+        vars(add).pop("periodic", None)
         _registry.pop("test-decorated", None)
-        del record_run.periodic  # type: ignore[attr-defined]
+        vars(record_run).pop("periodic", None)
     assert taskmw.periodic_tasks() == before
 
 
