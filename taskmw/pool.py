@@ -25,8 +25,8 @@ import time
 from taskmw import _proc, records
 from taskmw._table import WorkerTable
 from taskmw.errors import PoolClosed, QueueFull
-from taskmw.schedule import ScheduleState
 from taskmw.ring import Ring, RingFull
+from taskmw.schedule import ScheduleState
 from taskmw.settings import Settings
 from taskmw.tasktable import TaskTable
 
@@ -84,14 +84,17 @@ class Pool:
             spin_us=_SPIN_US,
         )
         """The task queue: submit records of :mod:`taskmw.records`."""
+        self.schedule_channel = settings.max_dispatchers if settings.schedule else None
+        """The completion channel of the schedule's runs, after the dispatchers' (``None``: no schedule).
+        The supervisor claims it (see :mod:`taskmw.schedule`)."""
+        channels = settings.max_dispatchers + (self.schedule_channel is not None)
         self.channels = [
-            Ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
-            for _ in range(settings.max_dispatchers)
+            Ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US) for _ in range(channels)
         ]
-        """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`)."""
+        """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`), and the schedule's."""
         self.backlogs = [
             Ring(BACKLOG_FACTOR * settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
-            for _ in range(settings.max_dispatchers)
+            for _ in range(channels)
         ]
         """One backlog per completion channel: finishes that did not fit in a
         full channel wait here, and the supervisor moves them on as the

@@ -225,8 +225,11 @@ def periodic(
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         entry = Periodic(fn, every=every, cron=cron, tz=tz, overlap=overlap, name=name)
         if os.getpid() in _built and entry.name not in _registry:
-            log.warning("periodic task %s was decorated after a pool of this process took its schedule: that pool "
-                        "does not run it (import it before building the pool, or give schedule=)", entry.name)  # fmt: skip
+            log.warning(
+                "periodic task %s was decorated after a pool of this process took its schedule: that pool does not "
+                "run it (import it before building the pool, or give schedule=)",
+                entry.name,
+            )
         _registry[entry.name] = entry  # decorated again (a module imported twice): the last one
         fn.periodic = entry  # type: ignore[attr-defined]
         return fn
@@ -273,6 +276,8 @@ _LAST_SKIP = 5  # ns since the epoch of the last due time skipped
 _LAST_RUN = 6  # ns since the epoch of the due time of the last run queued
 _ROW = 8
 _LATE = 1.0
+_RETRY = 60.0
+"""Seconds before an entry whose scheduling raised is tried again."""
 """Seconds past its due time after which a run a replaced supervisor did not queue counts as missed."""
 
 
@@ -304,22 +309,23 @@ class Scheduler:
         self.entries: tuple[Periodic, ...] = pool.settings.schedule
         self.words = pool.schedule.words
         self.clock = clock
-        self.channel = -1
+        self.channel = -1  # the schedule's completion channel, once claimed
         if self.entries:
-            self.channel = self._claim()
+            self._claim()
             self._start(pool.settings.missed_runs)
 
-    def _claim(self) -> int:
-        """Claim a completion channel for the runs' finishes (-1: none free;
-        their finishes are then dropped by the workers)."""
-        pool = self.pool
-        for index in range(len(pool.channels) - 1, -1, -1):  # from the end: the HTTP workers claim from the start
-            if pool.try_claim(index):
-                while pool.channels[index].try_pop_many(256).records:  # what its last owner left
-                    pass
-                return index
-        log.error("no free completion channel for the schedule's finishes: raise max_dispatchers")
-        return -1
+    def _claim(self) -> bool:
+        """Claim the schedule's completion channel for the runs' finishes,
+        dropping what a dead supervisor left unread; False while another
+        live process holds it (a dying supervisor: tried again each tick)."""
+        index = self.pool.schedule_channel
+        if not self.pool.try_claim(index):
+            log.warning("the schedule's completion channel is still held by another process: waiting for it")
+            return False
+        while self.pool.channels[index].try_pop_many(256).records:
+            pass
+        self.channel = index
+        return True
 
     def _start(self, missed: str) -> None:
         """Set each entry's next due time: the one a dead supervisor planned
@@ -355,32 +361,40 @@ class Scheduler:
     def tick(self) -> None:
         """Queue every run that is due (once per due time), and read the
         runs' finishes."""
-        if not self.entries:
+        if not self.entries or (self.channel < 0 and not self._claim()):
             return
         self._read_finishes()
         now, w = self.clock(), self.words
         for i, entry in enumerate(self.entries):
             r = i * _ROW
-            due = w[r + _NEXT_DUE] / 1e9
-            if due > now:
+            if w[r + _NEXT_DUE] / 1e9 > now:
                 continue
-            due = max(due, entry.last_at_or_before(now) or due)  # late by more than a period: the latest only
-            w[r + _NEXT_DUE] = _ns(entry.next_after(max(now, due)))
-            if w[r + _LAST_DUE] >= _ns(due):
-                continue  # handled already (by a supervisor before this one)
-            going = self._going(w[r + _LAST_ID])
-            if going and not entry.overlap:
-                w[r + _LAST_DUE] = _ns(due)
-                self._skipped(r, due)
-                log.warning("periodic task %s: the run due at %s is skipped: run %d is still going (overlap=False)",
-                            entry.name, _show(due), w[r + _LAST_ID])  # fmt: skip
-                continue
-            w[r + _LAST_DUE] = _ns(due)  # before queuing: a supervisor killed in between loses the run, never doubles it
-            self._queue(entry, r, due)
+            try:
+                self._due(entry, r, now)
+            except Exception:  # noqa: BLE001 - one entry's failure must not stop the supervisor or the others
+                log.exception("periodic task %s: scheduling failed; trying again in %gs", entry.name, _RETRY)
+                w[r + _NEXT_DUE] = _ns(now + _RETRY)
+
+    def _due(self, entry: Periodic, r: int, now: float) -> None:
+        """Entry ``entry`` (its row at ``r``) is due: queue its run, or skip it."""
+        w = self.words
+        due = w[r + _NEXT_DUE] / 1e9
+        due = max(due, entry.last_at_or_before(now) or due)  # late by more than a period: the latest only
+        w[r + _NEXT_DUE] = _ns(entry.next_after(max(now, due)))
+        if w[r + _LAST_DUE] >= _ns(due):
+            return  # handled already (by a supervisor before this one)
+        if not entry.overlap and self._going(w[r + _LAST_ID]):
+            w[r + _LAST_DUE] = _ns(due)
+            self._skipped(r, due)
+            log.warning("periodic task %s: the run due at %s is skipped: run %d is still going (overlap=False)",
+                        entry.name, _show(due), w[r + _LAST_ID])  # fmt: skip
+            return
+        w[r + _LAST_DUE] = _ns(due)  # before queuing: a supervisor killed in between loses the run, never doubles it
+        self._queue(entry, r, due)
 
     def _queue(self, entry: Periodic, r: int, due: float) -> None:
         pool, w = self.pool, self.words
-        header = records.submit_header(records.Kind.CALL) | max(self.channel, 0)
+        header = records.with_channel(records.submit_header(records.Kind.CALL), self.channel)
         try:
             seq = pool.submit.push(entry.payload, aux=header, timeout=0)
         except (RingFull, RecordTooLarge) as exc:
@@ -410,8 +424,6 @@ class Scheduler:
 
     def _read_finishes(self) -> None:
         """Drain the schedule's completion channel: log the runs that did not finish ``ok``."""
-        if self.channel < 0:
-            return
         ring = self.pool.channels[self.channel]
         while True:
             batch = ring.try_pop_many(256)

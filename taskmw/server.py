@@ -39,10 +39,10 @@ from taskmw.events import TaskFinishEvent
 from taskmw.info import TaskInfo
 from taskmw.interfaces import Transport
 from taskmw.listeners import Listener
-from taskmw.schedule import Periodic, schedule_of
 from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
+from taskmw.schedule import Periodic, schedule_of
 from taskmw.settings import Settings
 from taskmw.tasks import _set_default
 from taskmw.tasktable import task_name_field

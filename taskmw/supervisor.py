@@ -39,10 +39,10 @@ from taskmw._table import (
 )
 from taskmw.backlog import Backlogs
 from taskmw.events import TaskError
-from taskmw.schedule import Scheduler
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
 from taskmw.ring import Held, RingFull
+from taskmw.schedule import Scheduler
 
 _TERMINATED = TaskError("Cancelled", "the task was cancelled while it ran; its worker was replaced", "")
 

@@ -22,8 +22,8 @@ from helpers import WAIT, add, local_pool, wait_until
 
 import taskmw
 from taskmw import Periodic, Settings, TaskServer, records
-from taskmw.schedule import Scheduler, _registry, schedule_snapshot
 from taskmw.pool import Pool
+from taskmw.schedule import Scheduler, _registry, schedule_snapshot
 
 # -- the tasks (module level: they travel by reference) ----------------------------------
 

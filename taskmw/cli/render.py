@@ -156,7 +156,8 @@ def render_status(s: dict[str, Any]) -> str:
         "",
         f"Task workers: {len(pool['workers'])} of {pool['task_workers']}   supervisor pid {pool['supervisor_pid']}   "
         f"queue depth {pool['queue_depth']}   tasks/s {'-' if rate is None else f'{rate:.1f}'}",
-        f"  {'ID':>3}  {'PID':>8}  {'STATE':<8}  {'TASK':>8}  {'FOR':>6}  {'DONE':>7}  {'MEM':>8}  {'RESTARTS':>8}  RECYCLED",
+        f"  {'ID':>3}  {'PID':>8}  {'STATE':<8}  {'TASK':>8}  {'FOR':>6}  {'DONE':>7}  {'MEM':>8}  {'RESTARTS':>8}  "
+        "RECYCLED",
     ]
     for w in pool["workers"]:
         running = "-" if w.get("task_started") is None else f"{now - w['task_started']:.1f}s"

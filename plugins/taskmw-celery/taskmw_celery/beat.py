@@ -53,8 +53,10 @@ def beat_entry(entry: Periodic, celery_app: Any) -> dict[str, Any]:
                              "crontab does not take (five fields)")  # fmt: skip
         zone = celery_app.conf.timezone or "UTC"
         if (entry.tz or "UTC") != zone:
-            raise ValueError(f"periodic task {entry.name}: tz={entry.tz!r}, but Celery beat reads crontab in the "
-                             f"app's timezone ({zone!r}): set celery_app.conf.timezone={entry.tz!r}, or drop tz")  # fmt: skip
+            raise ValueError(
+                f"periodic task {entry.name}: tz={entry.tz!r}, but Celery beat reads crontab in the app's timezone "
+                f"({zone!r}): set celery_app.conf.timezone={entry.tz!r}, or drop tz"
+            )
         minute, hour, day_of_month, month_of_year, day_of_week = fields
         when = crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
                        day_of_week=day_of_week, app=celery_app)  # fmt: skip
