@@ -338,6 +338,37 @@ def test_reload_and_a_killed_supervisor_do_not_double_a_run(tmp_path: Path) -> N
     assert len(dues) == len(set(dues)), f"a due time ran twice: {dues}"
 
 
+@pytest.mark.parametrize("missed", ["once", "skip"])
+def test_runs_missed_while_the_supervisor_was_down(tmp_path: Path, supervisor_log: Path, missed: str) -> None:
+    """The supervisor hangs (SIGSTOP) past a due time, then dies (SIGKILL); the
+    watchdog's new one runs the missed entry once at once, or skips it."""
+    out = tmp_path / "runs"
+    entry = Periodic(record_run, every=1.0, args=(str(out),), name="each")
+    with TaskServer(task_workers=2, entrypoints=False, schedule=[entry], missed_runs=missed) as server:
+        pool = local_pool(server)
+        before = server.stats()["schedule"][0]["runs"]
+        assert wait_until(lambda: server.stats()["schedule"][0]["runs"] > before, interval=0.005)
+        old = pool.supervisor_pid
+        os.kill(old, signal.SIGSTOP)
+        stopped = time.time()
+        runs_then = server.stats()["schedule"][0]["runs"]
+        assert wait_until(lambda: time.time() > stopped + 2.5)
+        assert server.stats()["schedule"][0]["runs"] == runs_then  # nothing ran it meanwhile
+        os.kill(old, signal.SIGKILL)
+        assert wait_until(lambda: pool.supervisor_pid != old and server.transport.alive())
+        assert wait_until(lambda: server.stats()["schedule"][0]["runs"] >= runs_then + 2)
+        skipped = server.stats()["schedule"][0]["skipped"]
+    text = supervisor_log.read_text()
+    if missed == "once":
+        assert "running it now (missed_runs='once')" in text
+        assert skipped == 0
+    else:
+        assert "skipped (missed_runs='skip')" in text
+        assert skipped == 1
+    dues = due_times(out, 1.0)
+    assert len(dues) - len(set(dues)) <= (1 if missed == "once" else 0), f"a due time ran twice: {dues}"
+
+
 def test_decorated_functions_are_the_default_schedule(caplog: pytest.LogCaptureFixture) -> None:
     before = taskmw.periodic_tasks()
     decorate = taskmw.periodic(every=3600, name="test-decorated")
@@ -377,6 +408,25 @@ def test_a_worker_over_max_worker_memory_is_replaced_after_its_task(supervisor_l
         assert worker["restarts"] == 0  # it did not die: it left
         assert server.taskwait(leak, 0, timeout=WAIT) != first
     assert "is over max_worker_memory=96.0 MiB: recycling" in supervisor_log.read_text()
+
+
+async def sleep_async(seconds: float) -> str:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def test_a_worker_over_its_memory_finishes_its_async_tasks_first() -> None:
+    with TaskServer(task_workers=1, entrypoints=False, max_worker_memory="96MB") as server:
+        first = server.taskwait(leak, 0, timeout=WAIT)
+        sleeper = server.task(sleep_async, 1.0)
+        leaker = server.task(leak, 120)
+        assert server.result(leaker, timeout=WAIT) == first
+        assert server.result(sleeper, timeout=WAIT) == "slept"  # not lost with its worker
+        assert server.status(sleeper).status == "ok"
+        assert wait_until(lambda: server.stats()["workers"][0]["recycled"] == 1)
+        assert server.taskwait(leak, 0, timeout=WAIT) != first
 
 
 def test_the_worker_table_says_why_a_worker_was_replaced(tmp_path: Path) -> None:
