@@ -36,12 +36,15 @@ import os
 import time
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from taskmw import _codec, records
 from taskmw._table import TASK
 from taskmw.errors import UnknownTask
 from taskmw.ring import RecordTooLarge, RingFull
+
+if TYPE_CHECKING:
+    from taskmw.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +114,14 @@ class Periodic:
         """The first due time strictly after ``now`` (both ``time.time()`` values)."""
         if self.every is not None:
             return (now // self.every + 1) * self.every
-        from croniter import croniter  # imported when a cron entry is used
-
-        start = datetime.datetime.fromtimestamp(now, self._zone)
-        due: float = croniter(self.cron, start).get_next(float)
+        due: float = _croniter().croniter(self.cron, datetime.datetime.fromtimestamp(now, self._zone)).get_next(float)
         return due if due > now else self.next_after(due)
 
     def last_at_or_before(self, now: float) -> float | None:
         """The latest due time at or before ``now`` (``None``: none since the epoch)."""
         if self.every is not None:
             return (now // self.every) * self.every
-        from croniter import croniter
-
-        prev: float = croniter(self.cron, datetime.datetime.fromtimestamp(now, self._zone)).get_prev(float)
+        prev: float = _croniter().croniter(self.cron, datetime.datetime.fromtimestamp(now, self._zone)).get_prev(float)
         exact = self.next_after(prev)  # ``now`` itself, when it is a due time
         return exact if exact <= now else prev
 
@@ -195,10 +193,15 @@ def _zone(name: str, tz: object) -> datetime.tzinfo:
         raise ValueError(f"periodic task {name}: unknown time zone tz={tz!r} (an IANA name: 'Europe/Berlin')") from None
 
 
-def _check_cron(name: str, cron: object) -> None:
-    from croniter import croniter
+def _croniter() -> Any:
+    """The croniter module, imported when a cron entry is first used (not with taskmw)."""
+    import croniter  # type: ignore[import-untyped]
 
-    if not isinstance(cron, str) or not croniter.is_valid(cron):
+    return croniter
+
+
+def _check_cron(name: str, cron: object) -> None:
+    if not isinstance(cron, str) or not _croniter().croniter.is_valid(cron):
         raise ValueError(f"periodic task {name}: bad cron expression cron={cron!r} (five fields: '0 3 * * *')")
 
 
@@ -276,9 +279,9 @@ _LAST_SKIP = 5  # ns since the epoch of the last due time skipped
 _LAST_RUN = 6  # ns since the epoch of the due time of the last run queued
 _ROW = 8
 _LATE = 1.0
+"""Seconds past its due time after which a run a replaced supervisor did not queue counts as missed."""
 _RETRY = 60.0
 """Seconds before an entry whose scheduling raised is tried again."""
-"""Seconds past its due time after which a run a replaced supervisor did not queue counts as missed."""
 
 
 class ScheduleState:
@@ -304,7 +307,7 @@ class Scheduler:
         clock: the wall clock (``time.time``; a test may give another).
     """
 
-    def __init__(self, pool: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, pool: Pool, clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
         self.entries: tuple[Periodic, ...] = pool.settings.schedule
         self.words = pool.schedule.words
@@ -319,6 +322,7 @@ class Scheduler:
         dropping what a dead supervisor left unread; False while another
         live process holds it (a dying supervisor: tried again each tick)."""
         index = self.pool.schedule_channel
+        assert index is not None, "a pool with a schedule has its channel"
         if not self.pool.try_claim(index):
             log.warning("the schedule's completion channel is still held by another process: waiting for it")
             return False
@@ -442,10 +446,6 @@ class Scheduler:
                     log.warning("periodic task %s (run %d) finished %s%s", finish.name or "?", finish.task_id,
                                 records.STATUSES[finish.status], error)  # fmt: skip
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """The schedule as plain data (see :func:`schedule_snapshot`)."""
-        return schedule_snapshot(self.pool)
-
 
 def _name_field(name: str) -> bytes:
     from taskmw.tasktable import name_field
@@ -457,7 +457,7 @@ def _show(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def schedule_snapshot(pool: Any) -> list[dict[str, Any]]:
+def schedule_snapshot(pool: Pool) -> list[dict[str, Any]]:
     """Each entry of ``pool``'s schedule: ``{"name", "when", "every", "cron",
     "tz", "overlap", "next_run", "last_run", "last_task_id", "last_status",
     "runs", "skipped", "last_skipped"}`` (times are ``time.time()`` values or
