@@ -236,12 +236,18 @@ def test_a_replaced_supervisor_does_not_run_a_due_time_twice(bare_pool: Pool) ->
     assert _queued(bare_pool) == ["minutely"]
 
 
-def test_missed_runs_once_runs_each_entry_once_at_start(bare_pool: Pool) -> None:
+def _ran_at_0159(pool: Pool) -> Clock:
+    """A first supervisor starts at 01:58:30 UTC and queues the 01:59 run; returns its clock."""
     clock = Clock(_utc(2031, 1, 1, 1, 58, 30))
-    first = Scheduler(bare_pool, clock)
+    first = Scheduler(pool, clock)
     clock.now += 30
     first.tick()
-    assert _queued(bare_pool) == ["minutely"]
+    assert _queued(pool) == ["minutely"]
+    return clock
+
+
+def test_missed_runs_once_runs_each_entry_once_at_start(bare_pool: Pool) -> None:
+    clock = _ran_at_0159(bare_pool)
     clock.now = _utc(2031, 1, 1, 2, 10, 0)  # it died; the next started past 03:00 in Berlin (02:00 UTC) and 10 minutes
     replacement = Scheduler(bare_pool, clock)
     replacement.tick()
@@ -252,11 +258,7 @@ def test_missed_runs_once_runs_each_entry_once_at_start(bare_pool: Pool) -> None
 
 @pytest.mark.parametrize("bare_pool", ["skip"], indirect=True)
 def test_missed_runs_skip_waits_for_the_next_due_time(bare_pool: Pool) -> None:
-    clock = Clock(_utc(2031, 1, 1, 1, 58, 30))
-    first = Scheduler(bare_pool, clock)
-    clock.now += 30
-    first.tick()
-    assert _queued(bare_pool) == ["minutely"]
+    clock = _ran_at_0159(bare_pool)
     clock.now = _utc(2031, 1, 1, 2, 10, 30)
     replacement = Scheduler(bare_pool, clock)
     replacement.tick()
