@@ -125,6 +125,21 @@ def test_max_worker_memory_takes_sizes() -> None:
     assert Settings().max_worker_memory is None
 
 
+def test_the_new_settings_under_taskmw_start() -> None:
+    from taskmw import config
+
+    got = config.resolve({}, {"TASKMW_MAX_WORKER_MEMORY": "1.5GiB", "TASKMW_MISSED_RUNS": "skip"}).pool_settings()
+    assert got["max_worker_memory"] == 3 << 29 and got["missed_runs"] == "skip"
+    assert config.resolve({}, {"TASKMW_MAX_WORKER_MEMORY": "none"}).values["max_worker_memory"] is None
+    with pytest.raises(ValueError, match="TASKMW_MISSED_RUNS='twice'"):
+        config.resolve({}, {"TASKMW_MISSED_RUNS": "twice"})
+    with pytest.raises(ValueError, match="TASKMW_MAX_WORKER_MEMORY='lots'"):
+        config.resolve({}, {"TASKMW_MAX_WORKER_MEMORY": "lots"})
+    entry = Periodic(record_run, cron="0 3 * * *", tz="Europe/Berlin", args=("x",), name="nightly")
+    wired = config.resolve({}, {}, {"schedule": [entry.wire()]}).pool_settings()["schedule"]
+    assert [(e.name, e.cron, e.tz, e.payload) for e in wired] == [("nightly", "0 3 * * *", "Europe/Berlin", entry.payload)]
+
+
 def test_bad_schedule_settings() -> None:
     with pytest.raises(ValueError, match="missed_runs must be 'once' or 'skip', got 'twice'"):
         Settings(missed_runs="twice")
