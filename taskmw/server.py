@@ -42,7 +42,7 @@ from taskmw.listeners import Listener
 from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
-from taskmw.schedule import Periodic, schedule_of
+from taskmw.schedule import MissedRuns, Periodic, schedule_of
 from taskmw.settings import Settings
 from taskmw.tasks import _set_default
 from taskmw.tasktable import task_name_field
@@ -148,7 +148,7 @@ class TaskServer:
         record_arguments: bool = Settings.record_arguments,
         max_worker_memory: int | str | None = Settings.max_worker_memory,
         schedule: Iterable[Periodic] | None = None,
-        missed_runs: str = Settings.missed_runs,
+        missed_runs: MissedRuns = Settings.missed_runs,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(

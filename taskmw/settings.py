@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskmw.schedule import Periodic
+    from taskmw.schedule import MissedRuns, Periodic
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(IB|I|B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -146,7 +146,7 @@ class Settings:
     record_arguments: bool = False
     max_worker_memory: int | None = None
     schedule: tuple[Periodic, ...] = ()
-    missed_runs: str = "once"
+    missed_runs: MissedRuns = "once"
 
     def __post_init__(self) -> None:
         check_int("task_workers", self.task_workers, 1, 1024)
@@ -175,10 +175,10 @@ class Settings:
             memory = parse_size("max_worker_memory", self.max_worker_memory)
             check_int("max_worker_memory", memory, 1 << 20, 1 << 50)
             object.__setattr__(self, "max_worker_memory", memory)
-        if self.missed_runs not in ("once", "skip"):
-            raise ValueError(f"missed_runs must be 'once' or 'skip', got {self.missed_runs!r}")
-        from taskmw.schedule import schedule_of  # it imports the records, which import this module
+        from taskmw.schedule import MISSED_RUNS, schedule_of  # it imports the records, which import this module
 
+        if self.missed_runs not in MISSED_RUNS:
+            raise ValueError(f"missed_runs must be 'once' or 'skip', got {self.missed_runs!r}")
         object.__setattr__(self, "schedule", schedule_of(self.schedule))
         if self.max_tasks_per_worker is not None:
             check_int("max_tasks_per_worker", self.max_tasks_per_worker, 1, 1 << 62)
