@@ -81,7 +81,7 @@ class Periodic:
         TypeError: ``fn`` is not callable, or something cannot be pickled.
     """
 
-    __slots__ = ("fn", "every", "cron", "tz", "args", "kwargs", "overlap", "name", "payload", "_zone")
+    __slots__ = ("fn", "every", "cron", "tz", "args", "kwargs", "overlap", "name", "_payload", "_zone")
 
     def __init__(
         self,
@@ -107,8 +107,20 @@ class Periodic:
         self.overlap = overlap
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
-        self.payload = _codec.encode_call(fn, self.args, self.kwargs)
-        """The pickled call each run queues (made once, where ``fn`` is importable)."""
+        self._payload: bytes | None = None
+
+    @property
+    def payload(self) -> bytes:
+        """The pickled call each run queues: made at its first use (when a
+        pool takes the entry), not at decoration, when the module's name for
+        ``fn`` is not bound yet and ``fn`` could only travel by value.
+
+        Raises:
+            TypeError: something cannot be pickled (the message names it).
+        """
+        if self._payload is None:
+            self._payload = _codec.encode_call(self.fn, self.args, self.kwargs)
+        return self._payload
 
     def next_after(self, now: float) -> float:
         """The first due time strictly after ``now`` (both ``time.time()`` values)."""
@@ -147,7 +159,7 @@ class Periodic:
         unpickles the call in a task worker, as any task)."""
         entry = cls(_not_imported, every=data["every"], cron=data["cron"], tz=data["tz"], overlap=data["overlap"],
                     name=data["name"])  # fmt: skip
-        entry.payload = bytes.fromhex(data["payload"])
+        entry._payload = bytes.fromhex(data["payload"])
         return entry
 
 
@@ -264,6 +276,7 @@ def schedule_of(given: Sequence[Periodic] | None) -> tuple[Periodic, ...]:
         if entry.name in names:
             raise ValueError(f"schedule has two entries named {entry.name!r}: give one of them name=")
         names.add(entry.name)
+        entry.payload  # noqa: B018 - pickled now, where the pool is built: an unpicklable argument raises here
     return entries
 
 

@@ -137,7 +137,9 @@ def test_the_new_settings_under_taskmw_start() -> None:
         config.resolve({}, {"TASKMW_MAX_WORKER_MEMORY": "lots"})
     entry = Periodic(record_run, cron="0 3 * * *", tz="Europe/Berlin", args=("x",), name="nightly")
     wired = config.resolve({}, {}, {"schedule": [entry.wire()]}).pool_settings()["schedule"]
-    assert [(e.name, e.cron, e.tz, e.payload) for e in wired] == [("nightly", "0 3 * * *", "Europe/Berlin", entry.payload)]
+    assert [(e.name, e.cron, e.tz, e.payload) for e in wired] == [
+        ("nightly", "0 3 * * *", "Europe/Berlin", entry.payload)
+    ]
 
 
 def test_bad_schedule_settings() -> None:
@@ -148,6 +150,30 @@ def test_bad_schedule_settings() -> None:
     one = Periodic(record_run, every=5)
     with pytest.raises(ValueError, match="two entries named 'test_periodic.record_run'"):
         Settings(schedule=(one, Periodic(record_run, every=7)))
+
+
+def test_a_decorated_function_travels_by_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decorated where it is defined (its module's name for it not bound
+    yet), the function is still pickled by reference once a pool takes it:
+    a run uses the module's code and globals of the worker, not copies."""
+    (tmp_path / "decorated_here.py").write_text(
+        "import taskmw\n\n@taskmw.periodic(every=3600, name='decorated-here')\ndef job():\n    return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import decorated_here  # type: ignore[import-not-found]
+
+    try:
+        (entry,) = [e for e in taskmw.periodic_tasks() if e.name == "decorated-here"]
+        assert b"_make_function" not in entry.payload  # cloudpickle's by-value form
+        assert b"decorated_here" in entry.payload and entry.fn is decorated_here.job
+    finally:
+        _registry.pop("decorated-here", None)
+
+
+def test_unpicklable_arguments_fail_when_the_pool_is_built() -> None:
+    entry = Periodic(record_run, every=5, args=(lambda: None, __import__("threading").Lock()))
+    with pytest.raises(TypeError, match="lock"):
+        Settings(schedule=(entry,))
 
 
 # -- due times, through croniter, with a clock of the test's ------------------------------
