@@ -81,3 +81,11 @@ def test_every_second_runs_once_per_second_for_three_http_workers(tmp_path: Path
         text = subprocess.run(taskmw_status, capture_output=True, text=True, timeout=30, env=env)
         assert "Periodic tasks: 1" in text.stdout and "periodic_app.tick" in text.stdout, text.stdout
     assert not server.stop_report.problems(), server.stop_report.problems()
+
+
+def test_without_preload_each_http_worker_says_it_runs_the_schedule_itself(tmp_path: Path) -> None:
+    with running_server(lambda port: gunicorn_argv("periodic_app:app", port, 2, preload=False), tmp_path) as server:
+        assert _until(lambda: server.log_tail(200).count("periodic task(s) run once per HTTP worker") == 2), (
+            server.log_tail()
+        )
+    assert not server.stop_report.problems(), server.stop_report.problems()
