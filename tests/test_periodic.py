@@ -21,7 +21,7 @@ import pytest
 from helpers import WAIT, add, local_pool, wait_until
 
 import taskmw
-from taskmw import Periodic, Settings, TaskServer, records
+from taskmw import Periodic, Settings, TaskServer, _proc, records
 from taskmw.pool import Pool
 from taskmw.schedule import Scheduler, _registry, schedule_snapshot
 
@@ -437,11 +437,18 @@ def test_decorated_functions_are_the_default_schedule(caplog: pytest.LogCaptureF
 # -- memory recycling -----------------------------------------------------------------------
 
 
+def memory_limit() -> str:
+    """A ``max_worker_memory`` 80 MiB above this process's resident memory
+    now (a worker forked from it starts about there: its inherited pages count)."""
+    return f"{(_proc.rss_bytes(os.getpid()) or 0) // (1 << 20) + 80}MB"
+
+
 def test_a_worker_over_max_worker_memory_is_replaced_after_its_task(supervisor_log: Path) -> None:
-    with TaskServer(task_workers=1, entrypoints=False, max_worker_memory="96MB") as server:
+    limit = memory_limit()
+    with TaskServer(task_workers=1, entrypoints=False, max_worker_memory=limit) as server:
         first = server.taskwait(leak, 10, timeout=WAIT)  # under the limit: it stays
         assert server.taskwait(leak, 0, timeout=WAIT) == first
-        leaker = server.task(leak, 120)
+        leaker = server.task(leak, 160)
         queued = [server.task(add, i, 1) for i in range(20)]  # waiting behind it, never lost
         assert server.result(leaker, timeout=WAIT) == first  # its task finished ok, in that worker
         assert [server.result(t, timeout=WAIT) for t in queued] == [i + 1 for i in range(20)]
@@ -450,7 +457,7 @@ def test_a_worker_over_max_worker_memory_is_replaced_after_its_task(supervisor_l
         assert worker["restart_reason"] == "memory"
         assert worker["restarts"] == 0  # it did not die: it left
         assert server.taskwait(leak, 0, timeout=WAIT) != first
-    assert "is over max_worker_memory=96.0 MiB: recycling" in supervisor_log.read_text()
+    assert f"is over max_worker_memory={float(limit[:-2]):.1f} MiB: recycling" in supervisor_log.read_text()
 
 
 async def sleep_async(seconds: float) -> str:
@@ -461,10 +468,10 @@ async def sleep_async(seconds: float) -> str:
 
 
 def test_a_worker_over_its_memory_finishes_its_async_tasks_first() -> None:
-    with TaskServer(task_workers=1, entrypoints=False, max_worker_memory="96MB") as server:
+    with TaskServer(task_workers=1, entrypoints=False, max_worker_memory=memory_limit()) as server:
         first = server.taskwait(leak, 0, timeout=WAIT)
         sleeper = server.task(sleep_async, 1.0)
-        leaker = server.task(leak, 120)
+        leaker = server.task(leak, 160)
         assert server.result(leaker, timeout=WAIT) == first
         assert server.result(sleeper, timeout=WAIT) == "slept"  # not lost with its worker
         assert server.status(sleeper).status == "ok"
