@@ -171,8 +171,12 @@ OPTIONS: tuple[Option, ...] = (
            "after a task, a task worker whose resident memory is over this (500M, 1.5G) is replaced; 'none': never",
            pool=True, metavar="SIZE"),
     Option("missed_runs", ("--missed-runs",), _missed_runs, _DEFAULT.missed_runs,
-           "periodic runs due while the pool's supervisor was replaced: 'once' (run once at once) or 'skip'",
+           "periodic runs due while no supervisor ran (it was replaced; with --schedule-file, the pool was stopped): "
+           "'once' (run once at once) or 'skip'",
            pool=True, metavar="once|skip"),
+    Option("schedule_file", ("--schedule-file",), str, _DEFAULT.schedule_file,
+           "file in which the pool keeps its periodic tasks' last runs, so that a restart goes on from them",
+           pool=True, metavar="PATH"),
     Option("max_payload_bytes", ("--max-payload-bytes",), _size, _DEFAULT.max_payload_bytes,
            "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
     Option("spill_dir", ("--spill-dir",), str, _DEFAULT.spill_dir,

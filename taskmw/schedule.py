@@ -23,13 +23,16 @@ the last due time it handled in the pool's shared memory (:class:`ScheduleState`
 a supervisor that replaces a dead one, and a ``reload``, go on from there
 and never run a due time twice. Due times passed while no supervisor ran
 (the watchdog replacing a dead one) are run once at once, or skipped, as
-``missed_runs`` says. The history lives as long as the pool: a pool started
-anew begins with the next due time after its start.
+``missed_runs`` says. The history lives as long as the pool, unless
+``schedule_file`` keeps it: then a pool started anew goes on from it (and
+``missed_runs`` applies to the due times passed while it was stopped); else
+it begins with the next due time after its start.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import mmap
 import os
@@ -326,6 +329,7 @@ class Scheduler:
         self.words = pool.schedule.words
         self.clock = clock
         self.channel = -1  # the schedule's completion channel, once claimed
+        self._save_failed = False  # logged once
         if self.entries:
             self._claim()
             self._start(pool.settings.missed_runs)
@@ -346,27 +350,68 @@ class Scheduler:
 
     def _start(self, missed: str) -> None:
         """Set each entry's next due time: the one a dead supervisor planned
-        (a supervisor that replaces it), else the first after now (a new pool).
-        A planned due time more than :data:`_LATE` seconds past was missed:
-        ``missed="once"`` runs it now, ``"skip"`` skips it."""
+        (a supervisor that replaces it), else the one after the last due
+        time in ``schedule_file`` (a pool started anew), else the first after
+        now. A planned due time more than :data:`_LATE` seconds past was
+        missed: ``missed="once"`` runs it now, ``"skip"`` skips it."""
         now, w = self.clock(), self.words
+        kept = self._load()
         for i, entry in enumerate(self.entries):
             r = i * _ROW
             planned = w[r + _NEXT_DUE] / 1e9
+            where = "while the pool's supervisor was replaced"
+            if not planned and entry.name in kept:
+                w[r + _LAST_DUE] = _ns(kept[entry.name])
+                planned, where = entry.next_after(kept[entry.name]), "while the pool was stopped"
             if not planned:
                 w[r + _NEXT_DUE] = _ns(entry.next_after(now))
-            elif now - planned > _LATE:  # due while no supervisor ran
+            elif now - planned <= _LATE:
+                w[r + _NEXT_DUE] = _ns(planned)
+            elif missed == "once":
+                log.warning("periodic task %s: a run was due %s: running it now (missed_runs='once')",
+                            entry.name, where)  # fmt: skip
+                w[r + _NEXT_DUE] = _ns(entry.last_at_or_before(now) or planned)
+            else:
+                log.warning("periodic task %s: the run(s) due %s are skipped (missed_runs='skip')", entry.name, where)
                 due = entry.last_at_or_before(now) or planned
-                if missed == "once":
-                    log.warning("periodic task %s: a run was due while the pool's supervisor was replaced: "
-                                "running it now (missed_runs='once')", entry.name)  # fmt: skip
-                    w[r + _NEXT_DUE] = _ns(due)
-                else:
-                    log.warning("periodic task %s: the run(s) due while the pool's supervisor was replaced are "
-                                "skipped (missed_runs='skip')", entry.name)  # fmt: skip
-                    w[r + _LAST_DUE] = _ns(due)
-                    self._skipped(r, due)
-                    w[r + _NEXT_DUE] = _ns(entry.next_after(now))
+                w[r + _LAST_DUE] = _ns(due)
+                self._skipped(r, due)
+                w[r + _NEXT_DUE] = _ns(entry.next_after(now))
+        self._save()
+
+    def _load(self) -> dict[str, float]:
+        """The last due time of each entry, by name, from ``schedule_file`` (empty without one)."""
+        path = self.pool.settings.schedule_file
+        if path is None:
+            return {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            return {str(name): float(t) for name, t in data["last_due"].items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("schedule_file %s cannot be read (%s): the schedule starts from now", path, exc)
+            return {}
+
+    def _save(self) -> None:
+        """Write each entry's last due time to ``schedule_file`` (atomically: a
+        new file renamed over the old one), if there is one."""
+        path = self.pool.settings.schedule_file
+        if path is None:
+            return
+        w = self.words
+        last = {e.name: w[i * _ROW + _LAST_DUE] / 1e9 for i, e in enumerate(self.entries) if w[i * _ROW + _LAST_DUE]}
+        try:
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"last_due": last}, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if not self._save_failed:
+                log.error("schedule_file %s cannot be written (%s): a pool started anew will not know the "
+                          "last runs", path, exc)  # fmt: skip
+            self._save_failed = True
 
     def wait(self, longest: float) -> float:
         """Seconds until the next due time, at most ``longest``."""
@@ -382,15 +427,19 @@ class Scheduler:
             return
         self._read_finishes()
         now, w = self.clock(), self.words
+        handled = False
         for i, entry in enumerate(self.entries):
             r = i * _ROW
             if w[r + _NEXT_DUE] / 1e9 > now:
                 continue
+            handled = True
             try:
                 self._due(entry, r, now)
             except Exception:  # noqa: BLE001 - one entry's failure must not stop the supervisor or the others
                 log.exception("periodic task %s: scheduling failed; trying again in %gs", entry.name, _RETRY)
                 w[r + _NEXT_DUE] = _ns(now + _RETRY)
+        if handled:
+            self._save()
 
     def _due(self, entry: Periodic, r: int, now: float) -> None:
         """Entry ``entry`` (its row at ``r``) is due: queue its run, or skip it."""

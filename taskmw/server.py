@@ -96,7 +96,8 @@ class TaskServer:
         max_dispatchers, channel_bytes, task_records, result_bytes,
         result_ttl, task_timeout, retries, retry_backoff,
         max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
-        record_arguments, builder_dumpable, max_worker_memory, missed_runs: the pool's settings, each
+        record_arguments, builder_dumpable, max_worker_memory, missed_runs,
+        schedule_file: the pool's settings, each
             described in :class:`taskmw.Settings` (and, with its
             ``taskmw start`` flag, in docs/configuration.md).
         schedule: the pool's periodic tasks (:class:`taskmw.Periodic`), run
@@ -149,6 +150,7 @@ class TaskServer:
         max_worker_memory: int | str | None = Settings.max_worker_memory,
         schedule: Iterable[Periodic] | None = None,
         missed_runs: MissedRuns = Settings.missed_runs,
+        schedule_file: str | None = Settings.schedule_file,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(
@@ -174,6 +176,7 @@ class TaskServer:
             max_worker_memory=max_worker_memory,  # type: ignore[arg-type] # a size string becomes bytes
             schedule=schedule_of(None if schedule is None else tuple(schedule)),
             missed_runs=missed_runs,
+            schedule_file=schedule_file,
         )
         """The pool's settings (:class:`taskmw.settings.Settings`)."""
         self.backend = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"

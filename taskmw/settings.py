@@ -117,9 +117,14 @@ class Settings:
             entries), run by its supervisor, once per due time per pool (see
             :mod:`taskmw.schedule`). :class:`taskmw.TaskServer` gives the
             ``@taskmw.periodic`` functions when it is not given one.
-        missed_runs: what a supervisor that replaces a dead one does with
-            the due times that passed meanwhile: ``"once"`` runs each entry
-            once at once, ``"skip"`` waits for the next due time.
+        missed_runs: what a supervisor does with the due times that passed
+            while none ran (a dead one being replaced; with ``schedule_file``,
+            the pool stopped): ``"once"`` runs each entry once at once,
+            ``"skip"`` waits for the next due time.
+        schedule_file: a file in which the supervisor keeps each periodic
+            entry's last due time, so that a pool started anew goes on from
+            it (``missed_runs`` then applies to what was due while the pool
+            was stopped); ``None``: a new pool begins with the next due time.
 
     Raises:
         ValueError: a setting is out of range (the message names it).
@@ -147,6 +152,7 @@ class Settings:
     max_worker_memory: int | None = None
     schedule: tuple[Periodic, ...] = ()
     missed_runs: MissedRuns = "once"
+    schedule_file: str | None = None
 
     def __post_init__(self) -> None:
         check_int("task_workers", self.task_workers, 1, 1024)
@@ -167,6 +173,8 @@ class Settings:
             raise ValueError(f"record_arguments must be True or False, got {self.record_arguments!r}")
         if not isinstance(self.builder_dumpable, bool):
             raise ValueError(f"builder_dumpable must be True or False, got {self.builder_dumpable!r}")
+        if self.schedule_file is not None and (not isinstance(self.schedule_file, str) or not self.schedule_file):
+            raise ValueError(f"schedule_file must be a file's path or None, got {self.schedule_file!r}")
         if self.spill_dir is not None and (not isinstance(self.spill_dir, str) or not self.spill_dir):
             raise ValueError(f"spill_dir must be a directory's path or None, got {self.spill_dir!r}")
         if self.task_timeout is not None:

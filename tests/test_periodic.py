@@ -10,11 +10,12 @@ must not overlap, a worker that leaks past ``max_worker_memory``.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -317,13 +318,83 @@ def test_a_new_pool_starts_from_the_next_due_time(bare_pool: Pool) -> None:
     assert _queued(bare_pool) == []  # nothing known of before the pool: nothing missed
 
 
+@pytest.fixture
+def restarted(tmp_path: Path) -> Iterator[Callable[..., Pool]]:
+    """Makes pools (shared state only, nothing forked) with one minutely
+    entry and the same ``schedule_file``: each one a pool started anew."""
+    made: list[Pool] = []
+
+    def make(missed: str = "once") -> Pool:
+        entry = Periodic(record_run, every=60, name="minutely")
+        settings = Settings(task_workers=1, schedule=(entry,), schedule_file=str(tmp_path / "schedule.json"),
+                            missed_runs=missed, task_records=1024)  # fmt: skip
+        made.append(Pool(settings))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for pool in made:
+            pool.remove_files()
+
+
+def test_schedule_file_carries_the_history_across_restarts(
+    restarted: Callable[..., Pool], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(_utc(2031, 1, 1, 10, 0, 30))
+    first = restarted()
+    scheduler = Scheduler(first, clock)
+    clock.now += 30
+    scheduler.tick()
+    assert _queued(first) == ["minutely"]
+    assert json.loads((tmp_path / "schedule.json").read_text()) == {"last_due": {"minutely": _utc(2031, 1, 1, 10, 1)}}
+    clock.now += 20  # stopped, and started again within the same minute: not again
+    again = restarted()
+    scheduler = Scheduler(again, clock)
+    scheduler.tick()
+    assert _queued(again) == []
+    clock.now = _utc(2031, 1, 1, 10, 2)
+    scheduler.tick()
+    assert _queued(again) == ["minutely"]
+    clock.now = _utc(2031, 1, 1, 10, 5, 30)  # stopped from 10:02:10 to 10:05:30: missed, run once
+    with caplog.at_level(logging.WARNING, "taskmw.schedule"):
+        late = restarted()
+        scheduler = Scheduler(late, clock)
+    assert "a run was due while the pool was stopped: running it now" in caplog.text
+    scheduler.tick()
+    assert _queued(late) == ["minutely"]
+    scheduler.tick()
+    assert _queued(late) == []
+    clock.now = _utc(2031, 1, 1, 10, 9, 30)
+    skipping = restarted("skip")
+    scheduler = Scheduler(skipping, clock)
+    scheduler.tick()
+    assert _queued(skipping) == []
+    assert schedule_snapshot(skipping)[0]["skipped"] == 1
+    clock.now = _utc(2031, 1, 1, 10, 10)
+    scheduler.tick()
+    assert _queued(skipping) == ["minutely"]
+
+
+def test_an_unreadable_schedule_file_starts_from_now(
+    restarted: Callable[..., Pool], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "schedule.json").write_text("{not json")
+    clock = Clock(_utc(2031, 1, 1, 10, 0, 30))
+    with caplog.at_level(logging.WARNING, "taskmw.schedule"):
+        scheduler = Scheduler(restarted(), clock)
+    assert "cannot be read" in caplog.text and "schedule.json" in caplog.text
+    assert scheduler.wait(100.0) == pytest.approx(30.0)
+
+
 # -- real pools ---------------------------------------------------------------------------
 
 
 def test_runs_are_ordinary_tasks_listed_in_stats(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     entry = Periodic(record_run, every=0.5, args=(str(out),), name="half")
-    with TaskServer(task_workers=2, entrypoints=False, schedule=[entry]) as server:
+    kept = tmp_path / "schedule.json"
+    with TaskServer(task_workers=2, entrypoints=False, schedule=[entry], schedule_file=str(kept)) as server:
         assert wait_until(lambda: len(runs(out)) >= 2)
         listed = server.stats()["schedule"]
         assert [e["name"] for e in listed] == ["half"]
@@ -332,6 +403,8 @@ def test_runs_are_ordinary_tasks_listed_in_stats(tmp_path: Path) -> None:
         assert wait_until(lambda: server.stats()["schedule"][0]["last_status"] == "ok")
         info = server.status(server.stats()["schedule"][0]["last_task_id"])
         assert info.name == "half" and info.status == "ok" and info.worker_id in (0, 1)
+        last = server.stats()["schedule"][0]["last_run"]
+    assert json.loads(kept.read_text())["last_due"]["half"] >= last  # written by the supervisor
 
 
 def test_a_slow_run_makes_the_next_ones_skip_not_overlap(tmp_path: Path, supervisor_log: Path) -> None:

@@ -5,6 +5,7 @@ importing the app, so the schedule comes from the child that inspects it
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -21,8 +22,9 @@ def _runs(workdir: Path) -> list[float]:
 
 
 def test_taskmw_start_runs_the_apps_periodic_tasks_once(tmp_path: Path) -> None:
-    with taskmw_server(tmp_path, "periodic_app:app", "-w", "3", "--missed-runs", "skip",
-                       "--max-worker-memory", "1G", chdir=E2E_APPS) as (server, pid_file):  # fmt: skip
+    kept = tmp_path / "schedule.json"
+    with taskmw_server(tmp_path, "periodic_app:app", "-w", "3", "--missed-runs", "skip", "--max-worker-memory",
+                       "1G", "--schedule-file", str(kept), chdir=E2E_APPS) as (server, pid_file):  # fmt: skip
         wait_for(lambda: len(_runs(tmp_path)) >= 2, "two periodic runs")
         st = status(pid_file, server.cli_env)  # type: ignore[attr-defined]
         (entry,) = st["pool"]["schedule"]
@@ -39,3 +41,4 @@ def test_taskmw_start_runs_the_apps_periodic_tasks_once(tmp_path: Path) -> None:
         assert len(set(dues)) >= len(dues) - 1, f"several runs for one due time: {dues}"
         assert len(dues) <= now - first + 2, f"{len(dues)} runs in {now - first:.1f}s: {dues}"
         stop_and_check(server, pid_file)
+    assert json.loads(kept.read_text())["last_due"]["periodic_app.tick"] >= int(dues[-1])
