@@ -57,7 +57,7 @@ MISSED_RUNS: tuple[str, ...] = ("once", "skip")
 _registry: dict[str, Periodic] = {}
 """``@periodic`` entries by name, in the order they were decorated."""
 _built: list[int] = []
-"""The pid of the process that built a local pool from the registry (a later ``@periodic`` there is not in it)."""
+"""The pids of the processes that built a local pool (a later ``@periodic`` there is in no pool's schedule)."""
 
 
 class Periodic:
@@ -262,8 +262,8 @@ def periodic_tasks() -> list[Periodic]:
 
 
 def pool_built() -> None:
-    """A local pool was built in this process: a function
-    decorated here from now on is not in its schedule (see :func:`periodic`)."""
+    """A local pool was built in this process: a function decorated here
+    from now on is not in its schedule (see :func:`periodic`)."""
     _built.append(os.getpid())
 
 
