@@ -30,6 +30,7 @@ from taskmw.ring import (
     RingFull,
     RingStats,
 )
+from taskmw.schedule import Periodic, periodic, periodic_tasks
 from taskmw.server import TaskServer, create_server
 from taskmw.settings import Settings
 from taskmw.tasks import (
@@ -49,6 +50,7 @@ __all__ = [
     "Batch",
     "DeferredListener",
     "Held",
+    "Periodic",
     "PoolClosed",
     "QueueFull",
     "RecordTooLarge",
@@ -81,6 +83,8 @@ __all__ = [
     "deferred",
     "hookimpl",
     "hookspec",
+    "periodic",
+    "periodic_tasks",
     "progress",
     "task",
 ]

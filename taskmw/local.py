@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from taskmw import _proc, _table, delayed, records, supervisor, worker
+from taskmw import _proc, _table, delayed, records, schedule, supervisor, worker
 from taskmw._table import ATTEMPT, SEQ, STARTED, TASK, TERMINATE
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed, UnknownTask
@@ -70,6 +70,7 @@ class LocalTransport:
         if options:
             raise TypeError(f"the local pool got unexpected settings: {', '.join(sorted(options))}")
         self.pool = Pool(settings)
+        schedule.pool_built()
         self._server = server
         self._deliver: Deliver | None = None
         self._channel: Channel | None = None
@@ -368,6 +369,7 @@ class LocalTransport:
         out["supervisor_pid"] = self.pool.supervisor_pid
         out["task_workers"] = self.pool.settings.task_workers
         out["queue_depth"] = self.pool.submit.stats().records
+        out["schedule"] = schedule.schedule_snapshot(self.pool)
         return out
 
     def reload(self) -> None:

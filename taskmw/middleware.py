@@ -233,6 +233,9 @@ class TaskMiddleware:
                             "--preload each HTTP worker has its own pool, and task ids are unique only within it; "
                             "gunicorn --preload or taskmw start share one pool", os.getpid(),
                             self.server.task_workers)  # fmt: skip
+                if self.server.settings.schedule:
+                    log.warning("taskmw: so its %d periodic task(s) run once per HTTP worker, not once in all: use "
+                                "--preload or taskmw start", len(self.server.settings.schedule))  # fmt: skip
             path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
             if path:
                 _control.serve_status(self.server, path)

@@ -26,6 +26,7 @@ from taskmw import _proc, records
 from taskmw._table import WorkerTable
 from taskmw.errors import PoolClosed, QueueFull
 from taskmw.ring import Ring, RingFull
+from taskmw.schedule import ScheduleState
 from taskmw.settings import Settings
 from taskmw.tasktable import TaskTable
 
@@ -83,14 +84,17 @@ class Pool:
             spin_us=_SPIN_US,
         )
         """The task queue: submit records of :mod:`taskmw.records`."""
+        self.schedule_channel = settings.max_dispatchers if settings.schedule else None
+        """The completion channel of the schedule's runs, after the dispatchers' (``None``: no schedule).
+        The supervisor claims it (see :mod:`taskmw.schedule`)."""
+        channels = settings.max_dispatchers + (self.schedule_channel is not None)
         self.channels = [
-            Ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
-            for _ in range(settings.max_dispatchers)
+            Ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US) for _ in range(channels)
         ]
-        """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`)."""
+        """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`), and the schedule's."""
         self.backlogs = [
             Ring(BACKLOG_FACTOR * settings.channel_bytes, slots=2 * workers + 8, max_held=1, spin_us=_SPIN_US)
-            for _ in range(settings.max_dispatchers)
+            for _ in range(channels)
         ]
         """One backlog per completion channel: finishes that did not fit in a
         full channel wait here, and the supervisor moves them on as the
@@ -99,6 +103,8 @@ class Pool:
         """One row of counters per worker, plus the supervisor's."""
         self.tasks = TaskTable(settings.task_records, workers, settings.result_bytes, settings.result_ttl)
         """The record of every task (see :mod:`taskmw.tasktable`)."""
+        self.schedule = ScheduleState(len(settings.schedule))
+        """The history of the schedule's entries (see :mod:`taskmw.schedule`)."""
         self.page = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with every forked process
         """The state page: ``page[0]`` is :attr:`state` (read directly on the hot path)."""
         self.spill_at = min(1 << 20, self.submit.max_record)

@@ -42,6 +42,7 @@ from taskmw.listeners import Listener
 from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
+from taskmw.schedule import MissedRuns, Periodic, schedule_of
 from taskmw.settings import Settings
 from taskmw.tasks import OPTIONS_ATTR, ServiceTask, Task, _set_default
 from taskmw.tasktable import task_name_field
@@ -96,9 +97,15 @@ class TaskServer:
         max_dispatchers, channel_bytes, task_records, result_bytes,
         result_ttl, task_timeout, retries, retry_backoff,
         max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
-        record_arguments, builder_dumpable: the pool's settings, each
+        record_arguments, builder_dumpable, max_worker_memory, missed_runs,
+        schedule_file: the pool's settings, each
             described in :class:`taskmw.Settings` (and, with its
             ``taskmw start`` flag, in docs/configuration.md).
+        schedule: the pool's periodic tasks (:class:`taskmw.Periodic`), run
+            once per due time per pool by its supervisor; ``None`` (the
+            default): the functions decorated with ``@taskmw.periodic`` that
+            were imported before this pool is built
+            (:func:`taskmw.periodic_tasks`); a list: exactly those entries.
 
         backend: where tasks run: ``"local"`` (this pool) or the name of a
             backend installed in the entry-point group ``taskmw.backends``
@@ -141,6 +148,10 @@ class TaskServer:
         spill_bytes: int = Settings.spill_bytes,
         builder_dumpable: bool = Settings.builder_dumpable,
         record_arguments: bool = Settings.record_arguments,
+        max_worker_memory: int | str | None = Settings.max_worker_memory,
+        schedule: Iterable[Periodic] | None = None,
+        missed_runs: MissedRuns = Settings.missed_runs,
+        schedule_file: str | None = Settings.schedule_file,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(
@@ -163,6 +174,10 @@ class TaskServer:
             spill_bytes=spill_bytes,
             builder_dumpable=builder_dumpable,
             record_arguments=record_arguments,
+            max_worker_memory=max_worker_memory,  # type: ignore[arg-type] # a size string becomes bytes
+            schedule=schedule_of(None if schedule is None else tuple(schedule)),
+            missed_runs=missed_runs,
+            schedule_file=schedule_file,
         )
         """The pool's settings (:class:`taskmw.settings.Settings`)."""
         self.backend = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"
@@ -457,6 +472,11 @@ class TaskServer:
         "restarts"}, ...], "totals": {status: count}}``: ``state`` is one of
         ``starting``, ``idle``, ``busy``, ``stopping``; ``task_started`` is a
         ``time.time()`` value; ``totals`` counts every finish the pool made.
+        ``"schedule"`` lists the periodic tasks with their next and last run
+        (see :func:`taskmw.schedule.schedule_snapshot`); each worker's
+        ``"recycled"`` counts its clean replacements and ``"restart_reason"``
+        says why its last predecessor went (``"max_tasks"``, ``"memory"``,
+        ``"reload"``, ``"died"``; ``None``: none went).
         Works in every process that shares the pool. Other backends say what
         they can (``"backend"`` names them). ``"tasks"`` is :meth:`tasks`
         (each task as a dict).

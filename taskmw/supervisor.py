@@ -42,6 +42,7 @@ from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
 from taskmw.ring import Held, RingFull
+from taskmw.schedule import Scheduler
 
 _TERMINATED = TaskError("Cancelled", "the task was cancelled while it ran; its worker was replaced", "")
 _CANCELLED_DELAYED = TaskError("Cancelled", "the task was cancelled before it ran", "")
@@ -222,7 +223,10 @@ class _Supervisor:
         self.words = pool.table.words
         self.backlogs = Backlogs(pool)
         self.scheduler = delayed.Scheduler(pool, self.send_cancelled)
+        """The delayed tasks this supervisor holds until due (:mod:`taskmw.delayed`)."""
         self.cancel_error = _CANCELLED_DELAYED
+        self.periodic = Scheduler(pool)
+        """The pool's periodic tasks (:mod:`taskmw.schedule`)."""
 
     def run(self) -> int:
         if self.adopted:
@@ -234,7 +238,8 @@ class _Supervisor:
         scheduler = self.scheduler
         scheduler.tick(woken=True)  # the delayed tasks held before this supervisor started
         while not self.stopping:
-            info = signal.sigtimedwait(_WATCHED, scheduler.wait(_BUSY_TICK if self.backlogs.busy else _TICK))
+            tick = _BUSY_TICK if self.backlogs.busy else _TICK
+            info = signal.sigtimedwait(_WATCHED, min(scheduler.wait(tick), self.periodic.wait(tick)))
             if info is not None and info.si_signo == signal.SIGTERM:
                 self.stopping = True
             elif os.getppid() != self.owner:
@@ -245,6 +250,8 @@ class _Supervisor:
             self.watch_adopted()
             self.backlogs.move()
             scheduler.tick(woken=info is not None and info.si_signo == delayed.WAKE)
+            if not self.stopping:
+                self.periodic.tick()
             if self.unstarted and time.monotonic() >= self.next_fork:
                 self.start_unstarted()
         self.stop()
@@ -401,6 +408,7 @@ class _Supervisor:
         r = worker_id * ROW
         if failed and not cancelled_seq:
             self.words[r + RESTARTS] += 1
+            self.words[r + _table.REASON] = _table.DIED
         running_seq, running_id = self.words[r + SEQ], self.words[r + TASK]  # what it ran when it died
         if (failed or lost) and not timed_seq and not cancelled_seq:
             log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))

@@ -111,6 +111,7 @@ class _Worker:
         self.generation = pool.table.generation
         self.timeout = pool.settings.task_timeout
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
+        self.max_memory = pool.settings.max_worker_memory
         self.tasks = pool.tasks
         self.record_arguments = pool.settings.record_arguments
         self.current = 0  # the id of the sync task running now, for taskmw.progress()
@@ -147,6 +148,7 @@ class _Worker:
                     log.warning("task worker %d: the supervisor is gone, exiting", self.worker_id)
                     return
                 if table.generation != self.generation:
+                    self.recycle(_table.RELOAD)
                     return  # reloaded: a fresh worker takes this one's place
                 continue
             started = time.perf_counter()
@@ -186,13 +188,36 @@ class _Worker:
                 if extra:
                     ring.push_many([b""] * extra, aux=records.STOP, timeout=5.0)
                 return
-            if orphan or table.generation != self.generation:
+            if orphan:
+                return
+            if table.generation != self.generation:
+                self.recycle(_table.RELOAD)
                 return
             if self.tasks_left > 0:
                 self.tasks_left -= len(batch.records)
                 if self.tasks_left <= 0:
                     log.info("task worker %d: max_tasks_per_worker reached, recycling", self.worker_id)
+                    self.recycle(_table.MAX_TASKS)
                     return
+            if self.max_memory is not None and self.over_memory():
+                return
+
+    def over_memory(self) -> bool:
+        """True (and recorded, and logged) if this worker's resident memory
+        is over ``max_worker_memory``: it exits, after its async tasks, and
+        the supervisor starts a fresh one in its row."""
+        rss = _proc.rss_bytes(os.getpid()) or 0
+        if rss <= (self.max_memory or 0):
+            return False
+        log.warning("task worker %d: resident memory %.1f MiB is over max_worker_memory=%.1f MiB: recycling",
+                    self.worker_id, rss / (1 << 20), (self.max_memory or 0) / (1 << 20))  # fmt: skip
+        self.recycle(_table.MEMORY)
+        return True
+
+    def recycle(self, reason: int) -> None:
+        """Record in the worker table why this worker leaves (it exits cleanly next)."""
+        self.words[self.row + _table.RECYCLED] += 1
+        self.words[self.row + _table.REASON] = reason
 
     def failed(self, seq: int, exc: BaseException, task_id: int = 0) -> bytes:
         """The ``error`` finish of a task whose outcome could not be made
