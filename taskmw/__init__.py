@@ -30,15 +30,27 @@ from taskmw.ring import (
     RingFull,
     RingStats,
 )
+from taskmw.schedule import Periodic, periodic, periodic_tasks
 from taskmw.server import TaskServer, create_server
 from taskmw.settings import Settings
-from taskmw.tasks import DeferredListener, ServiceTask, Task, TaskFunction, current_server, deferred, progress, task
+from taskmw.tasks import (
+    DeferredListener,
+    ServiceTask,
+    Task,
+    TaskFunction,
+    TaskOptions,
+    current_server,
+    deferred,
+    progress,
+    task,
+)
 
 __all__ = [
     "ASGITaskMiddleware",
     "Batch",
     "DeferredListener",
     "Held",
+    "Periodic",
     "PoolClosed",
     "QueueFull",
     "RecordTooLarge",
@@ -58,6 +70,7 @@ __all__ = [
     "TaskFailed",
     "TaskFinishEvent",
     "TaskFunction",
+    "TaskOptions",
     "TaskInfo",
     "TaskMiddleware",
     "TaskServer",
@@ -70,6 +83,8 @@ __all__ = [
     "deferred",
     "hookimpl",
     "hookspec",
+    "periodic",
+    "periodic_tasks",
     "progress",
     "task",
 ]

@@ -212,8 +212,13 @@ class Host:
                 conn.close()
                 return
             head = {
-                "settings": dataclasses.asdict(settings),
+                # Plain values (JSON: nothing a joiner unpickles); the schedule runs in the supervisor.
+                "settings": {
+                    f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "schedule"
+                },
                 "spill_dir": files.spill_dir,
+                "scheduled_dir": files.scheduled_dir,
+                "schedule_entries": files.schedule_entries,
                 "owner": files.owner,
                 "fds": len(files.fds),
                 "pool": pool_id,
@@ -295,7 +300,7 @@ def join(group: Group) -> Joined | None:
                 raise ConnectionError("the pool's supervisor hung up while sending its files")
             received.extend(fds)
         sock.settimeout(None)
-        files = PoolFiles(received, head["spill_dir"], head["owner"])
+        files = PoolFiles(received, head["spill_dir"], head["scheduled_dir"], head["schedule_entries"], head["owner"])
         return Joined(Settings(**head["settings"]), files, head["pool"], head["supervisor"], sock)
     except BaseException:
         for fd in received:

@@ -42,6 +42,8 @@ ASYNC_DEADLINE = 14  # time.monotonic_ns() of that limit
 ASYNC_SEQ = 15  # the ring seq of that task
 ASYNC_LIMIT = 16  # its time limit, in ns
 START = 17  # worker (supervisor clears it): its start time (taskmw._proc.start_ticks), which with PID names it
+RECYCLED = 19  # worker: times this row's worker exited cleanly to be replaced (max_tasks_per_worker, memory, reload)
+REASON = 20  # why this row's last worker went (one of REASONS' indexes; 0: none went); the supervisor sets DIED
 ROW = 24
 
 # Fields of the supervisor's row.
@@ -54,6 +56,10 @@ STOPPED_BY = 5  # pid of the supervisor that stopped the pool, once it is done (
 MEMBERS = 6  # a shared pool's processes (the builder and the siblings that joined; see taskmw._share)
 
 STARTING, IDLE, BUSY, STOPPING = range(4)
+REASONS = (None, "max_tasks", "memory", "reload", "died")
+"""What :data:`REASON` says: a worker replaced after ``max_tasks_per_worker``
+tasks, over ``max_worker_memory``, by a reload, or after it died."""
+MAX_TASKS, MEMORY, RELOAD, DIED = range(1, 5)
 STATE_NAMES = ("starting", "idle", "busy", "stopping")
 _PAGE = mmap.PAGESIZE
 
@@ -123,6 +129,8 @@ class WorkerTable:
                     "tasks_done": done,
                     "rss_bytes": rss_bytes(pid) if pid else None,
                     "restarts": w[r + RESTARTS],
+                    "recycled": w[r + RECYCLED],
+                    "restart_reason": REASONS[w[r + REASON]] if 0 <= w[r + REASON] < len(REASONS) else None,
                 }
             )
         s = self.sup

@@ -69,7 +69,8 @@ class Channel:
         Raises:
             PoolClosed: every channel is held by a live process.
         """
-        for index, ring in enumerate(pool.channels):
+        for index in range(pool.settings.max_dispatchers):  # (the schedule's channel is after these)
+            ring = pool.channels[index]
             if not pool.try_claim(index):
                 continue
             stale = 0
@@ -82,7 +83,7 @@ class Channel:
                 log.info("completion channel %d: dropped %d finishes of its previous owner", index, stale)
             return cls(pool, index, deliver)
         raise PoolClosed(
-            f"all {len(pool.channels)} completion channels are claimed by live processes: "
+            f"all {pool.settings.max_dispatchers} completion channels are claimed by live processes: "
             "raise max_dispatchers to let more processes queue tasks"
         )
 

@@ -15,7 +15,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskmw.settings import Settings
+from taskmw._address import join_address, parse_address
+from taskmw.schedule import MISSED_RUNS, Periodic
+from taskmw.settings import Settings, parse_size
 
 ENV_PREFIX = "TASKMW_"
 _DEFAULT = Settings()
@@ -43,17 +45,23 @@ def _int_or_none(text: str) -> int | None:
 
 def _address(text: str) -> str:
     """``HOST:PORT`` (a bare ``PORT``: on 127.0.0.1), checked."""
-    from taskmw.web.serve import parse_address  # not at import: the CLI's other commands need no web code
-
-    host, port = parse_address(text)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_address(*parse_address(text))
 
 
 def _size(text: str) -> int:
-    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    return int(text[:-1] if factor > 1 else text) * factor
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024: ``64M``, ``1.5GiB``)."""
+    return parse_size("a size", text)
+
+
+def _size_or_none(text: str) -> int | None:
+    return None if text.strip().lower() in ("", "none", "off") else _size(text)
+
+
+def _missed_runs(text: str) -> str:
+    value = text.strip().lower()
+    if value not in MISSED_RUNS:
+        raise ValueError(f"expected one of {', '.join(MISSED_RUNS)}, got {text!r}")
+    return value
 
 
 def _size_text(value: int) -> str:
@@ -89,7 +97,7 @@ class Option:
         """The default, as ``--help`` and docs/configuration.md say it."""
         if self.shown is not None:
             return self.shown
-        if self.parse is _size:
+        if self.parse in (_size, _size_or_none) and self.default is not None:
             return _size_text(self.default)
         if self.default is None:
             return "none"
@@ -157,6 +165,16 @@ OPTIONS: tuple[Option, ...] = (
            pool=True, metavar="SECONDS"),
     Option("max_tasks_per_worker", ("--max-tasks-per-worker",), _int_or_none, _DEFAULT.max_tasks_per_worker,
            "a task worker is replaced after this many tasks; 'none': never", pool=True, metavar="N"),
+    Option("max_worker_memory", ("--max-worker-memory",), _size_or_none, _DEFAULT.max_worker_memory,
+           "after a task, a task worker whose resident memory is over this (500M, 1.5G) is replaced; 'none': never",
+           pool=True, metavar="SIZE"),
+    Option("missed_runs", ("--missed-runs",), _missed_runs, _DEFAULT.missed_runs,
+           "periodic runs due while no supervisor ran (it was replaced; with --schedule-file, the pool was stopped): "
+           "'once' (run once at once) or 'skip'",
+           pool=True, metavar="once|skip"),
+    Option("schedule_file", ("--schedule-file",), str, _DEFAULT.schedule_file,
+           "file in which the pool keeps its periodic tasks' last runs, so that a restart goes on from them",
+           pool=True, metavar="PATH"),
     Option("max_payload_bytes", ("--max-payload-bytes",), _size, _DEFAULT.max_payload_bytes,
            "largest task (pickled) that task() accepts", pool=True, metavar="SIZE"),
     Option("spill_dir", ("--spill-dir",), str, _DEFAULT.spill_dir,
@@ -182,7 +200,7 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
-APP_ONLY = ("entrypoints", "backend", "disable_plugins")
+APP_ONLY = ("entrypoints", "backend", "disable_plugins", "schedule")
 """TaskServer settings taken from the app's ``TaskMiddleware(...)`` that have no option."""
 POOL_SETTING = {"num_task_workers": "task_workers"}
 """Options whose TaskServer argument has another name."""
@@ -212,11 +230,14 @@ class Resolved:
         """Arguments for :class:`~taskmw.TaskServer`: the pool options that
         were given (by flag, environment or the app), leaving the rest to
         TaskServer's own defaults."""
-        return self.app_only | {
+        out = self.app_only | {
             pool_name(opt): self.values[opt.name]
             for opt in OPTIONS
             if opt.pool and (self.sources[opt.name] != "default" or opt.name == "num_task_workers")
         }
+        if "schedule" in out:  # the app's, as the inspecting child sent it (the master does not import the app)
+            out["schedule"] = [Periodic.from_wire(entry) for entry in out["schedule"]]
+        return out
 
 
 def resolve(

@@ -73,6 +73,8 @@ class Delivery:
         self.early: dict[int, TaskFinishEvent] = {}  # waited-for finishes that beat their waiter
         self.sent = 0  # tasks queued by this process
         self.done = 0  # finishes delivered to it
+        self.delayed = 0  # of the tasks queued, those queued with delay=/eta=
+        self.delayed_ended = 0  # of those, the ones whose delayed run has finished
         self.recent: OrderedDict[int, None] = OrderedDict()  # seqs finished lately, oldest first
         self.handed = 0  # finishes handed over so far: drain() watches it move
         self.busy = 0  # deliver() calls under way
@@ -114,7 +116,7 @@ class Delivery:
         recent, retries, hand_over = self.recent, self.retries, self.hand_over
         read, wants = records.read_finish, records.wants
         bits = records.batch_bits(headers)
-        spilled, waited = records.is_spilled(bits), records.wants(bits)
+        spilled, waited, delayed = records.is_spilled(bits), records.wants(bits), records.is_delayed(bits)
         for record, header in zip(finishes, headers, strict=True):
             try:
                 if spilled and records.is_spilled(header):
@@ -133,10 +135,14 @@ class Delivery:
                 continue
             retry = None
             if retries.by_seq or retries.registering:
+                key = task_id if delayed and records.is_delayed(header) else seq  # its run has a seq of its own
                 on_loop = bool(retries.registering) and asyncio._get_running_loop() is not None
-                retry = retries.take(seq, wait=not on_loop)
+                retry = retries.take(key, wait=not on_loop)
                 if on_loop and self._park(retry, seq, record, header, floor):
                     continue
+            if delayed and records.is_delayed(header):
+                with self.lock:
+                    self.delayed_ended += 1
             recent[seq] = None
             if len(recent) > _RECENT:
                 recent.popitem(last=False)
@@ -229,7 +235,7 @@ class Delivery:
             if self.done >= self.sent:
                 self.idle.notify_all()
 
-    def drain(self, timeout: float, alive: Callable[[], bool], pending: Callable[[], int]) -> int:
+    def drain(self, timeout: float, alive: Callable[[], bool], pending: Callable[[], int], delayed: bool = True) -> int:
         """Wait until every task this process queued has had its finish
         handed over (to its waiter and the ``on_finish`` hooks); returns how
         many had not when it gave up.
@@ -239,11 +245,18 @@ class Delivery:
         come: it waits while there are some (``pending()`` records not read
         yet, or a delivery under way) and each is handed over within
         :data:`STALL` seconds of the one before; it stops once none is left.
+        With ``delayed`` false it does not wait for the delayed tasks not
+        due yet (they run later, whether this process is there or not).
         """
         start = time.monotonic()
         last, moved, empty = self.handed, start, 0
+
+        def finished() -> bool:
+            waived = 0 if delayed else self.delayed - self.delayed_ended
+            return self.done + waived >= self.sent
+
         with self.lock:
-            while not self.idle.wait_for(lambda: self.done >= self.sent, timeout=0.05):
+            while not self.idle.wait_for(finished, timeout=0.05):
                 now = time.monotonic()
                 if self.handed != last:
                     last, moved = self.handed, now
@@ -257,7 +270,7 @@ class Delivery:
                     empty += 1
                     if empty >= 2:  # nothing left to read, twice in a row: the rest will not come
                         break
-            return max(0, self.sent - self.done)
+            return max(0, self.sent - self.done - (0 if delayed else self.delayed - self.delayed_ended))
 
     def retry_failed(self, retry: Retry, exc: BaseException) -> None:
         """A retry could not be queued: its task finishes ``error`` saying why."""

@@ -18,8 +18,10 @@ What differs: the task has finished, and ``on_finish`` has run, when
 ``task()`` returns; tasks run one at a time in the calling thread
 (``async def`` tasks are run to completion on an event loop of their own);
 ``retries`` re-run a failed task at once (no backoff); time limits
-(``task_timeout``, a task's ``timeout``) are not applied, and ``taskwait``'s
-``timeout`` has nothing to wait for; the other pool settings
+(``task_timeout``, a task's own) are not applied, and ``taskwait``'s
+``timeout`` has nothing to wait for; a delayed task (``delay=``, ``eta=``)
+runs at once, like Celery's eager mode ignores ``countdown`` (its
+``status()`` keeps the due time it was given in ``scheduled_for``); the other pool settings
 (``queue_bytes``, ``shutdown_timeout``, …) are checked as for the pool and
 otherwise unused.
 """
@@ -101,6 +103,8 @@ class EagerTransport:
             while len(self._records) > self._settings.task_records:
                 self._records.popitem(last=False)
         kept.attempts, kept.started_at, kept.finish = task.attempt, time.time(), None
+        if task.due:
+            kept.scheduled_for = task.due
         with self._as_worker():
             token = _reporter.set(kept.report)
             started = time.perf_counter()
@@ -201,6 +205,7 @@ class _Kept:
         self.task_id = task_id
         self.name = name
         self.queued_at = time.time()
+        self.scheduled_for: float | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.attempts = 1
@@ -214,11 +219,12 @@ class _Kept:
     def info(self) -> TaskInfo:
         if self.finish is None:
             return TaskInfo(self.task_id, "running", None, self.name, WORKER_ID, self.attempts, self.queued_at,
-                            self.started_at, None, self.progress, self.message, None)  # fmt: skip
+                            self.started_at, None, self.progress, self.message, None,
+                            scheduled_for=self.scheduled_for)  # fmt: skip
         finish = FinishRecord.decode(self.finish)
         return TaskInfo(self.task_id, "done", STATUSES[finish.status], self.name or finish.name, WORKER_ID,
                         self.attempts, self.queued_at, self.started_at, self.finished_at, self.progress,
-                        self.message, finish.error)  # fmt: skip
+                        self.message, finish.error, scheduled_for=self.scheduled_for)  # fmt: skip
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -42,6 +42,9 @@ class TaskInfo:
     arguments: str | None = None
     """A short repr of what it was given (``fn(*args, **kwargs)``), when the
     pool records arguments (``record_arguments=True``) and they are still kept."""
+    scheduled_for: float | None = None
+    """A delayed task's due time (``time.time()``; ``delay=``/``eta=``), else ``None``.
+    Its state is ``"scheduled"`` until then."""
 
     def as_dict(self) -> dict[str, object]:
         """Plain data (JSON-able): the fields, the error as a dict."""

@@ -77,6 +77,13 @@ class Transport(Protocol):
 
     All methods are called in the process that uses the server; after a
     fork, :meth:`after_fork` runs in the child before anything else.
+
+    Optional: a ``stops_delayed`` attribute, true where :meth:`close`
+    cancels the delayed tasks not due yet (their ``cancelled`` finishes then
+    come, and ``close()`` waits for them); without it, ``close()`` does not
+    wait for delayed tasks. A delayed task's submit record carries its due
+    time in its options (:func:`taskmw.records.options_of`), and its finish
+    header :data:`taskmw.records.DELAYED`.
     """
 
     @property
@@ -118,7 +125,8 @@ class Transport(Protocol):
         finish that carries no name (no worker read the task)."""
 
     def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
-        """``{"queued": [...], "running": [...], "done": [...]}``, up to ``limit`` each."""
+        """``{"scheduled": [...], "queued": [...], "running": [...], "done": [...]}``, up to
+        ``limit`` each (``"scheduled"`` may be left out by a backend that cannot list them)."""
 
     @property
     def reader_loop(self) -> asyncio.AbstractEventLoop | None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from taskmw import _proc, _share, _table, records, supervisor, worker
+from taskmw import _proc, _share, _table, delayed, records, schedule, supervisor, worker
 from taskmw._table import ATTEMPT, SEQ, STARTED, TASK, TERMINATE
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed, UnknownTask
@@ -45,6 +45,8 @@ _CANCEL_WAIT = 10.0
 _CANCELLED_QUEUED = TaskError("Cancelled", "the task was cancelled before it ran", "")
 _RECENT_SCAN = 4
 """``tasks(limit)`` looks back through ``limit`` times this many ids for finished ones."""
+_HELD_SCAN = 10_000
+"""``tasks()`` reads the records of up to this many delayed tasks to list the soonest due."""
 
 
 def _poll(get: Callable[[], TaskInfo], done: Callable[[TaskInfo], bool], timeout: float) -> TaskInfo:
@@ -94,6 +96,7 @@ class LocalTransport:
                 if got is not None:
                     got.close()
                 raise
+        schedule.pool_built()
         self._server = server
         self._deliver: Deliver | None = None
         self._channel: Channel | None = None
@@ -272,6 +275,8 @@ class LocalTransport:
         seq = pool.push_task(record, header | channel.header)
         if name is not None:
             pool.tasks.queued(seq, name)
+        if header & records.DELAYED:
+            pool.tasks.scheduled(seq, records.options_of(record, header).due)
         if registered is not None:
             registered(seq)
         return seq
@@ -311,16 +316,20 @@ class LocalTransport:
 
     def cancel(self, task_id: int, terminate: bool = False) -> bool:
         """See :meth:`taskmw.TaskServer.cancel`."""
-        tasks = self.pool.tasks
+        pool = self.pool
+        tasks = pool.tasks
         info = self.status(task_id)
         if info.state == "done":
             return False
-        if self.pool.submit.mark(task_id, records.CANCEL):
+        if pool.submit.mark(task_id, records.CANCEL):
             # Still queued: the worker that pops it sends its one finish; the record says so now.
             tasks.finished(task_id, records.CANCELLED, 0, _CANCELLED_QUEUED)
             return True
-        tasks.request_cancel(task_id)  # popped: its worker checks before it starts it
-        info = _poll(lambda: self.status(task_id), lambda i: i.state != "queued", _CANCEL_WAIT)
+        tasks.request_cancel(task_id)  # popped: its worker checks before it starts it (or hands it to the scheduler)
+        if info.scheduled_for is not None and delayed.cancel(pool.scheduled_dir, task_id, pool.supervisor_pid):
+            tasks.finished(task_id, records.CANCELLED, 0, _CANCELLED_QUEUED)  # the supervisor sends its finish
+            return True
+        info = _poll(lambda: self.status(task_id), lambda i: i.state not in ("queued", "scheduled"), _CANCEL_WAIT)
         if info.state == "done":
             return info.status == "cancelled"
         if not terminate or info.state != "running":
@@ -328,7 +337,7 @@ class LocalTransport:
         running = self._running().get(task_id)
         if running is None:
             return False
-        table = self.pool.table
+        table = pool.table
         row = table.row(running[0])
         table.words[row + TERMINATE] = table.words[row + SEQ]
         info = _poll(lambda: self.status(task_id), lambda i: i.state == "done", _CANCEL_WAIT)
@@ -342,7 +351,11 @@ class LocalTransport:
         queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit, now)
         back = max(0, issued - 1 - _RECENT_SCAN * limit)
         recent = tasks.scan(range(issued - 1, back, -1), issued, queue_start, limit, now)
+        held_ids = delayed.held(self.pool.scheduled_dir)
+        held = tasks.scan(held_ids, issued, queue_start, min(len(held_ids), _HELD_SCAN), now)
+        scheduled = {i.task_id: i for i in [*held, *queued] if i.state == "scheduled"}
         return {
+            "scheduled": sorted(scheduled.values(), key=lambda i: i.scheduled_for or 0.0)[:limit],
             "queued": [i for i in queued if i.state == "queued"],
             "running": running,
             "done": [i for i in recent if i.state == "done"],
@@ -392,6 +405,12 @@ class LocalTransport:
         """True once the pool stopped taking tasks."""
         return self._closed or self.pool.state == STOPPED or self._lost is not None
 
+    @property
+    def stops_delayed(self) -> bool:
+        """True in the process that built the pool: closing it cancels the
+        delayed tasks not due yet (elsewhere, leaving does not)."""
+        return os.getpid() == self.pool.owner
+
     def alive(self) -> bool:
         """True while the pool's supervisor runs."""
         return _proc.alive(self.pool.supervisor_pid)
@@ -402,6 +421,7 @@ class LocalTransport:
         out["supervisor_pid"] = self.pool.supervisor_pid
         out["task_workers"] = self.pool.settings.task_workers
         out["queue_depth"] = self.pool.submit.stats().records
+        out["schedule"] = schedule.schedule_snapshot(self.pool)
         return out
 
     def reload(self) -> None:

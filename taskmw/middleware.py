@@ -218,6 +218,9 @@ class TaskMiddleware:
                 log.warning("taskmw: gunicorn HTTP worker %d built its own task pool (%d task workers): with "
                             "share='never' each HTTP worker has its own pool, and task ids are unique only within "
                             "it", os.getpid(), self.server.task_workers)  # fmt: skip
+                if self.server.settings.schedule:
+                    log.warning("taskmw: so its %d periodic task(s) run once per HTTP worker, not once in all: "
+                                "leave share='auto'", len(self.server.settings.schedule))  # fmt: skip
             path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
             if path:
                 _control.serve_status(self.server, path)

@@ -28,6 +28,7 @@ from taskmw._shm import shared_map
 from taskmw._table import WorkerTable
 from taskmw.errors import PoolClosed, QueueFull
 from taskmw.ring import Ring, RingFull
+from taskmw.schedule import ScheduleState
 from taskmw.settings import Settings
 from taskmw.tasktable import TaskTable
 
@@ -72,6 +73,9 @@ class PoolFiles(NamedTuple):
     fds: list[int]
     """Every memfd and eventfd of the pool, in :meth:`Pool.fds` order."""
     spill_dir: str
+    scheduled_dir: str
+    schedule_entries: int
+    """How many periodic tasks the pool's schedule has (its shared state's size)."""
     owner: int
     """The pid of the process that built the pool."""
 
@@ -107,13 +111,15 @@ class Pool:
             max_held=max(256, settings.task_concurrency + 128),
         )
         """The task queue: submit records of :mod:`taskmw.records`."""
-        self.channels = [
-            ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1) for _ in range(settings.max_dispatchers)
-        ]
-        """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`)."""
+        entries = len(settings.schedule) if files is None else files.schedule_entries
+        self.schedule_channel = settings.max_dispatchers if entries else None
+        """The completion channel of the schedule's runs, after the dispatchers' (``None``: no schedule).
+        The supervisor claims it (see :mod:`taskmw.schedule`)."""
+        channels = settings.max_dispatchers + (self.schedule_channel is not None)
+        self.channels = [ring(settings.channel_bytes, slots=2 * workers + 8, max_held=1) for _ in range(channels)]
+        """Completion channels, one per process that queues tasks (see :mod:`taskmw.channel`), and the schedule's."""
         self.backlogs = [
-            ring(BACKLOG_FACTOR * settings.channel_bytes, slots=2 * workers + 8, max_held=1)
-            for _ in range(settings.max_dispatchers)
+            ring(BACKLOG_FACTOR * settings.channel_bytes, slots=2 * workers + 8, max_held=1) for _ in range(channels)
         ]
         """One backlog per completion channel: finishes that did not fit in a
         full channel wait here, and the supervisor moves them on as the
@@ -123,6 +129,8 @@ class Pool:
         tasks_fds = None if received is None else [next(received) for _ in range(3)]
         self.tasks = TaskTable(settings.task_records, workers, settings.result_bytes, settings.result_ttl, tasks_fds)
         """The record of every task (see :mod:`taskmw.tasktable`)."""
+        self.schedule = ScheduleState(entries, fd())
+        """The history of the schedule's entries (see :mod:`taskmw.schedule`)."""
         self.page_fd, self.page = shared_map("state", mmap.PAGESIZE, fd())
         """The state page: ``page[0]`` is :attr:`state` (read directly on the hot path)."""
         self.spill_at = min(1 << 20, self.submit.max_record)
@@ -131,10 +139,15 @@ class Pool:
         """Finishes larger than this travel as files."""
         if files is None:
             where = settings.spill_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
-            self.spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
+            spill_dir = tempfile.mkdtemp(prefix="taskmw-", dir=where)  # mode 0700
+            scheduled_dir = tempfile.mkdtemp(prefix="taskmw-scheduled-", dir=where)
         else:
-            self.spill_dir = files.spill_dir
+            spill_dir, scheduled_dir = files.spill_dir, files.scheduled_dir
+        self.spill_dir = spill_dir
         """Where spilled records live (removed by :meth:`remove_files`)."""
+        self.scheduled_dir = scheduled_dir
+        """Where the delayed tasks not due yet wait, a file each (see :mod:`taskmw.delayed`; removed
+        by :meth:`remove_files`)."""
         self.words = memoryview(self.page).cast("q")
         """The state page as int64 words (word 0's first byte is :attr:`state`)."""
         lock_fd = os.memfd_create("taskmw-spill-count", os.MFD_CLOEXEC) if received is None else next(received)
@@ -163,12 +176,12 @@ class Pool:
             out.extend(ring.fds())
         out.append(self.table.fd)
         out.extend(self.tasks.fds)
-        out.extend((self.page_fd, self.spill_lock.fileno()))
+        out.extend((self.schedule.fd, self.page_fd, self.spill_lock.fileno()))
         return out
 
     def files(self) -> PoolFiles:
         """What :meth:`attach` needs in another process (the fds are borrowed)."""
-        return PoolFiles(self.fds(), self.spill_dir, self.owner)
+        return PoolFiles(self.fds(), self.spill_dir, self.scheduled_dir, len(self.schedule), self.owner)
 
     # -- state ------------------------------------------------------------------
 
@@ -224,10 +237,10 @@ class Pool:
 
     # -- spilled tasks -----------------------------------------------------------------
 
-    def spill_task(self, record: bytes) -> bytes:
+    def spill_task(self, record: bytes, timeout: float | None = None) -> bytes:
         """Write a task too large for a ring record to a file of the spill
-        directory, waiting up to ``queue_timeout`` for room under
-        ``spill_bytes``; returns the record that stands for it.
+        directory, waiting up to ``timeout`` (default ``queue_timeout``)
+        seconds for room under ``spill_bytes``; returns the record that stands for it.
 
         Raises:
             ValueError: it is larger than ``max_payload_bytes`` or ``spill_bytes``.
@@ -239,7 +252,7 @@ class Pool:
             limit = getattr(settings, name)
             if size > limit:
                 raise ValueError(f"the task is {size} bytes pickled, more than {name}={limit}")
-        deadline = time.monotonic() + settings.queue_timeout
+        deadline = time.monotonic() + (settings.queue_timeout if timeout is None else timeout)
         while not self.reserve_spill(size):
             if time.monotonic() >= deadline:
                 raise QueueFull(
@@ -408,5 +421,6 @@ class Pool:
         self.own_channel = None
 
     def remove_files(self) -> None:
-        """Remove the spill directory (by the builder, once the pool stopped)."""
+        """Remove the spill and scheduled directories (by the builder, once the pool stopped)."""
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+        shutil.rmtree(self.scheduled_dir, ignore_errors=True)

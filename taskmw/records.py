@@ -12,6 +12,8 @@ bits 16-23            the :class:`Kind` (a call, a data object, a stop marker)
 :attr:`Flag.OPTS`     (submit) the payload starts with the options header
 :attr:`Flag.TIMED`    (submit) the task has a time limit: a worker takes it alone
 :attr:`Flag.SPILLED`  the record is the path of a file holding the payload
+:attr:`Flag.DELAYED`  (submit and finish) a task queued with ``delay=``/``eta=`` (see :mod:`taskmw.delayed`)
+:attr:`Flag.RELEASED`  (submit) that task's run, pushed by the scheduler when it is due
 ====================  ===============================================
 
 A task's **seq** is its record's sequence number in the submit ring; its
@@ -26,12 +28,15 @@ operation than an int).
 
 from __future__ import annotations
 
+import datetime
 import enum
+import inspect
 import io
 import os
 import pickle
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from functools import reduce
 from operator import or_
@@ -40,7 +45,7 @@ from typing import Any, NamedTuple
 from taskmw import _codec
 from taskmw.events import STATUSES, TaskError
 from taskmw.settings import check_int, check_seconds
-from taskmw.tasks import ServiceTask, Task
+from taskmw.tasks import OPTION_NAMES, OPTIONS_ATTR, ServiceTask, Task, check_option_names
 
 
 class Kind(enum.IntEnum):
@@ -64,6 +69,11 @@ class Flag(enum.IntFlag):
     SPILLED = 1 << 28
     CANCELLED = 1 << 29
     """(submit) cancelled while queued (set in place by :meth:`taskmw.Ring.mark`): it must not run"""
+    DELAYED = 1 << 30
+    """(submit and finish) a delayed task: its first trip (options ``due`` set) takes it to the
+    scheduler (:mod:`taskmw.delayed`), its second (``due`` 0) runs it; its finish says so too"""
+    RELEASED = 1 << 31
+    """(submit) a delayed task's second trip, pushed by the scheduler (its seq is not its id)"""
 
 
 CHANNEL_MASK = 0xFFFF
@@ -76,8 +86,10 @@ TIMED = int(Flag.TIMED)
 SPILLED = int(Flag.SPILLED)
 CANCEL = int(Flag.CANCELLED)
 """The bit :meth:`taskmw.Ring.mark` sets on a queued task that is cancelled."""
+DELAYED = int(Flag.DELAYED)
+RELEASED = int(Flag.RELEASED)
 _OPTS = int(Flag.OPTS)
-_REPLY = CHANNEL_MASK | WANT
+_REPLY = CHANNEL_MASK | WANT | DELAYED
 _UNCOMMON = SPILLED | _OPTS | CANCEL
 STOP = Kind.STOP << _KIND_SHIFT
 """The header of a stop marker."""
@@ -141,6 +153,11 @@ def unspilled(header: int) -> int:
     return header & ~SPILLED
 
 
+def is_delayed(header: int) -> bool:
+    """True for a delayed task's submit record or finish (see :data:`DELAYED`)."""
+    return bool(header & DELAYED)
+
+
 def is_reader_stop(header: int) -> bool:
     """True for the marker that stops a completion reader."""
     return bool(header & READER_STOP)
@@ -150,7 +167,7 @@ _new = tuple.__new__  # builds a NamedTuple without its slower __new__
 
 # -- submit records ------------------------------------------------------------
 
-_OPTIONS = struct.Struct("<dIIQ")
+_OPTIONS = struct.Struct("<dIIQd")
 
 
 class Options(NamedTuple):
@@ -164,6 +181,8 @@ class Options(NamedTuple):
     """The id of the task's first run (0: the first run, whose id is its seq)."""
     left: int = 0
     """Runs left after this one if it fails (``retries``)."""
+    due: float = 0.0
+    """A delayed task's due time (``time.time()``) on its way to the scheduler; 0 otherwise."""
 
 
 def task_id_of(seq: int, first_id: int) -> int:
@@ -174,39 +193,118 @@ def task_id_of(seq: int, first_id: int) -> int:
 def encode_task(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, Kind, dict[str, Any]]:
     """``(payload, kind, options)`` of what ``task()`` was given: a callable
     and its arguments, a :class:`~taskmw.Task` or :class:`~taskmw.ServiceTask`
-    (``kwargs`` are then the per-task options ``timeout`` and ``retries``), or
+    (``kwargs`` are then the per-task options, see :func:`task_options`), or
     a data object.
 
     Raises:
-        TypeError: something cannot be pickled (the message names it), or
-            arguments were given with a Task or data object.
+        TypeError: something cannot be pickled (the message names it),
+            arguments were given with a Task or data object, or a plain
+            callable was given an option name it has no parameter for.
         ValueError: an option is out of range.
     """
     if type(obj) is Task:
-        return _codec.encode_call(obj.fn, obj.args, obj.kwargs), Kind.CALL, _options(obj, args, kwargs)
+        return _codec.encode_call(obj.fn, obj.args, obj.kwargs), Kind.CALL, task_options(obj, args, kwargs)
     if isinstance(obj, ServiceTask) or not callable(obj) or isinstance(obj, type):
-        return _codec.encode_data(obj), Kind.DATA, _options(obj, args, kwargs)
-    return _codec.encode_call(obj, args, kwargs), Kind.CALL, {}
+        return _codec.encode_data(obj), Kind.DATA, task_options(obj, args, kwargs)
+    if kwargs:
+        check_not_options(obj, kwargs)
+    defaults = getattr(obj, OPTIONS_ATTR, None)
+    return _codec.encode_call(obj, args, kwargs), Kind.CALL, task_options(Task(obj), (), defaults) if defaults else {}
 
 
-def _options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The per-task options (``timeout``, ``retries``) given with a Task or data object."""
+_RESERVED = frozenset(OPTION_NAMES) | {"timeout"}
+
+
+def check_not_options(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments of a plain callable that name a per-task
+    option (or ``timeout``) while ``fn`` has no such parameter: they were
+    meant as options, which go with a :class:`~taskmw.Task`. Costs a
+    signature look-up only when such a name is there.
+
+    Raises:
+        TypeError: naming the keyword and what to write instead.
+    """
+    given = _RESERVED.intersection(kwargs)
+    if not given:
+        return
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass them on as given
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in given if k not in params)
+    if unknown:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        opts = ", ".join(f"{'task_timeout' if k == 'timeout' else k}=..." for k in unknown)
+        raise TypeError(
+            f"task() got {', '.join(k + '=' for k in unknown)} for {name}, which has no such parameter: "
+            f"a plain callable's keyword arguments all go to it; per-task options go with a Task: "
+            f"server.task(Task({name}, *args, **kwargs), {opts})"
+        )
+
+
+def task_options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The per-task options given with a Task or data object, checked:
+    ``{"timeout", "retries", "due", "backoff"}`` (those given) for the
+    server's ``_queue``. ``delay`` (seconds) and ``eta`` (an aware
+    :class:`~datetime.datetime`) both become ``due``, a ``time.time()`` value.
+
+    Raises:
+        TypeError: positional arguments, an unknown option (``timeout=``
+            is read as ``task_timeout=``), a naive ``eta``, or both ``delay``
+            and ``eta``.
+        ValueError: an option is out of range.
+    """
+    what = type(obj).__qualname__
     if args:
         raise TypeError(
-            f"task() got positional arguments with a {type(obj).__qualname__}: only a plain callable takes "
+            f"task() got positional arguments with a {what}: only a plain callable takes "
             "arguments (put them in the Task)"
         )
-    unknown = set(kwargs) - {"timeout", "retries"}
-    if unknown:
-        raise TypeError(
-            f"task() got unexpected keyword arguments {sorted(unknown)} with a {type(obj).__qualname__}: "
-            "the options are timeout= and retries= (a Task's own arguments go in the Task)"
-        )
-    if kwargs.get("timeout") is not None:
-        check_seconds("timeout", kwargs["timeout"], positive=True)
+    kwargs = check_option_names(kwargs, f"task() with a {what}")
+    defaults = getattr(obj.fn, OPTIONS_ATTR, None) if type(obj) is Task else None
+    if defaults:
+        kwargs = {**defaults, **kwargs}
+    out: dict[str, Any] = {}
+    if kwargs.get("task_timeout") is not None:
+        check_seconds("task_timeout", kwargs["task_timeout"], positive=True)
+        out["timeout"] = kwargs["task_timeout"]
     if kwargs.get("retries") is not None:
         check_int("retries", kwargs["retries"], 0, 1000)
-    return kwargs
+        out["retries"] = kwargs["retries"]
+    if kwargs.get("retry_backoff") is not None:
+        check_seconds("retry_backoff", kwargs["retry_backoff"])
+        out["backoff"] = kwargs["retry_backoff"]
+    due = due_time(kwargs.get("delay"), kwargs.get("eta"))
+    if due:
+        out["due"] = due
+    return out
+
+
+def due_time(delay: float | None, eta: datetime.datetime | None) -> float:
+    """The ``time.time()`` at which a task given ``delay`` seconds or an
+    ``eta`` is due (0.0: neither given).
+
+    Raises:
+        TypeError: both given, or ``eta`` is not an aware datetime.
+        ValueError: ``delay`` is not a number of seconds >= 0.
+    """
+    if delay is not None and eta is not None:
+        raise TypeError(f"give delay= or eta=, not both (got delay={delay!r}, eta={eta!r})")
+    if delay is not None:
+        check_seconds("delay", delay)
+        return time.time() + delay
+    if eta is None:
+        return 0.0
+    if not isinstance(eta, datetime.datetime):
+        raise TypeError(f"eta= must be a datetime, got {type(eta).__qualname__}: {eta!r}")
+    if eta.tzinfo is None or eta.utcoffset() is None:
+        raise TypeError(
+            f"eta= must be an aware datetime (with a time zone), got the naive {eta!r}: "
+            "pass e.g. datetime.now(timezone.utc) + timedelta(minutes=10), or use delay= (seconds)"
+        )
+    return eta.timestamp()
 
 
 def encode_submit(payload: bytes, header: int, options: Options | None) -> tuple[bytes, int]:
@@ -215,16 +313,17 @@ def encode_submit(payload: bytes, header: int, options: Options | None) -> tuple
     if options is None:
         return payload, header
     timed = TIMED if options.timeout is not None else 0
-    record = _OPTIONS.pack(options.timeout or 0.0, options.attempt, options.left, options.task_id) + payload
-    return record, header | _OPTS | timed
+    delayed = DELAYED if options.due else 0
+    record = _OPTIONS.pack(options.timeout or 0.0, options.attempt, options.left, options.task_id, options.due)
+    return record + payload, header | _OPTS | timed | delayed
 
 
 def options_of(record: bytes, header: int) -> Options:
     """The options a submit record carries (the defaults when it has none)."""
     if not header & _OPTS:
         return Options()
-    timeout, attempt, left, first_id = _OPTIONS.unpack_from(record)
-    return Options(timeout or None, attempt, first_id, left)
+    timeout, attempt, left, first_id, due = _OPTIONS.unpack_from(record)
+    return Options(timeout or None, attempt, first_id, left, due)
 
 
 class SubmitRecord(NamedTuple):
@@ -244,6 +343,8 @@ class SubmitRecord(NamedTuple):
     """Cancelled while queued: a worker finishes it ``cancelled`` without running it."""
     payload: bytes
     """Its pickled call or data object (without the options header)."""
+    due: float
+    """A delayed task on its way to the scheduler: its due time (``time.time()``); else 0."""
 
     @classmethod
     def read(cls, seq: int, record: bytes, header: int) -> SubmitRecord:
@@ -254,14 +355,14 @@ class SubmitRecord(NamedTuple):
         """
         kind = (header & _KIND_MASK) >> _KIND_SHIFT
         if not header & _UNCOMMON:  # the common case, without NamedTuple's slower __new__
-            return _new(cls, (seq, seq, kind, header & _REPLY, None, 1, 0, False, record))
+            return _new(cls, (seq, seq, kind, header & _REPLY, None, 1, 0, False, record, 0.0))
         if header & SPILLED:
             record = unspill(record)
-        timeout, attempt, first_id, left = options_of(record, header)
+        timeout, attempt, first_id, left, due = options_of(record, header)
         if header & _OPTS:
             record = record[_OPTIONS.size :]
         task_id = task_id_of(seq, first_id)
-        return cls(seq, task_id, kind, header & _REPLY, timeout, attempt, left, bool(header & CANCEL), record)
+        return cls(seq, task_id, kind, header & _REPLY, timeout, attempt, left, bool(header & CANCEL), record, due)
 
 
 # -- finish records ------------------------------------------------------------

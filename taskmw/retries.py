@@ -32,13 +32,24 @@ Failed = Callable[["Retry", BaseException], None]
 class Retry:
     """What a queuing process keeps to queue a failed task again."""
 
-    __slots__ = ("payload", "header", "timeout", "left", "attempt", "task_id", "name")
+    __slots__ = ("payload", "header", "timeout", "left", "attempt", "task_id", "name", "due", "backoff")
 
-    def __init__(self, payload: bytes, header: int, timeout: float | None, left: int, name: bytes | None) -> None:
+    def __init__(
+        self,
+        payload: bytes,
+        header: int,
+        timeout: float | None,
+        left: int,
+        name: bytes | None,
+        due: float = 0.0,
+        backoff: float | None = None,
+    ) -> None:
         self.payload = payload  # without the options header
         self.header = header
         self.name = name  # for the pool's record of its first run
         self.timeout = timeout
+        self.due = due  # a delayed task's first run: when it is due
+        self.backoff = backoff  # the task's own retry_backoff (None: the pool's)
         self.left = left
         self.attempt = 1
         self.task_id = 0  # the seq of its first run, once queued
@@ -73,7 +84,8 @@ class Retries:
         with self.lock:
             self.registering += 1
         try:
-            options = Options(retry.timeout, retry.attempt, retry.task_id, retry.left)
+            due = retry.due if retry.attempt == 1 else 0.0
+            options = Options(retry.timeout, retry.attempt, retry.task_id, retry.left, due)
             record, header = records.encode_submit(retry.payload, retry.header, options)
             return self.send(record, header, registered, retry.name if retry.attempt == 1 else None)
         finally:
@@ -99,7 +111,7 @@ class Retries:
         left; True if it will run again (its finish is not delivered)."""
         if status not in RETRIED or retry.left <= 0:
             return False
-        delay = self.backoff * 2 ** (retry.attempt - 1)
+        delay = (self.backoff if retry.backoff is None else retry.backoff) * 2 ** (retry.attempt - 1)
         retry.attempt += 1
         retry.left -= 1
         if self.inline:

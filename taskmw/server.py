@@ -42,14 +42,16 @@ from taskmw.listeners import Listener
 from taskmw.plugins import plugin_manager
 from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
+from taskmw.schedule import MissedRuns, Periodic, schedule_of
 from taskmw.settings import Settings
-from taskmw.tasks import _set_default
+from taskmw.tasks import OPTIONS_ATTR, ServiceTask, Task, _set_default
 from taskmw.tasktable import task_name_field
 
 log = logging.getLogger(__name__)
 
 _live: weakref.WeakSet[TaskServer] = weakref.WeakSet()
 _CALL = records.submit_header(Kind.CALL)
+_OPTIONS = OPTIONS_ATTR
 
 
 def create_server(task_workers: int = 4, *, backend: str | None = None, **settings: Any) -> TaskServer:
@@ -97,9 +99,15 @@ class TaskServer:
         max_dispatchers, channel_bytes, task_records, result_bytes,
         result_ttl, task_timeout, retries, retry_backoff,
         max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
-        record_arguments, builder_dumpable, share: the pool's settings, each
+        record_arguments, builder_dumpable, share, max_worker_memory,
+        missed_runs, schedule_file: the pool's settings, each
             described in :class:`taskmw.Settings` (and, with its
             ``taskmw start`` flag, in docs/configuration.md).
+        schedule: the pool's periodic tasks (:class:`taskmw.Periodic`), run
+            once per due time per pool by its supervisor; ``None`` (the
+            default): the functions decorated with ``@taskmw.periodic`` that
+            were imported before this pool is built
+            (:func:`taskmw.periodic_tasks`); a list: exactly those entries.
 
         backend: where tasks run: ``"local"`` (this pool) or the name of a
             backend installed in the entry-point group ``taskmw.backends``
@@ -143,6 +151,10 @@ class TaskServer:
         builder_dumpable: bool = Settings.builder_dumpable,
         record_arguments: bool = Settings.record_arguments,
         share: str = Settings.share,
+        max_worker_memory: int | str | None = Settings.max_worker_memory,
+        schedule: Iterable[Periodic] | None = None,
+        missed_runs: MissedRuns = Settings.missed_runs,
+        schedule_file: str | None = Settings.schedule_file,
         **backend_options: Any,
     ) -> None:
         self.settings = Settings(
@@ -166,6 +178,10 @@ class TaskServer:
             builder_dumpable=builder_dumpable,
             record_arguments=record_arguments,
             share=share,
+            max_worker_memory=max_worker_memory,  # type: ignore[arg-type] # a size string becomes bytes
+            schedule=schedule_of(None if schedule is None else tuple(schedule)),
+            missed_runs=missed_runs,
+            schedule_file=schedule_file,
         )
         """The pool's settings (:class:`taskmw.settings.Settings`)."""
         self.backend = backend if backend is not None else os.environ.get(BACKEND_ENV) or "local"
@@ -218,17 +234,28 @@ class TaskServer:
         the sibling HTTP workers that joined it included (gunicorn without
         ``--preload``, ``uvicorn --workers N``; see the ``share`` setting), not
         across pools.
-        With a Task or data object, ``timeout=`` and ``retries=`` are the
-        task's own options.
+        With a Task or data object, keyword arguments are the task's own
+        options (a plain callable's all go to it):
+
+        - ``delay=`` seconds or ``eta=`` an aware :class:`~datetime.datetime`:
+          run it then, not now (the pool holds it meanwhile: it survives
+          this process's exit; ``status()`` says ``scheduled``);
+        - ``task_timeout=`` (or ``timeout=``) seconds: its time limit (instead of the pool's);
+        - ``retries=`` and ``retry_backoff=``: instead of the pool's.
 
         Raises:
             TypeError: something cannot be pickled (the message names it),
-                or arguments were given with a data object.
+                arguments were given with a data object, an option is
+                unknown, or a plain callable got an option's name
+                it has no parameter for (the message says to use a Task).
             ValueError: the task is larger than the queue can carry.
             QueueFull: no room in the queue within ``queue_timeout`` seconds.
             PoolClosed: the pool has stopped.
         """
-        if type(fn_or_data) is FunctionType and self._no_retries:  # the fast path: a plain function
+        if type(fn_or_data) is FunctionType and self._no_retries and _OPTIONS not in fn_or_data.__dict__:
+            # the fast path: a plain function (without @task defaults)
+            if kwargs:
+                records.check_not_options(fn_or_data, kwargs)
             name = task_name_field(fn_or_data)
             task_id = self._send(_codec.encode_call(fn_or_data, args, kwargs), _CALL, None, name)
             self._delivery.sent += 1
@@ -237,25 +264,38 @@ class TaskServer:
         return self._queue(payload, records.submit_header(kind), task_name_field(fn_or_data), **options)
 
     def _queue(
-        self, payload: bytes, header: int, name: bytes, timeout: float | None = None, retries: int | None = None
+        self,
+        payload: bytes,
+        header: int,
+        name: bytes,
+        timeout: float | None = None,
+        retries: int | None = None,
+        due: float = 0.0,
+        backoff: float | None = None,
     ) -> int:
         if retries is None:
             retries = self.settings.retries
         delivery = self._delivery
         if retries:
-            task_id = delivery.retries.queue(Retry(payload, header, timeout, retries, name))
-        elif timeout is None:
+            task_id = delivery.retries.queue(Retry(payload, header, timeout, retries, name, due, backoff))
+        elif timeout is None and not due:
             task_id = self._send(payload, header, None, name)
         else:
-            record, header = encode_submit(payload, header, Options(timeout))
+            record, header = encode_submit(payload, header, Options(timeout, due=due))
             task_id = self._send(record, header, None, name)
         delivery.sent += 1
+        if due:
+            delivery.delayed += 1
         return task_id
 
     # -- waiting for results ---------------------------------------------------
 
     def taskwait(self, fn_or_data: Any, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Queue a task and wait up to ``timeout`` seconds for its return value.
+
+        The task is given as to :meth:`task` (with a Task, the keyword
+        arguments are its options: ``task_timeout=`` is its time limit,
+        ``timeout=`` always this wait).
 
         Raises:
             TaskFailed: it did not finish ``ok`` (``.event`` says why).
@@ -271,14 +311,18 @@ class TaskServer:
             raise TaskFailed(event)
         return event.return_value
 
-    def taskwait_multi(self, tasks: Sequence[Any], *, timeout: float | None = None) -> list[TaskFinishEvent | None]:
+    def taskwait_multi(
+        self, tasks: Sequence[Any], *, timeout: float | None = None, **options: Any
+    ) -> list[TaskFinishEvent | None]:
         """Queue several tasks (callables, :class:`~taskmw.Task`\\ s or data
-        objects) and wait up to ``timeout`` seconds for all of them.
+        objects) and wait up to ``timeout`` seconds for all of them; the
+        per-task ``options`` (as :meth:`task` takes them with a Task) apply
+        to each.
 
         Returns their finish events in order; ``None`` for any that had not
         finished in time (like Swoole's ``taskWaitMulti``).
         """
-        ids = [self._queue_waited(t, (), {}) for t in tasks]
+        ids = [self._queue_waited(_as_task(t) if options else t, (), options) for t in tasks]
         return self._wait_ids(ids, timeout)
 
     async def task_async(self, fn_or_data: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -321,8 +365,9 @@ class TaskServer:
 
     def status(self, task_id: int) -> TaskInfo:
         """The record of task ``task_id``, from any process of the pool,
-        whichever process queued it: its state (``queued``, ``running``,
-        ``done``), finish status, progress, timings and error.
+        whichever process queued it: its state (``scheduled``: delayed and not
+        due yet, with its due time in ``scheduled_for``; ``queued``,
+        ``running``, ``done``), finish status, progress, timings and error.
 
         Raises:
             UnknownTask: the pool never issued the id, or its record was
@@ -418,10 +463,11 @@ class TaskServer:
     # -- lifetime ------------------------------------------------------------------
 
     def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
-        """The pool's queued, running and recently finished tasks, from any
-        process: ``{"queued": [...], "running": [...], "done": [...]}`` of
-        :class:`~taskmw.TaskInfo`, up to ``limit`` each (queued oldest
-        first, done newest first)."""
+        """The pool's scheduled (delayed, not due yet), queued, running and
+        recently finished tasks, from any process: ``{"scheduled": [...],
+        "queued": [...], "running": [...], "done": [...]}`` of
+        :class:`~taskmw.TaskInfo`, up to ``limit`` each (scheduled soonest
+        due first, queued oldest first, done newest first)."""
         return self.transport.tasks(limit)
 
     def stats(self) -> dict[str, Any]:
@@ -432,6 +478,11 @@ class TaskServer:
         "restarts"}, ...], "totals": {status: count}}``: ``state`` is one of
         ``starting``, ``idle``, ``busy``, ``stopping``; ``task_started`` is a
         ``time.time()`` value; ``totals`` counts every finish the pool made.
+        ``"schedule"`` lists the periodic tasks with their next and last run
+        (see :func:`taskmw.schedule.schedule_snapshot`); each worker's
+        ``"recycled"`` counts its clean replacements and ``"restart_reason"``
+        says why its last predecessor went (``"max_tasks"``, ``"memory"``,
+        ``"reload"``, ``"died"``; ``None``: none went).
         Works in every process that shares the pool. Other backends say what
         they can (``"backend"`` names them). ``"tasks"`` is :meth:`tasks`
         (each task as a dict).
@@ -463,7 +514,9 @@ class TaskServer:
         ``shutdown_timeout`` seconds, the rest finish ``cancelled``, and this
         process's finishes are delivered (waiters and ``on_finish`` hooks)
         before ``close()`` returns; no hook runs after it. No process of the
-        pool is left behind.
+        pool is left behind. Delayed tasks not due yet finish ``cancelled``
+        when the pool stops; a process that leaves the pool does not wait for
+        its own (they run when due).
 
         It returns once every task this process queued got its finish, or
         when a deadline passes: in a process that did not build the pool,
@@ -482,7 +535,8 @@ class TaskServer:
         delivery = self._delivery
         if loop is None or (loop.is_running() and running_loop() is not loop):
             pending: Callable[[], int] = getattr(self.transport, "pending", _nothing)
-            left = delivery.drain(timeout, self.transport.alive, pending)
+            stops_delayed = bool(getattr(self.transport, "stops_delayed", False))  # their cancelled finishes come
+            left = delivery.drain(timeout, self.transport.alive, pending, delayed=stops_delayed)
             if left:
                 log.warning("close(): %d finish(es) of this process's tasks were not delivered", left)
         delivery.shut = True
@@ -507,6 +561,13 @@ class TaskServer:
 
 def _nothing() -> int:
     return 0
+
+
+def _as_task(obj: Any) -> Any:
+    """A plain callable as a :class:`~taskmw.Task` (so that options can go with it); anything else as it is."""
+    if callable(obj) and not isinstance(obj, (Task, ServiceTask, type)):
+        return Task(obj)
+    return obj
 
 
 def _set_result(fut: asyncio.Future[TaskFinishEvent], event: TaskFinishEvent) -> None:

@@ -11,7 +11,30 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskmw.schedule import MissedRuns, Periodic
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(IB|I|B)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(name: str, value: object) -> int:
+    """Bytes from an int or a string with an optional K, M, G or T suffix
+    (powers of 1024 whether written ``M``, ``MB`` or ``MiB``: ``"500MB"``,
+    ``"1.5GiB"``).
+
+    Raises:
+        ValueError: naming ``name`` and the value.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{name} must be bytes (an int, or a size such as '500MB', '1.5GiB'), got {value!r}")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
 
 _SHARE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -62,7 +85,7 @@ class Settings:
         task_timeout: seconds a task may run (``None``: no limit). A task
             over it finishes ``timeout``: a sync task's worker is killed and
             replaced, an async task is cancelled. Per task:
-            ``task(Task(fn, ...), timeout=s)``.
+            ``task(Task(fn, ...), task_timeout=s)``.
         retries: times a task that finished ``error``, ``lost`` or
             ``timeout`` is run again (for idempotent work; per task:
             ``task(Task(fn, ...), retries=n)``). Its finish event says how
@@ -101,6 +124,21 @@ class Settings:
             every process of the user that builds a pool with that name
             joins the same one (another app server's workers, your own
             prefork). See README, "Topologies".
+        max_worker_memory: bytes (or a size such as ``"500MB"``): after a
+            task, a worker whose resident memory is over it exits and is
+            replaced by a fresh one (``None``: never), to bound leaks.
+        schedule: the pool's periodic tasks (:class:`taskmw.Periodic`
+            entries), run by its supervisor, once per due time per pool (see
+            :mod:`taskmw.schedule`). :class:`taskmw.TaskServer` gives the
+            ``@taskmw.periodic`` functions when it is not given one.
+        missed_runs: what a supervisor does with the due times that passed
+            while none ran (a dead one being replaced; with ``schedule_file``,
+            the pool stopped): ``"once"`` runs each entry once at once,
+            ``"skip"`` waits for the next due time.
+        schedule_file: a file in which the supervisor keeps each periodic
+            entry's last due time, so that a pool started anew goes on from
+            it (``missed_runs`` then applies to what was due while the pool
+            was stopped); ``None``: a new pool begins with the next due time.
 
     Raises:
         ValueError: a setting is out of range (the message names it).
@@ -126,6 +164,10 @@ class Settings:
     builder_dumpable: bool = False
     record_arguments: bool = False
     share: str = "auto"
+    max_worker_memory: int | None = None
+    schedule: tuple[Periodic, ...] = ()
+    missed_runs: MissedRuns = "once"
+    schedule_file: str | None = None
 
     def __post_init__(self) -> None:
         check_int("task_workers", self.task_workers, 1, 1024)
@@ -146,6 +188,8 @@ class Settings:
             raise ValueError(f"record_arguments must be True or False, got {self.record_arguments!r}")
         if not isinstance(self.builder_dumpable, bool):
             raise ValueError(f"builder_dumpable must be True or False, got {self.builder_dumpable!r}")
+        if self.schedule_file is not None and (not isinstance(self.schedule_file, str) or not self.schedule_file):
+            raise ValueError(f"schedule_file must be a file's path or None, got {self.schedule_file!r}")
         if self.spill_dir is not None and (not isinstance(self.spill_dir, str) or not self.spill_dir):
             raise ValueError(f"spill_dir must be a directory's path or None, got {self.spill_dir!r}")
         if not isinstance(self.share, str) or not _SHARE_NAME.fullmatch(self.share):
@@ -155,6 +199,15 @@ class Settings:
             )
         if self.task_timeout is not None:
             check_seconds("task_timeout", self.task_timeout, positive=True)
+        if self.max_worker_memory is not None:
+            memory = parse_size("max_worker_memory", self.max_worker_memory)
+            check_int("max_worker_memory", memory, 1 << 20, 1 << 50)
+            object.__setattr__(self, "max_worker_memory", memory)
+        from taskmw.schedule import MISSED_RUNS, schedule_of  # it imports the records, which import this module
+
+        if self.missed_runs not in MISSED_RUNS:
+            raise ValueError(f"missed_runs must be 'once' or 'skip', got {self.missed_runs!r}")
+        object.__setattr__(self, "schedule", schedule_of(self.schedule))
         if self.max_tasks_per_worker is not None:
             check_int("max_tasks_per_worker", self.max_tasks_per_worker, 1, 1 << 62)
         for name in ("queue_timeout", "shutdown_timeout", "retry_backoff", "task_timeout", "result_ttl"):

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from taskmw import _proc, _table, _title, records
+from taskmw import _proc, _table, _title, delayed, records
 from taskmw._share import Host
 from taskmw._table import (
     ASYNC_DEADLINE,
@@ -43,15 +43,18 @@ from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
 from taskmw.ring import Held, RingFull
+from taskmw.schedule import Scheduler
 
 _TERMINATED = TaskError("Cancelled", "the task was cancelled while it ran; its worker was replaced", "")
+_CANCELLED_DELAYED = TaskError("Cancelled", "the task was cancelled before it ran", "")
+_STOPPED_DELAYED = TaskError("Cancelled", "the pool stopped before the delayed task was due", "")
 
 StartWorker = Callable[[int], int]
 """Forks task worker ``worker_id`` and returns its pid (see :func:`taskmw.worker.spawn`)."""
 
 log = logging.getLogger(__name__)
 
-_WATCHED = {signal.SIGCHLD, signal.SIGTERM}
+_WATCHED = {signal.SIGCHLD, signal.SIGTERM, delayed.WAKE}
 _TICK = 0.1  # seconds between checks of time limits and that the pool's builder is alive
 _BUSY_TICK = 0.01  # the same while finishes wait in a backlog (see taskmw.backlog)
 _SETTLE = 3.0  # seconds a stopping supervisor keeps moving backlogged finishes to processes that read them
@@ -229,6 +232,11 @@ class _Supervisor:
         self.table = pool.table
         self.words = pool.table.words
         self.backlogs = Backlogs(pool)
+        self.scheduler = delayed.Scheduler(pool, self.send_cancelled)
+        """The delayed tasks this supervisor holds until due (:mod:`taskmw.delayed`)."""
+        self.cancel_error = _CANCELLED_DELAYED
+        self.periodic = Scheduler(pool)
+        """The pool's periodic tasks (:mod:`taskmw.schedule`)."""
 
     def run(self) -> int:
         if self.adopted:
@@ -238,8 +246,11 @@ class _Supervisor:
         self.watch_adopted()
         self.start_unstarted()
         self.serve()
+        scheduler = self.scheduler
+        scheduler.tick(woken=True)  # the delayed tasks held before this supervisor started
         while not self.stopping:
-            info = signal.sigtimedwait(_WATCHED, _BUSY_TICK if self.backlogs.busy else _TICK)
+            tick = _BUSY_TICK if self.backlogs.busy else _TICK
+            info = signal.sigtimedwait(_WATCHED, min(scheduler.wait(tick), self.periodic.wait(tick)))
             if info is not None and info.si_signo == signal.SIGTERM:
                 self.stopping = True
             elif self.host is None and os.getppid() != self.owner:
@@ -252,6 +263,9 @@ class _Supervisor:
             self.reap()
             self.watch_adopted()
             self.backlogs.move()
+            scheduler.tick(woken=info is not None and info.si_signo == delayed.WAKE)
+            if not self.stopping:
+                self.periodic.tick()
             if self.unstarted and time.monotonic() >= self.next_fork:
                 self.start_unstarted()
         self.stop()
@@ -417,12 +431,21 @@ class _Supervisor:
         r = worker_id * ROW
         if failed and not cancelled_seq:
             self.words[r + RESTARTS] += 1
+            self.words[r + _table.REASON] = _table.DIED
         running_seq, running_id = self.words[r + SEQ], self.words[r + TASK]  # what it ran when it died
         if (failed or lost) and not timed_seq and not cancelled_seq:
             log.warning("task worker %d (pid %d) %s; %d task(s) lost", worker_id, pid, cause, len(lost))
         error = TaskError("WorkerLost", f"task worker {worker_id} (pid {pid}) {cause} while running the task", "")
         for h in lost:
             task_id = running_id if h.seq == running_seq and running_id else h.seq
+            if records.is_delayed(h.aux) and task_id == h.seq:  # not known to have started: see taskmw.delayed
+                elsewhere = self.runs_elsewhere(worker_id)
+                if h.aux & records.RELEASED:
+                    task_id = self.scheduler.lost_run(h.seq, elsewhere)
+                    if not task_id:
+                        continue
+                elif self.scheduler.handed_over(h.seq) or self.pool.tasks.done(h.seq) or elsewhere(h.seq):
+                    continue  # its first trip was done: the scheduler has it (or had, and it runs or ran)
             if h.seq == timed_seq:
                 message = f"the task ran longer than its time limit of {limit:.3g}s; its worker was replaced"
                 self.table.count(_table.TIMEOUT)
@@ -443,6 +466,21 @@ class _Supervisor:
         record = records.lost(held.seq, error, status, duration, worker_id, task_id)
         if self.backlogs.send(records.reply_to(held.aux), [record]):
             log.info("the finish of task %d was dropped: the process that queued it is gone", task_id)
+
+    def runs_elsewhere(self, dead: int) -> Callable[[int], bool]:
+        """Whether a worker other than ``dead`` runs a task now (by its id)."""
+        words = self.words
+
+        def running(task_id: int) -> bool:
+            rows = (w * ROW for w in range(self.pool.settings.task_workers) if w != dead)
+            return any(words[r + TASK] == task_id for r in rows)
+
+        return running
+
+    def send_cancelled(self, task_id: int, header: int) -> None:
+        """Finish a delayed task cancelled while the scheduler held it (see :mod:`taskmw.delayed`)."""
+        self.table.count(_table.CANCELLED)
+        self.finish(Held(task_id, header), task_id, CANCELLED, self.cancel_error, 0.0, -1)
 
     def stop(self) -> None:
         """Let the workers drain the queue for up to ``shutdown_timeout``
@@ -480,6 +518,11 @@ class _Supervisor:
             if self.adopted:
                 log.error("adopted task worker(s) %s did not die of SIGKILL within 5s", sorted(self.adopted))
         self.cancel_queued()
+        self.scheduler.scan()  # cancelled ones first, with their own message
+        self.cancel_error = _STOPPED_DELAYED
+        held = self.scheduler.cancel_all()
+        if held:
+            log.warning("pool stopped: %d delayed task(s) not due yet cancelled", held)
         self.backlogs.settle(_SETTLE)
         self.words[self.table.sup + _table.STOPPED_BY] = os.getpid()
         if os.getppid() != self.owner or (self.host is not None and not self.host.members):
@@ -496,15 +539,34 @@ class _Supervisor:
             for i, header in enumerate(batch.auxs):
                 if records.is_stop(header):
                     continue
-                cancelled += 1
-                if records.is_spilled(header):
+                seq = batch.first_seq + i
+                task_id = seq
+                if records.is_delayed(header):
+                    task_id = self.queued_delayed(seq, batch.records[i], header)
+                    if not task_id:
+                        continue
+                elif records.is_spilled(header):
                     self.pool.consume_spill(batch.records[i])
                     records.discard(batch.records[i])
-                seq = batch.first_seq + i
-                self.finish(Held(seq, header), seq, CANCELLED, error, 0.0, -1)
+                cancelled += 1
+                self.finish(Held(seq, header), task_id, CANCELLED, error, 0.0, -1)
         if cancelled:
             self.table.count(_table.CANCELLED, cancelled)
             log.warning("pool stopped: %d queued task(s) cancelled", cancelled)
+
+    def queued_delayed(self, seq: int, record: bytes, header: int) -> int:
+        """A delayed task's record left in the queue when the pool stops: the
+        id to finish ``cancelled`` (0: none, a run whose file is gone, see
+        :mod:`taskmw.delayed`)."""
+        if records.is_spilled(header):
+            self.pool.consume_spill(record)
+        try:
+            task = records.SubmitRecord.read(seq, record, header)
+        except Exception:  # noqa: BLE001 - unreadable: finish it under its seq
+            return seq
+        if task.due or delayed.claim(self.pool.scheduled_dir, task.task_id):
+            return task.task_id
+        return 0
 
 
 def describe(status: int) -> str:

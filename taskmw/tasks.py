@@ -195,6 +195,39 @@ def _qualname(fn: Any) -> str:
 
 # -- @task functions ---------------------------------------------------------------
 
+OPTION_NAMES = ("delay", "eta", "task_timeout", "retries", "retry_backoff")
+"""The per-task options: given with a :class:`Task` to ``server.task()``
+(never among a plain callable's arguments, which all go to the callable),
+as ``@task(...)`` defaults, or to ``fn.options(...)`` / ``fn.apply(...)``."""
+OPTIONS_ATTR = "_taskmw_options"
+"""The attribute of a ``@task(...)`` function holding its default options."""
+
+
+def check_option_names(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """``options`` checked, with ``timeout=`` read as ``task_timeout=``.
+
+    Where a call does not wait (``@task(...)``, ``.options()``, ``.apply()``,
+    ``server.task(Task(...), ...)``) ``timeout=`` is the task's time limit, as
+    ``task_timeout=`` is everywhere; on the calls that wait (``taskwait``,
+    ``taskwait_multi``, ``task_async``, ``result``) ``timeout=`` is the wait,
+    which those calls take before the options are read.
+
+    Raises:
+        TypeError: a name that is not an option, or both ``timeout=`` and ``task_timeout=``.
+    """
+    if "timeout" in options:
+        if "task_timeout" in options:
+            raise TypeError(f"{where} got both timeout= and task_timeout= (the same option): give one")
+        options = {("task_timeout" if k == "timeout" else k): v for k, v in options.items()}
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(
+            f"{where} got unexpected keyword arguments {unknown}: the options are "
+            f"{', '.join(n + '=' for n in OPTION_NAMES)} (timeout= for task_timeout=; "
+            "a Task's own arguments go in the Task)"
+        )
+    return options
+
 
 class TaskFunction(Protocol[P, R_co]):
     """A function decorated with :func:`task`: call it to run it here, or
@@ -208,23 +241,81 @@ class TaskFunction(Protocol[P, R_co]):
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
 
+    def apply(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> int: ...
 
-def task(fn: Callable[P, R]) -> TaskFunction[P, R]:
-    """Give ``fn`` a ``.delay(*args, **kwargs)`` that queues it on
-    :func:`current_server` and returns the task id, and (for Django, as
-    Celery has it) a ``.delay_on_commit(*args, **kwargs)`` that queues it once
-    the current database transaction commits, never if it rolls back
-    (:func:`taskmw.contrib.django.task_on_commit`). ``fn`` itself is
-    unchanged (and still travels by reference)."""
+    def options(self, **options: Any) -> TaskOptions[P]: ...
 
-    def delay(*args: Any, **kwargs: Any) -> int:
-        return current_server().task(fn, *args, **kwargs)
 
-    def delay_on_commit(*args: Any, **kwargs: Any) -> None:
+class TaskOptions(Generic[P]):
+    """A ``@task`` function with options set (``fn.options(timeout=10,
+    retries=3)``; ``timeout=`` is ``task_timeout=`` here): ``.delay(*args, **kwargs)`` queues it with them (its
+    arguments all go to the function), ``.apply(args, kwargs, **more)`` too."""
+
+    def __init__(self, fn: Callable[P, Any], options: dict[str, Any]) -> None:
+        options = check_option_names(options, f"{getattr(fn, '__qualname__', fn)}.options()")
+        self.fn = fn
+        self.given = options
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Queue the function on :func:`current_server` with these options; returns the task id."""
+        if not self.given:  # as server.task(fn, ...) (its fast path)
+            return current_server().task(self.fn, *args, **kwargs)
+        return current_server().task(Task(self.fn, *args, **kwargs), **self.given)
+
+    def apply(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> int:
+        """Queue ``fn(*args, **kwargs)`` with these options and ``options`` (which win)."""
+        return self.options(**options).delay(*args, **(kwargs or {}))
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Queue it with these options once the Django transaction commits."""
         from taskmw.contrib.django import task_on_commit  # needs Django, imported only when used
 
-        task_on_commit(fn, *args, **kwargs)
+        task_on_commit(Task(self.fn, *args, **kwargs), **self.given)
 
-    fn.delay = delay  # type: ignore[attr-defined]
-    fn.delay_on_commit = delay_on_commit  # type: ignore[attr-defined]
-    return fn  # type: ignore[return-value]
+    def options(self, **options: Any) -> TaskOptions[P]:
+        """These options with ``options`` added (they win)."""
+        more = check_option_names(options, f"{getattr(self.fn, '__qualname__', self.fn)}.options()")
+        return TaskOptions(self.fn, {**self.given, **more})
+
+    def __repr__(self) -> str:
+        return f"<TaskOptions {getattr(self.fn, '__qualname__', self.fn)} {self.given!r}>"
+
+
+@overload
+def task(fn: Callable[P, R], /) -> TaskFunction[P, R]: ...
+@overload
+def task(**options: Any) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+def task(fn: Any = None, /, **options: Any) -> Any:
+    """Make ``fn`` a task function: ``@taskmw.task`` or, with default
+    options, ``@taskmw.task(retries=3, timeout=10, retry_backoff=2)``
+    (``delay=`` too; see :data:`OPTION_NAMES`).
+
+    It gains ``.delay(*args, **kwargs)``, which queues it on
+    :func:`current_server` and returns the task id (every argument goes to
+    ``fn``); ``.options(**options).delay(...)`` and ``.apply(args, kwargs,
+    **options)``, which queue it with options (over its defaults); and
+    (for Django, as Celery has it) ``.delay_on_commit(*args, **kwargs)``,
+    which queues it once the current database transaction commits, never if
+    it rolls back (:func:`taskmw.contrib.django.task_on_commit`). The
+    defaults also apply to ``server.task(fn, ...)`` and
+    ``server.task(Task(fn, ...))`` (options given there win). ``fn`` itself
+    is unchanged (and still travels by reference).
+
+    Raises:
+        TypeError: an unknown option (see :func:`check_option_names`).
+    """
+    options = check_option_names(options, "@taskmw.task()")
+    if fn is None:
+        return lambda f: task(f, **options)
+    if not callable(fn):
+        raise TypeError(f"@taskmw.task needs a function, got {fn!r}")
+    if "eta" in options:
+        raise TypeError("@taskmw.task() got eta=: a default due time makes no sense; give delay= (seconds)")
+    if options:
+        setattr(fn, OPTIONS_ATTR, dict(options))
+    defaults = TaskOptions(fn, options)
+    fn.delay = defaults.delay
+    fn.delay_on_commit = defaults.delay_on_commit
+    fn.apply = defaults.apply
+    fn.options = defaults.options
+    return fn

@@ -8,6 +8,7 @@ Each slot has four groups of fields, each written by one process only:
 group  written by                  fields
 =====  ==========================  ============================================
 Q      the process that queued it  queued_at, name
+S      the process that queued it  due (a delayed task's due time)
 R      the worker that runs it     worker_id, attempt, started_at
 P      that worker, ``progress()``  progress, message
 D      whoever finishes it         status, finished_at, attempts, the error's
@@ -38,7 +39,7 @@ import mmap
 import reprlib
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import FunctionType
 from typing import Any
 
@@ -50,9 +51,10 @@ from taskmw.pipeline import task_name
 from taskmw.records import FinishRecord, load_salvaging
 from taskmw.tasks import ServiceTask, Task
 
-# Slot layout: 49 words (392 bytes).
-_Q, _R, _P, _D, _C, _A = 0, 8, 12, 22, 44, 45
-_SLOT = 49
+# Slot layout: 51 words (408 bytes).
+_Q, _R, _P, _D, _C, _A, _S = 0, 8, 12, 22, 44, 45, 49
+_SLOT = 51
+_S_FIELDS = struct.Struct("<d")  # a delayed task's due time
 _A_FIELDS = struct.Struct("<qqq")  # the arguments (record_arguments): arena, pos, len
 _Q_FIELDS = struct.Struct("<d48s")  # queued_at, name
 _R_FIELDS = struct.Struct("<qqd")  # worker_id, attempt, started_at
@@ -61,7 +63,7 @@ _D_FIELDS = struct.Struct("<qddqqqqq32s64s")
 """status, started_at, finished_at, attempts, worker_id, arena, pos, len, error type, message"""
 assert _Q_FIELDS.size <= (_R - _Q - 1) * 8 and _R_FIELDS.size <= (_P - _R - 1) * 8
 assert _P_FIELDS.size <= (_D - _P - 1) * 8 and _D_FIELDS.size <= (_C - _D - 1) * 8
-assert _A_FIELDS.size <= (_SLOT - _A - 1) * 8
+assert _A_FIELDS.size <= (_S - _A - 1) * 8 and _S_FIELDS.size <= (_SLOT - _S - 1) * 8
 _D_HEAD = struct.Struct("<qddqqqqq")  # the same without the error: an ``ok`` finish's fields end there
 _pack_d, _pack_d_head = _D_FIELDS.pack_into, _D_HEAD.pack_into
 _NO_ARENA = -1
@@ -157,6 +159,10 @@ class TaskTable:
         """In the queuing process, once ``task()`` has the id; ``name`` as
         :func:`name_field` made it."""
         self._write(task_id, _Q, _Q_FIELDS, time.time(), name)
+
+    def scheduled(self, task_id: int, due: float) -> None:
+        """In the queuing process, for a delayed task: its due time (``time.time()``)."""
+        self._write(task_id, _S, _S_FIELDS, due)
 
     def started(self, task_id: int, worker_id: int, attempt: int) -> None:
         """In the worker, for an async task (which runs on after the worker
@@ -274,7 +280,7 @@ class TaskTable:
     def _newer(self, task_id: int) -> bool:
         """True if a later task took ``task_id``'s slot (it was evicted by count)."""
         base = (task_id % self.capacity) * _SLOT
-        return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C, _A))
+        return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C, _A, _S))
 
     def info(
         self, task_id: int, issued: int, queue_start: int, running: tuple[int, int, float] | None = None
@@ -294,6 +300,8 @@ class TaskTable:
         r = self._read(task_id, _R, _R_FIELDS) if running is None else running
         d = self._read(task_id, _D, _D_FIELDS)
         p = self._read(task_id, _P, _P_FIELDS)
+        s = self._read(task_id, _S, _S_FIELDS)
+        due = s[0] if s is not None else None
         if q is None and r is None and d is None and task_id < queue_start:
             raise UnknownTask(task_id, "it is not a task id (a retry runs under a seq of its own), or it has no record")
         queued_at, name = (q[0], _text(q[1])) if q is not None else (None, "")
@@ -306,8 +314,10 @@ class TaskTable:
             message = None if p[1].startswith(b"\xff") else _text(p[1])
         if d is None:
             state: State = "running" if r is not None else "queued"
+            if r is None and due is not None and time.time() < due:
+                state = "scheduled"
             return TaskInfo(task_id, state, None, name, worker_id, attempts, queued_at, started_at, None, progress,
-                            message, None, self.arguments_of(task_id))  # fmt: skip
+                            message, None, self.arguments_of(task_id), due)  # fmt: skip
         code, ran_at, finished_at, done_attempts, ran_by, _, _, _, kind, text = d
         attempts = done_attempts or attempts
         if ran_by >= 0:
@@ -322,7 +332,11 @@ class TaskTable:
             if kept is not None and kept.error is not None:
                 error = kept.error
         return TaskInfo(task_id, "done", STATUSES[code], name, worker_id, attempts, queued_at, started_at,
-                        finished_at, progress, message, error, self.arguments_of(task_id))  # fmt: skip
+                        finished_at, progress, message, error, self.arguments_of(task_id), due)  # fmt: skip
+
+    def done(self, task_id: int) -> bool:
+        """True if ``task_id``'s record says it has finished."""
+        return self._read(task_id, _D, _D_FIELDS) is not None
 
     def finish_record(self, task_id: int) -> FinishRecord | None:
         """The kept finish record of a finished task (None: not kept, or evicted)."""
@@ -343,7 +357,12 @@ class TaskTable:
         return finish if finish.task_id == task_id else None
 
     def scan(
-        self, ids: range, issued: int, queue_start: int, limit: int, running: dict[int, tuple[int, int, float]]
+        self,
+        ids: Iterable[int],
+        issued: int,
+        queue_start: int,
+        limit: int,
+        running: dict[int, tuple[int, int, float]],
     ) -> list[TaskInfo]:
         """The readable records of ``ids``, up to ``limit`` of them."""
         out: list[TaskInfo] = []

@@ -5,7 +5,10 @@ in every test suite, and cost nothing unless a test asks for one:
 
 ``taskmw_pool``
     A real pool with one task worker (``TaskServer(1)``), closed after the
-    test; the test fails if any of its processes is left.
+    test; the test fails if any of its processes is left. It runs no
+    periodic tasks (``schedule=[]``: the app's ``@taskmw.periodic``
+    functions would fire during the tests); a test of them builds its own
+    ``TaskServer(schedule=[...])``.
 ``taskmw_pool2``
     The same with two task workers.
 ``taskmw_eager``
@@ -100,7 +103,7 @@ def close_pool(server: TaskServer) -> None:
 
 
 def _pool(workers: int, **settings: Any) -> Iterator[TaskServer]:
-    server = TaskServer(workers, backend="local", queue_timeout=10.0, shutdown_timeout=10.0, **settings)
+    server = TaskServer(workers, backend="local", queue_timeout=10.0, shutdown_timeout=10.0, schedule=[], **settings)
     try:
         yield server
     finally:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from taskmw import _codec, _proc, _table, _title, records
+from taskmw import _codec, _proc, _table, _title, delayed, records
 from taskmw._table import (
     ASYNC_DEADLINE,
     ASYNC_DONE,
@@ -111,6 +111,7 @@ class _Worker:
         self.generation = pool.table.generation
         self.timeout = pool.settings.task_timeout
         self.tasks_left = pool.settings.max_tasks_per_worker or -1
+        self.max_memory = pool.settings.max_worker_memory
         self.tasks = pool.tasks
         self.record_arguments = pool.settings.record_arguments
         self.current = 0  # the id of the sync task running now, for taskmw.progress()
@@ -147,6 +148,7 @@ class _Worker:
                     log.warning("task worker %d: the supervisor is gone, exiting", self.worker_id)
                     return
                 if table.generation != self.generation:
+                    self.recycle(_table.RELOAD)
                     return  # reloaded: a fresh worker takes this one's place
                 continue
             started = time.perf_counter()
@@ -186,13 +188,36 @@ class _Worker:
                 if extra:
                     ring.push_many([b""] * extra, aux=records.STOP, timeout=5.0)
                 return
-            if orphan or table.generation != self.generation:
+            if orphan:
+                return
+            if table.generation != self.generation:
+                self.recycle(_table.RELOAD)
                 return
             if self.tasks_left > 0:
                 self.tasks_left -= len(batch.records)
                 if self.tasks_left <= 0:
                     log.info("task worker %d: max_tasks_per_worker reached, recycling", self.worker_id)
+                    self.recycle(_table.MAX_TASKS)
                     return
+            if self.max_memory is not None and self.over_memory():
+                return
+
+    def over_memory(self) -> bool:
+        """True (and recorded, and logged) if this worker's resident memory
+        is over ``max_worker_memory``: it exits, after its async tasks, and
+        the supervisor starts a fresh one in its row."""
+        rss = _proc.rss_bytes(os.getpid()) or 0
+        if rss <= (self.max_memory or 0):
+            return False
+        log.warning("task worker %d: resident memory %.1f MiB is over max_worker_memory=%.1f MiB: recycling",
+                    self.worker_id, rss / (1 << 20), (self.max_memory or 0) / (1 << 20))  # fmt: skip
+        self.recycle(_table.MEMORY)
+        return True
+
+    def recycle(self, reason: int) -> None:
+        """Record in the worker table why this worker leaves (it exits cleanly next)."""
+        self.words[self.row + _table.RECYCLED] += 1
+        self.words[self.row + _table.REASON] = reason
 
     def failed(self, seq: int, exc: BaseException, task_id: int = 0) -> bytes:
         """The ``error`` finish of a task whose outcome could not be made
@@ -210,8 +235,8 @@ class _Worker:
 
     def run_one(self, seq: int, record: bytes, header: int) -> bytes | None:
         """Run one task; returns its finish record (None: an async task, which
-        sends its own finish when it is done; ``b""``: a large finish, sent
-        already)."""
+        sends its own finish when it is done, or a delayed task's trip that
+        has none, released already; ``b""``: a large finish, sent already)."""
         words, row = self.words, self.row
         started = time.perf_counter()
         if header & records.SPILLED:
@@ -222,8 +247,18 @@ class _Worker:
             unreadable = error_of(exc)
             self.tasks.finished(seq, ERROR, 1, unreadable)
             return self.finish(seq, seq, ERROR, None, unreadable, started, "")
-        _, task_id, kind, _, own_limit, attempt, _, cancelled, payload = task
+        _, task_id, kind, _, own_limit, attempt, _, cancelled, payload, due = task
         tasks = self.tasks
+        if header & records.DELAYED and not cancelled:  # see taskmw.delayed
+            if not due and not delayed.claim(self.pool.scheduled_dir, task_id):
+                self.ring.release([seq])  # a second push of a task that ran, or one cancelled: dropped, no finish
+                return None
+            if due and not tasks.cancel_requested(task_id):
+                delayed.hold(self.pool.scheduled_dir, task, self.pool.supervisor_pid)  # not due yet: to the scheduler
+                self.ring.release([seq])  # now, not with the batch: the scheduler has it
+                if tasks.cancel_requested(task_id):  # cancel() came while the file was written: it may not see it
+                    delayed.cancel(self.pool.scheduled_dir, task_id, self.pool.supervisor_pid)
+                return None
         if cancelled or tasks.cancel_requested(task_id):
             words[row + _table.CANCELLED_HERE] += 1
             tasks.finished(task_id, CANCELLED, attempt, _CANCELLED)

@@ -33,8 +33,8 @@ def test_finish_records_round_trip_and_bad_return_values_become_errors() -> None
 @pytest.mark.usefixtures("no_process_left")
 def test_invalid_per_task_options() -> None:
     with TaskServer(1) as server:
-        with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
-            server.task(Task(add, 1, 2), timeout=-1)
+        with pytest.raises(ValueError, match="task_timeout must be a number of seconds > 0"):
+            server.task(Task(add, 1, 2), task_timeout=-1)
         with pytest.raises(ValueError, match="retries must be"):
             server.task(Task(add, 1, 2), retries="3")
 

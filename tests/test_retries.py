@@ -76,7 +76,7 @@ def test_retries_run_a_failing_task_again_until_it_succeeds(tmp_path: Path) -> N
             [(flaky, 1), (flaky, 2), (flaky, 3), (hopeless, 1), (hopeless, 2), (hopeless, 3)]
             + [(lost_once, 1), (lost_once, 2)]
         )
-        timed = server.task(Task(add, 1, 1), timeout=5, retries=1)
+        timed = server.task(Task(add, 1, 1), task_timeout=5, retries=1)
         assert finishes.wait([timed])[timed].return_value == 2 and seen.seen()[-1] == (timed, 1)
         assert server.taskwait(Task(fail_until, str(tmp_path / "d"), 2), retries=1, timeout=WAIT) == 2
     assert all(len(finishes.deliveries[i]) == 1 for i in (flaky, hopeless, lost_once))

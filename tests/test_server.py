@@ -73,7 +73,7 @@ def test_unpicklable_argument_is_a_type_error_at_task(pool: TaskServer) -> None:
         pool.task(add, 1, threading.Lock())
     with pytest.raises(TypeError, match="only a plain callable takes arguments"):
         pool.task(Signup("a@b"), 1)
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['to'\].*timeout= and retries="):
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['to'\].*task_timeout=, retries="):
         pool.task(Task(add, 1, 2), to="x")
     assert pool.taskwait(add, 1, 1, timeout=WAIT) == 2  # nothing wedged
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from helpers import WAIT, local_pool, wait_until
 
-from taskmw import TaskServer
+from taskmw import Periodic, TaskServer
 from taskmw._share import Group, Refused, join
 
 pytestmark = [pytest.mark.usefixtures("no_process_left"), pytest.mark.timeout(120)]
@@ -261,3 +261,27 @@ def test_a_joined_process_whose_pool_died_with_its_builder_says_so() -> None:
         _quit(joiner)
         builder.stdout.close()  # type: ignore[union-attr]
         builder.stderr.close()  # type: ignore[union-attr]
+
+
+def test_a_pool_with_a_schedule_is_joined_by_a_process_without_one() -> None:
+    """The schedule's completion channel and state travel with the pool (its
+    geometry is the builder's); the joiner's settings need no schedule, and
+    the periodic task runs in the one pool's supervisor."""
+    group = _group()
+    schedule = [Periodic(os.getpid, every=0.2)]
+    with TaskServer(1, entrypoints=False, share=group, schedule=schedule) as server:
+        pool = local_pool(server)
+        assert pool.schedule_channel is not None and len(pool.channels) == pool.settings.max_dispatchers + 1
+        child = _run(f"""
+            import os
+            from taskmw import TaskServer
+            with TaskServer(1, entrypoints=False, share={group!r}, schedule=[]) as s:
+                p = s.transport.pool
+                print(s.supervisor_pid, len(p.channels), p.schedule_channel, s.result(s.task(os.getpid), timeout=30))
+        """)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        supervisor, channels, schedule_channel, ran_in = out.split()
+        assert (int(supervisor), int(channels), int(schedule_channel)) == (
+            server.supervisor_pid, len(pool.channels), pool.schedule_channel)  # fmt: skip
+        assert int(ran_in) == server.stats()["workers"][0]["pid"]

@@ -165,9 +165,9 @@ def test_a_worker_dying_mid_task_is_replaced_and_its_task_finishes_lost(how: str
 def test_a_sync_task_over_its_limit_finishes_timeout_and_its_worker_is_replaced() -> None:
     finishes = Finishes()
     with TaskServer(2, plugins=[finishes]) as server:
-        slow = server.task(Task(pid_then_sleep, 30), timeout=0.5)
+        slow = server.task(Task(pid_then_sleep, 30), task_timeout=0.5)
         quick = [server.task(add, i, i) for i in range(20)]
-        fine = server.task(Task(add, 1, 1), timeout=10)
+        fine = server.task(Task(add, 1, 1), task_timeout=10)
         got = finishes.wait([slow, fine, *quick])
         assert got[slow].status == "timeout"
         assert got[slow].error is not None and "time limit of 0.5s" in got[slow].error.message
@@ -220,7 +220,7 @@ def test_a_worker_that_moved_on_is_not_killed_for_its_last_task(tmp_path: Path) 
     finishes = Finishes()
     try:
         with TaskServer(1, plugins=[finishes]) as server:
-            a = server.task(Task(sleep_then_touch, 0.6, str(tmp_path / "a-done")), timeout=0.3)
+            a = server.task(Task(sleep_then_touch, 0.6, str(tmp_path / "a-done")), task_timeout=0.3)
             b = server.task(touch_then_wait, str(started), str(gate))
             assert wait_until(started.exists)
             gate.touch()
@@ -296,7 +296,7 @@ def test_an_orphans_task_keeps_its_time_limit() -> None:
     finishes = Finishes()
     with TaskServer(2, plugins=[finishes]) as server:
         queued = time.monotonic()
-        slow = server.task(Task(pid_then_sleep, 8), timeout=1)
+        slow = server.task(Task(pid_then_sleep, 8), task_timeout=1)
         orphan = _busy_worker(server, slow)
         _kill_supervisor(server)
         event = finishes.wait([slow], 5)[slow]

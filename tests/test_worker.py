@@ -252,7 +252,7 @@ def test_an_async_task_the_loop_cannot_stop_finishes_timeout_and_its_worker_is_r
         pids = worker_pids(server)
         neighbour = server.task(Task(async_peak, 10))  # on the same loop: lost with the worker (documented)
         queued = time.monotonic()
-        stuck = server.task(Task(fn, 5), timeout=0.3)
+        stuck = server.task(Task(fn, 5), task_timeout=0.3)
         got = finishes.wait([stuck, neighbour])
         took = time.monotonic() - queued
         assert got[stuck].status == "timeout", got[stuck]
@@ -269,7 +269,7 @@ def test_an_async_task_that_swallows_its_cancellation_and_returns_finishes_timeo
     with TaskServer(1, plugins=[finishes]) as server:
         pids = worker_pids(server)
         neighbour = server.task(Task(async_peak, 0.5))
-        swallow = server.task(Task(async_swallow_once), timeout=0.3)
+        swallow = server.task(Task(async_swallow_once), task_timeout=0.3)
         got = finishes.wait([swallow, neighbour])
         assert got[swallow].status == "timeout"
         assert got[swallow].return_value is None

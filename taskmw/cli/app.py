@@ -23,6 +23,7 @@ from taskmw import config, middleware
 from taskmw.cli.errors import CLIError
 from taskmw.interfaces import Server
 from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware
+from taskmw.schedule import schedule_of
 from taskmw.server import TaskServer
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ def inspect_app(spec: str, timeout: float = IMPORT_TIMEOUT) -> tuple[Literal["ws
     """Import the app in a forked child that builds no pool; returns its
     interface (``"wsgi"`` or ``"asgi"``) and the pool settings of its
     ``TaskMiddleware(...)`` (JSON-able ones: numbers, strings, booleans,
-    lists of strings). The child gets ``timeout`` seconds to answer.
+    lists of strings; and its schedule, as :meth:`taskmw.Periodic.wire`
+    data: its ``schedule=``, else the ``@taskmw.periodic`` functions its
+    import decorated). The child gets ``timeout`` seconds to answer.
 
     Raises:
         CLIError: the app could not be imported (the child's traceback is in
@@ -140,6 +143,7 @@ def inspect_app(spec: str, timeout: float = IMPORT_TIMEOUT) -> tuple[Literal["ws
             kind = "asgi" if isinstance(wrapped, ASGITaskMiddleware) else "wsgi"
             settings = _merge_settings(spec, settings, added_middleware_settings(wrapped.app))
             plain = {k: v for k, v in settings.items() if _plain(v)}
+            plain["schedule"] = [entry.wire() for entry in schedule_of(settings.get("schedule"))]
             answer = {"interface": kind, "settings": plain}
         except CLIError as exc:
             answer, code = {"error": str(exc)}, 1

@@ -15,6 +15,7 @@ import warnings
 from typing import Any, Literal
 
 from taskmw import _control, _proc, _title, config, middleware, worker
+from taskmw._address import join_address, parse_address
 from taskmw.cli.app import IMPORT_TIMEOUT, import_in_task_worker, inspect_app, load_app
 from taskmw.cli.errors import CLIError
 from taskmw.cli.pidfile import unlink_own_pid_file
@@ -48,7 +49,7 @@ def check_can_listen(host: str, port: int) -> None:
         CLIError: it cannot be bound (in use, no such address, a privileged
             port); the message names the address.
     """
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = join_address(host, port)
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -67,7 +68,7 @@ def start_dashboard(server: TaskServer, address: str, allow_cancel: bool) -> Any
     Raises:
         CLIError: the address cannot be bound.
     """
-    from taskmw.web.serve import DashboardServer, parse_address
+    from taskmw.web.serve import DashboardServer
 
     host, port = parse_address(address)
     try:
@@ -119,7 +120,7 @@ class Master:
         """gunicorn's settings (read again on every reload), hooks included."""
         s = self.settings
         out: dict[str, Any] = {
-            "bind": [f"{s.host}:{s.port}"] if ":" not in s.host else [f"[{s.host}]:{s.port}"],
+            "bind": [join_address(s.host, s.port)],
             "workers": s.num_workers,
             "worker_class": self.worker_class,
             "pidfile": s.pid_file,

@@ -50,15 +50,16 @@ def render_tasks(tasks: dict[str, list[dict[str, Any]]], now: float, queue_depth
     for key, title in (("queued", "Queued"), ("running", "Running"), ("scheduled", "Scheduled")):
         shown = tasks.get(key) or []
         if key == "scheduled" and not shown:
-            continue  # no scheduled tasks yet (nothing schedules them)
+            continue  # no delayed task waits
         count = len(shown) if key != "queued" or queue_depth is None else max(queue_depth, len(shown))
         lines += ["", f"{title} tasks: {count}" + ("" if shown else "  (none)")]
         if shown:
-            lines.append(head)
+            lines.append(head if key != "scheduled" else head.replace("   AGE", "DUE IN"))
         for t in shown[:SHOWN_TASKS]:
+            when = _ago(t.get("scheduled_for") or now, now) if key == "scheduled" else _ago(now, t.get("queued_at"))
             lines.append(
                 f"  {t['task_id']:>8}  {_cut(t.get('name'), 32):<32}  {_opt(t.get('worker_id')):>6}  "
-                f"{_ago(now, t.get('queued_at')):>6}  {_progress(t):>8}  {_cut(t.get('message'), 40)}".rstrip()
+                f"{when:>6}  {_progress(t):>8}  {_cut(t.get('message'), 40)}".rstrip()
             )
         if count > min(len(shown), SHOWN_TASKS):
             lines.append(f"  … and {count - min(len(shown), SHOWN_TASKS)} more")
@@ -72,6 +73,29 @@ def render_tasks(tasks: dict[str, list[dict[str, Any]]], now: float, queue_depth
         lines.append(
             f"  {t['task_id']:>8}  {_cut(t.get('name'), 32):<32}  {_opt(t.get('worker_id')):>6}  "
             f"{_opt(t.get('status')):<9}  {_took(t):>6}  {_ago(now, t.get('finished_at')):>6}  {_cut(why, 40)}".rstrip()
+        )
+    return lines
+
+
+def _recycled(w: dict[str, Any]) -> str:
+    """How often a worker's row was recycled, and why its last worker went: ``2 (memory)``."""
+    reason = w.get("restart_reason")
+    return f"{w.get('recycled', 0)}" + (f" ({reason})" if reason else "")
+
+
+def render_schedule(schedule: list[dict[str, Any]], now: float) -> list[str]:
+    """The periodic tasks of ``taskmw status``: each entry's name, every/cron,
+    next run, last run and its status (from ``stats()["schedule"]``)."""
+    lines = ["", f"Periodic tasks: {len(schedule)}",
+             f"  {'NAME':<32}  {'WHEN':<24}  {'NEXT RUN':>10}  {'LAST RUN':>10}  {'LAST ID':>8}  {'STATUS':<9}  "
+             "RUNS  SKIPPED"]  # fmt: skip
+    for e in schedule:
+        nxt = e.get("next_run")
+        next_in = "-" if nxt is None else f"in {_duration(max(0.0, nxt - now))}"
+        lines.append(
+            f"  {_cut(e['name'], 32):<32}  {_cut(e['when'], 24):<24}  {next_in:>10}  "
+            f"{_ago(now, e.get('last_run')) + (' ago' if e.get('last_run') else ''):>10}  "
+            f"{_opt(e.get('last_task_id')):>8}  {_opt(e.get('last_status')):<9}  {e['runs']:>4}  {e['skipped']:>7}"
         )
     return lines
 
@@ -133,15 +157,18 @@ def render_status(s: dict[str, Any]) -> str:
         "",
         f"Task workers: {len(pool['workers'])} of {pool['task_workers']}   supervisor pid {pool['supervisor_pid']}   "
         f"queue depth {pool['queue_depth']}   tasks/s {'-' if rate is None else f'{rate:.1f}'}",
-        f"  {'ID':>3}  {'PID':>8}  {'STATE':<8}  {'TASK':>8}  {'FOR':>6}  {'DONE':>7}  {'MEM':>8}  {'RESTARTS':>8}",
+        f"  {'ID':>3}  {'PID':>8}  {'STATE':<8}  {'TASK':>8}  {'FOR':>6}  {'DONE':>7}  {'MEM':>8}  {'RESTARTS':>8}  "
+        "RECYCLED",
     ]
     for w in pool["workers"]:
         running = "-" if w.get("task_started") is None else f"{now - w['task_started']:.1f}s"
         lines.append(
             f"  {_opt(w.get('worker_id')):>3}  {w['pid']:>8}  {w['state']:<8}  {_opt(w.get('task_id')):>8}  "
             f"{running:>6}  {_opt(w.get('tasks_done')):>7}  {_mib(w.get('rss_bytes')):>8}  "
-            f"{_opt(w.get('restarts')):>8}"
+            f"{_opt(w.get('restarts')):>8}  {_recycled(w)}".rstrip()
         )
+    if pool.get("schedule"):
+        lines += render_schedule(pool["schedule"], now)
     totals = pool["totals"]
     lines.append("")
     lines.append("Totals: " + "  ".join(f"{k} {v}" for k, v in totals.items()) + f"  (all {sum(totals.values())})")

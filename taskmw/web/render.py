@@ -198,12 +198,19 @@ def queued(view: View, infos: list[TaskInfo]) -> str:
 def scheduled(view: View, infos: list[TaskInfo], scheduling: bool) -> str:
     if not scheduling:
         return '<p class="empty">nothing scheduled (this pool does not schedule tasks for later)</p>'
-    head = ("id", "task", "queued", "")
+    head = ("id", "task", "queued", "due")
     rows = (
-        [task_link(view, i.task_id), f"<code>{esc(i.name or '?')}</code>", ago(i.queued_at, view.now), ""]
+        [task_link(view, i.task_id), f"<code>{esc(i.name or '?')}</code>", ago(i.queued_at, view.now), due(i, view.now)]
         for i in infos
     )
     return table(head, rows, "nothing scheduled", "scheduled")
+
+
+def due(info: TaskInfo, now: float) -> str:
+    """When a scheduled task is due: ``"in 3.2 s"``."""
+    if info.scheduled_for is None:
+        return "—"
+    return f'<span title="{esc(clock(info.scheduled_for))}">in {esc(span(max(0.0, info.scheduled_for - now)))}</span>'
 
 
 def duration(info: TaskInfo, now: float) -> str:

@@ -5,7 +5,6 @@ holds the pool (``taskmw start --dashboard HOST:PORT``: the master):
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -15,40 +14,11 @@ import weakref
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from taskmw._address import is_loopback, join_address
 from taskmw.web.apps import WSGIDashboard, wsgi_app
 from taskmw.web.core import Pool
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HOST = "127.0.0.1"
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``"HOST:PORT"``, ``"[::1]:PORT"`` or a bare ``"PORT"`` (on
-    127.0.0.1) as ``(host, port)``.
-
-    Raises:
-        ValueError: not an address with a port in 1..65535.
-    """
-    text = text.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = DEFAULT_HOST, text
-    host = host.strip("[]") or DEFAULT_HOST
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8001), got {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"the port must be in 1..65535, got {port}")
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class _Handler(WSGIRequestHandler):
@@ -106,8 +76,7 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"http://{join_address(self.host, self.port)}/"
 
     def start(self) -> None:
         self.thread.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -85,5 +86,15 @@ def test_status_lists_tasks_and_shows_one(tmp_path: Path) -> None:
         assert ok["queued_at"] <= ok["started_at"] <= ok["finished_at"]
         text = one().stdout
         assert "Recently finished: 3" in text and "ValueError: failed as asked" in text
+        with server.client() as client:
+            later = client.post("/jobs", params={"token": "never", "delay": 600}).json()["id"]
+        wait_for(lambda: "Scheduled tasks: 1" in one().stdout, "the delayed job to be listed")
+        text = one().stdout
+        assert "DUE IN" in text
+        row = next(line for line in text.splitlines() if line.split()[:1] == [str(later)])
+        assert "progress_jobs.wait_job" in row and ("10m" in row or "9m" in row), row
+        scheduled = status(pid_file, env)["pool"]["tasks"]["scheduled"]
+        assert [(t["task_id"], t["state"]) for t in scheduled] == [(later, "scheduled")]
+        assert json.loads(one("--json", str(later)).stdout)["scheduled_for"] > time.time() + 500
         logged = importlib.util.find_spec("taskmw_logging") is not None  # it logs the failed task's traceback
         stop_and_check(server, pid_file, tracebacks=1 if logged else 0)

@@ -82,7 +82,7 @@ def test_a_task_queued_in_a_rolled_back_transaction_never_runs(pool: tuple[TaskS
 def test_outside_a_transaction_it_is_queued_at_once_with_any_task_options(pool: tuple[TaskServer, Finishes]) -> None:
     server, finishes = pool
     assert connection.get_autocommit()
-    task_on_commit(Task(pow, 2, 10), timeout=10, retries=1)
+    task_on_commit(Task(pow, 2, 10), task_timeout=10, retries=1)
     assert wait_until(lambda: len(finishes.events) == 1)
     (event,) = finishes.events.values()
     assert event.ok and event.return_value == 1024

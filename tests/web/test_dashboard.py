@@ -57,15 +57,16 @@ def pool() -> Iterator[TaskServer]:
 @pytest.fixture
 def busy(pool: TaskServer, tmp_path: Path) -> Iterator[dict[str, int]]:
     """The pool with: one ``ok`` and one ``error`` task done, one running
-    (progress 0.5, a message with markup), one queued behind it."""
+    (progress 0.5, a message with markup), one queued behind it, one delayed by 10 minutes."""
     done_ok, failed = pool.task(quick, 21), pool.task(fails)
+    scheduled = pool.task(taskmw.Task(quick, 2), delay=600)
     assert wait_until(lambda: pool.status(failed).state == "done", WAIT)
     flag = str(tmp_path / "go")
     running = pool.task(wait_for_flag, flag, "<script>alert(1)</script> half way")
     assert wait_until(lambda: pool.status(running).progress == 0.5, WAIT)
     queued = pool.task(quick, 1)
     try:
-        yield {"ok": done_ok, "error": failed, "running": running, "queued": queued}
+        yield {"ok": done_ok, "error": failed, "running": running, "queued": queued, "scheduled": scheduled}
     finally:
         Path(flag).touch()
 
@@ -93,7 +94,9 @@ def test_the_page_shows_workers_running_queued_and_finished_tasks(pool: TaskServ
         assert '<span class="st st-error">error</span>' in recent.group(1)
         assert "failed &lt;as&gt; asked" in recent.group(1)
         assert '<span class="st st-ok">ok</span>' in recent.group(1)
-        assert "does not schedule tasks" in page  # the record has no scheduled tasks (yet)
+        scheduled = re.search(r'<div id="s-scheduled">(.*?)</div></section>', page, re.S)
+        assert scheduled is not None and f'/tasks/{busy["scheduled"]}">' in scheduled.group(1)
+        assert re.search(r"<td><span title=[^>]*>in (9|10) min</span></td>", scheduled.group(1)), scheduled.group(1)
         assert "cancel" not in re.sub(r"<[^>]*>", "", page).lower().replace("cancelled", "")  # read-only: no buttons
         assert '<form class="inline"' not in page and "read-only" in page
 
@@ -282,8 +285,9 @@ def test_the_masters_server_and_its_options(pool: TaskServer, busy: dict[str, in
     """What ``taskmw start --dashboard 8001 --dashboard-cancel`` builds: the
     options, and a threading server on a real socket whose buttons work."""
     from taskmw import config
+    from taskmw._address import join_address, parse_address
     from taskmw.cli import build_parser
-    from taskmw.web.serve import DashboardServer, parse_address
+    from taskmw.web.serve import DashboardServer
 
     args = build_parser().parse_args(["start", "x:app", "--dashboard", "8001", "--dashboard-cancel"])
     resolved = config.resolve(vars(args), {})
@@ -291,6 +295,7 @@ def test_the_masters_server_and_its_options(pool: TaskServer, busy: dict[str, in
     assert config.resolve({}, {"TASKMW_DASHBOARD": "[::1]:9"}).dashboard == "[::1]:9"
     assert config.resolve({}, {}).dashboard is None and config.resolve({}, {}).dashboard_cancel is False
     assert parse_address("0.0.0.0:80") == ("0.0.0.0", 80)
+    assert parse_address(join_address("::1", 8001)) == ("::1", 8001) and join_address("::1", 8001) == "[::1]:8001"
     for bad in ("nope", "127.0.0.1:0", "host:99999"):
         with pytest.raises(ValueError):
             parse_address(bad)

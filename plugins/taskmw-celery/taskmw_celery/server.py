@@ -14,6 +14,7 @@ queued a task in this process, if it still runs, else on the listener's thread.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import importlib
 import logging
 import os
@@ -121,10 +122,12 @@ class CeleryTransport:
             raise ValueError(f"the task is {len(record)} bytes pickled, more than max_payload_bytes={limit}")
         opts = records.options_of(record, header)
         own = opts.timeout if opts.timeout is not None else self._settings.task_timeout
-        options = {} if own is None else {"time_limit": own}
+        options: dict[str, Any] = {} if own is None else {"time_limit": own}
+        if opts.due:  # Celery's worker holds it until then (its eta)
+            options["eta"] = datetime.datetime.fromtimestamp(opts.due, datetime.UTC)
         seq = -1
         try:
-            seq = self.records.queue(self._prefix, opts.task_id, name, opts.left, opts.attempt)
+            seq = self.records.queue(self._prefix, opts.task_id, name, opts.left, opts.attempt, opts.due)
             self._pending[seq] = (records.reply_to(header), time.monotonic(), opts.task_id or seq, opts.left)
             if registered is not None:
                 registered(seq)

@@ -63,7 +63,8 @@ RECORD_KEY = "taskmw:task:"
 """The prefix of each task's record (a hash), followed by its id."""
 
 # KEYS[1] the id counter. ARGV: record prefix, Celery id prefix, task id (0: this
-# run's seq), name, now, ttl ms, runs left, attempt, records kept.
+# run's seq), name, now, ttl ms, runs left, attempt, records kept, a delayed task's due time
+# ('' : none) and the ms its record first lives (the ttl, plus the delay).
 _QUEUE = """
 local seq = redis.call('INCR', KEYS[1])
 local id = tonumber(ARGV[3])
@@ -73,7 +74,8 @@ local celery = ARGV[2] .. string.format('%d', seq)
 if id == seq then
   redis.call('HSET', key, 'celery', celery, 'name', ARGV[4], 'queued_at', ARGV[5], 'ttl', ARGV[6],
              'left', ARGV[7], 'attempt', ARGV[8])
-  redis.call('PEXPIRE', key, ARGV[6])
+  if ARGV[10] ~= '' then redis.call('HSET', key, 'due', ARGV[10]) end
+  redis.call('PEXPIRE', key, ARGV[11])
   local old = seq - tonumber(ARGV[9])
   if old > 0 then redis.call('DEL', ARGV[1] .. string.format('%d', old)) end
 elseif redis.call('EXISTS', key) == 1 then
@@ -184,11 +186,16 @@ class TaskRecords:
 
     # -- writing --------------------------------------------------------------------
 
-    def queue(self, prefix: str, task_id: int, name: bytes | None, left: int, attempt: int) -> int:
+    def queue(self, prefix: str, task_id: int, name: bytes | None, left: int, attempt: int, due: float = 0.0) -> int:
         """Take the next id from the counter and record the run under it
         (a first run, ``task_id`` 0) or under ``task_id`` (a retry); returns
-        the run's seq (its Celery id is ``prefix`` + seq)."""
-        args = [RECORD_KEY, prefix, task_id, name or b"", repr(time.time()), self.ttl_ms, left, attempt, self.keep]
+        the run's seq (its Celery id is ``prefix`` + seq). A delayed task's
+        ``due`` time is recorded (it is ``scheduled`` until then), and its
+        record lives ``result_ttl`` past it."""
+        now = time.time()
+        lives = self.ttl_ms + int(max(0.0, due - now) * 1000)
+        args = [RECORD_KEY, prefix, task_id, name or b"", repr(now), self.ttl_ms, left, attempt, self.keep,
+                repr(due) if due else "", lives]  # fmt: skip
         return int(self._queue(keys=[IDS_KEY], args=args))
 
     def start(self, task_id: int, worker_id: int, attempt: int, limit: float | None) -> int:
@@ -257,6 +264,7 @@ class TaskRecords:
         get = record.get
         name = get(b"name", b"").decode("utf-8", "replace")
         queued_at, started_at = _float(get(b"queued_at")), _float(get(b"started_at"))
+        due = _float(get(b"due"))
         worker = get(b"worker")
         worker_id = int(worker) if worker is not None else None
         attempts = int(get(b"attempt", b"1"))
@@ -271,11 +279,13 @@ class TaskRecords:
                     task_id, "its result expired (Celery's result_expires, or result_ttl, ran out before the record's)"
                 )
             state: State = "running" if started_at is not None else "queued"
+            if state == "queued" and due is not None and time.time() < due:
+                state = "scheduled"
             return TaskInfo(task_id, state, None, name, worker_id, attempts, queued_at, started_at, None, fraction,
-                            text, None)  # fmt: skip
+                            text, None, scheduled_for=due)  # fmt: skip
         status, error, finished_at = done
         return TaskInfo(task_id, "done", STATUSES[status], name, worker_id, attempts, queued_at, started_at,
-                        finished_at, fraction, text, error)  # fmt: skip
+                        finished_at, fraction, text, error, scheduled_for=due)  # fmt: skip
 
     def _done(
         self, task_id: int, record: dict[bytes, bytes], stored: bytes
@@ -323,8 +333,9 @@ class TaskRecords:
         return self.finish_of(task_id, record, self.backend.decode_result(stored))
 
     def tasks(self, limit: int) -> dict[str, list[TaskInfo]]:
-        """The records of the last :data:`SCAN` ids: queued and running oldest first, done newest first."""
-        out: dict[str, list[TaskInfo]] = {"queued": [], "running": [], "done": []}
+        """The records of the last :data:`SCAN` ids: scheduled soonest due
+        first, queued and running oldest first, done newest first."""
+        out: dict[str, list[TaskInfo]] = {"scheduled": [], "queued": [], "running": [], "done": []}
         issued = int(self.client.get(IDS_KEY) or 0)
         low = max(0, issued - SCAN)
         for top in range(issued, low, -_BATCH):
@@ -344,6 +355,7 @@ class TaskRecords:
                 break
         out["queued"].reverse()
         out["running"].reverse()
+        out["scheduled"].sort(key=lambda i: i.scheduled_for or 0.0)
         return out
 
 

@@ -35,7 +35,9 @@ from taskmw.pipeline import error_of, run_task
 from taskmw.plugins import call_each, implementations
 from taskmw.records import CANCELLED, ERROR, FinishRecord, SubmitRecord, encode_finish
 from taskmw.retries import RETRIED
+from taskmw.schedule import Periodic, schedule_of
 from taskmw.tasks import _reporter
+from taskmw_celery.beat import PERIODIC_NAME, add_to_beat, queue_run
 from taskmw_celery.settings import IN_WORKER, TASK_NAME, configure
 from taskmw_celery.taskrecords import START_CANCELLED, START_OK, TaskRecords
 
@@ -178,6 +180,7 @@ def install(
     disable_plugins: Iterable[str] = (),
     acks_late: bool = True,
     time_limit: float | None = None,
+    schedule: Iterable[Periodic] | None = None,
 ) -> Any:
     """Make ``celery_app``'s workers run taskmw tasks: ``celery -A module:app
     worker`` then serves ``TaskServer(backend="celery", celery_app=app)``.
@@ -199,6 +202,10 @@ def install(
         time_limit: hard limit, seconds, of one task (Celery kills the pool
             process; the finish is ``timeout``). Default: the app's
             ``task_time_limit``, else one hour.
+        schedule: the periodic tasks, run by ``celery -A module:app beat``
+            (see :mod:`taskmw_celery.beat`): ``None`` (default) the
+            ``@taskmw.periodic`` functions imported before this call; a
+            list: exactly those :class:`taskmw.Periodic` entries.
 
     Returns:
         The Celery task.
@@ -210,6 +217,7 @@ def install(
     if id(celery_app) in _installed:
         raise ValueError(f"taskmw_celery.install() was already called for the Celery app {celery_app.main!r}")
     limit = configure(celery_app, time_limit)
+    add_to_beat(celery_app, schedule_of(None if schedule is None else tuple(schedule)))
     settings = {"plugins": list(plugins), "listeners": listeners, "entrypoints": entrypoints}
     state = _Installed(celery_app, {**settings, "disable_plugins": disable_plugins})
     _installed[id(celery_app)] = state
@@ -233,6 +241,10 @@ def install(
             self.backend.store_result(request.id, finish, states.SUCCESS, request=request)
 
         state.get().run(seq, record, header, hard, store)
+
+    @celery_app.task(name=PERIODIC_NAME, serializer="pickle", ignore_result=True, typing=False)
+    def periodic(payload: bytes) -> int:
+        return queue_run(state.get().server, payload)
 
     signals.worker_init.connect(state.on_worker_init, weak=False)
     signals.worker_process_init.connect(state.on_process_init, weak=False)

@@ -254,7 +254,7 @@ def test_under_asgi_finishes_come_on_the_event_loop(worker: Any, redis_server: R
 
 
 def test_time_limits_and_retries_work_as_locally(server: TaskServer, finishes: Finishes, tmp_path: Path) -> None:
-    slow = server.task(Task(cjobs.sleep_for, 60), timeout=2)  # Celery's hard time limit kills its process
+    slow = server.task(Task(cjobs.sleep_for, 60), task_timeout=2)  # Celery's hard time limit kills its process
     flaky = server.task(Task(cjobs.fail_first, str(tmp_path)), retries=2)
     got = finishes.wait([slow, flaky])
     assert got[slow].status == "timeout" and got[slow].error.type.endswith("TimeLimitExceeded"), got[slow]

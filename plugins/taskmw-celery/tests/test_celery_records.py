@@ -258,3 +258,21 @@ def test_records_expire_after_result_ttl_and_are_bounded(worker: Any, url: str, 
             server.status(ids[0])
         gone = range(max(1, ids[0] - 16), ids[3] + 1)  # sending id n deleted the record of n - 16
         assert not any(app.backend.client.exists(f"taskmw:task:{i}") for i in gone)
+
+
+def test_delayed_tasks_become_celery_eta_and_can_be_cancelled(server: TaskServer, finishes: Finishes,
+                                                              ran: Path) -> None:  # fmt: skip
+    later = server.task(Task(cjobs.add, 1, 2), delay=1.5)
+    info = server.status(later)
+    assert info.state == "scheduled" and info.scheduled_for == pytest.approx(time.time() + 1.5, abs=0.5)
+    assert later in [i.task_id for i in server.tasks()["scheduled"]]
+    cancelled = server.task(Task(cjobs.add, 3, 4), delay=2.0)
+    assert server.cancel(cancelled)
+    assert server.result(later, timeout=WAIT) == 3
+    done = server.status(later)
+    assert done.started_at >= done.scheduled_for - 0.05  # Celery's worker held it until its eta
+    assert done.started_at <= done.scheduled_for + 5.0  # (Celery's own timer: not ms-precise)
+    assert finishes.wait([cancelled])[cancelled].status == "cancelled"
+    assert server.status(cancelled).status == "cancelled"
+    time.sleep(max(0.0, server.status(cancelled).scheduled_for + 1.0 - time.time()))  # past its due time
+    assert _ran(ran, cancelled) == 0 and finishes.count[cancelled] == 1

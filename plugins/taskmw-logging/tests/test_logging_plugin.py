@@ -194,7 +194,7 @@ def test_lost_and_timed_out_tasks_show_their_name(caplog: pytest.LogCaptureFixtu
     caplog.set_level(logging.INFO, logger="shop.tasks")
     logger = TaskLogger("shop.tasks", stderr=False)
     with taskmw.TaskServer(1, disable_plugins=["logging"], plugins=[logger]) as server:
-        timed = server.task(taskmw.Task(sleeps, 30), timeout=0.3)  # its worker is killed at 0.3 s
+        timed = server.task(taskmw.Task(sleeps, 30), task_timeout=0.3)  # its worker is killed at 0.3 s
         lost = server.task(dies)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

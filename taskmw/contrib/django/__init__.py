@@ -162,7 +162,7 @@ def task_on_commit(fn_or_data: Any, /, *args: Any, **kwargs: Any) -> None:
     transaction of the default database commits: at once outside a
     transaction (autocommit), never if it rolls back
     (:func:`django.db.transaction.on_commit`). Anything ``task()`` takes
-    works, per-task options (``timeout=``, ``retries=``) included.
+    works, per-task options (``delay=``, ``task_timeout=``, ``retries=``, ...) included.
 
     The pool is the one serving this request (:func:`taskmw.current_server`),
     found now (``RuntimeError`` here if there is none); ``task()`` itself runs

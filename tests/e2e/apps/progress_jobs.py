@@ -35,7 +35,10 @@ def wait_job(token: str, fail: bool = False) -> dict[str, Any]:
     return {"token": token, "pid": os.getpid()}
 
 
-def queue(server: Any, token: str, fail: bool) -> dict[str, Any]:
+def queue(server: Any, token: str, fail: bool, delay: float = 0.0) -> dict[str, Any]:
+    """``POST /jobs``: queue :func:`wait_job` (in ``delay`` seconds if given)."""
+    if delay:
+        return {"id": server.task(taskmw.Task(wait_job, token, fail=fail), delay=delay), "pid": os.getpid()}
     return {"id": server.task(wait_job, token, fail=fail), "pid": os.getpid()}
 
 

@@ -1,5 +1,5 @@
 """A Flask app over :mod:`progress_jobs` (``gunicorn --preload -w 3
-progress_wsgi:app``): POST /jobs, GET /jobs/<id>, POST /jobs/<id>/cancel,
+progress_wsgi:app``): POST /jobs (``?delay=`` seconds: later), GET /jobs/<id>, POST /jobs/<id>/cancel,
 GET /kill-self, GET /pool. Every answer has the answering pid."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def _server():
 
 @flask_app.post("/jobs")
 def queue_job():
-    return jsonify(progress_jobs.queue(_server(), request.args["token"], bool(request.args.get("fail"))))
+    args = request.args
+    return jsonify(progress_jobs.queue(_server(), args["token"], bool(args.get("fail")), float(args.get("delay", 0))))
 
 
 @flask_app.get("/jobs/<int:task_id>")

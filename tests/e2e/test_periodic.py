@@ -1,0 +1,91 @@
+"""A periodic task under ``gunicorn --preload -w 3``: the pool's supervisor
+runs it, once per due time for the whole pool, not once per HTTP worker; a
+SIGKILLed supervisor's successor does not run a due time again; ``taskmw
+status`` lists the schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("httpx", reason="the e2e tests need httpx")
+
+from .servers import base_env, gunicorn_argv, running_server  # noqa: E402
+
+WAIT = 20.0
+
+
+def _runs(workdir: Path) -> list[tuple[float, int]]:
+    path = workdir / "periodic-runs.txt"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        start, _, pid = line.partition(" ")
+        if pid:
+            out.append((float(start), int(pid)))
+    return out
+
+
+def _until(predicate, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_every_second_runs_once_per_second_for_three_http_workers(tmp_path: Path) -> None:
+    env = base_env(tmp_path) | {"TASKMW_STATUS_SOCKET": str(tmp_path / "status.sock")}
+    with running_server(lambda port: gunicorn_argv("periodic_app:app", port, 3, preload=True), tmp_path,
+                        env=env) as server:  # fmt: skip
+        assert _until(lambda: len(_runs(tmp_path)) >= 1), server.log_tail()
+        first = _runs(tmp_path)[0][0]
+        window = 5.0
+        assert _until(lambda: time.time() > first + window + 1.5, timeout=window + 5)
+        within = [t for t, _ in _runs(tmp_path) if t < first + window + 0.5]
+        expected = int(window) + 1  # the due times first, first+1, ..., first+5
+        assert expected - 1 <= len(within) <= expected + 1, f"{len(within)} runs in {window}s: {within}"
+        dues = [int(t) for t in within]
+        assert len(set(dues)) >= len(dues) - 1, f"several runs for one due time: {within}"
+
+        with server.client() as c:
+            answers = [c.get("/").json() for _ in range(6)]
+        supervisor = answers[0]["stats"]["supervisor_pid"]
+        workers = {w["pid"] for w in answers[0]["stats"]["workers"]}
+        assert {pid for _, pid in _runs(tmp_path)} <= workers  # run by the task workers
+        (entry,) = answers[-1]["stats"]["schedule"]
+        assert entry["name"] == "periodic_app.tick" and entry["when"] == "every 1s"
+
+        # The supervisor dies; the watchdog's new one goes on with the same history.
+        count = len(_runs(tmp_path))
+        os.kill(supervisor, signal.SIGKILL)
+        assert _until(lambda: len(_runs(tmp_path)) >= count + 3), server.log_tail()
+        dues = [int(t) for t, _ in _runs(tmp_path)]
+        assert len(set(dues)) >= len(dues) - 1, f"several runs for one due time: {dues}"
+
+        taskmw_status = [sys.executable, "-m", "taskmw", "status", "--socket", str(tmp_path / "status.sock")]
+        shown = subprocess.run([*taskmw_status, "--json"], capture_output=True, text=True, timeout=30, env=env)
+        assert shown.returncode == 0, shown.stderr
+        (listed,) = json.loads(shown.stdout)["pool"]["schedule"]
+        assert listed["name"] == "periodic_app.tick" and listed["runs"] >= count + 3
+        assert listed["last_status"] in ("queued", "running", "ok") and listed["next_run"] > time.time() - 1
+        text = subprocess.run(taskmw_status, capture_output=True, text=True, timeout=30, env=env)
+        assert "Periodic tasks: 1" in text.stdout and "periodic_app.tick" in text.stdout, text.stdout
+    assert not server.stop_report.problems(), server.stop_report.problems()
+
+
+def test_without_preload_each_http_worker_says_it_runs_the_schedule_itself(tmp_path: Path) -> None:
+    with running_server(lambda port: gunicorn_argv("periodic_app:app", port, 2, preload=False), tmp_path) as server:
+        assert _until(lambda: server.log_tail(200).count("periodic task(s) run once per HTTP worker") == 2), (
+            server.log_tail()
+        )
+    assert not server.stop_report.problems(), server.stop_report.problems()
