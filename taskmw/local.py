@@ -14,6 +14,7 @@ forks nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
@@ -83,8 +84,11 @@ class LocalTransport:
         got = None if self._group is None else _share.build_or_join(self._group)
         if isinstance(got, _share.Joined):
             self._joined, self._member = got, got.member
+            pool_settings = got.settings  # the builder's, but for its schedule (not sent): this process's, if it fits
+            if len(settings.schedule) == got.files.schedule_entries:
+                pool_settings = dataclasses.replace(pool_settings, schedule=settings.schedule)
             try:
-                self.pool = Pool.attach(got.settings, got.files)
+                self.pool = Pool.attach(pool_settings, got.files)
             except BaseException:
                 got.member.close()  # (the fds not taken yet are left to the process's exit)
                 raise
