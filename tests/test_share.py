@@ -285,3 +285,24 @@ def test_a_pool_with_a_schedule_is_joined_by_a_process_without_one() -> None:
         assert (int(supervisor), int(channels), int(schedule_channel)) == (
             server.supervisor_pid, len(pool.channels), pool.schedule_channel)  # fmt: skip
         assert int(ran_in) == server.stats()["workers"][0]["pid"]
+
+
+def test_a_delayed_task_queued_by_a_joined_process_runs_when_due() -> None:
+    """The scheduled directory is the pool's, and the joiner wakes the one
+    supervisor: the task waits, runs, and is seen done from the builder."""
+    group = _group()
+    with TaskServer(1, entrypoints=False, share=group) as server:
+        child = _run(f"""
+            import os, time
+            from taskmw import Task, TaskServer
+            with TaskServer(1, entrypoints=False, share={group!r}) as s:
+                t = s.task(Task(os.getpid), delay=0.5)
+                print(t, s.status(t).state, s.result(t, timeout=30), flush=True)
+        """)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        task_id, state, ran_in = out.split()
+        assert state == "scheduled"
+        info = server.status(int(task_id))
+        assert (info.state, info.status) == ("done", "ok")
+        assert int(ran_in) == server.stats()["workers"][0]["pid"]
