@@ -119,6 +119,10 @@ class Channel:
             if self._stopping or self.loop is not loop:
                 return
             time.sleep(_LOOP_CHECK)
+            # An armed loop has no 100 ms re-check of its own (a reader thread's
+            # pop has): finishes written lazily by a worker killed (or stuck in a
+            # long task) before it woke the reader come within _LOOP_CHECK.
+            self.ring.wake()
         self.move_to_thread()
 
     def move_to_thread(self) -> None:

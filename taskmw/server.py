@@ -93,7 +93,7 @@ class TaskServer:
             ``*`` disables them all).
         queue_bytes, queue_timeout, task_concurrency, shutdown_timeout,
         max_dispatchers, channel_bytes, task_records, result_bytes,
-        result_ttl, task_timeout, retries, retry_backoff,
+        result_ttl, finish_delay, task_timeout, retries, retry_backoff,
         max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
         record_arguments, builder_dumpable: the pool's settings, each
             described in :class:`taskmw.Settings` (and, with its
@@ -131,6 +131,7 @@ class TaskServer:
         task_records: int = Settings.task_records,
         result_bytes: int = Settings.result_bytes,
         result_ttl: float = Settings.result_ttl,
+        finish_delay: float = Settings.finish_delay,
         task_timeout: float | None = Settings.task_timeout,
         retries: int = Settings.retries,
         retry_backoff: float = Settings.retry_backoff,
@@ -153,6 +154,7 @@ class TaskServer:
             task_records=task_records,
             result_bytes=result_bytes,
             result_ttl=result_ttl,
+            finish_delay=finish_delay,
             task_timeout=task_timeout,
             retries=retries,
             retry_backoff=retry_backoff,

@@ -1,0 +1,119 @@
+"""Finishes delivered in batches (``finish_delay``): a worker writes the
+finish of a task nobody waits for without waking the process that queued
+it, and wakes that process's reader within ``finish_delay``; a finish
+somebody waits for wakes it at once; ``close()`` delivers what is pending.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from helpers import WAIT, FinishLog, add, pids_gone, pool_processes
+
+from taskmw import TaskServer, hookimpl
+from taskmw.events import TaskFinishEvent
+
+
+def ended_at(x: int) -> tuple[int, float]:
+    """A task that says when it ended (CLOCK_MONOTONIC is one clock for every process)."""
+    return x, time.monotonic()
+
+
+class Arrivals(FinishLog):
+    """A FinishLog that also notes when each finish reached the hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: dict[int, float] = {}
+
+    @hookimpl
+    def on_finish(self, event: TaskFinishEvent) -> None:
+        self.at[event.task_id] = time.monotonic()
+        super().on_finish(event)
+
+
+def _server(finishes: FinishLog, **settings: Any) -> TaskServer:
+    return TaskServer(2, plugins=[finishes], shutdown_timeout=10.0, **settings)
+
+
+def _channel_wakeups(server: TaskServer) -> int:
+    transport: Any = server.transport
+    return int(transport._channel.ring.stats().wakeups)  # noqa: SLF001 - the ring's own counter
+
+
+@pytest.mark.parametrize("bad", [-0.001, 1.5, "0.005", True])
+def test_finish_delay_is_checked(bad: object) -> None:
+    with pytest.raises(ValueError, match="finish_delay"):
+        TaskServer(1, finish_delay=bad)  # type: ignore[arg-type]
+
+
+def test_fire_and_forget_finishes_come_within_the_delay_with_no_further_call() -> None:
+    """The process queues tasks and then makes no call at all: every finish
+    still reaches the hooks, each soon after its task ended (the worker
+    wakes the reader at the delay; the bound allows for a loaded machine)."""
+    finishes = Arrivals()
+    with _server(finishes, finish_delay=0.02) as server:
+        ids = [server.task(ended_at, i) for i in range(20)]
+        deadline = time.monotonic() + WAIT
+        while len(finishes.at) < len(ids) and time.monotonic() < deadline:  # no call on the server meanwhile
+            time.sleep(0.005)
+        got = finishes.wait(ids)
+        late = [finishes.at[i] - got[i].return_value[1] for i in ids]
+        assert [got[i].return_value[0] for i in ids] == list(range(20))
+        assert max(late) < 2.0, late
+        assert all(len(finishes.deliveries[i]) == 1 for i in ids)
+
+
+def test_finishes_nobody_waits_for_wake_the_reader_once_per_batch() -> None:
+    """Tasks queued one by one, each finish written while the reader
+    sleeps: with a delay, the workers wake the reader once per delay (or
+    not at all, when its own 100 ms re-check found them first), not once
+    per finish (finish_delay=0: about once per finish)."""
+    n = 40
+    for delay, bound in ((0.0, None), (0.5, n // 4)):
+        finishes = FinishLog()
+        with _server(finishes, finish_delay=delay) as server:
+            server.taskwait(add, 0, 0, timeout=WAIT)  # the channel claimed, the reader started
+            before = _channel_wakeups(server)
+            ids = []
+            for i in range(n):
+                ids.append(server.task(add, i, 1))
+                time.sleep(0.003)
+            finishes.wait(ids)
+            wakeups = _channel_wakeups(server) - before
+            print(f"\nfinish_delay={delay}: {n} finishes, {wakeups} wake-ups of the reader")
+            if bound is not None:
+                assert wakeups <= bound, wakeups
+
+
+def test_waited_finishes_wake_the_waiter_at_once_whatever_the_delay() -> None:
+    """With the longest delay, each taskwait's finish is written with a
+    wake-up of the reader (not left for the reader's 100 ms re-check), and
+    the waits return well within the delay."""
+    finishes = FinishLog()
+    with _server(finishes, finish_delay=1.0) as server:
+        server.taskwait(add, 0, 0, timeout=WAIT)
+        before = _channel_wakeups(server)
+        rounds, slowest = 10, 0.0
+        for i in range(rounds):
+            time.sleep(0.01)  # the reader is back asleep
+            t = time.monotonic()
+            assert server.taskwait(add, i, 1, timeout=WAIT) == i + 1
+            slowest = max(slowest, time.monotonic() - t)
+        woken = _channel_wakeups(server) - before
+        assert woken >= rounds // 2, woken
+        assert slowest < 0.9, slowest
+        print(f"\nslowest taskwait with finish_delay=1.0: {slowest * 1e3:.1f} ms")
+
+
+def test_close_delivers_a_pending_batch() -> None:
+    finishes = FinishLog()
+    server = _server(finishes, finish_delay=1.0)
+    pids = pool_processes(server)
+    ids = [server.task(add, i, 1) for i in range(50)]
+    server.close()
+    assert sorted(finishes.events) == ids
+    assert all(len(finishes.deliveries[i]) == 1 for i in ids)
+    assert pids_gone(pids)
