@@ -158,11 +158,11 @@ class Ring:
             one's).
         max_held: how many records one process may hold (see ``hold``).
         spin_us: microseconds a waiter polls the ring before sleeping on
-            the eventfd; lowers latency at the cost of a little CPU.
+            its futex; lowers latency at the cost of a little CPU.
 
     Raises:
         ValueError: a size is out of range.
-        OSError: the region or the eventfds could not be created.
+        OSError: the region or its eventfd could not be created.
     """
 
     def __init__(
