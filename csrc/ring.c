@@ -827,6 +827,11 @@ int tmw_ring_reclaim(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap, size_t
     return TMW_OK;
 }
 
+uint64_t tmw_ring_records(tmw_ring *r) {
+    uint64_t hs = LOAD(&r->h->st.head_seq), ns = LOAD(&r->h->st.next_seq);
+    return ns >= hs ? ns - hs : 0;
+}
+
 void tmw_ring_get_stats(tmw_ring *r, tmw_ring_stats *out) {
     shared_hdr *h = r->h;
     memset(out, 0, sizeof *out);

@@ -318,6 +318,10 @@ int tmw_ring_reclaim(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap,
  * Errors: TMW_ECORRUPT (locking, or a record header fails its checks). */
 int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits);
 
+/* Records in the ring now (as tmw_ring_stats's records: a lock-free read,
+ * cheap enough for a hot path's "anything there?"). No errors. */
+uint64_t tmw_ring_records(tmw_ring *r);
+
 /* Snapshot of the counters (see tmw_ring_stats), without the lock. */
 void tmw_ring_get_stats(tmw_ring *r, tmw_ring_stats *out);
 

@@ -6,6 +6,8 @@ somebody waits for wakes it at once; ``close()`` delivers what is pending.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Any
 
@@ -117,3 +119,29 @@ def test_close_delivers_a_pending_batch() -> None:
     assert sorted(finishes.events) == ids
     assert all(len(finishes.deliveries[i]) == 1 for i in ids)
     assert pids_gone(pids)
+
+
+def test_on_the_reader_loop_task_delivers_the_finishes_waiting_for_it() -> None:
+    """Under ASGI the reader is the event loop: a ``task()`` call on that
+    loop delivers the finishes already in the channel itself, on the loop's
+    thread (the hook's thread rule), without waiting for a wake-up."""
+    finishes = FinishLog()
+    with _server(finishes, finish_delay=1.0) as server:
+
+        async def main() -> tuple[int, int, int]:
+            loop_thread = threading.get_ident()
+            first = server.task(add, 1, 1)
+            ring: Any = server.transport._channel.ring  # type: ignore[attr-defined]  # noqa: SLF001
+            deadline = time.monotonic() + WAIT
+            while not len(ring) and time.monotonic() < deadline:  # the loop is blocked: its reader cannot run
+                time.sleep(0.001)
+            assert first not in finishes.events
+            second = server.task(add, 2, 2)
+            assert first in finishes.events  # delivered inside that call
+            return first, second, loop_thread
+
+        first, second, loop_thread = asyncio.run(main())
+        got = finishes.wait([first, second])
+        assert got[first].return_value == 2 and got[second].return_value == 4
+        assert loop_thread in finishes.threads  # the first, at least: delivered in task() on the loop
+        assert all(len(finishes.deliveries[i]) == 1 for i in (first, second))
