@@ -354,7 +354,6 @@ class _Worker:
                 log.warning("dropped %d finishes: the process that queued them is gone", self.dropped)
                 self.dropped, self.next_drop_log = 0, now + 1.0
 
-
     def wake_due(self, now: float) -> None:
         """Wake the readers of the channels whose oldest lazy finish is due
         by ``now`` (``inf``: all of them)."""
