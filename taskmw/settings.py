@@ -56,13 +56,13 @@ class Settings:
             evicted first; a result larger than a quarter of one worker's
             share is not kept).
         result_ttl: seconds a finished task's record and result are kept.
-        finish_delay: (local pool) seconds the finish of a task nobody
-            waits for may wait before the process that queued it is woken
-            to deliver it
-            (``on_finish`` hooks), so that a busy pool wakes that process once
-            per batch of finishes, not once per finish (0: at once). A
-            finish somebody waits for (``taskwait``, ``taskwait_multi``,
-            ``task_async``) is delivered at once whatever this says.
+        finish_delay: (local pool) seconds, at most 1, the finish of a
+            task nobody waits for may wait before the process that queued
+            it is woken to deliver it (``on_finish`` hooks), so that a busy
+            pool wakes that process once per batch of finishes, not once
+            per finish (0: at once). A finish somebody waits for
+            (``taskwait``, ``taskwait_multi``, ``task_async``) is delivered
+            at once whatever this says.
         task_timeout: seconds a task may run (``None``: no limit). A task
             over it finishes ``timeout``: a sync task's worker is killed and
             replaced, an async task is cancelled. Per task:
