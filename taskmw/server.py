@@ -226,7 +226,7 @@ class TaskServer:
         """
         if type(fn_or_data) is FunctionType and self._no_retries:  # the fast path: a plain function
             name = task_name_field(fn_or_data)
-            task_id = self._send(_codec.encode_call(fn_or_data, args, kwargs), _CALL, None, name)
+            task_id = self._send(_codec.encode_function_call(fn_or_data, args, kwargs), _CALL, None, name)
             self._delivery.sent += 1
             return task_id
         payload, kind, options = encode_task(fn_or_data, args, kwargs)

@@ -41,6 +41,7 @@ import time
 from types import FunctionType
 from typing import Any
 
+from taskmw._codec import decode_parts
 from taskmw.errors import UnknownTask
 from taskmw.events import STATUSES, TaskError
 from taskmw.info import State, TaskInfo
@@ -239,7 +240,12 @@ class TaskTable:
         if data is None:
             return None
         try:
-            given = load_salvaging(data)
+            parts = decode_parts(data)
+            if parts is None:
+                given = load_salvaging(data)
+            else:
+                args, kwargs = load_salvaging(parts[1])
+                given = (load_salvaging(parts[0]), args, kwargs)
         except Exception:  # noqa: BLE001 - torn by a second writer: not kept
             return None
         return _arguments_repr(given)
