@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import WAIT, FinishLog, add, pids_gone, pool_processes
+from helpers import WAIT, FinishLog, add, pids_gone, pool_processes, sleep_then
 
 from taskmw import TaskServer, hookimpl
 from taskmw.events import TaskFinishEvent
@@ -145,3 +145,33 @@ def test_on_the_reader_loop_task_delivers_the_finishes_waiting_for_it() -> None:
         assert got[first].return_value == 2 and got[second].return_value == 4
         assert loop_thread in finishes.threads  # the first, at least: delivered in task() on the loop
         assert all(len(finishes.deliveries[i]) == 1 for i in (first, second))
+
+
+def test_a_long_task_does_not_hold_back_the_finishes_before_it() -> None:
+    """One worker, the longest delay: a quick task's finish is written
+    lazily, then the worker runs a long task and cannot wake the reader;
+    the finish still comes well before the long task ends, on a reader
+    thread (its 100 ms re-check) and on an event loop (its watcher's)."""
+    for on_loop in (False, True):
+        finishes = Arrivals()
+        with TaskServer(1, plugins=[finishes], finish_delay=1.0, shutdown_timeout=10.0) as server:
+
+            async def queue() -> tuple[int, int, float]:
+                quick = server.task(add, 1, 1)
+                long = server.task(sleep_then, 3.0)
+                queued = time.monotonic()
+                deadline = queued + WAIT
+                while quick not in finishes.at and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                return quick, long, queued
+
+            if on_loop:
+                quick, long, queued = asyncio.run(queue())
+            else:
+                quick = server.task(add, 1, 1)
+                long = server.task(sleep_then, 3.0)
+                queued = time.monotonic()
+                finishes.wait([quick])
+            assert finishes.at[quick] - queued < 2.5, (on_loop, finishes.at[quick] - queued)
+            assert long not in finishes.events
+            assert finishes.wait([long])[long].status == "ok"
