@@ -288,7 +288,14 @@ static void wake(tmw_ring *r, sleepers q) {
     /* Bump the word first: a sleeper that read the old value and has not
      * reached FUTEX_WAIT yet then returns at once instead of sleeping. */
     ADD(q.futex, 1);
-    futex(q.futex, FUTEX_WAKE, 1, NULL);
+    if (futex(q.futex, FUTEX_WAKE, 1, NULL) <= 0) {
+        /* Nobody was in FUTEX_WAIT: the count had a process killed asleep
+         * (until reclaim), or sleepers on their way in, which see the record
+         * or the bumped word. Nobody will take this wake-up and clear the
+         * flag: clear it, or the next record would skip its wake-up and a
+         * consumer going to sleep now would wait out its slice. */
+        STORE(q.signalled, 0);
+    }
     BUMP(&r->h->wakeups);
 }
 

@@ -789,6 +789,32 @@ def test_consumer_killed_while_idle_does_not_strand_records() -> None:
 
 
 @pytest.mark.timeout(60, method="thread")
+def test_a_dead_sleepers_count_does_not_swallow_the_next_wake_up() -> None:
+    """A consumer killed asleep stays in the sleeper count until reclaim: a
+    push then wakes nobody. The next consumer to sleep must still be woken
+    by the next push (a wake-up flag left set by the one that found nobody
+    would make that push skip its wake-up, and the consumer wait out its
+    100 ms slice)."""
+    with Ring(4096, slots=6, spin_us=0) as ring:
+        with Child(_pop_until_stop, ring) as victim:
+            wait_asleep(ring, victim, "pop_waits", 1)
+            victim.kill()
+            assert victim.killed_by_us()
+        ring.push(b"a", timeout=1)  # the dead sleeper is counted: a wake call that finds nobody
+        assert ring.try_pop_many().records == [b"a"]
+        waits = ring.stats().pop_waits
+        with Child(_pop_until_stop, ring) as consumer:
+            wait_asleep(ring, consumer, "pop_waits", waits + 1)
+            before = ring.stats()
+            ring.push(b"b", timeout=1)
+            assert ring.stats().wakeups == before.wakeups + 1
+            wait_until(lambda: ring.stats().popped == before.popped + 1, 2, "b to be popped", consumer)
+            ring.push(b"", timeout=1)
+            assert consumer.result(timeout=10) == 1
+        assert ring.reclaim(victim.pid) == [] and ring.reclaim(consumer.pid) == []
+
+
+@pytest.mark.timeout(60, method="thread")
 def test_lazy_push_wakes_nobody_until_wake() -> None:
     """A lazy push makes no wake call; wake() then wakes the sleeping
     consumer, and makes none when the ring is empty."""
