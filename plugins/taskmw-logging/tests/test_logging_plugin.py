@@ -72,18 +72,34 @@ def test_importing_the_module_has_no_side_effect() -> None:
     assert got["before"] == [] and "format must be one of text, json, got 'xml'" in got["error"], got
 
 
-def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
-    report, lines = run_demo()
-    main = report["pid"]
+def parse(lines: list[str]) -> list[list[str]]:
+    """The text-format lines as [pid, level, logger, message]; a traceback's
+    lines are joined to the line of the task that raised."""
     pattern = re.compile(r"^\S+ \S+ \[(\d+)\] (\w+) (\S+): (.*)$")
     parsed: list[list[str]] = []
     for line in lines:
         if m := pattern.match(line):
             parsed.append(list(m.groups()))
-        else:  # a traceback's lines follow the line of the task that raised
+        else:
             assert parsed and parsed[-1][3].startswith("task 2 error:"), f"unexpected stderr line {line!r}: {lines}"
             parsed[-1][3] += "\n" + line
-    by_text = {text: (int(pid), level, logger) for pid, level, logger, text in parsed}
+    return parsed
+
+
+def test_by_default_every_finish_and_worker_is_logged_and_starts_are_debug() -> None:
+    report, lines = run_demo()
+    parsed = parse(lines)
+    texts = [text for _pid, _level, logger, text in parsed if logger == "taskmw.tasks"]
+    assert not [t for t in texts if " started: " in t], lines  # start lines are DEBUG
+    finishes = [t.split(":", 1)[0] for t in texts if re.match(r"task \d+ \w+: ", t)]
+    assert finishes == ["task 1 ok", "task 2 error", "task 3 lost", "task 4 ok"], lines
+    assert len([t for t in texts if re.fullmatch(r"task worker 0 (started|stopped) \(pid \d+\)", t)]) == 3, lines
+
+
+def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
+    report, lines = run_demo(TASKMW_LOGGING_START_LEVEL="INFO")
+    main = report["pid"]
+    by_text = {text: (int(pid), level, logger) for pid, level, logger, text in parse(lines)}
 
     def one(regex: str) -> tuple[re.Match[str], int, str, str]:
         found = [(m, *by_text[t]) for t in by_text if (m := re.fullmatch(regex, t, re.DOTALL))]
@@ -167,7 +183,7 @@ def test_retries_show_their_attempts(caplog: pytest.LogCaptureFixture) -> None:
 
     caplog.set_level(logging.INFO, logger="shop.tasks")
     _runs.clear()
-    logger = TaskLogger("shop.tasks", stderr=False)  # given in code, instead of the installed one
+    logger = TaskLogger("shop.tasks", stderr=False, start_level="INFO")  # given in code, instead of the installed one
     with taskmw.TaskServer(1, backend="eager", disable_plugins=["logging"], plugins=[logger]) as eager:
         task_id = eager.task(taskmw.Task(fails_once), retries=1)
     lines = [r.getMessage() for r in caplog.records if r.name == "shop.tasks"]
