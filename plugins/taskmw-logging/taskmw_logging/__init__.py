@@ -56,24 +56,32 @@ before it builds its pool decides itself where they go.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import sys
+import threading
+import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import taskmw
 from taskmw import TaskEvent, TaskFinishEvent
 from taskmw.pipeline import task_name
 
-__all__ = ["JsonFormatter", "TaskLogger", "plugin"]
+__all__ = ["Finishes", "JsonFormatter", "TaskLogger", "TextFormatter", "plugin"]
 
 FORMATS = ("text", "json")
 HANDLER_NAME = "taskmw_logging.stderr"
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 """The stderr handler's format in ``text`` mode."""
 FIELDS = "taskmw"
-"""The attribute of a log record holding the line's fields (a dict), for structured handlers."""
+"""The attribute of a log record holding the line's fields (a dict), for
+structured handlers; a record of several ``ok`` finishes holds a
+:class:`Finishes` there instead (its ``fields()``: one dict per finish)."""
+FLUSH_DELAY = 0.1
+"""Seconds an ``ok`` finish line waits, at most, for others to share its record."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -88,6 +96,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
         }
         fields = getattr(record, FIELDS, None)
+        if isinstance(fields, Finishes):  # one JSON object per finish, one per line
+            return "\n".join(json.dumps({**out, **f}, default=repr) for f in fields.fields())
         if isinstance(fields, dict):
             out.update(fields)
         else:
@@ -95,6 +105,67 @@ class JsonFormatter(logging.Formatter):
             if record.exc_info:
                 out["traceback"] = self.formatException(record.exc_info)
         return json.dumps(out, default=repr)
+
+
+class TextFormatter(logging.Formatter):
+    """A :class:`logging.Formatter` that writes a record of several finishes
+    as one line per finish, each with the record's prefix (what the format
+    puts before and after ``%(message)s``). The plugin's stderr handler
+    uses it with :data:`TEXT_FORMAT`; give it to your own handler
+    (``TextFormatter(your_format)``) for the same."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        finishes = getattr(record, FIELDS, None)
+        if not isinstance(finishes, Finishes):
+            return super().format(record)
+        record.msg, record.args = "\0", ()
+        head, _, tail = super().format(record).partition("\0")
+        record.msg = finishes
+        return "\n".join(f"{head}{line}{tail}" for line in finishes.lines())
+
+
+class Finishes:
+    """The message (and ``record.taskmw``) of one record carrying several
+    ``ok`` finish lines, in the order the finishes came; the text is made
+    only when a handler formats the record.
+
+    ``str()`` is the lines joined with newlines: a handler with a plain
+    :class:`logging.Formatter` writes the first after its prefix and the
+    others on their own lines (the plugin's own stderr handler puts the
+    prefix on every line; ``batch=1`` logs one record per finish).
+    """
+
+    __slots__ = ("events", "json")
+
+    def __init__(self, events: list[TaskFinishEvent], json: bool) -> None:
+        self.events = events
+        self.json = json
+
+    def fields(self) -> list[dict[str, Any]]:
+        """One dict per finish, as a single finish's record has in ``record.taskmw``."""
+        return [_finish_fields(*e) for e in self.events]
+
+    def lines(self) -> list[str]:
+        """One line per finish: the text line, or its fields as JSON."""
+        if self.json:
+            return [json.dumps(f, default=repr) for f in self.fields()]
+        return [_FINISH % (e[0], e[1], e[7] or "?", e[4], e[5]) for e in self.events]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def _finish_fields(
+    task_id: int, status: str, _value: Any, _error: Any, duration: float, worker_id: int, _attempts: int, name: str
+) -> dict[str, Any]:
+    return {
+        "event": "task.finish",
+        "task_id": task_id,
+        "name": name,
+        "status": status,
+        "duration": round(duration, 6),
+        "worker_id": worker_id,
+    }
 
 
 class _JsonMessage:
@@ -132,9 +203,14 @@ class TaskLogger:
         start_level: level of the line each task logs as it starts, in its
             task worker (``DEBUG``: shown only where the logger is enabled
             for it).
+        batch: most ``ok`` finish lines in one record. A finish that comes
+            less than :data:`FLUSH_DELAY` after the last record waits (at
+            most that long) for others, and they go to the handlers as one
+            record; what logging costs per record is then paid once per
+            batch. ``1``: one record per finish, at once.
 
     Raises:
-        ValueError: an unknown level or format.
+        ValueError: an unknown level or format, or a batch below 1.
     """
 
     taskmw_logs_finishes = True
@@ -147,13 +223,18 @@ class TaskLogger:
         format: str = "text",
         stderr: bool = True,
         start_level: int | str = "DEBUG",
+        batch: int | str = 256,
     ) -> None:
         self.logger = logging.getLogger(logger)
         self.level = _level(level)
         self.start_level = _level(start_level)
         self.json = _format(format)
         self.stderr = stderr
+        self.batch = _batch(batch)
         self._handler: logging.Handler | None = None
+        self._forget()
+        _LIVE.add(self)
+        _register_process_hooks()
         self._install_handler()
 
     @classmethod
@@ -165,6 +246,7 @@ class TaskLogger:
             env.get("TASKMW_LOGGING_LEVEL") or "INFO",
             env.get("TASKMW_LOGGING_FORMAT") or "text",
             start_level=env.get("TASKMW_LOGGING_START_LEVEL") or "DEBUG",
+            batch=env.get("TASKMW_LOGGING_BATCH") or 256,
         )
 
     def configure(
@@ -175,6 +257,7 @@ class TaskLogger:
         format: str | None = None,
         stderr: bool | None = None,
         start_level: int | str | None = None,
+        batch: int | str | None = None,
     ) -> None:
         """Change settings (those given); call it before the pool is built, so
         that its task workers are forked with them."""
@@ -185,6 +268,9 @@ class TaskLogger:
             self.level = _level(level)
         if start_level is not None:
             self.start_level = _level(start_level)
+        if batch is not None:
+            self.flush()
+            self.batch = _batch(batch)
         if format is not None:
             self.json = _format(format)
         if stderr is not None:
@@ -217,23 +303,18 @@ class TaskLogger:
     @taskmw.hookimpl
     def on_finish(self, event: TaskFinishEvent) -> None:
         task_id, status, _value, error, duration, worker_id, attempts, name = event
+        if status == "ok" and attempts == 1:
+            if self.logger.isEnabledFor(self.level):
+                self._finished(event)
+            return
         level = self.level if status == "ok" else max(self.level, logging.WARNING)
         if not self.logger.isEnabledFor(level):
             return
+        self.flush()  # the lines before it first
         # name: taskmw fills it from the pool's record for the finishes no worker sent
-        fields: dict[str, Any] = {
-            "event": "task.finish",
-            "task_id": task_id,
-            "name": name,
-            "status": status,
-            "duration": round(duration, 6),
-            "worker_id": worker_id,
-        }
-        args: tuple[Any, ...] = (task_id, status, name or "?", duration, worker_id)
-        if attempts == 1 and error is None:  # the usual line: nothing more to add
-            self._log(level, fields, _FINISH, args)
-            return
+        fields = _finish_fields(*event)
         text = _FINISH
+        args: tuple[Any, ...] = (task_id, status, name or "?", duration, worker_id)
         if attempts > 1:
             fields["attempts"] = attempts
             text += " after %d attempts"
@@ -247,6 +328,75 @@ class TaskLogger:
                 text += "\n%s"
                 args += (error.traceback.rstrip("\n"),)
         self._log(level, fields, text, args)
+
+    def _finished(self, event: TaskFinishEvent) -> None:
+        """An ``ok`` finish line: logged at once if the last record is older
+        than :data:`FLUSH_DELAY` (one finish now and then), else kept for the
+        batch's record (written when it is full, or by the flusher thread)."""
+        now = time.monotonic()
+        with self._lock:
+            pending = self._pending
+            if pending:
+                pending.append(event)
+                if len(pending) < self.batch and now - self._since < FLUSH_DELAY:
+                    return
+                self._pending = []
+            elif self.batch > 1 and now - self._last < FLUSH_DELAY:
+                self._pending = [event]
+                self._since = now
+                self._wake_flusher()
+                return
+            else:
+                pending = [event]
+            self._last = now
+            self._emit(pending)
+
+    def flush(self) -> None:
+        """Write the ``ok`` finish lines kept for a batch (the flusher thread
+        does within :data:`FLUSH_DELAY`, and the process at exit)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            if pending:
+                self._last = time.monotonic()
+                self._emit(pending)
+
+    def _emit(self, events: list[TaskFinishEvent]) -> None:
+        """One record for these ``ok`` finishes (called holding the lock, so
+        that records leave in the order of their finishes)."""
+        if len(events) == 1:
+            self._log(self.level, _finish_fields(*events[0]), _FINISH, _finish_args(events[0]))
+            return
+        logger = self.logger
+        finishes = Finishes(events, self.json)
+        record = logger.makeRecord(logger.name, self.level, "(unknown file)", 0, finishes, (), None, None)
+        setattr(record, FIELDS, finishes)
+        logger.handle(record)
+
+    def _wake_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_later, name="taskmw-logging-flush", daemon=True)
+            self._flusher.start()
+        self._due.set()
+
+    def _flush_later(self) -> None:
+        """The flusher thread: a batch's record at most :data:`FLUSH_DELAY` after its first finish."""
+        due = self._due
+        while True:
+            due.wait()
+            due.clear()
+            time.sleep(FLUSH_DELAY)
+            self.flush()
+
+    def _forget(self) -> None:
+        """Start afresh: in a new instance and in a forked child (the lines
+        kept in the parent are the parent's to write; its flusher thread is
+        not in the child)."""
+        self._lock = threading.Lock()
+        self._pending: list[TaskFinishEvent] = []
+        self._since = 0.0
+        self._last = 0.0
+        self._due = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     # -- output -------------------------------------------------------------------------
 
@@ -275,7 +425,7 @@ class TaskLogger:
             return
         handler = logging.StreamHandler(sys.stderr)
         handler.set_name(HANDLER_NAME)
-        handler.setFormatter(JsonFormatter() if self.json else logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(JsonFormatter() if self.json else TextFormatter(TEXT_FORMAT))
         targets = [taskmw_logger]  # the supervisor's warnings (a worker died) too
         if not self.logger.name.startswith("taskmw."):
             targets.append(self.logger)
@@ -290,6 +440,45 @@ class TaskLogger:
         if handler is not None:
             for lg in (logging.getLogger("taskmw"), self.logger):
                 lg.removeHandler(handler)
+
+
+def _finish_args(event: TaskFinishEvent) -> tuple[Any, ...]:
+    return (event[0], event[1], event[7] or "?", event[4], event[5])
+
+
+_LIVE: weakref.WeakSet[TaskLogger] = weakref.WeakSet()
+_hooks_registered = False
+
+
+def _register_process_hooks() -> None:
+    """Once per process, as the first TaskLogger is made: at exit, write the
+    lines kept for a batch; in a forked child, forget the parent's."""
+    global _hooks_registered
+    if _hooks_registered:
+        return
+    _hooks_registered = True
+    atexit.register(_flush_all)
+    os.register_at_fork(after_in_child=_forget_all)
+
+
+def _flush_all() -> None:
+    for t in list(_LIVE):
+        t.flush()
+
+
+def _forget_all() -> None:
+    for t in list(_LIVE):
+        t._forget()
+
+
+def _batch(batch: int | str) -> int:
+    try:
+        value = int(batch)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise ValueError(f"taskmw-logging: batch must be a whole number of lines, 1 or more, got {batch!r}")
+    return value
 
 
 def _level(level: int | str) -> int:

@@ -221,3 +221,64 @@ def test_lost_and_timed_out_tasks_show_their_name(caplog: pytest.LogCaptureFixtu
     # before, both showed "?": the supervisor, which reports them, knows no names
     assert any(re.match(rf"task {timed} timeout: {__name__}\.sleeps in ", line) for line in lines), lines
     assert any(re.match(rf"task {lost} lost: {__name__}\.dies in ", line) for line in lines), lines
+
+
+def test_finishes_close_together_share_records_and_every_line_is_written() -> None:
+    """300 tasks queued at once: their ok lines go in a few records (batches),
+    each finish once, every line with its prefix (TextFormatter);
+    the last batch is written by the flusher thread without another finish."""
+    import io
+
+    import taskmw
+
+    from taskmw_logging import TaskLogger, TextFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    records: list[logging.LogRecord] = []
+    counter = logging.Handler()
+    counter.emit = records.append  # type: ignore[method-assign]
+    target = logging.getLogger("shop.batches")
+    target.addHandler(handler)
+    target.addHandler(counter)
+    target.setLevel(logging.INFO)
+    try:
+        logger = TaskLogger("shop.batches", stderr=False)
+        with taskmw.TaskServer(2, disable_plugins=["logging"], plugins=[logger]) as server:
+            ids = [server.task(len, b"x") for _ in range(300)]
+            server.result(ids[-1], timeout=30)
+            deadline = time.monotonic() + 30
+            while stream.getvalue().count(" ok: ") < 300 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        lines = [line for line in stream.getvalue().splitlines() if " ok: " in line]
+    finally:
+        target.removeHandler(handler)
+        target.removeHandler(counter)
+    assert all(
+        re.fullmatch(r"INFO shop\.batches: task \d+ ok: builtins\.len in \d+\.\d+s on worker [01]", ln) for ln in lines
+    )
+    logged = [int(line.split()[3]) for line in lines]
+    assert sorted(logged) == ids, "each finish logged once"
+    finish_records = [r for r in records if " ok: " in r.getMessage()]
+    assert len(finish_records) < 300 / 4, f"{len(finish_records)} records for 300 finishes: not batched"
+
+
+def test_batch_of_one_is_a_record_per_finish(caplog: pytest.LogCaptureFixture) -> None:
+    import taskmw
+
+    from taskmw_logging import TaskLogger
+
+    caplog.set_level(logging.INFO, logger="shop.single")
+    logger = TaskLogger("shop.single", stderr=False, batch=1)
+    with taskmw.TaskServer(2, disable_plugins=["logging"], plugins=[logger]) as server:
+        ids = [server.task(len, b"x") for _ in range(50)]
+        server.result(ids[-1], timeout=30)
+        deadline = time.monotonic() + 30
+        while len([r for r in caplog.records if r.name == "shop.single" and " ok: " in r.getMessage()]) < 50:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.02)
+    messages = [r.getMessage() for r in caplog.records if r.name == "shop.single" and " ok: " in r.getMessage()]
+    assert len(messages) == 50 and all("\n" not in m for m in messages)
+    with pytest.raises(ValueError, match="batch must be a whole number of lines, 1 or more, got 0"):
+        TaskLogger("shop.single", stderr=False, batch=0)
