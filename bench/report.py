@@ -305,7 +305,7 @@ def aims(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 CELERY_TITLE = "## Scaling out: taskmw's local pool vs taskmw through Celery vs plain Celery"
 CELERY_NAMES = {
     "local": "taskmw, local pool",
-    "taskmw_celery": "**taskmw through Celery** (`backend=\"celery\"`)",
+    "taskmw_celery": '**taskmw through Celery** (`backend="celery"`)',
     "celery": "plain Celery `.delay()`",
 }
 
@@ -332,8 +332,7 @@ def celery_report(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         "--pool prefork -c 2`, Redis broker and result backend, all on this machine), every finish observed "
         "by the benchmark process. Ratios are each figure divided by taskmw-through-Celery's.",
         "",
-        "| backend | tasks/s | middle half of rounds | ÷ via Celery | p50 round trip µs | p99 µs "
-        "| p50 ÷ via Celery |",
+        "| backend | tasks/s | middle half of rounds | ÷ via Celery | p50 round trip µs | p99 µs | p50 ÷ via Celery |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for pool in CELERY_NAMES:

@@ -1,0 +1,132 @@
+"""HTTP: what queueing a task costs a request, measured with wrk (16
+connections) against a real app server, side by side with a route that
+does not queue (``/plain``) and, under gunicorn, one that hands the same
+call to a hand-made ``multiprocessing.Queue`` (``/mpqueue``).
+
+* WSGI: ``gunicorn --preload``, 2 sync workers, 2 task workers
+  (``apps/wsgi_app.py``): ``/plain``, ``/queue``, ``/mpqueue``.
+* ASGI: uvicorn (one process) with a Starlette app, 2 task workers
+  (``apps/asgi_app.py``): ``/plain``, ``/queue`` (fire and forget),
+  ``/wait`` (``await task_async(...)``).
+
+Skipped without wrk (``apt-get install wrk``), gunicorn, or uvicorn and
+starlette. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+from tasks_harness import HAVE_TASK_SERVER, WRK, WRK_CONNECTIONS, Gunicorn, HttpServer, Uvicorn, wrk
+
+SECONDS = 2.0
+"""Length of one wrk run (one round)."""
+ROUNDS = 3
+"""Rounds per route, after a warm-up round."""
+WARMUP = 1.0
+"""Seconds of wrk on every route before anything is timed."""
+
+
+class _Served:
+    """The module's server of one kind, and what the benchmarks sent it."""
+
+    def __init__(self, server: HttpServer, routes: list[str]) -> None:
+        self.server = server
+        self.routes = routes
+        self.sent: dict[str, int] = {}
+        self.infos: list[dict[str, Any]] = []
+
+    def load(self, route: str, seconds: float) -> dict[str, float]:
+        result = wrk(self.server.addr, f"/{route}", seconds)
+        self.sent[route] = self.sent.get(route, 0) + result["requests"]
+        return result
+
+
+def _needs(*modules: str) -> None:
+    if not HAVE_TASK_SERVER:
+        pytest.skip("taskmw.TaskServer not importable yet")
+    if WRK is None:
+        pytest.skip("wrk not installed (apt-get install wrk)")
+    for m in modules:
+        if importlib.util.find_spec(m) is None:
+            pytest.skip(f"{m} not installed")
+
+
+def _serve(kind: type[HttpServer], routes: list[str]) -> Iterator[_Served]:
+    served = _Served(kind(), routes)
+    try:
+        for route in routes:
+            served.load(route, WARMUP)
+        yield served
+    finally:
+        s = served.server
+        s.stop()
+        finishes, mpqueue = s.counted("finishes"), s.counted("mpqueue")
+        queued = finishes.pop("queued", 0)
+        check: dict[str, Any] = {"tasks_queued": queued, "finishes": finishes, "left_running": len(s.leftover)}
+        if "mpqueue" in routes:
+            check.update(mpqueue_puts=mpqueue.get("puts", 0), mpqueue_done=mpqueue.get("done", 0))
+        for info in served.infos:  # extra_info is written to the JSON at session end
+            info["check"] = check
+        if s.leftover:
+            warnings.warn(f"{kind.__name__}: {len(s.leftover)} processes outlived SIGTERM: {sorted(s.leftover)}",
+                          stacklevel=1)  # fmt: skip
+        if finishes != {"ok": queued} or check.get("mpqueue_puts") != check.get("mpqueue_done"):
+            warnings.warn(f"{kind.__name__}: {check}\n{s.log()[-3000:]}", stacklevel=1)
+        else:
+            s.remove_log()
+
+
+@pytest.fixture(scope="module")
+def gunicorn() -> Iterator[_Served]:
+    """gunicorn (2 sync workers, --preload) serving apps/wsgi_app.py; stopped afterwards."""
+    _needs("gunicorn")
+    yield from _serve(Gunicorn, WSGI_ROUTES)
+
+
+@pytest.fixture(scope="module")
+def uvicorn() -> Iterator[_Served]:
+    """uvicorn serving apps/asgi_app.py (Starlette); stopped afterwards."""
+    _needs("uvicorn", "starlette")
+    yield from _serve(Uvicorn, ASGI_ROUTES)
+
+
+def _bench(benchmark: BenchmarkFixture, served: _Served, route: str, server: str) -> None:
+    """ROUNDS wrk runs of SECONDS on ``/route``: requests/s (median round)
+    and the CPU per request of each kind of process, over every round."""
+    benchmark.group = f"HTTP: {server}"
+    benchmark.extra_info.update(measure="http", server=server, route=route, connections=WRK_CONNECTIONS)
+    served.infos.append(benchmark.extra_info)
+    rounds: list[dict[str, float]] = []
+    before = served.server.cpu()
+    benchmark.pedantic(lambda: rounds.append(served.load(route, SECONDS)), rounds=ROUNDS, warmup_rounds=0)
+    after = served.server.cpu()
+    rates = sorted(r["requests_per_s"] for r in rounds)
+    sent = sum(r["requests"] for r in rounds)
+    benchmark.extra_info["requests_per_s"] = rates[len(rates) // 2]
+    benchmark.extra_info["requests_per_s_rounds"] = rates
+    benchmark.extra_info["cpu_us_per_request"] = {
+        **{k: (after[k] - v) / sent * 1e6 for k, v in before.items()},
+        "client": sum(r["cpu_s"] for r in rounds) / sent * 1e6,
+    }
+
+
+WSGI_ROUTES = ["plain", "queue", "mpqueue"]
+ASGI_ROUTES = ["plain", "queue", "wait"]
+
+
+@pytest.mark.parametrize("route", WSGI_ROUTES)
+def test_wsgi(benchmark: BenchmarkFixture, gunicorn: _Served, route: str) -> None:
+    """gunicorn --preload, 2 sync workers: /plain, /queue (one task()), /mpqueue (one Queue.put)."""
+    _bench(benchmark, gunicorn, route, "gunicorn")
+
+
+@pytest.mark.parametrize("route", ASGI_ROUTES)
+def test_asgi(benchmark: BenchmarkFixture, uvicorn: _Served, route: str) -> None:
+    """uvicorn + Starlette: /plain, /queue (task(), fire and forget), /wait (await task_async())."""
+    _bench(benchmark, uvicorn, route, "uvicorn")
