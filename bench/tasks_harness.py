@@ -485,9 +485,24 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far; 0 if it is gone."""
-    fields = _stat_fields(pid)
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
+    """CPU time a process (all its live threads) has used so far, in seconds;
+    0 if it is gone. From each thread's ``/proc/PID/task/TID/schedstat``
+    (nanoseconds), falling back to ``/proc/PID/stat`` (clock ticks: 10 ms)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    total = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        except OSError:
+            fields = _stat_fields(pid)
+            return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
+    return total / 1e9
 
 
 def _all_stats() -> dict[int, tuple[str, int, int]]:
