@@ -258,7 +258,9 @@ class Peer:
         def alive() -> bool:
             return os.getppid() == parent
 
-        self._proc = multiprocessing.get_context("fork").Process(target=target, args=(*args, ack, alive), daemon=True)
+        self._proc = multiprocessing.get_context("fork").Process(
+            target=target, args=(*args, ack, alive), daemon=True
+        )
         self._proc.start()
         os.close(ack_w)
 

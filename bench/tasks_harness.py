@@ -1,4 +1,5 @@
-"""One harness for the task-pool benchmarks in ``bench/test_tasks.py``.
+"""One harness for the task-pool and HTTP benchmarks (``bench/test_tasks.py``,
+``bench/test_http.py``).
 
 Every pool under test runs the same trivial task, :func:`trivial` (a
 module-level function, so every pool pickles it by reference) with the same
@@ -13,9 +14,10 @@ calls:
 * ``round_trip()``: queue one task and wait for its return value;
 * ``close()``: stop the pool and reap its processes.
 
-Also here: the gunicorn server of the HTTP benchmark (:class:`Gunicorn`) and
-its load generator (:func:`http_load`). Every wait in this module is bounded
-by :data:`WAIT` seconds; every process started here is stopped and reaped.
+Also here: the paced run of the CPU benchmark (:func:`paced`), the app
+servers of the HTTP benchmarks (:class:`Gunicorn`, :class:`Uvicorn`) and
+their load generator (:func:`wrk`). Every wait in this module is bounded by
+:data:`WAIT` seconds; every process started here is stopped and reaped.
 """
 
 from __future__ import annotations

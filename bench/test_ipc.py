@@ -73,7 +73,9 @@ def test_latency(benchmark: BenchmarkFixture, harness: Harness, transport: str, 
     samples: list[int] = []
     benchmark.group = f"latency {size}"
     benchmark.extra_info.update(measure="latency", transport=transport, api="single", size=size)
-    benchmark.pedantic(ping_pong, args=(to_child, to_parent, record, ROUND_TRIPS, samples), rounds=LATENCY_ROUNDS)
+    benchmark.pedantic(
+        ping_pong, args=(to_child, to_parent, record, ROUND_TRIPS, samples), rounds=LATENCY_ROUNDS
+    )
     benchmark.extra_info.update(
         round_trips=len(samples),
         p50_us=percentile_us(samples, 0.50),
