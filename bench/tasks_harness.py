@@ -636,8 +636,8 @@ def http_get(addr: tuple[str, int], path: str) -> bytes:
     return b"".join(chunks)
 
 
-def wrk(addr: tuple[str, int], path: str, seconds: float) -> dict[str, float]:
-    """``wrk`` for ``seconds`` on ``path`` with :data:`WRK_CONNECTIONS`
+def wrk(addr: tuple[str, int], path: str, seconds: int) -> dict[str, float]:
+    """``wrk`` for ``seconds`` (whole: wrk takes no fractions) on ``path`` with :data:`WRK_CONNECTIONS`
     connections from :data:`WRK_THREADS` threads: ``requests``,
     ``requests_per_s`` and ``cpu_s`` (wrk's own CPU time). Raises if any
     response was not a 2xx or any socket error other than the server
@@ -647,7 +647,7 @@ def wrk(addr: tuple[str, int], path: str, seconds: float) -> dict[str, float]:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        [WRK, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds:g}s", "--timeout", f"{WAIT:g}s",
+        [WRK, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--timeout", f"{WAIT:g}s",
          f"http://{addr[0]}:{addr[1]}{path}"],
         capture_output=True, text=True, timeout=seconds + 2 * WAIT, check=True,
     ).stdout  # fmt: skip

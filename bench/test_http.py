@@ -24,11 +24,11 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 from tasks_harness import HAVE_TASK_SERVER, WRK, WRK_CONNECTIONS, Gunicorn, HttpServer, Uvicorn, wrk
 
-SECONDS = 1.5
-"""Length of one wrk run (one round)."""
+SECONDS = 2
+"""Seconds of one wrk run (one round; wrk takes whole seconds)."""
 ROUNDS = 3
 """Rounds per route, after a warm-up round."""
-WARMUP = 0.5
+WARMUP = 1
 """Seconds of wrk on every route before anything is timed."""
 
 

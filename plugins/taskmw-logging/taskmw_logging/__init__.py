@@ -143,29 +143,33 @@ class Finishes:
 
     def fields(self) -> list[dict[str, Any]]:
         """One dict per finish, as a single finish's record has in ``record.taskmw``."""
-        return [_finish_fields(*e) for e in self.events]
+        return [_finish_fields(e) for e in self.events]
 
     def lines(self) -> list[str]:
         """One line per finish: the text line, or its fields as JSON."""
         if self.json:
             return [json.dumps(f, default=repr) for f in self.fields()]
-        return [_FINISH % (e[0], e[1], e[7] or "?", e[4], e[5]) for e in self.events]
+        return [_FINISH % _finish_args(e) for e in self.events]
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
 
 
-def _finish_fields(
-    task_id: int, status: str, _value: Any, _error: Any, duration: float, worker_id: int, _attempts: int, name: str
-) -> dict[str, Any]:
+def _finish_fields(event: TaskFinishEvent) -> dict[str, Any]:
+    """A finish line's fields (more for a retried or failed task: see ``on_finish``)."""
     return {
         "event": "task.finish",
-        "task_id": task_id,
-        "name": name,
-        "status": status,
-        "duration": round(duration, 6),
-        "worker_id": worker_id,
+        "task_id": event.task_id,
+        "name": event.name,  # taskmw fills it from the pool's record for the finishes no worker sent
+        "status": event.status,
+        "duration": round(event.duration, 6),
+        "worker_id": event.worker_id,
     }
+
+
+def _finish_args(event: TaskFinishEvent) -> tuple[Any, ...]:
+    """The arguments of :data:`_FINISH`."""
+    return (event.task_id, event.status, event.name or "?", event.duration, event.worker_id)
 
 
 class _JsonMessage:
@@ -302,19 +306,18 @@ class TaskLogger:
 
     @taskmw.hookimpl
     def on_finish(self, event: TaskFinishEvent) -> None:
-        task_id, status, _value, error, duration, worker_id, attempts, name = event
-        if status == "ok" and attempts == 1:
+        ok, attempts = event.status == "ok", event.attempts
+        if ok and attempts == 1:  # the usual line
             if self.logger.isEnabledFor(self.level):
                 self._finished(event)
             return
-        level = self.level if status == "ok" else max(self.level, logging.WARNING)
+        error = event.error
+        level = self.level if ok else max(self.level, logging.WARNING)
         if not self.logger.isEnabledFor(level):
             return
         self.flush()  # the lines before it first
-        # name: taskmw fills it from the pool's record for the finishes no worker sent
-        fields = _finish_fields(*event)
-        text = _FINISH
-        args: tuple[Any, ...] = (task_id, status, name or "?", duration, worker_id)
+        fields = _finish_fields(event)
+        text, args = _FINISH, _finish_args(event)
         if attempts > 1:
             fields["attempts"] = attempts
             text += " after %d attempts"
@@ -364,7 +367,7 @@ class TaskLogger:
         """One record for these ``ok`` finishes (called holding the lock, so
         that records leave in the order of their finishes)."""
         if len(events) == 1:
-            self._log(self.level, _finish_fields(*events[0]), _FINISH, _finish_args(events[0]))
+            self._log(self.level, _finish_fields(events[0]), _FINISH, _finish_args(events[0]))
             return
         logger = self.logger
         finishes = Finishes(events, self.json)
@@ -440,10 +443,6 @@ class TaskLogger:
         if handler is not None:
             for lg in (logging.getLogger("taskmw"), self.logger):
                 lg.removeHandler(handler)
-
-
-def _finish_args(event: TaskFinishEvent) -> tuple[Any, ...]:
-    return (event[0], event[1], event[7] or "?", event[4], event[5])
 
 
 _LIVE: weakref.WeakSet[TaskLogger] = weakref.WeakSet()
