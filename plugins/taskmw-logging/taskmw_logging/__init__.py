@@ -335,24 +335,25 @@ class TaskLogger:
     def _finished(self, event: TaskFinishEvent) -> None:
         """An ``ok`` finish line: logged at once if the last record is older
         than :data:`FLUSH_DELAY` (one finish now and then), else kept for the
-        batch's record (written when it is full, or by the flusher thread)."""
-        now = time.monotonic()
+        batch's record, written when it is full or by the flusher thread
+        (woken as the batch begins: at most :data:`FLUSH_DELAY` later)."""
         with self._lock:
             pending = self._pending
             if pending:
                 pending.append(event)
-                if len(pending) < self.batch and now - self._since < FLUSH_DELAY:
+                if len(pending) < self.batch:
                     return
                 self._pending = []
-            elif self.batch > 1 and now - self._last < FLUSH_DELAY:
+                self._last = time.monotonic()
+                self._emit(pending)
+                return
+            now = time.monotonic()
+            if self.batch > 1 and now - self._last < FLUSH_DELAY:
                 self._pending = [event]
-                self._since = now
                 self._wake_flusher()
                 return
-            else:
-                pending = [event]
             self._last = now
-            self._emit(pending)
+            self._emit([event])
 
     def flush(self) -> None:
         """Write the ``ok`` finish lines kept for a batch (the flusher thread
@@ -396,7 +397,6 @@ class TaskLogger:
         not in the child)."""
         self._lock = threading.Lock()
         self._pending: list[TaskFinishEvent] = []
-        self._since = 0.0
         self._last = 0.0
         self._due = threading.Event()
         self._flusher: threading.Thread | None = None
