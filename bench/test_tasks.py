@@ -139,8 +139,8 @@ def test_task_round_trip(benchmark: BenchmarkFixture, open_pool: Callable[[str],
 
 PACED_RATE = 3000
 """Tasks a second in the paced benchmark, queued one at a time with sleeps between."""
-PACED_TASKS = 4500
-"""Tasks per paced round (1.5 s at PACED_RATE)."""
+PACED_TASKS = 3000
+"""Tasks per paced round (1 s at PACED_RATE)."""
 PACED_ROUNDS = 3
 PACED_POOLS = [_needs_taskmw("taskmw"), "mp_queue"]
 
