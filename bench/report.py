@@ -189,7 +189,11 @@ def task_rows(doc: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
         measure = x.get("measure", "")
         if measure in TASK_MEASURES:
             out.setdefault(measure, {})[x["pool"]] = x
-        elif measure == "http":
+        elif measure == "http_routes":  # one benchmark per server, its routes taking turns
+            check = {"check": x["check"]} if "check" in x else {}
+            out[f"http:{x['server']}"] = {r: {**v, **check, "connections": x.get("connections")}
+                                          for r, v in x["routes"].items()}  # fmt: skip
+        elif measure == "http":  # an older run: one benchmark per route
             out.setdefault(f"http:{x.get('server', 'gunicorn')}", {})[x["route"]] = x
         elif measure in LOOKUPS:
             out.setdefault("lookup", {})[measure] = x

@@ -16,6 +16,7 @@ starlette. See bench/README.md.
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +28,7 @@ from tasks_harness import HAVE_TASK_SERVER, WRK, WRK_CONNECTIONS, Gunicorn, Http
 SECONDS = 2
 """Seconds of one wrk run (one round; wrk takes whole seconds)."""
 ROUNDS = 3
-"""Rounds per route, after a warm-up round."""
+"""Rounds, each one run per route (after a warm-up run of every route)."""
 WARMUP = 1
 """Seconds of wrk on every route before anything is timed."""
 
@@ -96,23 +97,40 @@ def uvicorn() -> Iterator[_Served]:
     yield from _serve(Uvicorn, ASGI_ROUTES)
 
 
-def _bench(benchmark: BenchmarkFixture, served: _Served, route: str, server: str) -> None:
-    """ROUNDS wrk runs of SECONDS on ``/route``: requests/s (median round)
-    and the CPU per request of each kind of process, over every round."""
+def _bench(benchmark: BenchmarkFixture, served: _Served, server: str) -> None:
+    """ROUNDS rounds, each one wrk run of SECONDS on every route, the routes
+    taking turns (each round starts one route later), so that whatever else
+    the machine does weighs on every route alike: per route, requests/s
+    (median round) and the CPU per request of each kind of process."""
     benchmark.group = f"HTTP: {server}"
-    benchmark.extra_info.update(measure="http", server=server, route=route, connections=WRK_CONNECTIONS)
+    benchmark.extra_info.update(measure="http_routes", server=server, connections=WRK_CONNECTIONS, seconds=SECONDS)
     served.infos.append(benchmark.extra_info)
-    rounds: list[dict[str, float]] = []
-    before = served.server.cpu()
-    benchmark.pedantic(lambda: rounds.append(served.load(route, SECONDS)), rounds=ROUNDS, warmup_rounds=0)
-    after = served.server.cpu()
-    rates = sorted(r["requests_per_s"] for r in rounds)
-    sent = sum(r["requests"] for r in rounds)
-    benchmark.extra_info["requests_per_s"] = rates[len(rates) // 2]
-    benchmark.extra_info["requests_per_s_rounds"] = rates
-    benchmark.extra_info["cpu_us_per_request"] = {
-        **{k: (after[k] - v) / sent * 1e6 for k, v in before.items()},
-        "client": sum(r["cpu_s"] for r in rounds) / sent * 1e6,
+    routes = served.routes
+    rates: dict[str, list[float]] = {r: [] for r in routes}
+    sent = dict.fromkeys(routes, 0)
+    cpu: dict[str, dict[str, float]] = {r: {} for r in routes}
+    turn = iter(range(ROUNDS))
+
+    def one_round() -> None:
+        first = next(turn)
+        for route in routes[first % len(routes) :] + routes[: first % len(routes)]:
+            before = served.server.cpu()
+            result = served.load(route, SECONDS)
+            after = served.server.cpu()
+            rates[route].append(result["requests_per_s"])
+            sent[route] += result["requests"]
+            spent = {**{k: after[k] - v for k, v in before.items()}, "client": result["cpu_s"]}
+            for k, v in spent.items():
+                cpu[route][k] = cpu[route].get(k, 0.0) + v
+
+    benchmark.pedantic(one_round, rounds=ROUNDS, warmup_rounds=0)
+    benchmark.extra_info["routes"] = {
+        route: {
+            "requests_per_s": statistics.median(rates[route]),
+            "requests_per_s_rounds": sorted(rates[route]),
+            "cpu_us_per_request": {k: v / sent[route] * 1e6 for k, v in cpu[route].items()},
+        }
+        for route in routes
     }
 
 
@@ -120,13 +138,11 @@ WSGI_ROUTES = ["plain", "queue", "mpqueue"]
 ASGI_ROUTES = ["plain", "queue", "wait"]
 
 
-@pytest.mark.parametrize("route", WSGI_ROUTES)
-def test_wsgi(benchmark: BenchmarkFixture, gunicorn: _Served, route: str) -> None:
+def test_wsgi(benchmark: BenchmarkFixture, gunicorn: _Served) -> None:
     """gunicorn --preload, 2 sync workers: /plain, /queue (one task()), /mpqueue (one Queue.put)."""
-    _bench(benchmark, gunicorn, route, "gunicorn")
+    _bench(benchmark, gunicorn, "gunicorn")
 
 
-@pytest.mark.parametrize("route", ASGI_ROUTES)
-def test_asgi(benchmark: BenchmarkFixture, uvicorn: _Served, route: str) -> None:
+def test_asgi(benchmark: BenchmarkFixture, uvicorn: _Served) -> None:
     """uvicorn + Starlette: /plain, /queue (task(), fire and forget), /wait (await task_async())."""
-    _bench(benchmark, uvicorn, route, "uvicorn")
+    _bench(benchmark, uvicorn, "uvicorn")
