@@ -29,7 +29,15 @@ whose message is formatted by the handler, only if a handler takes it (no
 text is built for a level nobody logs, no JSON unless ``json``), and skips
 ``logging``'s look-up of the calling frame (the caller is always this
 plugin; ``pathname`` is ``"(unknown file)"``, as with ``logging._srcfile =
-None``).
+None``). And ``ok`` finishes that come close together share one record: a
+finish less than :data:`FLUSH_DELAY` (0.1 s) after the plugin's last record
+waits at most that long for others, and up to ``TASKMW_LOGGING_BATCH`` (256)
+go to the handlers at once (a :class:`Finishes` message, one line per
+finish; :class:`TextFormatter`, which the stderr handler uses, and
+:class:`JsonFormatter` write each as its own line). A finish now and then is
+logged at once; a failure always is, in its own record, after the lines
+before it. A thread of the plugin's writes the pending lines in time, and
+they are written at exit; a forked child forgets its parent's.
 
 Settings (read from the environment when the plugin is loaded, as the first
 pool is built, not when the module is imported; or set in code with
@@ -43,6 +51,9 @@ variable                         default            meaning
                                                     lines (failures are logged at
                                                     ``WARNING`` at least)
 ``TASKMW_LOGGING_START_LEVEL``   ``DEBUG``          level of the start lines
+``TASKMW_LOGGING_BATCH``         ``256``            most ``ok`` finish lines in one
+                                                    record (``1``: one record per
+                                                    finish, at once)
 ``TASKMW_LOGGING_FORMAT``        ``text``           ``text`` or ``json`` (JSON lines)
 ===============================  =================  ==================================
 

@@ -159,11 +159,18 @@ def test_disabled_by_name_it_logs_nothing() -> None:
     assert not [line for line in lines if "taskmw.tasks" in line], lines
 
 
-def test_a_bad_setting_is_reported_once_by_name_and_the_pool_still_runs() -> None:
-    _, lines = run_demo(TASKMW_LOGGING_FORMAT="xml")  # run_demo checks that every task still ran
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("TASKMW_LOGGING_FORMAT", "xml", "format must be one of text, json, got 'xml'"),
+        ("TASKMW_LOGGING_BATCH", "lots", "batch must be a whole number of lines, 1 or more, got 'lots'"),
+    ],
+)
+def test_a_bad_setting_is_reported_once_by_name_and_the_pool_still_runs(setting: str, value: str, message: str) -> None:
+    _, lines = run_demo(**{setting: value})  # run_demo checks that every task still ran
     failures = [line for line in lines if "taskmw plugin 'logging'" in line]
     assert len(failures) == 1 and "failed to load" in failures[0], lines
-    assert any("format must be one of text, json, got 'xml'" in line for line in lines)
+    assert any(message in line for line in lines), lines
 
 
 _runs: list[int] = []
