@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,14 +151,16 @@ def report(doc: dict[str, Any], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-# -- task pools (bench/test_tasks.py) ---------------------------------------------
+# -- task pools (bench/test_tasks.py, bench/test_http.py, bench/test_status.py) ------------
 
 TASKMW = "taskmw"
 POOL_NAMES = {
     "taskmw": "**taskmw** TaskServer",
+    "taskmw_logging": "taskmw with taskmw-logging (file, INFO)",
     "faster_fifo": "faster-fifo queue pair",
     "mp_pool": "multiprocessing.Pool",
     "ppe": "ProcessPoolExecutor",
+    "mp_queue": "multiprocessing.Queue pair",
 }
 CALLS = {
     "taskmw": "`task()`",
@@ -165,26 +168,35 @@ CALLS = {
     "mp_pool": "`apply_async()`",
     "ppe": "`submit()`",
 }
-AIM_VS_FASTER_FIFO = 1.5
-"""taskmw's tasks/s at least this many times the faster-fifo pair's."""
-AIM_VS_PPE = 10.0
-"""taskmw's tasks/s at least this many times ProcessPoolExecutor's."""
-AIM_CALL_US = 3.0
-"""``task()`` at most this many µs (median)."""
-AIM_HTTP_COST = 0.05
-"""Queueing one task per request costs at most this fraction of requests/s."""
+TASK_MEASURES = ("tasks_throughput", "task_call", "task_round_trip", "paced_cpu")
+LOOKUPS = {
+    "status_lookup": "`server.status(id)`",
+    "result_lookup": "`server.result(id)`",
+    "manager_dict_lookup": "`multiprocessing.Manager` dict, `d[id]`",
+}
+SERVERS = {
+    "gunicorn": "gunicorn --preload, 2 sync workers, 2 task workers",
+    "uvicorn": "uvicorn + Starlette, one process, 2 task workers",
+}
 
 
 def task_rows(doc: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The task-pool benchmarks' ``extra_info``, by measure, then by pool (or route)."""
+    """The task-pool benchmarks' ``extra_info``, by measure, then by pool
+    (HTTP: by ``http:<server>``, then by route; look-ups: ``lookup``, by measure)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for b in doc["benchmarks"]:
         x = b["extra_info"]
         measure = x.get("measure", "")
-        if measure in ("tasks_throughput", "task_call", "task_round_trip"):
+        if measure in TASK_MEASURES:
             out.setdefault(measure, {})[x["pool"]] = x
-        elif measure == "http":
-            out.setdefault(measure, {})[x["route"]] = x
+        elif measure == "http_routes":  # one benchmark per server, its routes taking turns
+            check = {"check": x["check"]} if "check" in x else {}
+            out[f"http:{x['server']}"] = {r: {**v, **check, "connections": x.get("connections")}
+                                          for r, v in x["routes"].items()}  # fmt: skip
+        elif measure == "http":  # an older run: one benchmark per route
+            out.setdefault(f"http:{x.get('server', 'gunicorn')}", {})[x["route"]] = x
+        elif measure in LOOKUPS:
+            out.setdefault("lookup", {})[measure] = x
     return out
 
 
@@ -197,7 +209,7 @@ def times(value: float | None, base: float | None) -> str:
 
 def _span(pair: list[float] | None, fmt: str) -> str:
     """A [low, high] pair as "low–high"."""
-    return "—" if not pair else f"{fmt.format(pair[0])}–{fmt.format(pair[1])}"
+    return "—" if not pair else f"{fmt.format(pair[0])}–{fmt.format(pair[-1])}"
 
 
 def _us(value: float | None) -> str:
@@ -209,7 +221,7 @@ def _by(rows: dict[str, dict[str, Any]], key: str, reverse: bool) -> list[tuple[
 
 
 def tasks_report(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Markdown lines: the task-pool tables, the HTTP table and the aims."""
+    """Markdown lines: the task-pool tables, the paced CPU, the HTTP tables, the look-ups and the aims."""
     lines = [
         "A trivial module-level task with a 100-byte argument, 2 worker processes, every finish observed. "
         "The last column is taskmw's figure divided by that pool's.",
@@ -223,6 +235,10 @@ def tasks_report(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             lines.append(f"| {POOL_NAMES.get(pool, pool)} | {x.get('tasks_per_s', 0):,.0f} "
                          f"| {_span(x.get('tasks_per_s_iqr'), '{:,.0f}')} "
                          f"| {times(mine, x.get('tasks_per_s'))} |")  # fmt: skip
+        logged = rows.get("taskmw_logging", {}).get("counters", {})
+        if "finish_lines_logged" in logged:
+            lines += ["", f"taskmw-logging wrote {logged['finish_lines_logged']:,} finish lines for "
+                          f"{logged.get('finished', 0):,} finishes."]  # fmt: skip
     rows = t.get("task_call", {})
     if rows:
         mine = rows.get(TASKMW, {}).get("call_us")
@@ -244,60 +260,185 @@ def tasks_report(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             lines.append(f"| {POOL_NAMES.get(pool, pool)} | {x.get('p50_us', 0):.1f} | {x.get('p99_us', 0):.1f} "
                          f"| {times(me.get('p50_us'), x.get('p50_us'))} "
                          f"| {times(me.get('p99_us'), x.get('p99_us'))} |")  # fmt: skip
-    rows = t.get("http", {})
+    rows = t.get("paced_cpu", {})
     if rows:
-        plain = rows.get("plain", {}).get("requests_per_s")
-        lines += ["", "### gunicorn (2 sync workers, --preload), requests/s (higher is better)", "",
-                  "CPU per request, µs, summed over the processes of each kind (the client is the benchmark "
-                  "process, whose threads send the requests).", "",
-                  "| route | requests/s | middle half of rounds | vs /plain | CPU: HTTP workers | CPU: task pool "
-                  "| CPU: client |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for route, x in rows.items():
-            cpu = x.get("cpu_us_per_request", {})
-            lines.append(f"| /{route} | {x.get('requests_per_s', 0):,.0f} "
-                         f"| {_span(x.get('requests_per_s_iqr'), '{:,.0f}')} "
-                         f"| {times(x.get('requests_per_s'), plain)} | {_us(cpu.get('http_workers'))} "
-                         f"| {_us(cpu.get('task_pool'))} | {_us(cpu.get('client'))} |")  # fmt: skip
-        q = rows.get("queue", {})
-        if "http_tasks_queued" in q:
-            lines += ["", f"Tasks queued by /queue: {q['http_tasks_queued']:,}; finishes the HTTP workers "
-                          f"observed: {q.get('http_finishes') or 'none logged'}; processes left running after "
-                          f"SIGTERM: {q.get('left_running', '?')}."]  # fmt: skip
-    left = {p: x["left_running"] for m in ("tasks_throughput", "task_call", "task_round_trip")
+        mine = rows.get(TASKMW, {}).get("cpu_us_per_task")
+        rate = next(iter(rows.values())).get("rate", "?")
+        lines += ["", f"### CPU per task at {rate:,} tasks/s, one at a time, µs (lower is better; every process)",
+                  "", "| pool | CPU µs per task | of it: queueing process | of it: pool's processes "
+                  "| rounds | taskmw ÷ pool |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for pool, x in _by(rows, "cpu_us_per_task", reverse=False):
+            by = x.get("cpu_us_per_task_by_process", {})
+            lines.append(f"| {POOL_NAMES.get(pool, pool)} | {x.get('cpu_us_per_task', 0):.0f} "
+                         f"| {_us(by.get('submitter'))} | {_us(by.get('pool'))} "
+                         f"| {_span(x.get('cpu_us_per_task_rounds'), '{:.0f}')} "
+                         f"| {times(mine, x.get('cpu_us_per_task'))} |")  # fmt: skip
+    for server, title in SERVERS.items():
+        rows = t.get(f"http:{server}", {})
+        if rows:
+            lines += ["", *http_table(title, rows)]
+    rows = t.get("lookup", {})
+    if rows:
+        lines += ["", "### A look-up of a finished task, from any process, µs (lower is better)", "",
+                  "| look-up | µs |", "|---|---:|"]  # fmt: skip
+        for measure, what in LOOKUPS.items():
+            if measure in rows:
+                lines.append(f"| {what} | {rows[measure].get('lookup_us', 0):.1f} |")
+    left = {p: x["left_running"] for m in TASK_MEASURES
             for p, x in t.get(m, {}).items() if x.get("left_running")}  # fmt: skip
     if left:
         lines += ["", f"**Processes that outlived their pool's close():** {left}"]
-    return [*lines, "", *aims(t)]
+    return [*lines, "", *aims_table(figures(t))]
 
 
-def aims(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Markdown lines: each aim of the issue, measured in this run, met or not."""
+def http_table(title: str, rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines: requests/s and CPU per request of one server's routes."""
+    plain = rows.get("plain", {}).get("requests_per_s")
+    conns = next(iter(rows.values())).get("connections", "?")
+    lines = [f"### HTTP: {title}; wrk, {conns} connections; requests/s (higher is better)", "",
+             "CPU per request, µs, summed over the processes of each kind (the client is wrk).", "",
+             "| route | requests/s | rounds | ÷ /plain | CPU: HTTP workers | CPU: task pool "
+             "| CPU: mp.Queue consumers | CPU: client |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for route, x in rows.items():
+        cpu = x.get("cpu_us_per_request", {})
+        cpus = " | ".join(_us(cpu.get(k)) for k in ("http_workers", "task_pool", "mp_consumers", "client"))
+        lines.append(f"| /{route} | {x.get('requests_per_s', 0):,.0f} "
+                     f"| {_span(x.get('requests_per_s_rounds'), '{:,.0f}')} "
+                     f"| {times(x.get('requests_per_s'), plain)} | {cpus} |")  # fmt: skip
+    check = next((x["check"] for x in rows.values() if "check" in x), None)
+    if check:
+        mp = (f"; calls put on the multiprocessing.Queue: {check['mpqueue_puts']:,}, run by its consumers: "
+              f"{check['mpqueue_done']:,}") if "mpqueue_puts" in check else ""  # fmt: skip
+        lines += ["", f"Tasks queued: {check['tasks_queued']:,}; finishes the app observed: "
+                      f"{check.get('finishes') or 'none logged'}{mp}; processes left running after SIGTERM: "
+                      f"{check.get('left_running', '?')}."]  # fmt: skip
+    return lines
+
+
+# -- the aims and the other ratios, one run or several ------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of a run (a ratio, or a µs), with the aim it is held to, if any."""
+
+    name: str
+    value: float | None
+    unit: str = "×"
+    at_least: float | None = None
+    at_most: float | None = None
+
+    @property
+    def aim(self) -> str:
+        if self.at_least is not None:
+            return f"≥ {self.at_least:g}{self.unit}"
+        if self.at_most is not None:
+            return f"≤ {self.at_most:g}{self.unit}"
+        return ""
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the aim was met (None: no aim, or not measured)."""
+        if self.value is None or not self.aim:
+            return None
+        if self.at_least is not None:
+            return self.value >= self.at_least
+        return self.at_most is not None and self.value <= self.at_most
+
+    def shown(self, value: float | None = None) -> str:
+        v = self.value if value is None else value
+        return "—" if v is None else f"{v:.2f}{' µs' if self.unit == ' µs' else '×'}"
+
+
+AIM_VS_FASTER_FIFO = 2.0
+"""taskmw's tasks/s at least this many times the faster-fifo pair's."""
+AIM_VS_PPE = 20.0
+"""taskmw's tasks/s at least this many times ProcessPoolExecutor's."""
+AIM_CALL_US = 2.5
+"""``task()`` at most this many µs (median, finishes draining)."""
+AIM_ROUND_TRIP = 1.0
+"""taskmw's round-trip p50 at most this many times faster-fifo's."""
+AIM_LOGGING = 0.5
+"""taskmw with taskmw-logging at least this fraction of its tasks/s without."""
+AIM_HTTP_QUEUE = 0.90
+"""/queue at least this fraction of /plain's requests/s (gunicorn and uvicorn)."""
+AIM_VS_MPQUEUE = 1.0
+"""gunicorn's /queue at least this many times /mpqueue's requests/s (no dearer)."""
+AIM_PACED_CPU = 0.6
+"""taskmw's CPU per task at a paced rate at most this many times the multiprocessing.Queue pair's."""
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def figures(t: dict[str, dict[str, dict[str, Any]]]) -> list[Figure]:
+    """Every ratio of a run that the report follows, the aims first."""
     tput = {p: x.get("tasks_per_s") for p, x in t.get("tasks_throughput", {}).items()}
     call = t.get("task_call", {}).get(TASKMW, {}).get("call_us")
-    http = {r: x.get("requests_per_s") for r, x in t.get("http", {}).items()}
-
-    def verdict(ok: bool | None) -> str:
-        return "—" if ok is None else ("**met**" if ok else "**not met**")
-
-    def ratio_aim(peer: str, aim: float) -> tuple[str, str, str]:
-        mine, theirs = tput.get(TASKMW), tput.get(peer)
-        r = mine / theirs if mine and theirs else None
-        return (f"tasks/s ≥ {aim:g}× {POOL_NAMES[peer]}", f"{r:.2f}×" if r else "—",
-                verdict(None if r is None else r >= aim))  # fmt: skip
-
-    queued, plain = http.get("queue"), http.get("plain")
-    cost = 1 - queued / plain if queued and plain else None
-    rows = [
-        ratio_aim("faster_fifo", AIM_VS_FASTER_FIFO),
-        ratio_aim("ppe", AIM_VS_PPE),
-        (f"`task()` ≤ {AIM_CALL_US:g} µs median", f"{call:.2f} µs" if call else "—",
-         verdict(None if call is None else call <= AIM_CALL_US)),
-        (f"/queue costs ≤ {AIM_HTTP_COST:.0%} of /plain's requests/s", f"{cost:.1%}" if cost is not None else "—",
-         verdict(None if cost is None else cost <= AIM_HTTP_COST)),
+    p50 = {p: x.get("p50_us") for p, x in t.get("task_round_trip", {}).items()}
+    cpu = {p: x.get("cpu_us_per_task") for p, x in t.get("paced_cpu", {}).items()}
+    wsgi = {r: x.get("requests_per_s") for r, x in t.get("http:gunicorn", {}).items()}
+    asgi = {r: x.get("requests_per_s") for r, x in t.get("http:uvicorn", {}).items()}
+    me = tput.get(TASKMW)
+    out = [
+        Figure("tasks/s, taskmw ÷ faster-fifo pair", _ratio(me, tput.get("faster_fifo")), at_least=AIM_VS_FASTER_FIFO),
+        Figure("tasks/s, taskmw ÷ ProcessPoolExecutor", _ratio(me, tput.get("ppe")), at_least=AIM_VS_PPE),
+        Figure("`task()` median, finishes draining", call, unit=" µs", at_most=AIM_CALL_US),
+        Figure("round trip p50, taskmw ÷ faster-fifo pair", _ratio(p50.get(TASKMW), p50.get("faster_fifo")),
+               at_most=AIM_ROUND_TRIP),
+        Figure("tasks/s with taskmw-logging ÷ without", _ratio(tput.get("taskmw_logging"), me), at_least=AIM_LOGGING),
+        Figure("gunicorn: /queue ÷ /plain, requests/s", _ratio(wsgi.get("queue"), wsgi.get("plain")),
+               at_least=AIM_HTTP_QUEUE),
+        Figure("gunicorn: /queue ÷ /mpqueue, requests/s", _ratio(wsgi.get("queue"), wsgi.get("mpqueue")),
+               at_least=AIM_VS_MPQUEUE),
+        Figure("uvicorn: /queue ÷ /plain, requests/s", _ratio(asgi.get("queue"), asgi.get("plain")),
+               at_least=AIM_HTTP_QUEUE),
+        Figure("CPU per task at 3,000/s, taskmw ÷ multiprocessing.Queue pair",
+               _ratio(cpu.get(TASKMW), cpu.get("mp_queue")), at_most=AIM_PACED_CPU),
+        Figure("tasks/s, taskmw ÷ multiprocessing.Pool", _ratio(me, tput.get("mp_pool"))),
+        Figure("gunicorn: /mpqueue ÷ /plain, requests/s", _ratio(wsgi.get("mpqueue"), wsgi.get("plain"))),
+        Figure("uvicorn: /wait ÷ /plain, requests/s", _ratio(asgi.get("wait"), asgi.get("plain"))),
     ]  # fmt: skip
-    lines = ["### Aims (measured in this run)", "", "| aim | measured | |", "|---|---:|---|"]
-    return lines + [f"| {a} | {m} | {v} |" for a, m, v in rows]
+    return [f for f in out if f.value is not None]
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def aims_table(figs: list[Figure]) -> list[str]:
+    """Markdown lines: each aim of issue 15, measured in this run, met or not."""
+    lines = ["### Aims (issue 15, measured in this run)", "", "| aim | measured | |", "|---|---:|---|"]
+    lines += [f"| {f.name} {f.aim} | {f.shown()} | {_verdict(f.met)} |" for f in figs if f.aim]
+    others = [f for f in figs if not f.aim]
+    if others:
+        lines += ["", "Other ratios: " + "; ".join(f"{f.name} {f.shown()}" for f in others) + "."]
+    return lines
+
+
+def spread_report(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    """Markdown: every figure over several runs (min, median, max), and in
+    how many runs each aim was met."""
+    by_name: dict[str, list[Figure]] = {}
+    for _path, doc in runs:
+        for f in figures(task_rows(doc)):
+            by_name.setdefault(f.name, []).append(f)
+    lines = [f"## Spread over {len(runs)} runs", ""]
+    for path, doc in runs:
+        commit = doc.get("commit_info", {})
+        dirty = " (dirty tree)" if commit.get("dirty") else ""
+        lines.append(f"- `{path}`: {doc.get('datetime', '?')}, commit {str(commit.get('id', '?'))[:10]}{dirty}")
+    lines += ["", "| figure | aim | min | median | max | runs | aim met in |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, figs in by_name.items():
+        values = sorted(f.value for f in figs if f.value is not None)
+        first = figs[0]
+        met = f"{sum(bool(f.met) for f in figs)} of {len(figs)}" if first.aim else ""
+        lines.append(f"| {name} | {first.aim} | {first.shown(values[0])} "
+                     f"| {first.shown(statistics.median(values))} | {first.shown(values[-1])} "
+                     f"| {len(values)} | {met} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 # -- scaling out (bench/test_celery.py) ------------------------------------------------
@@ -305,7 +446,7 @@ def aims(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 CELERY_TITLE = "## Scaling out: taskmw's local pool vs taskmw through Celery vs plain Celery"
 CELERY_NAMES = {
     "local": "taskmw, local pool",
-    "taskmw_celery": "**taskmw through Celery** (`backend=\"celery\"`)",
+    "taskmw_celery": '**taskmw through Celery** (`backend="celery"`)',
     "celery": "plain Celery `.delay()`",
 }
 
@@ -332,8 +473,7 @@ def celery_report(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         "--pool prefork -c 2`, Redis broker and result backend, all on this machine), every finish observed "
         "by the benchmark process. Ratios are each figure divided by taskmw-through-Celery's.",
         "",
-        "| backend | tasks/s | middle half of rounds | ÷ via Celery | p50 round trip µs | p99 µs "
-        "| p50 ÷ via Celery |",
+        "| backend | tasks/s | middle half of rounds | ÷ via Celery | p50 round trip µs | p99 µs | p50 ÷ via Celery |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for pool in CELERY_NAMES:
@@ -349,9 +489,19 @@ def celery_report(t: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json_file", help="output of pytest bench/ --benchmark-only --benchmark-json=FILE")
+    parser.add_argument("json_files", nargs="+", metavar="json_file",
+                        help="output of pytest bench/ --benchmark-only --benchmark-json=FILE; "
+                             "several: the spread of the ratios and aims over those runs")  # fmt: skip
+    parser.add_argument("--each", action="store_true", help="with several files, also print each run's report")
     args = parser.parse_args()
-    print(report(*load(args.json_file)))
+    if len(args.json_files) == 1:
+        print(report(*load(args.json_files[0])))
+        return
+    runs = [(path, load(path)[0]) for path in args.json_files]
+    if args.each:
+        for path in args.json_files:
+            print(report(*load(path)), end="\n\n")
+    print(spread_report(runs))
 
 
 if __name__ == "__main__":

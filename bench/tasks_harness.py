@@ -1,4 +1,5 @@
-"""One harness for the task-pool benchmarks in ``bench/test_tasks.py``.
+"""One harness for the task-pool and HTTP benchmarks (``bench/test_tasks.py``,
+``bench/test_http.py``).
 
 Every pool under test runs the same trivial task, :func:`trivial` (a
 module-level function, so every pool pickles it by reference) with the same
@@ -13,18 +14,23 @@ calls:
 * ``round_trip()``: queue one task and wait for its return value;
 * ``close()``: stop the pool and reap its processes.
 
-Also here: the gunicorn server of the HTTP benchmark (:class:`Gunicorn`) and
-its load generator (:func:`http_load`). Every wait in this module is bounded
-by :data:`WAIT` seconds; every process started here is stopped and reaped.
+Also here: the paced run of the CPU benchmark (:func:`paced`), the app
+servers of the HTTP benchmarks (:class:`Gunicorn`, :class:`Uvicorn`) and
+their load generator (:func:`wrk`). Every wait in this module is bounded by
+:data:`WAIT` seconds; every process started here is stopped and reaped.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import logging
 import multiprocessing
 import os
 import queue
+import re
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -151,13 +157,13 @@ class TaskmwPool(TaskPool):
 
     name = "taskmw"
 
-    def __init__(self) -> None:
+    def __init__(self, extra_plugins: Sequence[object] = ()) -> None:
         if TaskServer is None:
             raise RuntimeError("taskmw.TaskServer is not importable")
         self._countdown = _Countdown()
         self._server = TaskServer(
             task_workers=WORKERS,
-            plugins=[_FinishCounter(self._countdown)],
+            plugins=[_FinishCounter(self._countdown), *extra_plugins],
             shutdown_timeout=WAIT,
             entrypoints=False,  # only this plugin: an installed one (logging) would be measured too
         )
@@ -332,8 +338,113 @@ class FasterFifoPool(TaskPool):
             p.stop()
 
 
+class TaskmwLoggingPool(TaskmwPool):
+    """:class:`TaskmwPool` with ``taskmw-logging`` in it, logging to a file at
+    ``INFO`` (its defaults otherwise: finish and worker lines, start lines at
+    ``DEBUG``; a ``logging.FileHandler`` on ``taskmw.tasks``, with the
+    plugin's ``TextFormatter``: one line per finish, each with its prefix)."""
+
+    name = "taskmw_logging"
+
+    def __init__(self) -> None:
+        from taskmw_logging import TEXT_FORMAT, TaskLogger, TextFormatter
+
+        self._file = tempfile.NamedTemporaryFile(prefix="taskmw-bench-logging-", suffix=".log", delete=False)
+        self._file.close()
+        self._handler = logging.FileHandler(self._file.name)
+        self._handler.setFormatter(TextFormatter(TEXT_FORMAT))
+        self._logger = logging.getLogger("taskmw.tasks")
+        self._saved = (self._logger.level, self._logger.propagate)
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.INFO)
+        self._logger.propagate = False
+        self._plugin = TaskLogger("taskmw.tasks", stderr=False)
+        super().__init__(extra_plugins=[self._plugin])
+
+    def counters(self) -> dict[str, Any]:
+        self._plugin.flush()
+        self._handler.flush()
+        with open(self._file.name) as f:
+            lines = sum(" ok: " in line for line in f)
+        return {**super().counters(), "finish_lines_logged": lines}
+
+    def close(self) -> None:
+        super().close()
+        self._logger.removeHandler(self._handler)
+        self._handler.close()
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
+        os.unlink(self._file.name)
+
+
+def _mpq_worker(
+    tasks: multiprocessing.Queue, results: multiprocessing.Queue, ack: Callable[[], None], alive: Callable[[], bool]
+) -> None:
+    """``multiprocessing.Queue`` consumer process: take one task, run it, put its result."""
+    ack()
+    while True:
+        try:
+            tid, fn, args = tasks.get(timeout=POLL)
+        except queue.Empty:
+            if not alive():
+                return
+            continue
+        results.put((tid, fn(*args)))
+
+
+class MpQueuePool(TaskPool):
+    """A ``multiprocessing.Queue`` pair and 2 consumer processes
+    (:func:`_mpq_worker`): the hand-made way, as the HTTP benchmark's
+    ``/mpqueue`` route does. ``put`` of ``(id, fn, args)`` queues a task;
+    a reader thread in this process takes each result with ``get()`` and
+    counts it (as taskmw's reader thread runs ``on_finish``)."""
+
+    name = "mp_queue"
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._tasks: multiprocessing.Queue = ctx.Queue()
+        self._results: multiprocessing.Queue = ctx.Queue()
+        self._ids = itertools.count()
+        self._countdown = _Countdown()
+        self._peers = [Peer(_mpq_worker, self._tasks, self._results) for _ in range(WORKERS)]
+        for p in self._peers:
+            p.wait_ack()
+        self._reader = threading.Thread(target=self._read, name="mp_queue results", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        get, done = self._results.get, self._countdown.done
+        while get() is not None:
+            done()
+
+    def queue(self, count: int) -> None:
+        self._countdown.expect(count)
+        put, ids, args = self._tasks.put, self._ids, (PAYLOAD,)
+        for _ in range(count):
+            put((next(ids), trivial, args))
+
+    def wait(self) -> None:
+        self._countdown.wait("mp_queue")
+
+    def counters(self) -> dict[str, Any]:
+        return {"finished": self._countdown.finished}
+
+    def close(self) -> None:
+        self._results.put(None)
+        self._reader.join(WAIT)
+        for p in self._peers:
+            p.stop()
+        for q in (self._tasks, self._results):
+            q.close()
+            q.join_thread()
+
+
 POOLS: dict[str, type[TaskPool]] = {cls.name: cls for cls in (TaskmwPool, FasterFifoPool, MpPoolPool, ProcessPoolPool)}
-"""The adapters, by the name used in test ids and reports."""
+"""The adapters of the task-pool benchmarks, by the name used in test ids and reports."""
+OTHER_POOLS: dict[str, type[TaskPool]] = {cls.name: cls for cls in (TaskmwLoggingPool, MpQueuePool)}
+"""The adapters of single benchmarks: taskmw with taskmw-logging (throughput),
+the ``multiprocessing.Queue`` pair (the paced CPU benchmark)."""
 
 
 # -- process bookkeeping ------------------------------------------------------------
@@ -376,9 +487,24 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far; 0 if it is gone."""
-    fields = _stat_fields(pid)
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
+    """CPU time a process (all its live threads) has used so far, in seconds;
+    0 if it is gone. From each thread's ``/proc/PID/task/TID/schedstat``
+    (nanoseconds), falling back to ``/proc/PID/stat`` (clock ticks: 10 ms)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    total = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        except OSError:
+            fields = _stat_fields(pid)
+            return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
+    return total / 1e9
 
 
 def _all_stats() -> dict[int, tuple[str, int, int]]:
@@ -439,6 +565,26 @@ def round_trips(pool: TaskPool, count: int, samples: list[int]) -> None:
         samples.append(clock() - t0)
 
 
+def paced(pool: TaskPool, rate: float, count: int) -> None:
+    """Queue ``count`` tasks one at a time at ``rate`` a second (sleeping
+    between them, as a web app queues them), then wait for every finish."""
+    interval = 1.0 / rate
+    clock, sleep, queue_one = time.perf_counter, time.sleep, pool.queue
+    start = clock()
+    for i in range(1, count + 1):
+        queue_one(1)
+        delay = start + i * interval - clock()
+        if delay > 0:
+            sleep(delay)
+    pool.wait()
+
+
+def pool_cpu(pids: set[int]) -> dict[str, float]:
+    """CPU seconds so far of this process (the submitter, all its threads)
+    and of ``pids`` (the pool's processes) together."""
+    return {"submitter": cpu_seconds(os.getpid()), "pool": sum(cpu_seconds(p) for p in pids)}
+
+
 def bench_throughput(benchmark: Any, pool: TaskPool, count: int, rounds: int) -> None:
     """Time ``rounds`` throughput rounds of ``count`` tasks (after one warm-up
     round); ``tasks_per_s`` (from the median round) and ``tasks_per_s_iqr``
@@ -461,7 +607,14 @@ def bench_round_trips(benchmark: Any, pool: TaskPool, count: int, rounds: int) -
     )
 
 
-# -- the HTTP benchmark ----------------------------------------------------------------
+# -- the HTTP benchmarks ----------------------------------------------------------------
+
+
+WRK = shutil.which("wrk")
+"""The load generator of the HTTP benchmarks (``apt-get install wrk``); None if not installed."""
+
+WRK_CONNECTIONS = 16
+WRK_THREADS = 2
 
 
 def free_port() -> int:
@@ -472,8 +625,9 @@ def free_port() -> int:
         return port
 
 
-def http_get(addr: tuple[str, int], request: bytes) -> bytes:
-    """One request on a new connection; the whole response (the server closes)."""
+def http_get(addr: tuple[str, int], path: str) -> bytes:
+    """One GET on a new connection; the whole response (the server closes)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
     with socket.create_connection(addr, timeout=WAIT) as s:
         s.sendall(request)
         chunks = []
@@ -482,61 +636,62 @@ def http_get(addr: tuple[str, int], request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def request_for(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+def wrk(addr: tuple[str, int], path: str, seconds: int) -> dict[str, float]:
+    """``wrk`` for ``seconds`` (whole: wrk takes no fractions) on ``path`` with :data:`WRK_CONNECTIONS`
+    connections from :data:`WRK_THREADS` threads: ``requests``,
+    ``requests_per_s`` and ``cpu_s`` (wrk's own CPU time). Raises if any
+    response was not a 2xx or any socket error other than the server
+    closing a connection (gunicorn's sync workers close after every
+    response; wrk counts those as reconnects, not errors)."""
+    if WRK is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [WRK, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--timeout", f"{WAIT:g}s",
+         f"http://{addr[0]}:{addr[1]}{path}"],
+        capture_output=True, text=True, timeout=seconds + 2 * WAIT, check=True,
+    ).stdout  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read \d+, write (\d+), timeout (\d+)", out)
+    if bad or (errors and any(int(n) for n in errors.groups())):
+        raise RuntimeError(f"wrk {path}: failed requests:\n{out}")
+    requests = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    if requests is None:
+        raise RuntimeError(f"wrk {path}: no request count in its output:\n{out}")
+    elapsed = float(requests.group(2)) / (1000 if requests.group(3) == "ms" else 1)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"requests": int(requests.group(1)), "requests_per_s": int(requests.group(1)) / elapsed, "cpu_s": cpu}
 
 
-def http_load(addr: tuple[str, int], path: str, count: int, threads: int) -> None:
-    """``count`` GETs of ``path`` from ``threads`` threads, one connection each
-    (gunicorn's sync workers close after every response); raises unless every
-    response is a 200. Bounded: each request by :data:`WAIT` s, the whole by
-    ``count`` × :data:`WAIT` / ``threads`` s at most."""
-    request = request_for(path)
-    tickets = itertools.count()
-    errors: list[BaseException | bytes] = []
-
-    def client() -> None:
-        while next(tickets) < count and not errors:
-            try:
-                response = http_get(addr, request)
-            except OSError as e:
-                errors.append(e)
-                return
-            if not response.startswith(b"HTTP/1.1 200 "):
-                errors.append(response[:200])
-                return
-
-    workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    deadline = time.monotonic() + WAIT + count * 0.05
-    for t in workers:
-        t.join(max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() for t in workers):
-        errors.append(TimeoutError("load generator threads did not finish in time"))
-    if errors:
-        raise RuntimeError(f"GET {path}: {len(errors)} failures, first: {errors[0]!r}")
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
-class Gunicorn:
-    """``gunicorn --preload`` with 2 sync workers serving ``bench/apps/wsgi_app.py``
-    on 127.0.0.1, in its own session (so that every process it starts, task
-    workers included, can be found and stopped by its process group)."""
+class HttpServer:
+    """An app server on 127.0.0.1 serving an app of ``bench/apps``, in its
+    own session (so that every process it starts, task workers included,
+    can be found and stopped by its process group). Subclasses give the
+    command line."""
 
-    def __init__(self, workers: int = 2, app: str = "wsgi_app:application", apps_dir: Path = APPS) -> None:
+    serving_master: ClassVar[bool]
+    """Whether the first process serves requests itself (uvicorn) or only
+    manages its workers (gunicorn's master, whose CPU is not counted)."""
+
+    def __init__(self) -> None:
         self.addr = ("127.0.0.1", free_port())
-        self._log = tempfile.NamedTemporaryFile(prefix="taskmw-bench-gunicorn-", suffix=".log", delete=False)
-        cmd = [
-            sys.executable, "-m", "gunicorn",
-            "--workers", str(workers), "--worker-class", "sync", "--preload",
-            "--bind", f"{self.addr[0]}:{self.addr[1]}",
-            "--chdir", str(apps_dir), "--config", str(APPS / "gunicorn_conf.py"),
-            "--graceful-timeout", "5", "--log-level", "info",
-            app,
-        ]  # fmt: skip
+        self._log = tempfile.NamedTemporaryFile(prefix="taskmw-bench-http-", suffix=".log", delete=False)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("GUNICORN_CMD_ARGS", None)
+        env.pop("WEB_CONCURRENCY", None)
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            self.command(), cwd=APPS, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         self.pgid = self.proc.pid
         self.leftover: set[int] = set()
         try:
@@ -545,41 +700,46 @@ class Gunicorn:
             self.stop()
             raise
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 2 * WAIT
-        request = request_for("/plain")
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.command()[2]} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if http_get(self.addr, request).startswith(b"HTTP/1.1 200 "):
+                if http_get(self.addr, "/plain").startswith(b"HTTP/1.1 200 "):
                     return
             except OSError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"gunicorn did not answer within {2 * WAIT}s:\n{self.log()}")
+        raise TimeoutError(f"{self.command()[2]} did not answer within {2 * WAIT}s:\n{self.log()}")
 
     def group(self) -> set[int]:
-        """Live processes of gunicorn's process group (master, workers, task workers)."""
+        """Live processes of the server's process group (master, workers, task workers)."""
         return {p for p, (state, _pp, pgrp) in _all_stats().items() if pgrp == self.pgid and state != "Z"}
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by the HTTP workers and by the task pool
-        (supervisor and task workers: the master's children that have
-        children, and those children)."""
-        stats = {p: s for p, s in _all_stats().items() if s[2] == self.pgid and p != self.pgid}
-        parents = {ppid for _state, ppid, _pgrp in stats.values()}
-        out = {"http_workers": 0.0, "task_pool": 0.0}
-        for pid, (_state, ppid, _pgrp) in stats.items():
-            http = ppid == self.pgid and pid not in parents
-            out["http_workers" if http else "task_pool"] += cpu_seconds(pid)
+        """CPU seconds used so far by the HTTP workers, the task pool (the
+        processes titled ``taskmw: …``: supervisor and task workers) and the
+        hand-made queue's consumers (titled :data:`MPQUEUE_TITLE`)."""
+        out = {"http_workers": 0.0, "task_pool": 0.0, "mp_consumers": 0.0}
+        for pid in self.group():
+            title = _cmdline(pid)
+            if title.startswith(MPQUEUE_TITLE):
+                out["mp_consumers"] += cpu_seconds(pid)
+            elif title.startswith("taskmw: "):
+                out["task_pool"] += cpu_seconds(pid)
+            elif pid != self.pgid or self.serving_master:
+                out["http_workers"] += cpu_seconds(pid)
         return out
 
     def log(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
 
     def stop(self) -> None:
-        """SIGTERM the master, wait (bounded), then SIGKILL whatever of its group is left.
+        """SIGTERM the first process, wait (bounded), then SIGKILL whatever of its group is left.
 
         What was still alive after the graceful wait is kept in :attr:`leftover`.
         """
@@ -587,7 +747,7 @@ class Gunicorn:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(WAIT)
+            self.proc.wait(2 * WAIT)
         except subprocess.TimeoutExpired:
             pass
         self.leftover = wait_gone(members | self.group(), 3.0)
@@ -605,12 +765,13 @@ class Gunicorn:
             pass
         self._log.close()
 
-    def finishes(self) -> dict[str, int]:
-        """Task finishes the HTTP workers counted (logged by the gunicorn config's worker_exit)."""
+    def counted(self, what: str) -> dict[str, int]:
+        """Totals of the ``taskmw-bench WHAT key=n …`` lines in the log (one
+        per process: finishes by status, or the consumers' ``done``)."""
         totals: dict[str, int] = {}
         for line in self.log().splitlines():
-            if "taskmw-bench finishes" in line:
-                for field in line.split("taskmw-bench finishes", 1)[1].split():
+            if f"taskmw-bench {what}" in line:
+                for field in line.split(f"taskmw-bench {what}", 1)[1].split():
                     key, _, value = field.partition("=")
                     if key != "pid" and value.isdigit():
                         totals[key] = totals.get(key, 0) + int(value)
@@ -618,3 +779,39 @@ class Gunicorn:
 
     def remove_log(self) -> None:
         os.unlink(self._log.name)
+
+
+MPQUEUE_TITLE = "taskmw-bench: mpqueue consumer"
+"""The process title of the WSGI app's hand-made queue consumers (``apps/wsgi_app.py``)."""
+
+
+class Gunicorn(HttpServer):
+    """``gunicorn --preload`` with 2 sync workers serving ``apps/wsgi_app.py``."""
+
+    serving_master = False
+
+    def command(self) -> list[str]:
+        from gunicorn.config import KNOWN_SETTINGS
+
+        no_control = ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
+        return [
+            sys.executable, "-m", "gunicorn",
+            "--workers", "2", "--worker-class", "sync", "--preload",
+            "--bind", f"{self.addr[0]}:{self.addr[1]}",
+            "--config", str(APPS / "gunicorn_conf.py"),
+            "--graceful-timeout", "5", "--log-level", "info", *no_control,
+            "wsgi_app:application",
+        ]  # fmt: skip
+
+
+class Uvicorn(HttpServer):
+    """uvicorn (one process) serving the Starlette app ``apps/asgi_app.py``."""
+
+    serving_master = True
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", "asgi_app:app", "--app-dir", str(APPS),
+            "--host", self.addr[0], "--port", str(self.addr[1]),
+            "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "5",
+        ]  # fmt: skip

@@ -1,5 +1,7 @@
 """Task pools: taskmw against ProcessPoolExecutor, multiprocessing.Pool and a
-faster-fifo queue pair, and the cost of queueing a task from a gunicorn route.
+faster-fifo queue pair (throughput, the cost of one queueing call, round
+trips), taskmw with taskmw-logging, and the CPU per task at a paced rate
+against a ``multiprocessing.Queue`` pair.
 
 Every pool runs the same trivial task (``tasks_harness.trivial``, a 100-byte
 argument) on 2 worker processes, and every finish is observed in the
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import resource
 import signal
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,20 +22,21 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 from tasks_harness import (
     HAVE_TASK_SERVER,
+    OTHER_POOLS,
     POOLS,
-    Gunicorn,
     TaskPool,
     bench_round_trips,
     bench_throughput,
     descendants,
-    http_load,
+    paced,
+    pool_cpu,
     queue_and_wait,
     wait_gone,
 )
 
 PEERS = list(POOLS)  # taskmw first
 
-TASKS_PER_ROUND = {"taskmw": 20_000, "faster_fifo": 20_000, "mp_pool": 10_000, "ppe": 5_000}
+TASKS_PER_ROUND = {"taskmw": 20_000, "taskmw_logging": 20_000, "faster_fifo": 20_000, "mp_pool": 10_000, "ppe": 5_000}
 """Tasks per throughput round; the slower pools get fewer so that the suite
 stays short (rounds well under a second); tasks/s does not depend on it."""
 THROUGHPUT_ROUNDS = 9
@@ -49,20 +51,18 @@ ROUND_TRIPS = 1500
 """Round trips per latency round (LATENCY_ROUNDS of them, after a warm-up)."""
 LATENCY_ROUNDS = 3
 
-ROUTES = ["plain", "queue"]
-HTTP_REQUESTS = 2000
-"""Requests per HTTP round, from HTTP_THREADS client threads."""
-HTTP_THREADS = 4
-HTTP_ROUNDS = 7
-HTTP_WARMUP = 500
-
 
 def _needs_taskmw(name: str) -> Any:
     skip = pytest.mark.skipif(not HAVE_TASK_SERVER, reason="taskmw.TaskServer not importable yet")
+    if name == "taskmw_logging":
+        no_plugin = pytest.mark.skipif(importlib.util.find_spec("taskmw_logging") is None,
+                                       reason="taskmw-logging not installed")  # fmt: skip
+        return pytest.param(name, marks=[skip, no_plugin])
     return pytest.param(name, marks=skip) if name == "taskmw" else name
 
 
 POOL_PARAMS = [_needs_taskmw(name) for name in PEERS]
+THROUGHPUT_PARAMS = [POOL_PARAMS[0], _needs_taskmw("taskmw_logging"), *POOL_PARAMS[1:]]
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def open_pool(benchmark: BenchmarkFixture) -> Iterator[Callable[[str], TaskPool]
 
     def make(name: str) -> TaskPool:
         before = descendants(os.getpid())
-        pool = POOLS[name]()
+        pool = (POOLS.get(name) or OTHER_POOLS[name])()
         made.append((pool, before))
         queue_and_wait(pool, WARMUP_TASKS)
         return pool
@@ -95,9 +95,10 @@ def open_pool(benchmark: BenchmarkFixture) -> Iterator[Callable[[str], TaskPool]
             wait_gone(left, 5.0)
 
 
-@pytest.mark.parametrize("pool_name", POOL_PARAMS)
+@pytest.mark.parametrize("pool_name", THROUGHPUT_PARAMS)
 def test_tasks_throughput(benchmark: BenchmarkFixture, open_pool: Callable[[str], TaskPool], pool_name: str) -> None:
-    """N tasks queued, one call each, and every finish observed: tasks/s."""
+    """N tasks queued, one call each, and every finish observed: tasks/s
+    (``taskmw_logging``: taskmw with taskmw-logging logging to a file at INFO)."""
     pool = open_pool(pool_name)
     count = TASKS_PER_ROUND[pool_name]
     benchmark.group = "tasks: throughput"
@@ -134,76 +135,37 @@ def test_task_round_trip(benchmark: BenchmarkFixture, open_pool: Callable[[str],
     bench_round_trips(benchmark, pool, ROUND_TRIPS, LATENCY_ROUNDS)
 
 
-# -- HTTP ------------------------------------------------------------------------
+# -- CPU per task at a paced rate -----------------------------------------------------
+
+PACED_RATE = 3000
+"""Tasks a second in the paced benchmark, queued one at a time with sleeps between."""
+PACED_TASKS = 3000
+"""Tasks per paced round (1 s at PACED_RATE)."""
+PACED_ROUNDS = 3
+PACED_POOLS = [_needs_taskmw("taskmw"), "mp_queue"]
 
 
-class _Server:
-    """The module's one gunicorn, and what the HTTP tests sent it."""
+@pytest.mark.parametrize("pool_name", PACED_POOLS)
+def test_paced_cpu(benchmark: BenchmarkFixture, open_pool: Callable[[str], TaskPool], pool_name: str) -> None:
+    """CPU per task, over every process (this one, which queues and observes
+    the finishes, and the pool's), while tasks are queued one at a time at
+    PACED_RATE a second: what offloading costs at a web app's rate."""
+    before_pids = descendants(os.getpid())
+    pool = open_pool(pool_name)
+    pids = descendants(os.getpid()) - before_pids
+    benchmark.group = "tasks: CPU per task at 3,000 tasks/s"
+    benchmark.extra_info.update(measure="paced_cpu", pool=pool_name, rate=PACED_RATE, tasks=PACED_TASKS)
+    rounds: list[dict[str, float]] = []
 
-    def __init__(self) -> None:
-        self.gunicorn = Gunicorn()
-        self.queued = 0
-        self.infos: list[dict[str, Any]] = []
+    def one_round() -> None:
+        before = pool_cpu(pids)
+        paced(pool, PACED_RATE, PACED_TASKS)
+        after = pool_cpu(pids)
+        rounds.append({k: (after[k] - v) / PACED_TASKS * 1e6 for k, v in before.items()})
 
-    def load(self, route: str, count: int) -> None:
-        http_load(self.gunicorn.addr, f"/{route}", count, HTTP_THREADS)
-        if route == "queue":
-            self.queued += count
-
-
-@pytest.fixture(scope="module")
-def http_server() -> Iterator[_Server]:
-    """gunicorn (2 sync workers, --preload) serving bench/apps/wsgi_app.py, for
-    every route's benchmark; stopped (SIGTERM, bounded wait, SIGKILL) afterwards."""
-    if not HAVE_TASK_SERVER:
-        pytest.skip("taskmw.TaskServer not importable yet")
-    if importlib.util.find_spec("gunicorn") is None:
-        pytest.skip("gunicorn not installed")
-    server = _Server()
-    try:
-        for route in ROUTES:
-            server.load(route, HTTP_WARMUP)
-        yield server
-    finally:
-        g = server.gunicorn
-        g.stop()
-        finishes = g.finishes()
-        for info in server.infos:  # extra_info is written to the JSON at session end
-            info.update(http_tasks_queued=server.queued, http_finishes=finishes, left_running=len(g.leftover))
-        if g.leftover:
-            warnings.warn(f"gunicorn: {len(g.leftover)} processes outlived SIGTERM: {sorted(g.leftover)}", stacklevel=1)
-        if finishes.get("ok", 0) != server.queued:
-            warnings.warn(
-                f"HTTP: {server.queued} tasks queued, finishes logged by the workers: {finishes}\n{g.log()[-3000:]}",
-                stacklevel=1,
-            )
-        else:
-            g.remove_log()
-
-
-@pytest.mark.parametrize("route", ROUTES)
-def test_http(benchmark: BenchmarkFixture, http_server: _Server, route: str) -> None:
-    """Requests/s of a gunicorn route, /plain or /queue (the same plus one task())."""
-    benchmark.group = "tasks: HTTP requests"
-    benchmark.extra_info.update(
-        measure="http", pool="taskmw", route=route, requests=HTTP_REQUESTS, client_threads=HTTP_THREADS
-    )
-    http_server.infos.append(benchmark.extra_info)
-    server_cpu, client_cpu = http_server.gunicorn.cpu(), _self_cpu()
-    benchmark.pedantic(http_server.load, args=(route, HTTP_REQUESTS), rounds=HTTP_ROUNDS, warmup_rounds=1)
-    if benchmark.stats:
-        s = benchmark.stats.stats
-        benchmark.extra_info["requests_per_s"] = HTTP_REQUESTS / s.median
-        benchmark.extra_info["requests_per_s_iqr"] = [HTTP_REQUESTS / s.q3, HTTP_REQUESTS / s.q1]
-    # CPU per request, over every round: where a /queue request's extra cost goes.
-    sent = HTTP_REQUESTS * (HTTP_ROUNDS + 1)
-    after = http_server.gunicorn.cpu()
-    benchmark.extra_info["cpu_us_per_request"] = {
-        **{k: (after[k] - v) / sent * 1e6 for k, v in server_cpu.items()},
-        "client": (_self_cpu() - client_cpu) / sent * 1e6,
-    }
-
-
-def _self_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+    benchmark.pedantic(one_round, rounds=PACED_ROUNDS, warmup_rounds=1)
+    timed = sorted(rounds[1:], key=lambda r: r["submitter"] + r["pool"])  # the warm-up round is the first
+    middle = timed[len(timed) // 2]
+    benchmark.extra_info["cpu_us_per_task"] = middle["submitter"] + middle["pool"]
+    benchmark.extra_info["cpu_us_per_task_by_process"] = middle
+    benchmark.extra_info["cpu_us_per_task_rounds"] = [r["submitter"] + r["pool"] for r in timed]

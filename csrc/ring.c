@@ -26,19 +26,27 @@
  *   record listed (perhaps twice; readers skip tombstones and duplicates).
  *
  * - Waking: a waiter spins for spin_ns, then increments a waiter count,
- *   re-checks the ring and sleeps in ppoll() on an eventfd. A producer,
- *   after committing, writes the eventfd only if the waiter count is
- *   non-zero and no wake-up is already pending (a "signalled" flag), so a
- *   busy ring makes no system call per record. The count increment and the
+ *   reads its side's futex word, re-checks the ring and sleeps in
+ *   FUTEX_WAIT on that word. A producer, after committing, wakes only if
+ *   the waiter count is non-zero and no wake-up is already pending (a
+ *   "signalled" flag), so a busy ring makes no system call per record; it
+ *   bumps the word and calls FUTEX_WAKE for ONE sleeper. One record wakes
+ *   one idle consumer, not all of them: an eventfd (what this used before)
+ *   wakes every process polling it, and all but one went back to sleep
+ *   after a wasted context switch each. The count increment and the
  *   re-check, and the producer's commit and count read, are sequentially
- *   consistent (a full fence on the producer side), so a wake-up cannot be
- *   lost. Sleeps are cut into
- *   slices of SLICE_NS so that a flag left set by a process killed in the
- *   middle of a wake-up heals itself. One write wakes only the sleeper that
- *   drains it first, so a consumer that leaves records behind, and a
- *   producer that leaves room, wakes the next sleeper of its side (chain
- *   wake-up): every sleeper that can proceed does, without waiting out a
- *   slice.
+ *   consistent (a full fence on the producer side), and a word bumped
+ *   between the sleeper's read and its FUTEX_WAIT makes the wait return at
+ *   once, so a wake-up cannot be lost. A process killed while asleep is
+ *   gone from the kernel's futex queue, so a wake-up goes to a live
+ *   sleeper; its share of the count stays until reclaim (producers then
+ *   make a wake call that finds nobody, never a lost one). Sleeps are cut
+ *   into slices of SLICE_NS so that a flag left set by a process killed in
+ *   the middle of a wake-up heals itself. A consumer that leaves records
+ *   behind, and a producer that leaves room, wakes the next sleeper of its
+ *   side (chain wake-up): every sleeper that can proceed does, without
+ *   waiting out a slice. Event-loop consumers (tmw_ring_arm) cannot wait
+ *   on a futex: they are counted apart and woken through the data eventfd.
  *
  * - Bounds: the geometry (capacity, slot count, held limit) is copied into
  *   each process's handle at creation and never re-read from shared memory.
@@ -57,14 +65,15 @@
 
 #include <errno.h>
 #include <stddef.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,24 +124,29 @@ typedef struct {
     pthread_mutex_t lock;
     journal jr;
     ring_state st __attribute__((aligned(64)));
-    /* Waiters and wake-up flags, touched outside the lock. */
-    uint32_t data_waiters __attribute__((aligned(64)));
-    uint32_t data_signalled;
-    uint32_t space_waiters;
+    /* Waiters, futex words and wake-up flags, touched outside the lock. */
+    uint32_t data_waiters __attribute__((aligned(64))); /* consumers asleep in pop */
+    uint32_t data_signalled; /* a FUTEX_WAKE of data_futex is on its way to one of them */
+    uint32_t data_futex;     /* bumped by each wake-up of a consumer asleep in pop */
+    uint32_t space_waiters;  /* producers asleep in push */
     uint32_t space_signalled;
+    uint32_t space_futex;
+    uint32_t arm_waiters;    /* event-loop consumers armed on the data eventfd */
+    uint32_t arm_signalled;  /* the data eventfd was written and not drained yet */
     /* Counters (relaxed). */
     uint64_t wakeups __attribute__((aligned(64)));
     uint64_t push_waits;
     uint64_t pop_waits;
     uint64_t recoveries;
+    uint64_t woken;
 } shared_hdr;
 
 typedef struct {
     int32_t pid;           /* owner, 0 when free */
     uint32_t held_count;   /* entries in held[], tombstones included */
-    uint32_t sleeping_data;  /* this slot's share of data_waiters (arms included) */
+    uint32_t sleeping_data;  /* this slot's share of data_waiters */
     uint32_t sleeping_space; /* this slot's share of space_waiters */
-    uint32_t armed;          /* tmw_ring_arm calls not yet matched by a disarm */
+    uint32_t armed;          /* tmw_ring_arm calls not yet matched by a disarm (its share of arm_waiters) */
     uint32_t _pad[3];
     tmw_held held[];       /* max_held entries */
 } slot_hdr;
@@ -149,7 +163,6 @@ struct tmw_ring {
     uint64_t spin_ns;
     int memfd;
     int efd_data;
-    int efd_space;
 };
 
 _Static_assert(sizeof(shared_hdr) <= HDR_SIZE, "header fits its page");
@@ -243,42 +256,72 @@ static int ring_has_space(tmw_ring *r, uint64_t need) {
     return used > r->capacity || r->capacity - used >= need; /* corrupt: let the locker see it */
 }
 
-/* Wake one sleeping side if anybody sleeps and no wake-up is pending. */
-static void wake(tmw_ring *r, uint32_t *waiters, uint32_t *signalled, int fd) {
+/* One side's sleepers: those asleep in pop (data) or in push (space). They
+ * sleep on a futex word of the shared header (not a private futex: the
+ * kernel keys it by the memfd's page, so every process mapping the region
+ * shares it), and a wake-up is FUTEX_WAKE of one: exactly one sleeper
+ * runs, the others sleep on. (An eventfd wakes every poller of it.) */
+typedef struct {
+    uint32_t *waiters;   /* sleepers now, in every process */
+    uint32_t *signalled; /* a wake-up is on its way and no sleeper has taken it yet */
+    uint32_t *futex;     /* bumped by each wake-up, waited on by the sleepers */
+} sleepers;
+
+static sleepers data_side(tmw_ring *r) {
+    return (sleepers){&r->h->data_waiters, &r->h->data_signalled, &r->h->data_futex};
+}
+
+static sleepers space_side(tmw_ring *r) {
+    return (sleepers){&r->h->space_waiters, &r->h->space_signalled, &r->h->space_futex};
+}
+
+static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *ts) {
+    return syscall(SYS_futex, word, op, val, ts, NULL, 0);
+}
+
+/* Wake one sleeper of a side if any sleeps and no wake-up is pending. */
+static void wake(tmw_ring *r, sleepers q) {
     /* Order the commit's stores before the waiter check (Dekker with the
      * waiter's increment-then-recheck in wait_for). */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (LOAD(waiters) == 0) return;
-    if (__atomic_exchange_n(signalled, 1, __ATOMIC_SEQ_CST) != 0) return;
+    if (LOAD(q.waiters) == 0) return;
+    if (__atomic_exchange_n(q.signalled, 1, __ATOMIC_SEQ_CST) != 0) return;
+    /* Bump the word first: a sleeper that read the old value and has not
+     * reached FUTEX_WAIT yet then returns at once instead of sleeping. */
+    ADD(q.futex, 1);
+    if (futex(q.futex, FUTEX_WAKE, 1, NULL) <= 0) {
+        /* Nobody was in FUTEX_WAIT: the count had a process killed asleep
+         * (until reclaim), or sleepers on their way in, which see the record
+         * or the bumped word. Nobody will take this wake-up and clear the
+         * flag: clear it, or the next record would skip its wake-up and a
+         * consumer going to sleep now would wait out its slice. */
+        STORE(q.signalled, 0);
+    }
+    BUMP(&r->h->wakeups);
+}
+
+/* Write the data eventfd if an event-loop consumer is armed and it is not
+ * written already. */
+static void wake_armed(tmw_ring *r) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (LOAD(&r->h->arm_waiters) == 0) return;
+    if (__atomic_exchange_n(&r->h->arm_signalled, 1, __ATOMIC_SEQ_CST) != 0) return;
     uint64_t one = 1;
-    ssize_t w = write(fd, &one, sizeof one);
+    ssize_t w = write(r->efd_data, &one, sizeof one);
     (void)w; /* EAGAIN only if the counter is saturated: a wake-up is pending anyway */
     BUMP(&r->h->wakeups);
 }
 
-/* Count the caller (and its slot) as a sleeper; producers then write fd. */
-static void sleeper_in(uint32_t *waiters, uint32_t *mine) {
-    ADD(waiters, 1); /* seq-cst: the caller re-checks the ring after this */
-    ADD(mine, 1);
+/* Records arrived: wake one consumer asleep in pop, and the armed ones. */
+static void wake_consumers(tmw_ring *r) {
+    wake(r, data_side(r));
+    wake_armed(r);
 }
 
-/* Stop counting the caller as a sleeper, draining any wake-up meant for it. */
-static void sleeper_out(uint32_t *waiters, uint32_t *mine, uint32_t *signalled, int fd) {
-    uint64_t v;
-    ssize_t got = read(fd, &v, sizeof v); /* EAGAIN: nothing pending, or another took it */
-    (void)got;
-    /* Clear the flag after draining the eventfd (never before: a producer
-     * seeing the flag set skips its write, and the caller re-checks the ring
-     * after this). */
-    STORE(signalled, 0);
-    ADD(mine, -1);
-    ADD(waiters, -1);
-}
-
-/* Wait until ready(r, arg) or the deadline. Spin first, then sleep on fd. */
-static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t arg,
-                    uint32_t *waiters, uint32_t *signalled, uint32_t *mine, int fd,
-                    uint64_t deadline) {
+/* Wait until ready(r, arg) or the deadline. Spin first, then sleep on the
+ * side's futex, in slices of at most SLICE_NS. */
+static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t arg, sleepers q,
+                    uint32_t *mine, uint64_t deadline) {
     if (ready(r, arg)) return TMW_OK;
     uint64_t start = now_ns();
     if (r->spin_ns) {
@@ -290,7 +333,9 @@ static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t ar
             if ((i & 63) == 0 && now_ns() >= until) break;
         }
     }
-    sleeper_in(waiters, mine);
+    ADD(q.waiters, 1); /* seq-cst: the re-check below comes after it */
+    ADD(mine, 1);
+    uint32_t seen = LOAD(q.futex); /* read before the re-check: a wake-up after it changes the word */
     int rc = TMW_OK;
     if (!ready(r, arg)) {
         uint64_t now = now_ns();
@@ -300,13 +345,17 @@ static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t ar
             uint64_t ns = deadline - now;
             if (ns > SLICE_NS) ns = SLICE_NS;
             struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
-            struct pollfd p = {fd, POLLIN, 0};
-            int n = ppoll(&p, 1, &ts, NULL);
-            if (n < 0 && errno == EINTR) rc = TMW_EINTR;
-            else if (n < 0) rc = TMW_ESYS;
+            if (futex(q.futex, FUTEX_WAIT, seen, &ts) == 0) BUMP(&r->h->woken);
+            else if (errno == EINTR) rc = TMW_EINTR;
+            else if (errno != ETIMEDOUT && errno != EAGAIN) rc = TMW_ESYS;
         }
     }
-    sleeper_out(waiters, mine, signalled, fd);
+    /* Whoever leaves a sleep clears the flag (a woken sleeper took the
+     * wake-up; one leaving on a timeout heals a flag left set by a process
+     * killed between setting it and waking). */
+    STORE(q.signalled, 0);
+    ADD(mine, -1);
+    ADD(q.waiters, -1);
     return rc;
 }
 
@@ -314,15 +363,15 @@ static int data_ready(tmw_ring *r, uint64_t unused) { return ring_nonempty(r); }
 
 static int space_ready(tmw_ring *r, uint64_t need) { return ring_has_space(r, need); }
 
-/* An event-loop consumer's wait is wait_for's sleep split in two. Arms are
- * counted apart from sleeping_data, which another thread of the process
- * asleep in tmw_ring_pop also raises: an unmatched disarm must be refused,
- * not take that thread out of the waiter count while it sleeps. */
+/* An event-loop consumer's wait is a sleep on the data eventfd, split in
+ * two. Arms are counted apart from the pop sleepers (arm_waiters, and the
+ * slot's armed): an unmatched disarm must be refused, and consumers asleep
+ * in pop are woken through the futex, not the eventfd. */
 int tmw_ring_arm(tmw_ring *r, int slot) {
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
     slot_hdr *s = slot_at(r, slot);
     ADD(&s->armed, 1);
-    sleeper_in(&r->h->data_waiters, &s->sleeping_data);
+    ADD(&r->h->arm_waiters, 1); /* seq-cst: the caller re-checks the ring after this */
     return ring_nonempty(r);
 }
 
@@ -334,8 +383,21 @@ int tmw_ring_disarm(tmw_ring *r, int slot) {
         if (armed == 0) return TMW_EINVAL; /* not armed */
     } while (!__atomic_compare_exchange_n(&s->armed, &armed, armed - 1, 0, __ATOMIC_SEQ_CST,
                                           __ATOMIC_SEQ_CST));
-    sleeper_out(&r->h->data_waiters, &s->sleeping_data, &r->h->data_signalled, r->efd_data);
+    uint64_t v;
+    ssize_t got = read(r->efd_data, &v, sizeof v); /* EAGAIN: nothing pending, or another took it */
+    (void)got;
+    /* Clear the flag after draining the eventfd (never before: a producer
+     * seeing the flag set skips its write, and the caller re-checks the ring
+     * after this). */
+    STORE(&r->h->arm_signalled, 0);
+    ADD(&r->h->arm_waiters, -1);
     return TMW_OK;
+}
+
+int tmw_ring_wake(tmw_ring *r) {
+    if (!ring_nonempty(r)) return 0;
+    wake_consumers(r);
+    return 1;
 }
 
 /* ---- life cycle -------------------------------------------------------- */
@@ -354,7 +416,7 @@ int tmw_ring_create(uint64_t capacity, uint32_t nslots, uint32_t max_held, uint6
 
     tmw_ring *r = calloc(1, sizeof *r);
     if (!r) return TMW_ESYS;
-    r->memfd = r->efd_data = r->efd_space = -1;
+    r->memfd = r->efd_data = -1;
     r->memfd = memfd_create("taskmw-ring", MFD_CLOEXEC);
     if (r->memfd < 0 || ftruncate(r->memfd, (off_t)size) < 0) goto fail;
     r->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd, 0);
@@ -363,8 +425,7 @@ int tmw_ring_create(uint64_t capacity, uint32_t nslots, uint32_t max_held, uint6
         goto fail;
     }
     r->efd_data = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    r->efd_space = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (r->efd_data < 0 || r->efd_space < 0) goto fail;
+    if (r->efd_data < 0) goto fail;
     r->region_size = size;
     r->h = (shared_hdr *)r->base;
     r->data = r->base + data_off;
@@ -397,8 +458,8 @@ fail:
     return TMW_ESYS;
 }
 
-int tmw_ring_open(int memfd, int efd_data, int efd_space, uint64_t spin_ns, tmw_ring **out) {
-    if (!out || memfd < 0 || efd_data < 0 || efd_space < 0) return TMW_EINVAL;
+int tmw_ring_open(int memfd, int efd_data, uint64_t spin_ns, tmw_ring **out) {
+    if (!out || memfd < 0 || efd_data < 0) return TMW_EINVAL;
     struct stat st;
     if (fstat(memfd, &st) < 0) return TMW_ESYS;
     if ((uint64_t)st.st_size < HDR_SIZE) return TMW_ECORRUPT;
@@ -426,7 +487,6 @@ int tmw_ring_open(int memfd, int efd_data, int efd_space, uint64_t spin_ns, tmw_
     }
     r->memfd = memfd;
     r->efd_data = efd_data;
-    r->efd_space = efd_space;
     r->region_size = size;
     r->h = (shared_hdr *)r->base;
     r->data = r->base + data_off;
@@ -445,14 +505,12 @@ void tmw_ring_close(tmw_ring *r) {
     if (r->base) munmap(r->base, r->region_size);
     if (r->memfd >= 0) close(r->memfd);
     if (r->efd_data >= 0) close(r->efd_data);
-    if (r->efd_space >= 0) close(r->efd_space);
     free(r);
     errno = saved;
 }
 
 int tmw_ring_memfd(const tmw_ring *r) { return r->memfd; }
 int tmw_ring_data_fd(const tmw_ring *r) { return r->efd_data; }
-int tmw_ring_space_fd(const tmw_ring *r) { return r->efd_space; }
 uint64_t tmw_ring_max_record(const tmw_ring *r) { return r->capacity - REC_HDR; }
 uint64_t tmw_ring_data_offset(const tmw_ring *r) { return (uint64_t)(r->data - r->base); }
 
@@ -516,7 +574,7 @@ static void get_bytes(tmw_ring *r, uint64_t pos, char *dst, uint64_t n) {
 }
 
 int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens, size_t n,
-                  uint32_t aux, double timeout, size_t *pushed, uint64_t *first_seq) {
+                  uint32_t aux, double timeout, int lazy, size_t *pushed, uint64_t *first_seq) {
     *pushed = 0;
     *first_seq = 0;
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
@@ -554,7 +612,7 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
         unlock(r);
         *pushed = done;
         if (done > before) {
-            wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
+            if (!lazy) wake_consumers(r); /* lazy: the caller wakes them later (tmw_ring_wake) */
             /* Pass the wake-up on while there is room left (enough for the
              * smallest record: we cannot know what the others need). The pop
              * that made room wrote the eventfd once, and only whichever
@@ -565,14 +623,14 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
              * one that does not get in passes nothing on, so sleepers that
              * cannot proceed never wake each other in a loop. */
             if (r->capacity - (st.tail - st.head) >= REC_HDR)
-                wake(r, &r->h->space_waiters, &r->h->space_signalled, r->efd_space);
+                wake(r, space_side(r));
         }
         if (done == n) return TMW_OK;
         if (timeout == 0) return TMW_EAGAIN;
         if (!waited++) BUMP(&r->h->push_waits);
         slot_hdr *s = slot_at(r, slot);
-        rc = wait_for(r, space_ready, span_of(lens[done]), &r->h->space_waiters,
-                      &r->h->space_signalled, &s->sleeping_space, r->efd_space, deadline);
+        rc = wait_for(r, space_ready, span_of(lens[done]), space_side(r), &s->sleeping_space,
+                      deadline);
         if (rc == TMW_ETIMEDOUT || rc == TMW_EINTR || rc == TMW_ESYS) {
             if (rc == TMW_ETIMEDOUT && ring_has_space(r, span_of(lens[done]))) continue;
             return rc;
@@ -584,7 +642,7 @@ int64_t tmw_ring_push_one(tmw_ring *r, int slot, const char *data, uint32_t len,
                           uint32_t aux, double timeout) {
     size_t pushed;
     uint64_t seq;
-    int rc = tmw_ring_push(r, slot, data, &len, 1, aux, timeout, &pushed, &seq);
+    int rc = tmw_ring_push(r, slot, data, &len, 1, aux, timeout, 0, &pushed, &seq);
     return rc == TMW_OK ? (int64_t)seq : rc;
 }
 
@@ -609,8 +667,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
         if (!ring_nonempty(r)) { /* checked without the lock: no locking to find nothing */
             if (timeout == 0) return TMW_EAGAIN;
             if (!waited++) BUMP(&r->h->pop_waits);
-            int rc = wait_for(r, data_ready, 0, &r->h->data_waiters, &r->h->data_signalled,
-                              &s->sleeping_data, r->efd_data, deadline);
+            int rc = wait_for(r, data_ready, 0, data_side(r), &s->sleeping_data, deadline);
             if (rc == TMW_ETIMEDOUT && ring_nonempty(r)) continue;
             if (rc) return rc;
             continue;
@@ -666,11 +723,10 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
         if (rc) return rc;
         if (n > 0) {
             b->n = n;
-            wake(r, &r->h->space_waiters, &r->h->space_signalled, r->efd_space);
+            wake(r, space_side(r));
             /* Records left: pass the wake-up on to another sleeping consumer
-             * (the push wrote the eventfd once, for whichever sleeper drained
-             * it first), as push does for producers. */
-            if (left) wake(r, &r->h->data_waiters, &r->h->data_signalled, r->efd_data);
+             * (the push woke one sleeper), as push does for producers. */
+            if (left) wake_consumers(r);
             return TMW_OK;
         }
         /* Another consumer took them between our check and our lock. */
@@ -796,11 +852,13 @@ static size_t release_slots_of(tmw_ring *r, int32_t pid, tmw_held *out, size_t c
          * any wake-up flag it may have left set. */
         uint32_t d = __atomic_exchange_n(&s->sleeping_data, 0, __ATOMIC_SEQ_CST);
         uint32_t sp = __atomic_exchange_n(&s->sleeping_space, 0, __ATOMIC_SEQ_CST);
+        uint32_t a = __atomic_exchange_n(&s->armed, 0, __ATOMIC_SEQ_CST);
         if (d) ADD(&r->h->data_waiters, -d);
         if (sp) ADD(&r->h->space_waiters, -sp);
-        STORE(&s->armed, 0);
+        if (a) ADD(&r->h->arm_waiters, -a);
         STORE(&r->h->data_signalled, 0);
         STORE(&r->h->space_signalled, 0);
+        STORE(&r->h->arm_signalled, 0);
         STORE(&s->held_count, 0);
         STORE(&s->pid, 0);
     }
@@ -816,6 +874,11 @@ int tmw_ring_reclaim(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap, size_t
     *n = release_slots_of(r, pid, out, cap);
     unlock(r);
     return TMW_OK;
+}
+
+uint64_t tmw_ring_records(tmw_ring *r) {
+    uint64_t hs = LOAD(&r->h->st.head_seq), ns = LOAD(&r->h->st.next_seq);
+    return ns >= hs ? ns - hs : 0;
 }
 
 void tmw_ring_get_stats(tmw_ring *r, tmw_ring_stats *out) {
@@ -834,6 +897,7 @@ void tmw_ring_get_stats(tmw_ring *r, tmw_ring_stats *out) {
     out->push_waits = LOAD(&h->push_waits);
     out->pop_waits = LOAD(&h->pop_waits);
     out->recoveries = LOAD(&h->recoveries);
+    out->woken = LOAD(&h->woken);
     out->nslots = r->nslots;
     out->max_held = r->max_held;
 }

@@ -1,6 +1,7 @@
 /*
  * taskmw ring: a bounded multi-producer, multi-consumer queue of
- * variable-length records in one shared-memory region, with eventfd wake-ups.
+ * variable-length records in one shared-memory region, with futex wake-ups
+ * (and an eventfd for consumers that wait in an event loop).
  *
  * This header is the contract between the C core (ring.c) and its only
  * caller, the Python wrapper taskmw/ring.py (through cffi, which reads the
@@ -42,34 +43,40 @@
  * too; the max_held limit counts them all) and arms (one thread's disarm
  * may match another thread's arm).
  *
- * FILE DESCRIPTORS. tmw_ring_create() opens three, all close-on-exec, all
- * owned by the handle: the memfd of the region, the "data" eventfd (written
- * when records arrive and a consumer sleeps) and the "space" eventfd
- * (written when room appears and a producer sleeps; internal). fork() gives
- * the child its own copies of all three (same numbers), the handle and the
- * shared mapping; exec() closes them. Only tmw_ring_close() closes them,
+ * FILE DESCRIPTORS. tmw_ring_create() opens two, both close-on-exec, both
+ * owned by the handle: the memfd of the region and the "data" eventfd
+ * (written when records arrive and a consumer is armed, see tmw_ring_arm).
+ * fork() gives the child its own copies of both (same numbers), the handle
+ * and the shared mapping; exec() closes them. Only tmw_ring_close() closes them,
  * and only this process's copies: the region lives on while any process
  * maps it or has its memfd open. The caller may poll the fds that the
  * getters return, and dup() them, but must not close them, and must not
- * read the data eventfd (that takes a wake-up meant for a sleeper: only
- * tmw_ring_disarm and the waits inside push and pop read them).
+ * read the data eventfd (that takes a wake-up meant for an armed consumer:
+ * only tmw_ring_disarm reads it).
  *
- * WAKE-UPS. Each eventfd is shared by all sleepers of its side, in every
- * process and thread: one write is taken (drained) by whichever sleeper
- * reads it first. So a pop that leaves records behind wakes another
- * sleeping consumer, and a push that leaves room (for at least a record of
- * 0 bytes) another sleeping producer: when one call makes room (or brings
- * records) for several sleepers, each that gets through wakes the next, and
- * none waits out its slice. A sleeper that took a wake-up and then found
- * nothing to do goes back to sleep and passes nothing on (so sleepers that
- * cannot proceed never wake each other in a loop; but if the first to
- * drain a write is a producer whose record needs more room than there is,
- * smaller ones that would fit wait for the next wake-up or slice). No call
- * writes an eventfd when nobody sleeps on it. Waits sleep in slices of at
- * most 100 ms and re-check the ring after each, so a wake-up that went
- * astray (or a sleeper killed mid-wake) delays a waiter inside
- * tmw_ring_push/pop by at most one slice; an event loop waiting after
- * tmw_ring_arm has no slices.
+ * WAKE-UPS. Consumers asleep in pop, and producers asleep in push, sleep on
+ * a futex word of their side in the shared header (in every process and
+ * thread); a wake-up wakes exactly one sleeper of that side (FUTEX_WAKE of
+ * 1), so one record wakes one idle consumer and the others sleep on. A pop
+ * that leaves records behind wakes another sleeping consumer, and a push
+ * that leaves room (for at least a record of 0 bytes) another sleeping
+ * producer: when one call makes room (or brings records) for several
+ * sleepers, each that gets through wakes the next, and none waits out its
+ * slice. A sleeper that was woken and then found nothing to do goes back to
+ * sleep and passes nothing on (so sleepers that cannot proceed never wake
+ * each other in a loop; but if the one woken is a producer whose record
+ * needs more room than there is, smaller ones that would fit wait for the
+ * next wake-up or slice). While one wake-up is on its way (its sleeper has
+ * not run yet), further records make no wake call. No call wakes anybody
+ * when nobody sleeps, so a busy ring makes no system call per record.
+ * Consumers armed for an event loop (tmw_ring_arm) are woken apart, through
+ * the data eventfd: every record that finds one armed writes it (once until
+ * a disarm drains it). Waits sleep in slices of at most 100 ms and re-check
+ * the ring after each, so a wake-up that went astray (a sleeper killed
+ * mid-wake, or a lazy push nobody followed with tmw_ring_wake) delays a
+ * waiter inside tmw_ring_push/pop by at most one slice; an event loop
+ * waiting after tmw_ring_arm has no slices. A process killed while asleep
+ * is out of the kernel's futex queue at once: wake-ups go to live sleepers.
  *
  * TIMEOUTS (push, pop): seconds; < 0 waits forever, 0 never waits (the call
  * returns TMW_EAGAIN instead of waiting), > 0 at most that long (capped at
@@ -109,10 +116,10 @@
  * Current values, going up and down: used_bytes, records.
  * Monotonic (never decrease; 64-bit, never wrap in practice): pushed,
  * popped, next_seq (always pushed + 1), wakeups, push_waits, pop_waits,
- * recoveries. pushed and popped count committed pushes and pops only (a
+ * recoveries, woken. pushed and popped count committed pushes and pops only (a
  * process killed in the middle of one leaves them as if it had not started,
- * or as if it had finished). The last four are statistics kept with relaxed
- * atomics: a process killed between an eventfd write and its count leaves
+ * or as if it had finished). The last five are statistics kept with relaxed
+ * atomics: a process killed between a wake call and its count leaves
  * wakeups one short. */
 typedef struct {
     uint64_t capacity;      /* data bytes in the ring */
@@ -122,10 +129,11 @@ typedef struct {
     uint64_t pushed;        /* records ever pushed */
     uint64_t popped;        /* records ever taken out of the ring (held or not) */
     uint64_t next_seq;      /* sequence number the next record will get */
-    uint64_t wakeups;       /* eventfd writes made (data and space) */
+    uint64_t wakeups;       /* wake calls made (futex wakes of either side, and eventfd writes) */
     uint64_t push_waits;    /* push calls that found no room and would wait (once per call) */
     uint64_t pop_waits;     /* pop calls that found the ring empty and would wait (once per call) */
     uint64_t recoveries;    /* times a locker took the lock over from a dead owner */
+    uint64_t woken;         /* sleeps in push or pop ended by a wake-up (not a timeout, nor a signal) */
     uint32_t nslots;
     uint32_t max_held;
 } tmw_ring_stats;
@@ -143,8 +151,8 @@ typedef struct tmw_ring tmw_ring;
  * directory). capacity: data bytes, 64 to 2^40, rounded up to a multiple
  * of 16. nslots: processes that may use the ring at once (>= 1). max_held:
  * records one slot may hold at once (>= 1). spin_ns: how long a waiter
- * polls before sleeping on an eventfd (0: sleep at once).
- * On success *out is a handle owning the mapping and the three fds (see
+ * polls before sleeping (0: sleep at once).
+ * On success *out is a handle owning the mapping and the two fds (see
  * FILE DESCRIPTORS); it is freed, in this process only, by tmw_ring_close().
  * Errors: TMW_EINVAL (out is NULL, or a size out of range); TMW_ESYS
  * (memfd_create, ftruncate, mmap, eventfd, the mutex or malloc failed; errno
@@ -152,17 +160,17 @@ typedef struct tmw_ring tmw_ring;
 int tmw_ring_create(uint64_t capacity, uint32_t nslots, uint32_t max_held,
                     uint64_t spin_ns, tmw_ring **out);
 
-/* Open a ring another process made, from copies of its three fds (received
- * over a unix socket with SCM_RIGHTS): memfd, data eventfd, space eventfd.
+/* Open a ring another process made, from copies of its two fds (received
+ * over a unix socket with SCM_RIGHTS): the memfd and the data eventfd.
  * The geometry is read from the region's header and checked against the
- * memfd's size. On success *out owns the three fds (tmw_ring_close closes
+ * memfd's size. On success *out owns the two fds (tmw_ring_close closes
  * them); on error they are left open for the caller to close.
  * Errors: TMW_EINVAL (out is NULL, an fd < 0); TMW_ECORRUPT (not a ring,
  * or a header that does not match the region); TMW_ESYS (fstat, mmap or
  * malloc failed; errno tells why). */
-int tmw_ring_open(int memfd, int efd_data, int efd_space, uint64_t spin_ns, tmw_ring **out);
+int tmw_ring_open(int memfd, int efd_data, uint64_t spin_ns, tmw_ring **out);
 
-/* Unmap the region and close this process's memfd and both eventfds, then
+/* Unmap the region and close this process's memfd and its eventfd, then
  * free the handle (r may be NULL). Other processes, and their copies of the
  * fds, are unaffected; so is the shared state: a slot this process claimed,
  * and what it holds, stay until the process dies (then tmw_ring_reclaim, or
@@ -172,13 +180,12 @@ int tmw_ring_open(int memfd, int efd_data, int efd_space, uint64_t spin_ns, tmw_
  * errno. */
 void tmw_ring_close(tmw_ring *r);
 
-/* This handle's memfd of the region, its data eventfd (readable when
- * records arrived for a sleeping or armed consumer: for an event loop, with
+/* This handle's memfd of the region, and its data eventfd (readable when
+ * records arrived for an armed consumer: for an event loop, with
  * tmw_ring_arm). Borrowed: valid until tmw_ring_close; see FILE DESCRIPTORS
  * for what the caller may do with them. No errors. */
 int tmw_ring_memfd(const tmw_ring *r);
 int tmw_ring_data_fd(const tmw_ring *r);
-int tmw_ring_space_fd(const tmw_ring *r);
 
 /* Largest payload one record may carry, in bytes (capacity - 16). */
 uint64_t tmw_ring_max_record(const tmw_ring *r);
@@ -205,8 +212,12 @@ int tmw_ring_slot_claim(tmw_ring *r, int32_t pid);
  * push order across the ring; the records of one call are consecutive
  * except where the call had to wait for room (other producers' records may
  * then come in between). Waits for room as the timeout says; a prefix that
- * fits goes in before waiting. Wakes a sleeping consumer if any, and,
- * when it leaves room, another sleeping producer (see WAKE-UPS).
+ * fits goes in before waiting. Wakes a sleeping consumer if any (unless
+ * lazy), and, when it leaves room, another sleeping producer (see
+ * WAKE-UPS). lazy != 0: wake no consumer, for a producer that batches
+ * wake-ups (several pushes, then one tmw_ring_wake within the delay it
+ * promises its consumer; a consumer asleep in pop still finds the records
+ * at the end of its slice at the latest).
  * Returns TMW_OK when all n are in (n == 0 included). Errors: TMW_ENOSLOT
  * (slot); TMW_EINVAL (n > 0 and data or lens is NULL); TMW_ETOOBIG (some
  * lens[i] > max_record: checked first, nothing pushed); TMW_EAGAIN (timeout
@@ -214,9 +225,9 @@ int tmw_ring_slot_claim(tmw_ring *r, int32_t pid);
  * TMW_ECORRUPT (locking, or the ring's positions are inconsistent). */
 int tmw_ring_push(tmw_ring *r, int slot, const char *data,
                   const uint32_t *lens, size_t n, uint32_t aux,
-                  double timeout, size_t *pushed, uint64_t *first_seq);
+                  double timeout, int lazy, size_t *pushed, uint64_t *first_seq);
 
-/* Push one record of len bytes: the common case, without out-parameters.
+/* Push one record of len bytes (not lazy): the common case, without out-parameters.
  * Returns its sequence number (> 0), or a negative code as tmw_ring_push
  * (TMW_EINVAL if data is NULL). */
 int64_t tmw_ring_push_one(tmw_ring *r, int slot, const char *data, uint32_t len,
@@ -260,20 +271,27 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
 
 /* For a consumer that waits in an event loop (asyncio's add_reader on
  * tmw_ring_data_fd) instead of inside tmw_ring_pop. tmw_ring_arm counts the
- * slot as a sleeper, so producers will write the eventfd, then re-checks
+ * slot as armed, so producers will write the eventfd, then re-checks
  * the ring: it returns 1 if records are already there (pop them now, and
  * disarm first), 0 if the caller should wait for the eventfd. Once the
  * eventfd is readable, tmw_ring_disarm drains it, clears the pending
- * wake-up and stops counting the slot as a sleeper; then pop. Each arm is
+ * wake-up and stops counting the slot as armed; then pop. Each arm is
  * matched by one disarm. Safe against lost wake-ups in the same way as
- * tmw_ring_pop's own waits; but a wake-up may be drained by another sleeper
- * of the ring (any process, or a thread of this one asleep in tmw_ring_pop),
- * which then takes the records. Arms are counted per slot (threads of one
- * process share the count), apart from the slot's sleepers in pop.
+ * tmw_ring_pop's own waits; but the eventfd is shared by every armed
+ * consumer of the ring (any process), and a consumer asleep in tmw_ring_pop
+ * is woken too, so another one may take the records first. Arms are
+ * counted per slot (threads of one process share the count), apart from
+ * the slot's sleepers in pop.
  * Errors: TMW_ENOSLOT (slot); disarm: TMW_EINVAL (the slot has no arm left
  * to match; nothing changed). */
 int tmw_ring_arm(tmw_ring *r, int slot);
 int tmw_ring_disarm(tmw_ring *r, int slot);
+
+/* Wake a consumer (one asleep in pop, and the armed ones) if the ring holds
+ * records: what a lazy push left undone. Returns 1 if it holds records
+ * (a wake call was made if anybody sleeps and none is on its way), 0 if it
+ * is empty (nothing done). Any thread, any process. No errors. */
+int tmw_ring_wake(tmw_ring *r);
 
 /* Release held records of a slot by sequence number (seqs that the slot
  * does not hold are ignored); seqs == NULL with n == 0 releases all the
@@ -309,6 +327,10 @@ int tmw_ring_reclaim(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap,
  * TMW_EAGAIN if seq is not in the ring (popped already, or never pushed).
  * Errors: TMW_ECORRUPT (locking, or a record header fails its checks). */
 int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits);
+
+/* Records in the ring now (as tmw_ring_stats's records: a lock-free read,
+ * cheap enough for a hot path's "anything there?"). No errors. */
+uint64_t tmw_ring_records(tmw_ring *r);
 
 /* Snapshot of the counters (see tmw_ring_stats), without the lock. */
 void tmw_ring_get_stats(tmw_ring *r, tmw_ring_stats *out);

@@ -3,11 +3,18 @@
 Plain pickle is the fast path. Whatever it cannot carry by reference
 (lambdas, closures, objects of ``__main__``, which a task worker forked
 before they were defined would not have) goes by value with cloudpickle.
+
+A call of a plain module-level function (``task()``'s fast path) is two
+pickles: the function's reference, pickled once per function and kept, then
+``(args, kwargs)``, behind a 3-byte prefix (:data:`_SPLIT_BYTE` and the first
+one's length); :func:`decode` and :func:`decode_parts` read both forms.
+Looking a function up by name costs more than pickling small arguments.
 """
 
 from __future__ import annotations
 
 import pickle
+from types import FunctionType
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -17,6 +24,11 @@ _MAIN = b"__main__"
 _dumps = pickle.dumps
 _loads = pickle.loads
 _PICKLE_ERRORS = (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError)
+_SPLIT_BYTE = b"\x01"
+"""The first byte of a two-part call payload (a pickle starts with 0x80)."""
+_refs: dict[FunctionType, bytes] = {}
+"""Per plain function: the prefix and pickled reference of a two-part call
+(``b""``: it cannot go by reference; bounded: cleared when full)."""
 
 
 def dumps(obj: Any) -> bytes:
@@ -71,6 +83,47 @@ def encode_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes
         raise _explain(fn, args, kwargs, exc) from exc
 
 
+def encode_function_call(fn: FunctionType, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """:func:`encode_call` for a plain function: the same call, as a
+    two-part payload when ``fn`` goes by reference (the fast path of
+    ``task()``)."""
+    ref = _refs.get(fn)
+    if ref is None:
+        ref = _ref_of(fn)
+    if ref:
+        try:
+            data = _dumps((args, kwargs or None), _PROTOCOL)
+        except _PICKLE_ERRORS:
+            data = b""
+        if data and _MAIN not in data:
+            return ref + data
+    return encode_call(fn, args, kwargs)
+
+
+def _ref_of(fn: FunctionType) -> bytes:
+    """The kept prefix and reference of ``fn`` (``b""`` if it goes by value)."""
+    try:
+        data = _dumps(fn, _PROTOCOL)
+    except _PICKLE_ERRORS:
+        data = b""
+    if _MAIN in data or len(data) > 0xFFFF:
+        data = b""
+    if len(_refs) >= 4096:
+        _refs.clear()
+    ref = _refs[fn] = _SPLIT_BYTE + len(data).to_bytes(2, "little") + data if data else b""
+    return ref
+
+
+def decode_parts(payload: bytes) -> tuple[memoryview, memoryview] | None:
+    """A two-part call payload's two pickles (the function's, the
+    arguments'); None for a payload of one pickle."""
+    if payload[:1] != _SPLIT_BYTE:
+        return None
+    n = int.from_bytes(payload[1:3], "little")
+    view = memoryview(payload)
+    return view[3 : 3 + n], view[3 + n :]
+
+
 def encode_data(obj: Any) -> bytes:
     """The payload of a data object (or a :class:`~taskmw.ServiceTask`)."""
     try:
@@ -98,4 +151,8 @@ def _explain(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseEx
 
 def decode(payload: bytes) -> Any:
     """Unpickle a payload written by this module."""
-    return _loads(payload)
+    parts = decode_parts(payload)
+    if parts is None:
+        return _loads(payload)
+    args, kwargs = _loads(parts[1])
+    return _loads(parts[0]), args, kwargs

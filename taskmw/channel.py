@@ -8,7 +8,10 @@ are dropped by the delivery (the channel's :attr:`Channel.floor`).
 
 The reader runs on the event loop that is running when the channel is
 claimed (``loop.add_reader`` on the ring's eventfd), else on a daemon thread.
-It hands every batch of finish records to the server's delivery. When that
+It hands every batch of finish records to the server's delivery. A reader on
+an event loop also reads in ``task()`` calls made on that loop
+(:meth:`Channel.read_here`): the same thread as its callback, so finishes a
+busy loop queues and gets back need no wake-up of the loop. When that
 event loop closes (the end of ``asyncio.run()``), the reader moves to a
 thread for the rest of the process's life: a watcher thread checks the loop
 every :data:`_LOOP_CHECK` seconds, and :meth:`Channel.move_to_thread` is also
@@ -60,6 +63,7 @@ class Channel:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._armed = False  # the ring is armed for the loop's reader (each arm() needs one disarm())
         self._stopping = False
+        self._delivering = False  # a batch is being handed on (read_here must not nest inside a hook)
         self._lock = threading.Lock()  # the move from a closed loop to a thread
 
     @classmethod
@@ -120,6 +124,10 @@ class Channel:
             if self._stopping or self.loop is not loop:
                 return
             time.sleep(_LOOP_CHECK)
+            # An armed loop has no 100 ms re-check of its own (a reader thread's
+            # pop has): finishes written lazily by a worker killed (or stuck in a
+            # long task) before it woke the reader come within _LOOP_CHECK.
+            self.ring.wake()
         self.move_to_thread()
 
     def move_to_thread(self) -> None:
@@ -172,6 +180,19 @@ class Channel:
                 if ring.arm():
                     loop.call_soon(self._on_readable)
 
+    def read_here(self) -> None:
+        """On the reader's event loop (the caller checks): deliver what the
+        channel holds now, as the loop's callback would, unless a delivery
+        is under way (a hook queuing a task)."""
+        if self._delivering or self._stopping:
+            return
+        ring = self.ring
+        while True:
+            batch = ring.try_pop_many(_BATCH)
+            if not batch.records:
+                return
+            self._hand_on(batch)
+
     def _hand_on(self, batch: Batch) -> bool:
         """Deliver a batch; True if the reader's stop marker was in it. What
         the delivery raises is logged: the reader goes on."""
@@ -180,10 +201,13 @@ class Channel:
         if stop:
             kept = [(r, h) for r, h in zip(finishes, headers, strict=True) if not records.is_reader_stop(h)]
             finishes, headers = [r for r, _ in kept], [h for _, h in kept]
+        self._delivering = True
         try:
             self.deliver(finishes, headers, self.floor)
         except Exception:
             log.exception("completion channel %d: delivering %d finishes failed", self.index, len(finishes))
+        finally:
+            self._delivering = False
         return stop
 
     def stop(self) -> None:

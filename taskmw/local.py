@@ -14,6 +14,7 @@ forks nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -38,6 +39,7 @@ from taskmw.settings import Settings
 from taskmw.tasktable import TaskTable
 
 log = logging.getLogger(__name__)
+_running_loop = asyncio._get_running_loop  # noqa: SLF001 - the C getter, None outside a loop (send()'s hot path)
 
 _STABLE = 10.0
 """Seconds a supervisor must have run for its death to be restarted at once."""
@@ -269,8 +271,11 @@ class LocalTransport:
         channel = self._channel
         if channel is None:
             channel = self._claim()
-        elif channel.stale:
-            channel.move_to_thread()
+        elif channel.loop is not None:
+            if channel.loop.is_closed():
+                channel.move_to_thread()
+            elif len(channel.ring) and _running_loop() is channel.loop:
+                channel.read_here()  # finishes waiting for this loop: no wake-up needed
         pool = self.pool
         if pool.page[0]:
             pool.check_open()

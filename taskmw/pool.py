@@ -99,7 +99,7 @@ class Pool:
         def ring(capacity: int, slots: int, max_held: int) -> Ring:
             if received is None:
                 return Ring(capacity, slots=slots, max_held=max_held, spin_us=_SPIN_US)
-            return Ring.attach([next(received) for _ in range(3)], spin_us=_SPIN_US)
+            return Ring.attach([next(received) for _ in range(2)], spin_us=_SPIN_US)
 
         def fd() -> int | None:
             return None if received is None else next(received)
@@ -336,19 +336,21 @@ class Pool:
         self.recounted = time.monotonic()
         return total
 
-    def send_finishes(self, reply: int, finishes: list[bytes]) -> int:
+    def send_finishes(self, reply: int, finishes: list[bytes], lazy: bool = False) -> int:
         """Write finish records into the completion channel ``reply``
         addresses (see :func:`taskmw.records.reply_to`); a large one travels
         as a file. What does not fit in a full channel goes into its backlog
         (see :mod:`taskmw.backlog`) without waiting; only when the backlog is
         full too, wait for room in either for as long as the channel's
-        process lives. Finishes for a process that
-        is gone are dropped at once. Returns how many were dropped."""
+        process lives. Finishes for a process that is gone are dropped at
+        once. Returns how many were dropped. ``lazy``: those written into
+        the channel wake nobody (the caller, a worker, wakes the channel's
+        reader within ``finish_delay``; see :mod:`taskmw.worker`)."""
         index = records.channel_of(reply)
         channel, backlog = self.channels[index], self.backlogs[index]
         dropped = 0
         for header, left in self.grouped(reply, finishes):
-            left = left[channel.try_push_many(left, aux=header) :]
+            left = left[channel.try_push_many(left, aux=header, lazy=lazy) :]
             while left:
                 if not self.channel_claimed(index):
                     self.discard(header, left)

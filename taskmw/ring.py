@@ -3,9 +3,10 @@
 A :class:`Ring` is a bounded multi-producer, multi-consumer queue of byte
 records living in one anonymous shared-memory region (a memfd, never a file
 in any directory). Create it before ``fork()``; parent and children then
-push and pop the same ring. Waits sleep on an eventfd, after a short spin,
-with the GIL released; a producer makes a system call only when a consumer
-is actually asleep.
+push and pop the same ring. Waits sleep on a futex in the shared region,
+after a short spin, with the GIL released; a record wakes one sleeping
+consumer (not all of them), and a producer makes a system call only when a
+consumer is actually asleep.
 
 Every record gets a sequence number, unique and increasing per ring, and
 carries a 32-bit ``aux`` word chosen by its producer. A consumer that pops
@@ -157,11 +158,11 @@ class Ring:
             one's).
         max_held: how many records one process may hold (see ``hold``).
         spin_us: microseconds a waiter polls the ring before sleeping on
-            the eventfd; lowers latency at the cost of a little CPU.
+            its futex; lowers latency at the cost of a little CPU.
 
     Raises:
         ValueError: a size is out of range.
-        OSError: the region or the eventfds could not be created.
+        OSError: the region or its eventfd could not be created.
     """
 
     def __init__(
@@ -199,9 +200,9 @@ class Ring:
             RingCorrupt: the memfd does not hold a ring.
             OSError: it could not be mapped.
         """
-        memfd, data_fd, space_fd = fds
+        memfd, data_fd = fds
         out = ffi.new("tmw_ring **")
-        rc = lib.tmw_ring_open(memfd, data_fd, space_fd, int(spin_us * 1000), out)
+        rc = lib.tmw_ring_open(memfd, data_fd, int(spin_us * 1000), out)
         if rc != _OK:
             _raise_for(rc, "cannot open ring")
         self = cls.__new__(cls)
@@ -238,26 +239,26 @@ class Ring:
         return self._max_record
 
     def fileno(self) -> int:
-        """The eventfd written when records arrive for a sleeping consumer."""
+        """The eventfd written when records arrive for an armed consumer (see :meth:`arm`)."""
         return int(lib.tmw_ring_data_fd(self._handle()))
 
     def memfd(self) -> int:
         """The memfd holding the shared region (for diagnostics and tests)."""
         return int(lib.tmw_ring_memfd(self._handle()))
 
-    def fds(self) -> tuple[int, int, int]:
-        """The ring's memfd, data eventfd and space eventfd (borrowed: to
-        send to a process that opens it with :meth:`attach`)."""
+    def fds(self) -> tuple[int, int]:
+        """The ring's memfd and data eventfd (borrowed: to send to a process
+        that opens it with :meth:`attach`)."""
         r = self._handle()
-        return int(lib.tmw_ring_memfd(r)), int(lib.tmw_ring_data_fd(r)), int(lib.tmw_ring_space_fd(r))
+        return int(lib.tmw_ring_memfd(r)), int(lib.tmw_ring_data_fd(r))
 
     def data_offset(self) -> int:
         """Offset of the record area inside the region (for tests)."""
         return int(lib.tmw_ring_data_offset(self._handle()))
 
     def __len__(self) -> int:
-        """Records in the ring now."""
-        return self.stats().records
+        """Records in the ring now (a lock-free read, cheap)."""
+        return int(lib.tmw_ring_records(self._handle()))
 
     def stats(self) -> RingStats:
         """A snapshot of the shared counters."""
@@ -275,6 +276,7 @@ class Ring:
             push_waits=s.push_waits,
             pop_waits=s.pop_waits,
             recoveries=s.recoveries,
+            woken=s.woken,
             nslots=s.nslots,
             max_held=s.max_held,
         )
@@ -305,7 +307,7 @@ class Ring:
 
     # -- push ---------------------------------------------------------------
 
-    def _push(self, records: Sequence[bytes], aux: int, timeout: float | None) -> tuple[int, int]:
+    def _push(self, records: Sequence[bytes], aux: int, timeout: float | None, lazy: bool) -> tuple[int, int]:
         """Push records in order; returns (rc, how many went in)."""
         try:
             lens = array("I", map(len, records))
@@ -323,7 +325,7 @@ class Ring:
         done = offset = 0
         n = len(records)
         while True:
-            rc = lib.tmw_ring_push(r, slot, cdata + offset, clens + done, n - done, aux, ctimeout, b.count, b.seq)
+            rc = lib.tmw_ring_push(r, slot, cdata + offset, clens + done, n - done, aux, ctimeout, lazy, b.count, b.seq)
             pushed = b.count[0]
             if rc == _ETOOBIG:  # the C core checks every length before pushing any
                 self._too_large(lens)
@@ -389,9 +391,13 @@ class Ring:
             seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _remaining(ctimeout, deadline))
         return seq
 
-    def push_many(self, records: Sequence[bytes], *, aux: int = 0, timeout: float | None = None) -> None:
+    def push_many(
+        self, records: Sequence[bytes], *, aux: int = 0, timeout: float | None = None, lazy: bool = False
+    ) -> None:
         """Push records in order, waiting for space as needed (up to
-        ``timeout`` seconds in all; ``None``: forever).
+        ``timeout`` seconds in all; ``None``: forever). With ``lazy=True``
+        no sleeping consumer is woken: call :meth:`wake` later (a consumer
+        asleep in :meth:`pop_many` finds them within 100 ms anyway).
 
         Raises:
             RingFull: the timeout passed; ``.accepted`` records went in.
@@ -400,20 +406,20 @@ class Ring:
         if not records:
             self._handle()  # a closed ring raises even when there is nothing to push
             return
-        rc, done = self._push(records, aux, timeout)
+        rc, done = self._push(records, aux, timeout, lazy)
         if rc == _OK:
             return
         if rc in (_ETIMEDOUT, _EAGAIN):
             raise RingFull(f"ring full: {done} of {len(records)} records pushed within {timeout}s", done)
         _raise_for(rc, "push_many")
 
-    def try_push_many(self, records: Sequence[bytes], *, aux: int = 0) -> int:
+    def try_push_many(self, records: Sequence[bytes], *, aux: int = 0, lazy: bool = False) -> int:
         """Push as many of records (a prefix, in order) as fit now; returns
-        how many went in."""
+        how many went in (``lazy``: as :meth:`push_many`)."""
         if not records:
             self._handle()
             return 0
-        rc, done = self._push(records, aux, 0)
+        rc, done = self._push(records, aux, 0, lazy)
         if rc in (_OK, _EAGAIN):
             return done
         _raise_for(rc, "try_push_many")
@@ -541,6 +547,12 @@ class Ring:
             raise RingError("disarm() without a matching arm()")
         if rc != _OK:
             _raise_for(rc, "disarm")
+
+    def wake(self) -> bool:
+        """Wake a sleeping consumer (one asleep in :meth:`pop_many`, and
+        the armed ones) if records are there: what lazy pushes left undone.
+        Returns True if the ring holds records. Any process, any thread."""
+        return bool(lib.tmw_ring_wake(self._handle()))
 
     def mark(self, seq: int, bits: int) -> bool:
         """OR ``bits`` into the aux word of record ``seq`` if it is still in

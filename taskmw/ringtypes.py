@@ -70,3 +70,6 @@ class RingStats:
     recoveries: int
     nslots: int
     max_held: int
+    woken: int = 0
+    """Sleeps in push or pop ended by a wake-up (not a timeout): with one
+    record, one sleeper is woken."""

@@ -97,7 +97,7 @@ class TaskServer:
             ``*`` disables them all).
         queue_bytes, queue_timeout, task_concurrency, shutdown_timeout,
         max_dispatchers, channel_bytes, task_records, result_bytes,
-        result_ttl, task_timeout, retries, retry_backoff,
+        result_ttl, finish_delay, task_timeout, retries, retry_backoff,
         max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
         record_arguments, builder_dumpable, share, max_worker_memory,
         missed_runs, schedule_file: the pool's settings, each
@@ -141,6 +141,7 @@ class TaskServer:
         task_records: int = Settings.task_records,
         result_bytes: int = Settings.result_bytes,
         result_ttl: float = Settings.result_ttl,
+        finish_delay: float = Settings.finish_delay,
         task_timeout: float | None = Settings.task_timeout,
         retries: int = Settings.retries,
         retry_backoff: float = Settings.retry_backoff,
@@ -168,6 +169,7 @@ class TaskServer:
             task_records=task_records,
             result_bytes=result_bytes,
             result_ttl=result_ttl,
+            finish_delay=finish_delay,
             task_timeout=task_timeout,
             retries=retries,
             retry_backoff=retry_backoff,
@@ -257,7 +259,7 @@ class TaskServer:
             if kwargs:
                 records.check_not_options(fn_or_data, kwargs)
             name = task_name_field(fn_or_data)
-            task_id = self._send(_codec.encode_call(fn_or_data, args, kwargs), _CALL, None, name)
+            task_id = self._send(_codec.encode_function_call(fn_or_data, args, kwargs), _CALL, None, name)
             self._delivery.sent += 1
             return task_id
         payload, kind, options = encode_task(fn_or_data, args, kwargs)

@@ -82,6 +82,13 @@ class Settings:
             evicted first; a result larger than a quarter of one worker's
             share is not kept).
         result_ttl: seconds a finished task's record and result are kept.
+        finish_delay: (local pool) seconds, at most 1, the finish of a
+            task nobody waits for may wait before the process that queued
+            it is woken to deliver it (``on_finish`` hooks), so that a busy
+            pool wakes that process once per batch of finishes, not once
+            per finish (0: at once). A finish somebody waits for
+            (``taskwait``, ``taskwait_multi``, ``task_async``) is delivered
+            at once whatever this says.
         task_timeout: seconds a task may run (``None``: no limit). A task
             over it finishes ``timeout``: a sync task's worker is killed and
             replaced, an async task is cancelled. Per task:
@@ -154,6 +161,7 @@ class Settings:
     task_records: int = 100_000
     result_bytes: int = 64 << 20
     result_ttl: float = 3600.0
+    finish_delay: float = 0.005
     task_timeout: float | None = None
     retries: int = 0
     retry_backoff: float = 0.5
@@ -179,6 +187,9 @@ class Settings:
         check_int("result_bytes", self.result_bytes, 4096, 1 << 40)
         check_seconds("result_ttl", self.result_ttl, positive=True)
         check_seconds("queue_timeout", self.queue_timeout)
+        check_seconds("finish_delay", self.finish_delay)
+        if self.finish_delay > 1.0:
+            raise ValueError(f"finish_delay must be at most 1 second, got {self.finish_delay!r}")
         check_seconds("shutdown_timeout", self.shutdown_timeout)
         check_seconds("retry_backoff", self.retry_backoff)
         check_int("retries", self.retries, 0, 1000)
@@ -210,7 +221,14 @@ class Settings:
         object.__setattr__(self, "schedule", schedule_of(self.schedule))
         if self.max_tasks_per_worker is not None:
             check_int("max_tasks_per_worker", self.max_tasks_per_worker, 1, 1 << 62)
-        for name in ("queue_timeout", "shutdown_timeout", "retry_backoff", "task_timeout", "result_ttl"):
+        for name in (
+            "queue_timeout",
+            "shutdown_timeout",
+            "retry_backoff",
+            "task_timeout",
+            "result_ttl",
+            "finish_delay",
+        ):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, float(value))

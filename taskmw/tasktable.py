@@ -43,6 +43,7 @@ from collections.abc import Iterable, Sequence
 from types import FunctionType
 from typing import Any
 
+from taskmw._codec import decode_parts
 from taskmw._shm import shared_map
 from taskmw.errors import UnknownTask
 from taskmw.events import STATUSES, TaskError
@@ -65,7 +66,8 @@ assert _Q_FIELDS.size <= (_R - _Q - 1) * 8 and _R_FIELDS.size <= (_P - _R - 1) *
 assert _P_FIELDS.size <= (_D - _P - 1) * 8 and _D_FIELDS.size <= (_C - _D - 1) * 8
 assert _A_FIELDS.size <= (_S - _A - 1) * 8 and _S_FIELDS.size <= (_SLOT - _S - 1) * 8
 _D_HEAD = struct.Struct("<qddqqqqq")  # the same without the error: an ``ok`` finish's fields end there
-_pack_d, _pack_d_head = _D_FIELDS.pack_into, _D_HEAD.pack_into
+_pack_d, _pack_d_head, _pack_q = _D_FIELDS.pack_into, _D_HEAD.pack_into, _Q_FIELDS.pack_into
+_time = time.time
 _NO_ARENA = -1
 _OK = 0  # taskmw.records.OK
 _TRIES = 4  # a reader retries a group this often while a writer rewrites it
@@ -157,8 +159,12 @@ class TaskTable:
 
     def queued(self, task_id: int, name: bytes) -> None:
         """In the queuing process, once ``task()`` has the id; ``name`` as
-        :func:`name_field` made it."""
-        self._write(task_id, _Q, _Q_FIELDS, time.time(), name)
+        :func:`name_field` made it. (:meth:`_write` inlined: this is on every
+        ``task()`` call's path.)"""
+        words, base = self._words, (task_id % self.capacity) * _SLOT  # _Q is 0
+        words[base] = 0
+        _pack_q(self._map, (base + 1) * 8, _time(), name)
+        words[base] = task_id
 
     def scheduled(self, task_id: int, due: float) -> None:
         """In the queuing process, for a delayed task: its due time (``time.time()``)."""
@@ -248,7 +254,12 @@ class TaskTable:
         if data is None:
             return None
         try:
-            given = load_salvaging(data)
+            parts = decode_parts(data)
+            if parts is None:
+                given = load_salvaging(data)
+            else:
+                args, kwargs = load_salvaging(parts[1])
+                given = (load_salvaging(parts[0]), args, kwargs)
         except Exception:  # noqa: BLE001 - torn by a second writer: not kept
             return None
         return _arguments_repr(given)

@@ -10,6 +10,15 @@ on a pile of others while another worker idles.
 
 ``async def`` tasks (any handler whose return value is a coroutine) run on an
 event loop in a second thread of the worker, ``task_concurrency`` at once.
+
+Finishes nobody waits for are written *lazily* (waking nobody); the worker
+wakes the reader of each channel it wrote so within ``finish_delay`` of the
+first of them: between tasks, and while idle (its wait for the next task is
+cut short for it). A finish somebody waits for (``WANT``) wakes its reader
+at once, and so does every finish when ``finish_delay`` is 0. So a busy
+process's reader wakes once per batch of finishes; the reader's own 100 ms
+re-check of its channel covers a worker killed, or stuck in a long task,
+before its wake-up.
 """
 
 from __future__ import annotations
@@ -118,6 +127,9 @@ class _Worker:
         self.dropped = 0  # finishes dropped (their process is gone) and not logged yet
         self.next_drop_log = 0.0  # time.monotonic() of the next log line about them
         self.reply = 0  # the finish header of the task running now
+        self.delay = pool.settings.finish_delay
+        self.unwoken: dict[int, float] = {}  # channel -> when its oldest lazy finish is due (time.monotonic())
+        self.due = float("inf")  # the earliest of unwoken's times
         _reporter.set(self.report)
 
     def run(self) -> int:
@@ -126,6 +138,7 @@ class _Worker:
         try:
             self.loop()
         finally:
+            self.wake_due(float("inf"))  # leaving: no lazy finish waits for this worker
             self.words[self.row + STATE] = STOPPING  # draining its async tasks, running on_worker_stop
             if self.runner is not None:
                 self.runner.drain()
@@ -142,8 +155,15 @@ class _Worker:
         if os.getppid() != supervisor:  # it died while this one started: the next one runs new workers
             return
         while True:
-            batch = ring.pop_many(size, timeout=_IDLE_CHECK, hold=True, alone=records.TIMED)
+            timeout = _IDLE_CHECK
+            if self.unwoken:  # wait no longer than the first lazy finish may
+                timeout = min(timeout, max(0.0, self.due - time.monotonic()))
+            batch = ring.pop_many(size, timeout=timeout, hold=True, alone=records.TIMED)
             if not batch.records:
+                if self.unwoken:
+                    self.wake_due(time.monotonic())
+                    if self.unwoken or timeout < _IDLE_CHECK:
+                        continue  # not idle for _IDLE_CHECK yet
                 if os.getppid() != supervisor:
                     log.warning("task worker %d: the supervisor is gone, exiting", self.worker_id)
                     return
@@ -175,8 +195,10 @@ class _Worker:
                             finishes.setdefault(self.reply, []).append(finish)
                         done.append(seq)
                 seq += 1
+                if self.unwoken and time.monotonic() >= self.due:  # a batch of slower tasks
+                    self.wake_due(time.monotonic())
             for reply, outcomes in finishes.items():
-                self.send(reply, outcomes)
+                self.send(reply, outcomes, self.delay > 0 and not records.wants(reply))
             ring.release(done)
             words[row + TASK] = 0
             words[row + STATE] = IDLE
@@ -346,18 +368,36 @@ class _Worker:
         """The finish record of task ``seq``."""
         return encode_finish(seq, task_id, status, value, error, time.perf_counter() - started, self.worker_id, name)
 
-    def send(self, reply: int, finishes: list[bytes]) -> None:
+    def send(self, reply: int, finishes: list[bytes], lazy: bool = False) -> None:
         """Write finishes back: into the channel, or its backlog while the
         channel is full (see :mod:`taskmw.backlog`); waits only when both are
         full, for as long as the channel's process lives. Finishes for a
-        process that is gone are dropped (one log line a second at most)."""
-        dropped = self.pool.send_finishes(reply, finishes)
+        process that is gone are dropped (one log line a second at most).
+        ``lazy``: the channel's reader is woken within ``finish_delay``
+        (:meth:`wake_due`), not now."""
+        dropped = self.pool.send_finishes(reply, finishes, lazy)
+        if lazy:
+            index = records.channel_of(reply)
+            if index not in self.unwoken:
+                due = time.monotonic() + self.delay
+                self.unwoken[index] = due
+                self.due = min(self.due, due)
         if dropped:
             self.dropped += dropped
             now = time.monotonic()
             if now >= self.next_drop_log:
                 log.warning("dropped %d finishes: the process that queued them is gone", self.dropped)
                 self.dropped, self.next_drop_log = 0, now + 1.0
+
+    def wake_due(self, now: float) -> None:
+        """Wake the readers of the channels whose oldest lazy finish is due
+        by ``now`` (``inf``: all of them)."""
+        channels, unwoken = self.pool.channels, self.unwoken
+        for index, due in list(unwoken.items()):
+            if due <= now:
+                channels[index].wake()  # nothing if its process drained it meanwhile
+                del unwoken[index]
+        self.due = min(unwoken.values(), default=float("inf"))
 
 
 class _AsyncRunner:

@@ -23,6 +23,34 @@ def test_module_functions_travel_by_reference_with_plain_pickle() -> None:
     assert fn is module_function and args == (1,) and kwargs is None
 
 
+def test_a_plain_function_call_keeps_the_function_pickled_once() -> None:
+    """task()'s fast path: the function's reference, pickled once and kept,
+    then the arguments; it decodes to the same call (repeated arguments
+    too: each part has its own memo), and the record's repr reads it."""
+    shared = [1, 2]
+    payload = _codec.encode_function_call(module_function, (shared, shared, "x"), {"k": shared})
+    assert payload == _codec.encode_function_call(module_function, (shared, shared, "x"), {"k": shared})
+    assert _codec.decode_parts(payload) is not None
+    fn, args, kwargs = _codec.decode(payload)
+    assert fn is module_function and args == ([1, 2], [1, 2], "x") and kwargs == {"k": [1, 2]}
+    assert args[0] is args[1] is kwargs["k"]
+    assert _codec.decode_parts(_codec.encode_call(module_function, (1,), {})) is None
+
+
+def test_a_plain_function_call_falls_back_when_it_cannot_go_by_reference() -> None:
+    """A function of ``__main__``, or an argument of ``__main__``, goes by
+    value as a one-part payload; unpicklable arguments are still named."""
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec("def f(x):\n    return x\nclass C:\n    pass\n", ns)
+    for fn, args in ((ns["f"], (1,)), (module_function, (ns["C"](),))):
+        payload = _codec.encode_function_call(fn, args, {})
+        assert _codec.decode_parts(payload) is None and b"cloudpickle" in payload
+        got_fn, got_args, _ = _codec.decode(payload)
+        assert type(got_args[0]).__name__ == type(args[0]).__name__
+    with pytest.raises(TypeError, match=r"task argument 0 cannot be pickled: _thread.lock"):
+        _codec.encode_function_call(module_function, (threading.Lock(),), {})
+
+
 def test_lambdas_and_closures_travel_by_value() -> None:
     n = 41
     payload = _codec.encode_call(lambda x: x + n, (1,), {"y": 2})

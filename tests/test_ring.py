@@ -181,6 +181,18 @@ def test_reclaim_refuses_own_pid() -> None:
             ring.reclaim(os.getpid())
 
 
+def test_len_and_wake_without_sleepers() -> None:
+    """len() counts the records there; wake() says whether there are any and,
+    with nobody asleep, makes no wake call (nor does a lazy push)."""
+    with Ring(4096) as ring:
+        assert len(ring) == 0 and ring.wake() is False
+        ring.push_many([b"a", b"b", b"c"], lazy=True)
+        assert len(ring) == 3 and ring.wake() is True
+        ring.try_pop_many(2)
+        assert len(ring) == 1
+        assert ring.stats().wakeups == 0
+
+
 def test_no_wakeups_without_sleepers() -> None:
     with Ring(1 << 16) as ring:
         for _ in range(1000):
@@ -239,6 +251,7 @@ CALLS_ON_A_RING = {
     "pop_many-hold": lambda ring: ring.pop_many(timeout=0, hold=True),
     "try_pop_many": lambda ring: ring.try_pop_many(),
     "arm": lambda ring: ring.arm(),
+    "wake": lambda ring: ring.wake(),
     "disarm": lambda ring: ring.disarm(),
     "release": lambda ring: ring.release([1, 2]),
     "release-all": lambda ring: ring.release(),
@@ -566,10 +579,10 @@ def test_attach_opens_the_same_ring_from_copies_of_its_fds() -> None:
 
 def test_attach_refuses_a_memfd_that_is_not_a_ring() -> None:
     with Ring(1 << 16) as ring:
-        _, data_fd, space_fd = ring.fds()
+        _, data_fd = ring.fds()
         stranger = os.memfd_create("not-a-ring")
         os.ftruncate(stranger, 1 << 20)
-        fds = [stranger, os.dup(data_fd), os.dup(space_fd)]
+        fds = [stranger, os.dup(data_fd)]
         try:
             with pytest.raises(RingCorrupt):
                 Ring.attach(fds)

@@ -725,6 +725,113 @@ def test_consumer_blocked_on_empty_ring_is_woken_by_push_in_other_process() -> N
         print(f"\nslowest wake-up of a consumer: {slowest * 1e3:.1f} ms")
 
 
+def _pop_until_stop(ring: Ring) -> int:
+    """Pop records one at a time until an empty one (the stop record); returns how many came before it."""
+    n = 0
+    while True:
+        b = ring.pop_many(1, timeout=30)
+        if not b.records:
+            raise AssertionError("nothing within 30 s")
+        if b.records[0] == b"":
+            return n
+        n += 1
+
+
+def _idle_consumers(ring: Ring, kids: list[Child], rounds: int) -> int:
+    """Push ``rounds`` records one at a time, each once every consumer in
+    ``kids`` sleeps in the ring, and wait (2 s at most) for it to be popped;
+    returns how many sleeps the pushes ended (``stats().woken``)."""
+    base, woken = ring.stats().popped, ring.stats().woken
+    for i in range(rounds):
+        for kid in kids:
+            wait_asleep(ring, kid)
+        ring.push(b"%d" % i, timeout=1)
+        wait_until(lambda: ring.stats().popped == base + i + 1, 2, f"record {i} to be popped")
+    return ring.stats().woken - woken
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_one_record_wakes_one_of_several_idle_consumers() -> None:
+    """Four consumers asleep on an empty ring (idle task workers): each
+    record wakes one of them, not all four (an eventfd polled by all of
+    them woke every one, and three went back to sleep for nothing)."""
+    n, rounds = 4, 20
+    with Ring(4096, slots=n + 2, spin_us=0) as ring:
+        with contextlib.ExitStack() as stack:
+            kids = [stack.enter_context(Child(_pop_until_stop, ring)) for _ in range(n)]
+            woken = _idle_consumers(ring, kids, rounds)
+            ring.push_many([b""] * n, timeout=1)
+            assert sum(kid.result(timeout=10) for kid in kids) == rounds
+        print(f"\n{rounds} records woke {woken} sleeps of {n} idle consumers")
+        # One sleep ended per record, bar a record found at the end of a 100 ms slice.
+        assert rounds // 2 <= woken <= rounds, woken
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_consumer_killed_while_idle_does_not_strand_records() -> None:
+    """One of three idle consumers is SIGKILLed while asleep, and nobody
+    reclaims its slot yet (its share of the sleeper count stays): each
+    record still wakes a live consumer at once, none waits for a slice."""
+    n, rounds = 3, 10
+    with Ring(4096, slots=n + 2, spin_us=0) as ring:
+        with contextlib.ExitStack() as stack:
+            kids = [stack.enter_context(Child(_pop_until_stop, ring)) for _ in range(n)]
+            for kid in kids:
+                wait_asleep(ring, kid)
+            victim, live = kids[0], kids[1:]
+            victim.kill()
+            assert victim.killed_by_us()
+            woken = _idle_consumers(ring, live, rounds)
+            assert woken >= rounds // 2, woken  # woken, not found by chance at the end of a slice
+            ring.push_many([b""] * len(live), timeout=1)
+            assert sum(kid.result(timeout=10) for kid in live) == rounds
+        assert ring.reclaim(victim.pid) == []
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_a_dead_sleepers_count_does_not_swallow_the_next_wake_up() -> None:
+    """A consumer killed asleep stays in the sleeper count until reclaim: a
+    push then wakes nobody. The next consumer to sleep must still be woken
+    by the next push (a wake-up flag left set by the one that found nobody
+    would make that push skip its wake-up, and the consumer wait out its
+    100 ms slice)."""
+    with Ring(4096, slots=6, spin_us=0) as ring:
+        with Child(_pop_until_stop, ring) as victim:
+            wait_asleep(ring, victim, "pop_waits", 1)
+            victim.kill()
+            assert victim.killed_by_us()
+        ring.push(b"a", timeout=1)  # the dead sleeper is counted: a wake call that finds nobody
+        assert ring.try_pop_many().records == [b"a"]
+        waits = ring.stats().pop_waits
+        with Child(_pop_until_stop, ring) as consumer:
+            wait_asleep(ring, consumer, "pop_waits", waits + 1)
+            before = ring.stats()
+            ring.push(b"b", timeout=1)
+            assert ring.stats().wakeups == before.wakeups + 1
+            wait_until(lambda: ring.stats().popped == before.popped + 1, 2, "b to be popped", consumer)
+            ring.push(b"", timeout=1)
+            assert consumer.result(timeout=10) == 1
+        assert ring.reclaim(victim.pid) == [] and ring.reclaim(consumer.pid) == []
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_lazy_push_wakes_nobody_until_wake() -> None:
+    """A lazy push makes no wake call; wake() then wakes the sleeping
+    consumer, and makes none when the ring is empty."""
+    with Ring(4096, slots=4, spin_us=0) as ring:
+        assert ring.wake() is False and ring.stats().wakeups == 0
+        with Child(_pop_until_stop, ring) as consumer:
+            wait_asleep(ring, consumer, "pop_waits", 1)
+            ring.push_many([b"a", b"b"], lazy=True, timeout=1)
+            assert ring.stats().wakeups == 0
+            if ring.wake():  # else its 100 ms slice ended and it found them first
+                assert ring.stats().wakeups == 1
+            wait_until(lambda: ring.stats().popped == 2, 2, "the lazy records to be popped", consumer)
+            ring.push(b"", timeout=1)
+            assert consumer.result(timeout=10) == 2
+        assert ring.reclaim(consumer.pid) == []
+
+
 def _gated(gate: int, op: Callable[[], object]) -> float:
     """Wait for the parent to open the gate (a byte on a pipe), run op, and
     return when it ended (CLOCK_MONOTONIC is one clock for all processes)."""

@@ -1,4 +1,6 @@
-"""gunicorn config of the HTTP benchmark: logs each HTTP worker's task finishes when it exits."""
+"""gunicorn config of the HTTP benchmark: logs each HTTP worker's task
+finishes when it exits, and stops the hand-made queue's consumers when
+gunicorn exits."""
 
 from __future__ import annotations
 
@@ -11,5 +13,13 @@ def worker_exit(server: Any, worker: Any) -> None:
 
     import wsgi_app
 
-    counts = " ".join(f"{status}={n}" for status, n in sorted(wsgi_app.finishes.counts.items()))
-    server.log.info("taskmw-bench finishes pid=%d %s", os.getpid(), counts)
+    server.log.info("%s", wsgi_app.finishes.line())
+    server.log.info("taskmw-bench mpqueue pid=%d puts=%d", os.getpid(), wsgi_app.mpqueue_puts[0])
+
+
+def on_exit(server: Any) -> None:
+    """Runs in the master as gunicorn exits: the consumers drain the queue,
+    log what they ran, and are reaped."""
+    import wsgi_app
+
+    wsgi_app.stop_consumers()

@@ -72,18 +72,34 @@ def test_importing_the_module_has_no_side_effect() -> None:
     assert got["before"] == [] and "format must be one of text, json, got 'xml'" in got["error"], got
 
 
-def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
-    report, lines = run_demo()
-    main = report["pid"]
+def parse(lines: list[str]) -> list[list[str]]:
+    """The text-format lines as [pid, level, logger, message]; a traceback's
+    lines are joined to the line of the task that raised."""
     pattern = re.compile(r"^\S+ \S+ \[(\d+)\] (\w+) (\S+): (.*)$")
     parsed: list[list[str]] = []
     for line in lines:
         if m := pattern.match(line):
             parsed.append(list(m.groups()))
-        else:  # a traceback's lines follow the line of the task that raised
+        else:
             assert parsed and parsed[-1][3].startswith("task 2 error:"), f"unexpected stderr line {line!r}: {lines}"
             parsed[-1][3] += "\n" + line
-    by_text = {text: (int(pid), level, logger) for pid, level, logger, text in parsed}
+    return parsed
+
+
+def test_by_default_every_finish_and_worker_is_logged_and_starts_are_debug() -> None:
+    report, lines = run_demo()
+    parsed = parse(lines)
+    texts = [text for _pid, _level, logger, text in parsed if logger == "taskmw.tasks"]
+    assert not [t for t in texts if " started: " in t], lines  # start lines are DEBUG
+    finishes = [t.split(":", 1)[0] for t in texts if re.match(r"task \d+ \w+: ", t)]
+    assert finishes == ["task 1 ok", "task 2 error", "task 3 lost", "task 4 ok"], lines
+    assert len([t for t in texts if re.fullmatch(r"task worker 0 (started|stopped) \(pid \d+\)", t)]) == 3, lines
+
+
+def test_every_task_and_worker_is_logged_with_no_code_change() -> None:
+    report, lines = run_demo(TASKMW_LOGGING_START_LEVEL="INFO")
+    main = report["pid"]
+    by_text = {text: (int(pid), level, logger) for pid, level, logger, text in parse(lines)}
 
     def one(regex: str) -> tuple[re.Match[str], int, str, str]:
         found = [(m, *by_text[t]) for t in by_text if (m := re.fullmatch(regex, t, re.DOTALL))]
@@ -143,11 +159,18 @@ def test_disabled_by_name_it_logs_nothing() -> None:
     assert not [line for line in lines if "taskmw.tasks" in line], lines
 
 
-def test_a_bad_setting_is_reported_once_by_name_and_the_pool_still_runs() -> None:
-    _, lines = run_demo(TASKMW_LOGGING_FORMAT="xml")  # run_demo checks that every task still ran
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("TASKMW_LOGGING_FORMAT", "xml", "format must be one of text, json, got 'xml'"),
+        ("TASKMW_LOGGING_BATCH", "lots", "batch must be a whole number of lines, 1 or more, got 'lots'"),
+    ],
+)
+def test_a_bad_setting_is_reported_once_by_name_and_the_pool_still_runs(setting: str, value: str, message: str) -> None:
+    _, lines = run_demo(**{setting: value})  # run_demo checks that every task still ran
     failures = [line for line in lines if "taskmw plugin 'logging'" in line]
     assert len(failures) == 1 and "failed to load" in failures[0], lines
-    assert any("format must be one of text, json, got 'xml'" in line for line in lines)
+    assert any(message in line for line in lines), lines
 
 
 _runs: list[int] = []
@@ -167,7 +190,7 @@ def test_retries_show_their_attempts(caplog: pytest.LogCaptureFixture) -> None:
 
     caplog.set_level(logging.INFO, logger="shop.tasks")
     _runs.clear()
-    logger = TaskLogger("shop.tasks", stderr=False)  # given in code, instead of the installed one
+    logger = TaskLogger("shop.tasks", stderr=False, start_level="INFO")  # given in code, instead of the installed one
     with taskmw.TaskServer(1, backend="eager", disable_plugins=["logging"], plugins=[logger]) as eager:
         task_id = eager.task(taskmw.Task(fails_once), retries=1)
     lines = [r.getMessage() for r in caplog.records if r.name == "shop.tasks"]
@@ -205,3 +228,64 @@ def test_lost_and_timed_out_tasks_show_their_name(caplog: pytest.LogCaptureFixtu
     # before, both showed "?": the supervisor, which reports them, knows no names
     assert any(re.match(rf"task {timed} timeout: {__name__}\.sleeps in ", line) for line in lines), lines
     assert any(re.match(rf"task {lost} lost: {__name__}\.dies in ", line) for line in lines), lines
+
+
+def test_finishes_close_together_share_records_and_every_line_is_written() -> None:
+    """300 tasks queued at once: their ok lines go in a few records (batches),
+    each finish once, every line with its prefix (TextFormatter);
+    the last batch is written by the flusher thread without another finish."""
+    import io
+
+    import taskmw
+
+    from taskmw_logging import TaskLogger, TextFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    records: list[logging.LogRecord] = []
+    counter = logging.Handler()
+    counter.emit = records.append  # type: ignore[method-assign]
+    target = logging.getLogger("shop.batches")
+    target.addHandler(handler)
+    target.addHandler(counter)
+    target.setLevel(logging.INFO)
+    try:
+        logger = TaskLogger("shop.batches", stderr=False)
+        with taskmw.TaskServer(2, disable_plugins=["logging"], plugins=[logger]) as server:
+            ids = [server.task(len, b"x") for _ in range(300)]
+            server.result(ids[-1], timeout=30)
+            deadline = time.monotonic() + 30
+            while stream.getvalue().count(" ok: ") < 300 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        lines = [line for line in stream.getvalue().splitlines() if " ok: " in line]
+    finally:
+        target.removeHandler(handler)
+        target.removeHandler(counter)
+    assert all(
+        re.fullmatch(r"INFO shop\.batches: task \d+ ok: builtins\.len in \d+\.\d+s on worker [01]", ln) for ln in lines
+    )
+    logged = [int(line.split()[3]) for line in lines]
+    assert sorted(logged) == ids, "each finish logged once"
+    finish_records = [r for r in records if " ok: " in r.getMessage()]
+    assert len(finish_records) < 300 / 4, f"{len(finish_records)} records for 300 finishes: not batched"
+
+
+def test_batch_of_one_is_a_record_per_finish(caplog: pytest.LogCaptureFixture) -> None:
+    import taskmw
+
+    from taskmw_logging import TaskLogger
+
+    caplog.set_level(logging.INFO, logger="shop.single")
+    logger = TaskLogger("shop.single", stderr=False, batch=1)
+    with taskmw.TaskServer(2, disable_plugins=["logging"], plugins=[logger]) as server:
+        ids = [server.task(len, b"x") for _ in range(50)]
+        server.result(ids[-1], timeout=30)
+        deadline = time.monotonic() + 30
+        while len([r for r in caplog.records if r.name == "shop.single" and " ok: " in r.getMessage()]) < 50:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.02)
+    messages = [r.getMessage() for r in caplog.records if r.name == "shop.single" and " ok: " in r.getMessage()]
+    assert len(messages) == 50 and all("\n" not in m for m in messages)
+    with pytest.raises(ValueError, match="batch must be a whole number of lines, 1 or more, got 0"):
+        TaskLogger("shop.single", stderr=False, batch=0)
