@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 
 
 def shared_map(name: str, size: int, fd: int | None = None) -> tuple[int, mmap.mmap]:
     """A new memfd of ``size`` bytes (touched as used) and its mapping; with
     ``fd``, the mapping of that memfd (received from another process). The
-    fd stays open (to be sent on); it is the caller's to close."""
+    fd stays open while the mapping lives (to be sent on), and is closed
+    with it: a process that builds many pools keeps no memory of the
+    closed ones."""
     if fd is None:
         fd = os.memfd_create(f"taskmw-{name}", os.MFD_CLOEXEC)
         try:
@@ -22,4 +25,10 @@ def shared_map(name: str, size: int, fd: int | None = None) -> tuple[int, mmap.m
             raise
     elif os.fstat(fd).st_size != size:
         raise ValueError(f"the received {name} memfd is {os.fstat(fd).st_size} bytes, not {size}")
-    return fd, mmap.mmap(fd, size)
+    try:
+        mapping = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    weakref.finalize(mapping, os.close, fd)
+    return fd, mapping
