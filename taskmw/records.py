@@ -88,9 +88,10 @@ CANCEL = int(Flag.CANCELLED)
 """The bit :meth:`taskmw.Ring.mark` sets on a queued task that is cancelled."""
 DELAYED = int(Flag.DELAYED)
 RELEASED = int(Flag.RELEASED)
-_OPTS = int(Flag.OPTS)
+OPTS = int(Flag.OPTS)
+"""The header bit of a submit record that carries :class:`Options`."""
 _REPLY = CHANNEL_MASK | WANT | DELAYED
-_UNCOMMON = SPILLED | _OPTS | CANCEL
+_UNCOMMON = SPILLED | OPTS | CANCEL
 STOP = Kind.STOP << _KIND_SHIFT
 """The header of a stop marker."""
 
@@ -315,12 +316,12 @@ def encode_submit(payload: bytes, header: int, options: Options | None) -> tuple
     timed = TIMED if options.timeout is not None else 0
     delayed = DELAYED if options.due else 0
     record = _OPTIONS.pack(options.timeout or 0.0, options.attempt, options.left, options.task_id, options.due)
-    return record + payload, header | _OPTS | timed | delayed
+    return record + payload, header | OPTS | timed | delayed
 
 
 def options_of(record: bytes, header: int) -> Options:
     """The options a submit record carries (the defaults when it has none)."""
-    if not header & _OPTS:
+    if not header & OPTS:
         return Options()
     timeout, attempt, left, first_id, due = _OPTIONS.unpack_from(record)
     return Options(timeout or None, attempt, first_id, left, due)
@@ -359,7 +360,7 @@ class SubmitRecord(NamedTuple):
         if header & SPILLED:
             record = unspill(record)
         timeout, attempt, first_id, left, due = options_of(record, header)
-        if header & _OPTS:
+        if header & OPTS:
             record = record[_OPTIONS.size :]
         task_id = task_id_of(seq, first_id)
         return cls(seq, task_id, kind, header & _REPLY, timeout, attempt, left, bool(header & CANCEL), record, due)
