@@ -38,7 +38,7 @@ import mmap
 import os
 import time
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from taskmw import _codec, records
@@ -271,6 +271,8 @@ def schedule_of(given: Sequence[Periodic] | None) -> tuple[Periodic, ...]:
     """A pool's schedule: ``given`` (checked), or the decorated entries."""
     if given is None:
         return tuple(_registry.values())
+    if isinstance(given, (str, bytes, Periodic)) or not isinstance(given, Iterable):
+        raise ValueError(f"schedule must be a list of taskmw.Periodic, got {given!r}")
     entries = tuple(given)
     names: set[str] = set()
     for entry in entries:

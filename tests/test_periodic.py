@@ -149,6 +149,9 @@ def test_bad_schedule_settings() -> None:
     with pytest.raises(ValueError, match="taskmw.Periodic, got"):
         Settings(schedule=(record_run,))  # type: ignore[arg-type]
     one = Periodic(record_run, every=5)
+    for not_a_list in ("record_run", one, 5):  # not its first letter, nor "not iterable"
+        with pytest.raises(ValueError, match=r"schedule must be a list of taskmw.Periodic, got "):
+            Settings(schedule=not_a_list)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="two entries named 'test_periodic.record_run'"):
         Settings(schedule=(one, Periodic(record_run, every=7)))
 
