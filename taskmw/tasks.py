@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from taskmw.interfaces import Server
@@ -263,7 +263,19 @@ class TaskOptions(Generic[P]):
         return current_server().task(Task(self.fn, *args, **kwargs), **self.given)
 
     def apply(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> int:
-        """Queue ``fn(*args, **kwargs)`` with these options and ``options`` (which win)."""
+        """Queue ``fn(*args, **kwargs)`` with these options and ``options`` (which win).
+
+        Raises:
+            TypeError: ``args`` is not a tuple or list, or ``kwargs`` not a dict
+                (``fn.apply("a")`` would otherwise call ``fn("a")`` as ``fn(*"a")``).
+        """
+        name = getattr(self.fn, "__qualname__", self.fn)
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(
+                f"{name}.apply(args, kwargs): args must be a tuple or list, got {args!r}: write apply(({args!r},))"
+            )
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"{name}.apply(args, kwargs): kwargs must be a dict, got {kwargs!r}")
         return self.options(**options).delay(*args, **(kwargs or {}))
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:

@@ -296,6 +296,10 @@ def test_decorator_defaults_options_and_apply(pool: TaskServer, tmp_path: Path) 
     assert pool.status(later).state == "scheduled"
     assert pool.result(later, timeout=WAIT) == "slept"
     assert slow(0) == "slept"  # still a plain function
+    with pytest.raises(TypeError, match=r"args must be a tuple or list, got 'ab': write apply\(\('ab',\)\)"):
+        slow.apply("ab")  # would be slow("a", "b")
+    with pytest.raises(TypeError, match="kwargs must be a dict, got"):
+        slow.options(retries=0).apply((0,), [("seconds", 0)])  # type: ignore[arg-type]
 
 
 def test_decorator_refuses_what_is_not_an_option() -> None:
