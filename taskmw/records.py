@@ -283,9 +283,10 @@ def task_options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dic
     return out
 
 
-def due_time(delay: float | None, eta: datetime.datetime | None) -> float:
-    """The ``time.time()`` at which a task given ``delay`` seconds or an
-    ``eta`` is due (0.0: neither given).
+def due_time(delay: float | datetime.timedelta | None, eta: datetime.datetime | None) -> float:
+    """The ``time.time()`` at which a task given ``delay`` (seconds, or a
+    ``timedelta``, as periodic tasks' ``every=``) or an ``eta`` is due (0.0:
+    neither given).
 
     Raises:
         TypeError: both given, or ``eta`` is not an aware datetime.
@@ -294,6 +295,8 @@ def due_time(delay: float | None, eta: datetime.datetime | None) -> float:
     if delay is not None and eta is not None:
         raise TypeError(f"give delay= or eta=, not both (got delay={delay!r}, eta={eta!r})")
     if delay is not None:
+        if isinstance(delay, datetime.timedelta):
+            delay = delay.total_seconds()
         check_seconds("delay", delay)
         return time.time() + delay
     if eta is None:

@@ -96,6 +96,18 @@ def test_eta_is_an_aware_datetime(pool: TaskServer, tmp_path: Path) -> None:
         pool.task(Task(add, 1, 2), delay=1, eta=eta)
     with pytest.raises(ValueError, match="delay must be a number of seconds >= 0"):
         pool.task(Task(add, 1, 2), delay=-1)
+    with pytest.raises(ValueError, match="delay must be a number of seconds >= 0"):
+        pool.task(Task(add, 1, 2), delay=datetime.timedelta(seconds=-1))
+
+
+def test_delay_takes_a_timedelta_as_every_does(pool: TaskServer) -> None:
+    queued = time.time()
+    task_id = pool.task(Task(add, 1, 2), delay=datetime.timedelta(minutes=10))
+    assert pool.status(task_id).scheduled_for == pytest.approx(queued + 600, abs=0.5)
+    assert pool.cancel(task_id)
+    started = time.monotonic()
+    assert pool.taskwait(Task(add, 2, 3), delay=datetime.timedelta(seconds=0.3), timeout=WAIT) == 5
+    assert time.monotonic() - started >= 0.29
 
 
 def test_taskwait_waits_for_a_delayed_task(pool: TaskServer) -> None:
