@@ -124,6 +124,21 @@ def _in_gunicorn_worker() -> bool:
     return False
 
 
+def _in_uvicorn_workers() -> bool:
+    """True while a worker of ``uvicorn --workers N`` (N > 1) loads the app:
+    each such worker is a process of its own (spawned), which builds a pool."""
+    spawned = sys.modules.get("uvicorn._subprocess")
+    if spawned is None:
+        return False
+    started = spawned.subprocess_started.__code__
+    frame = sys._getframe(1)  # noqa: SLF001
+    while frame is not None:
+        if frame.f_code is started:
+            return getattr(frame.f_locals.get("config"), "workers", 1) > 1  # 1 with --reload: one pool
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 async def serve_lifespan(receive: Receive, send: Send) -> None:
     """Answer an ASGI lifespan scope for an app with nothing to start or
     stop: startup and shutdown complete at once."""
@@ -228,14 +243,21 @@ class TaskMiddleware:
             self.server = None  # type: ignore[assignment] # never served: the reloader's child serves
         else:
             self.server = create_server(plugins=plugins, **settings)
-            if _in_gunicorn_worker():
+            own = "gunicorn" if _in_gunicorn_worker() else "uvicorn" if _in_uvicorn_workers() else None
+            if own == "gunicorn":
                 log.warning("taskmw: gunicorn HTTP worker %d built its own task pool (%d task workers): without "
                             "--preload each HTTP worker has its own pool, and task ids are unique only within it; "
                             "gunicorn --preload or taskmw start share one pool", os.getpid(),
                             self.server.task_workers)  # fmt: skip
-                if self.server.settings.schedule:
-                    log.warning("taskmw: so its %d periodic task(s) run once per HTTP worker, not once in all: use "
-                                "--preload or taskmw start", len(self.server.settings.schedule))  # fmt: skip
+            elif own == "uvicorn":
+                log.warning("taskmw: uvicorn worker %d built its own task pool (%d task workers): with uvicorn "
+                            "--workers each worker has its own pool, and task ids are unique only within it; "
+                            "taskmw start (or gunicorn --preload -k uvicorn_worker.UvicornWorker) share one pool",
+                            os.getpid(), self.server.task_workers)  # fmt: skip
+            if own and self.server.settings.schedule:
+                log.warning("taskmw: so its %d periodic task(s) run once per HTTP worker, not once in all: use "
+                            "%s", len(self.server.settings.schedule),
+                            "--preload or taskmw start" if own == "gunicorn" else "taskmw start")  # fmt: skip
             path = status_socket or os.environ.get(_control.STATUS_SOCKET_ENV)
             if path:
                 _control.serve_status(self.server, path)

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("httpx", reason="the e2e tests need httpx")
 
-from .servers import base_env, gunicorn_argv, running_server  # noqa: E402
+from .servers import base_env, gunicorn_argv, running_server, uvicorn_argv  # noqa: E402
 
 WAIT = 20.0
 
@@ -88,4 +88,24 @@ def test_without_preload_each_http_worker_says_it_runs_the_schedule_itself(tmp_p
         assert _until(lambda: server.log_tail(200).count("periodic task(s) run once per HTTP worker") == 2), (
             server.log_tail()
         )
+    assert not server.stop_report.problems(), server.stop_report.problems()
+
+
+def test_each_uvicorn_worker_says_it_runs_the_schedule_itself(tmp_path: Path) -> None:
+    """``uvicorn --workers 2``: each worker builds its own pool, as a gunicorn
+    worker without ``--preload`` does, and warns the same way."""
+    argv = lambda port: [*uvicorn_argv("periodic_asgi:app", port), "--workers", "2"]  # noqa: E731
+    with running_server(argv, tmp_path) as server:
+        assert _until(lambda: server.log_tail(200).count("periodic task(s) run once per HTTP worker") == 2), (
+            server.log_tail()
+        )
+        assert server.log_tail(200).count("uvicorn worker") >= 2, server.log_tail()
+    assert not server.stop_report.problems(), server.stop_report.problems()
+
+
+def test_one_uvicorn_process_does_not_warn(tmp_path: Path) -> None:
+    with running_server(lambda port: uvicorn_argv("periodic_asgi:app", port), tmp_path) as server:
+        with server.client() as c:
+            assert c.get("/").status_code == 200
+        assert "built its own task pool" not in server.log_tail(200), server.log_tail()
     assert not server.stop_report.problems(), server.stop_report.problems()
