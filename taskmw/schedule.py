@@ -507,7 +507,8 @@ class Scheduler:
                     continue
                 if finish.status != records.OK:
                     error = f": {finish.error.type}: {finish.error.message}" if finish.error else ""
-                    log.warning("periodic task %s (run %d) finished %s%s", finish.name or "?", finish.task_id,
+                    name = finish.name or self.pool.tasks.name_of(finish.task_id) or "?"  # settled: no name
+                    log.warning("periodic task %s (run %d) finished %s%s", name, finish.task_id,
                                 records.STATUSES[finish.status], error)  # fmt: skip
 
 
