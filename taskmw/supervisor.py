@@ -441,10 +441,11 @@ class _Supervisor:
         waits: a full channel's finish waits in its backlog for as long as
         its process lives (see :mod:`taskmw.backlog`)."""
         attempt, left = self.pool.tasks.retries_of(task_id)
-        if not (left and status in RETRIED):  # else its queuing process runs it again (taskmw.retries)
-            self.pool.tasks.finished(task_id, status, attempt, error)
+        reply = records.reply_to(held.aux)
+        if not (left and status in RETRIED and self.pool.channel_claimed(records.channel_of(reply))):
+            self.pool.tasks.finished(task_id, status, attempt, error)  # else its queuing process runs it again
         record = records.lost(held.seq, error, status, duration, worker_id, task_id)
-        if self.backlogs.send(records.reply_to(held.aux), [record]):
+        if self.backlogs.send(reply, [record]):
             log.info("the finish of task %d was dropped: the process that queued it is gone", task_id)
 
     def runs_elsewhere(self, dead: int) -> Callable[[int], bool]:

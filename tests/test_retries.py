@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import WAIT, Finishes, FinishLog, add
+from helpers import WAIT, Finishes, FinishLog, add, fork_call, reap, wait_until
 
 from taskmw import Task, TaskEvent, TaskFailed, TaskServer, hookimpl
 
@@ -170,3 +170,22 @@ def test_the_last_run_that_times_out_records_every_attempt(tmp_path: Path) -> No
             server.result(task_id, timeout=WAIT)
         assert failed.value.event.status == "timeout"
         assert (server.status(task_id).status, server.status(task_id).attempts) == ("timeout", 3)
+
+
+def test_a_failed_run_whose_queuing_process_is_gone_is_the_tasks_end(tmp_path: Path) -> None:
+    """Nobody is left to run it again: the supervisor records the timeout,
+    the worker the error."""
+    ids = tmp_path / "id"
+    with TaskServer(1, retry_backoff=0.01) as server:
+
+        def queue_and_exit() -> None:  # like an HTTP worker stopped right after queuing
+            timed = server.task(Task(time.sleep, 30), task_timeout=0.5, retries=2)
+            failed = server.task(Task(fail_until, str(tmp_path / "a"), 100), retries=2)
+            ids.write_text(f"{timed} {failed}")
+            os._exit(0)
+
+        assert reap(fork_call(queue_and_exit)) == 0
+        timed, failed = map(int, ids.read_text().split())
+        for task_id, status in ((timed, "timeout"), (failed, "error")):
+            assert wait_until(lambda: server.status(task_id).state == "done", WAIT), server.status(task_id)
+            assert server.status(task_id).status == status
