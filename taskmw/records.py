@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime
 import enum
-import inspect
 import io
 import os
 import pickle
@@ -45,7 +44,7 @@ from typing import Any, NamedTuple
 from taskmw import _codec
 from taskmw.events import STATUSES, TaskError
 from taskmw.settings import check_int, check_seconds
-from taskmw.tasks import OPTION_NAMES, OPTIONS_ATTR, ServiceTask, Task, check_option_names
+from taskmw.tasks import OPTIONS_ATTR, ServiceTask, Task, check_not_options, check_option_names
 
 
 class Kind(enum.IntEnum):
@@ -211,38 +210,6 @@ def encode_task(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
         check_not_options(obj, kwargs)
     defaults = getattr(obj, OPTIONS_ATTR, None)
     return _codec.encode_call(obj, args, kwargs), Kind.CALL, task_options(Task(obj), (), defaults) if defaults else {}
-
-
-_RESERVED = frozenset(OPTION_NAMES) | {"timeout"}
-
-
-def check_not_options(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Refuse keyword arguments of a plain callable that name a per-task
-    option (or ``timeout``) while ``fn`` has no such parameter: they were
-    meant as options, which go with a :class:`~taskmw.Task`. Costs a
-    signature look-up only when such a name is there.
-
-    Raises:
-        TypeError: naming the keyword and what to write instead.
-    """
-    given = _RESERVED.intersection(kwargs)
-    if not given:
-        return
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # no signature to read (a builtin): pass them on as given
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(k for k in given if k not in params)
-    if unknown:
-        name = getattr(fn, "__qualname__", None) or repr(fn)
-        opts = ", ".join(f"{'task_timeout' if k == 'timeout' else k}=..." for k in unknown)
-        raise TypeError(
-            f"task() got {', '.join(k + '=' for k in unknown)} for {name}, which has no such parameter: "
-            f"a plain callable's keyword arguments all go to it; per-task options go with a Task: "
-            f"server.task(Task({name}, *args, **kwargs), {opts})"
-        )
 
 
 def task_options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -323,6 +323,23 @@ def test_decorator_refuses_what_is_not_an_option() -> None:
         slow.options(task_timeout=1).options(timeout=1, task_timeout=2)
 
 
+def test_delay_of_a_decorated_function_refuses_options_it_would_pass_on(pool: TaskServer, tmp_path: Path) -> None:
+    """``fn.delay(x, delay=5)`` would pass ``delay`` to ``fn`` (every argument
+    of ``delay()`` goes to it), which fails in the worker: as ``server.task(fn,
+    x, delay=5)`` does, it says at once what to write, with or without defaults."""
+    for fn in (flaky, slow):  # with @taskmw.task(...) defaults, and without
+        name = fn.__qualname__
+        for option in ("delay", "timeout", "retries"):
+            expected = (
+                rf"{name}.delay\(\) got {option}=, .*: {name}.options\({option}=...\).delay\(\*args, \*\*kwargs\)"
+            )
+            with pytest.raises(TypeError, match=expected):
+                fn.delay("x", **{option: 5})
+            with pytest.raises(TypeError, match=expected):
+                fn.options(retries=0).delay("x", **{option: 5})
+    assert pool.result(flaky.options(delay=0.1).delay(str(tmp_path / "a")), timeout=WAIT) == "ok"  # the way
+
+
 def test_eager_runs_a_delayed_task_at_once(tmp_path: Path) -> None:
     with TaskServer(1, backend="eager") as server:
         task_id = server.task(Task(stamp, str(tmp_path / "ran")), delay=60)
