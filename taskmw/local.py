@@ -284,8 +284,12 @@ class LocalTransport:
         seq = pool.push_task(record, header | channel.header)
         if name is not None:
             pool.tasks.queued(seq, name)
-        if header & records.DELAYED:
-            pool.tasks.scheduled(seq, records.options_of(record, header).due)
+        if header & records.OPTS:
+            options = records.options_of(record, header)
+            if header & records.DELAYED:
+                pool.tasks.scheduled(seq, options.due)
+            if options.left or options.attempt > 1:  # the supervisor must know it may run again
+                pool.tasks.retriable(records.task_id_of(seq, options.task_id), options.attempt, options.left)
         if registered is not None:
             registered(seq)
         return seq

@@ -214,10 +214,12 @@ class TaskMiddleware:
             self.server = None  # type: ignore[assignment] # never served: the reloader's child serves
         else:
             self.server = create_server(plugins=plugins, **settings)
-            if self.server.settings.share == "never" and _share.in_gunicorn_worker():
-                log.warning("taskmw: gunicorn HTTP worker %d built its own task pool (%d task workers): with "
-                            "share='never' each HTTP worker has its own pool, and task ids are unique only within "
-                            "it", os.getpid(), self.server.task_workers)  # fmt: skip
+            own = "gunicorn HTTP worker" if _share.in_gunicorn_worker() else None
+            own = own or ("uvicorn worker" if _share.in_uvicorn_worker() else None)
+            if own and self.server.settings.share == "never":
+                log.warning("taskmw: %s %d built its own task pool (%d task workers): with share='never' each "
+                            "HTTP worker has its own pool, and task ids are unique only within it", own, os.getpid(),
+                            self.server.task_workers)  # fmt: skip
                 if self.server.settings.schedule:
                     log.warning("taskmw: so its %d periodic task(s) run once per HTTP worker, not once in all: "
                                 "leave share='auto'", len(self.server.settings.schedule))  # fmt: skip

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime
 import enum
-import inspect
 import io
 import os
 import pickle
@@ -45,7 +44,7 @@ from typing import Any, NamedTuple
 from taskmw import _codec
 from taskmw.events import STATUSES, TaskError
 from taskmw.settings import check_int, check_seconds
-from taskmw.tasks import OPTION_NAMES, OPTIONS_ATTR, ServiceTask, Task, check_option_names
+from taskmw.tasks import OPTIONS_ATTR, ServiceTask, Task, check_not_options, check_option_names
 
 
 class Kind(enum.IntEnum):
@@ -88,9 +87,10 @@ CANCEL = int(Flag.CANCELLED)
 """The bit :meth:`taskmw.Ring.mark` sets on a queued task that is cancelled."""
 DELAYED = int(Flag.DELAYED)
 RELEASED = int(Flag.RELEASED)
-_OPTS = int(Flag.OPTS)
+OPTS = int(Flag.OPTS)
+"""The header bit of a submit record that carries :class:`Options`."""
 _REPLY = CHANNEL_MASK | WANT | DELAYED
-_UNCOMMON = SPILLED | _OPTS | CANCEL
+_UNCOMMON = SPILLED | OPTS | CANCEL
 STOP = Kind.STOP << _KIND_SHIFT
 """The header of a stop marker."""
 
@@ -212,38 +212,6 @@ def encode_task(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     return _codec.encode_call(obj, args, kwargs), Kind.CALL, task_options(Task(obj), (), defaults) if defaults else {}
 
 
-_RESERVED = frozenset(OPTION_NAMES) | {"timeout"}
-
-
-def check_not_options(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Refuse keyword arguments of a plain callable that name a per-task
-    option (or ``timeout``) while ``fn`` has no such parameter: they were
-    meant as options, which go with a :class:`~taskmw.Task`. Costs a
-    signature look-up only when such a name is there.
-
-    Raises:
-        TypeError: naming the keyword and what to write instead.
-    """
-    given = _RESERVED.intersection(kwargs)
-    if not given:
-        return
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # no signature to read (a builtin): pass them on as given
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(k for k in given if k not in params)
-    if unknown:
-        name = getattr(fn, "__qualname__", None) or repr(fn)
-        opts = ", ".join(f"{'task_timeout' if k == 'timeout' else k}=..." for k in unknown)
-        raise TypeError(
-            f"task() got {', '.join(k + '=' for k in unknown)} for {name}, which has no such parameter: "
-            f"a plain callable's keyword arguments all go to it; per-task options go with a Task: "
-            f"server.task(Task({name}, *args, **kwargs), {opts})"
-        )
-
-
 def task_options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The per-task options given with a Task or data object, checked:
     ``{"timeout", "retries", "due", "backoff"}`` (those given) for the
@@ -282,9 +250,10 @@ def task_options(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dic
     return out
 
 
-def due_time(delay: float | None, eta: datetime.datetime | None) -> float:
-    """The ``time.time()`` at which a task given ``delay`` seconds or an
-    ``eta`` is due (0.0: neither given).
+def due_time(delay: float | datetime.timedelta | None, eta: datetime.datetime | None) -> float:
+    """The ``time.time()`` at which a task given ``delay`` (seconds, or a
+    ``timedelta``, as periodic tasks' ``every=``) or an ``eta`` is due (0.0:
+    neither given).
 
     Raises:
         TypeError: both given, or ``eta`` is not an aware datetime.
@@ -293,6 +262,8 @@ def due_time(delay: float | None, eta: datetime.datetime | None) -> float:
     if delay is not None and eta is not None:
         raise TypeError(f"give delay= or eta=, not both (got delay={delay!r}, eta={eta!r})")
     if delay is not None:
+        if isinstance(delay, datetime.timedelta):
+            delay = delay.total_seconds()
         check_seconds("delay", delay)
         return time.time() + delay
     if eta is None:
@@ -315,12 +286,12 @@ def encode_submit(payload: bytes, header: int, options: Options | None) -> tuple
     timed = TIMED if options.timeout is not None else 0
     delayed = DELAYED if options.due else 0
     record = _OPTIONS.pack(options.timeout or 0.0, options.attempt, options.left, options.task_id, options.due)
-    return record + payload, header | _OPTS | timed | delayed
+    return record + payload, header | OPTS | timed | delayed
 
 
 def options_of(record: bytes, header: int) -> Options:
     """The options a submit record carries (the defaults when it has none)."""
-    if not header & _OPTS:
+    if not header & OPTS:
         return Options()
     timeout, attempt, left, first_id, due = _OPTIONS.unpack_from(record)
     return Options(timeout or None, attempt, first_id, left, due)
@@ -359,7 +330,7 @@ class SubmitRecord(NamedTuple):
         if header & SPILLED:
             record = unspill(record)
         timeout, attempt, first_id, left, due = options_of(record, header)
-        if header & _OPTS:
+        if header & OPTS:
             record = record[_OPTIONS.size :]
         task_id = task_id_of(seq, first_id)
         return cls(seq, task_id, kind, header & _REPLY, timeout, attempt, left, bool(header & CANCEL), record, due)

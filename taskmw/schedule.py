@@ -38,7 +38,7 @@ import mmap
 import os
 import time
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from taskmw import _codec, records
@@ -272,6 +272,8 @@ def schedule_of(given: Sequence[Periodic] | None) -> tuple[Periodic, ...]:
     """A pool's schedule: ``given`` (checked), or the decorated entries."""
     if given is None:
         return tuple(_registry.values())
+    if isinstance(given, (str, bytes, Periodic)) or not isinstance(given, Iterable):
+        raise ValueError(f"schedule must be a list of taskmw.Periodic, got {given!r}")
     entries = tuple(given)
     names: set[str] = set()
     for entry in entries:
@@ -511,7 +513,8 @@ class Scheduler:
                     continue
                 if finish.status != records.OK:
                     error = f": {finish.error.type}: {finish.error.message}" if finish.error else ""
-                    log.warning("periodic task %s (run %d) finished %s%s", finish.name or "?", finish.task_id,
+                    name = finish.name or self.pool.tasks.name_of(finish.task_id) or "?"  # settled: no name
+                    log.warning("periodic task %s (run %d) finished %s%s", name, finish.task_id,
                                 records.STATUSES[finish.status], error)  # fmt: skip
 
 

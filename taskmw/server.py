@@ -44,7 +44,7 @@ from taskmw.records import Kind, Options, encode_submit, encode_task
 from taskmw.retries import Retries, Retry
 from taskmw.schedule import MissedRuns, Periodic, schedule_of
 from taskmw.settings import Settings
-from taskmw.tasks import OPTIONS_ATTR, ServiceTask, Task, _set_default
+from taskmw.tasks import OPTIONS_ATTR, ServiceTask, Task, _set_default, check_not_options
 from taskmw.tasktable import task_name_field
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class TaskServer:
         if type(fn_or_data) is FunctionType and self._no_retries and _OPTIONS not in fn_or_data.__dict__:
             # the fast path: a plain function (without @task defaults)
             if kwargs:
-                records.check_not_options(fn_or_data, kwargs)
+                check_not_options(fn_or_data, kwargs)
             name = task_name_field(fn_or_data)
             task_id = self._send(_codec.encode_function_call(fn_or_data, args, kwargs), _CALL, None, name)
             self._delivery.sent += 1

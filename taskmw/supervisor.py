@@ -42,6 +42,7 @@ from taskmw.backlog import Backlogs
 from taskmw.events import TaskError
 from taskmw.pool import STOPPED, Pool
 from taskmw.records import CANCELLED, LOST, TIMEOUT
+from taskmw.retries import RETRIED
 from taskmw.ring import Held, RingFull
 from taskmw.schedule import Scheduler
 
@@ -462,9 +463,12 @@ class _Supervisor:
         record it, and send its finish to the process that queued it. Never
         waits: a full channel's finish waits in its backlog for as long as
         its process lives (see :mod:`taskmw.backlog`)."""
-        self.pool.tasks.finished(task_id, status, 0, error)
+        attempt, left = self.pool.tasks.retries_of(task_id)
+        reply = records.reply_to(held.aux)
+        if not (left and status in RETRIED and self.pool.channel_claimed(records.channel_of(reply))):
+            self.pool.tasks.finished(task_id, status, attempt, error)  # else its queuing process runs it again
         record = records.lost(held.seq, error, status, duration, worker_id, task_id)
-        if self.backlogs.send(records.reply_to(held.aux), [record]):
+        if self.backlogs.send(reply, [record]):
             log.info("the finish of task %d was dropped: the process that queued it is gone", task_id)
 
     def runs_elsewhere(self, dead: int) -> Callable[[int], bool]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from taskmw.interfaces import Server
@@ -246,6 +247,45 @@ class TaskFunction(Protocol[P, R_co]):
     def options(self, **options: Any) -> TaskOptions[P]: ...
 
 
+_RESERVED = frozenset(OPTION_NAMES) | {"timeout"}
+
+
+def check_not_options(fn: Callable[..., Any], kwargs: dict[str, Any], decorated: bool = False) -> None:
+    """Refuse keyword arguments of a plain callable that name a per-task
+    option (or ``timeout``) while ``fn`` has no such parameter: they were
+    meant as options, which go with a :class:`~taskmw.Task` (or, for
+    ``fn.delay()`` of a ``@taskmw.task`` function, ``decorated``, with
+    ``fn.options()``). Costs a signature look-up only when such a name is there.
+
+    Raises:
+        TypeError: naming the keyword and what to write instead.
+    """
+    given = _RESERVED.intersection(kwargs)
+    if not given:
+        return
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass them on as given
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in given if k not in params)
+    if unknown:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        if decorated:
+            raise TypeError(
+                f"{name}.delay() got {', '.join(k + '=' for k in unknown)}, which {name} has no parameter for: "
+                f"every argument of delay() goes to {name}; options go with options(): "
+                f"{name}.options({', '.join(k + '=...' for k in unknown)}).delay(*args, **kwargs)"
+            )
+        opts = ", ".join(f"{'task_timeout' if k == 'timeout' else k}=..." for k in unknown)
+        raise TypeError(
+            f"task() got {', '.join(k + '=' for k in unknown)} for {name}, which has no such parameter: "
+            f"a plain callable's keyword arguments all go to it; per-task options go with a Task: "
+            f"server.task(Task({name}, *args, **kwargs), {opts})"
+        )
+
+
 class TaskOptions(Generic[P]):
     """A ``@task`` function with options set (``fn.options(timeout=10,
     retries=3)``; ``timeout=`` is ``task_timeout=`` here): ``.delay(*args, **kwargs)`` queues it with them (its
@@ -257,17 +297,39 @@ class TaskOptions(Generic[P]):
         self.given = options
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> int:
-        """Queue the function on :func:`current_server` with these options; returns the task id."""
+        """Queue the function on :func:`current_server` with these options; returns the task id.
+
+        Raises:
+            TypeError: a keyword argument names an option (``delay=``,
+                ``timeout=``, …) that the function has no parameter for:
+                options go with :meth:`options`.
+        """
+        if kwargs:
+            check_not_options(self.fn, kwargs, decorated=True)
         if not self.given:  # as server.task(fn, ...) (its fast path)
             return current_server().task(self.fn, *args, **kwargs)
         return current_server().task(Task(self.fn, *args, **kwargs), **self.given)
 
     def apply(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> int:
-        """Queue ``fn(*args, **kwargs)`` with these options and ``options`` (which win)."""
+        """Queue ``fn(*args, **kwargs)`` with these options and ``options`` (which win).
+
+        Raises:
+            TypeError: ``args`` is not a tuple or list, or ``kwargs`` not a dict
+                (``fn.apply("a")`` would otherwise call ``fn("a")`` as ``fn(*"a")``).
+        """
+        name = getattr(self.fn, "__qualname__", self.fn)
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(
+                f"{name}.apply(args, kwargs): args must be a tuple or list, got {args!r}: write apply(({args!r},))"
+            )
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"{name}.apply(args, kwargs): kwargs must be a dict, got {kwargs!r}")
         return self.options(**options).delay(*args, **(kwargs or {}))
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """Queue it with these options once the Django transaction commits."""
+        if kwargs:
+            check_not_options(self.fn, kwargs, decorated=True)
         from taskmw.contrib.django import task_on_commit  # needs Django, imported only when used
 
         task_on_commit(Task(self.fn, *args, **kwargs), **self.given)

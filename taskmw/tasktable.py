@@ -9,6 +9,7 @@ group  written by                  fields
 =====  ==========================  ============================================
 Q      the process that queued it  queued_at, name
 S      the process that queued it  due (a delayed task's due time)
+L      the process that queued it  attempt, runs left (a run with ``retries``)
 R      the worker that runs it     worker_id, attempt, started_at
 P      that worker, ``progress()``  progress, message
 D      whoever finishes it         status, finished_at, attempts, the error's
@@ -52,10 +53,11 @@ from taskmw.pipeline import task_name
 from taskmw.records import FinishRecord, load_salvaging
 from taskmw.tasks import ServiceTask, Task
 
-# Slot layout: 51 words (408 bytes).
-_Q, _R, _P, _D, _C, _A, _S = 0, 8, 12, 22, 44, 45, 49
-_SLOT = 51
+# Slot layout: 54 words (432 bytes).
+_Q, _R, _P, _D, _C, _A, _S, _L = 0, 8, 12, 22, 44, 45, 49, 51
+_SLOT = 54
 _S_FIELDS = struct.Struct("<d")  # a delayed task's due time
+_L_FIELDS = struct.Struct("<qq")  # a retriable run: its attempt, the runs left after it
 _A_FIELDS = struct.Struct("<qqq")  # the arguments (record_arguments): arena, pos, len
 _Q_FIELDS = struct.Struct("<d48s")  # queued_at, name
 _R_FIELDS = struct.Struct("<qqd")  # worker_id, attempt, started_at
@@ -64,7 +66,8 @@ _D_FIELDS = struct.Struct("<qddqqqqq32s64s")
 """status, started_at, finished_at, attempts, worker_id, arena, pos, len, error type, message"""
 assert _Q_FIELDS.size <= (_R - _Q - 1) * 8 and _R_FIELDS.size <= (_P - _R - 1) * 8
 assert _P_FIELDS.size <= (_D - _P - 1) * 8 and _D_FIELDS.size <= (_C - _D - 1) * 8
-assert _A_FIELDS.size <= (_S - _A - 1) * 8 and _S_FIELDS.size <= (_SLOT - _S - 1) * 8
+assert _A_FIELDS.size <= (_S - _A - 1) * 8 and _S_FIELDS.size <= (_L - _S - 1) * 8
+assert _L_FIELDS.size <= (_SLOT - _L - 1) * 8
 _D_HEAD = struct.Struct("<qddqqqqq")  # the same without the error: an ``ok`` finish's fields end there
 _pack_d, _pack_d_head, _pack_q = _D_FIELDS.pack_into, _D_HEAD.pack_into, _Q_FIELDS.pack_into
 _time = time.time
@@ -169,6 +172,19 @@ class TaskTable:
     def scheduled(self, task_id: int, due: float) -> None:
         """In the queuing process, for a delayed task: its due time (``time.time()``)."""
         self._write(task_id, _S, _S_FIELDS, due)
+
+    def retriable(self, task_id: int, attempt: int, left: int) -> None:
+        """In the queuing process, for a run that may be retried: which
+        attempt it is and how many runs are left if it fails, so that the
+        supervisor, which settles a run that timed out or was lost, does not
+        record it as the task's end while the queuing process runs it again."""
+        self._write(task_id, _L, _L_FIELDS, attempt, left)
+
+    def retries_of(self, task_id: int) -> tuple[int, int]:
+        """The ``(attempt, runs left)`` :meth:`retriable` wrote for ``task_id``'s
+        latest run; ``(0, 0)`` for a task without retries."""
+        got = self._read(task_id, _L, _L_FIELDS)
+        return (0, 0) if got is None else got
 
     def started(self, task_id: int, worker_id: int, attempt: int) -> None:
         """In the worker, for an async task (which runs on after the worker
@@ -291,7 +307,7 @@ class TaskTable:
     def _newer(self, task_id: int) -> bool:
         """True if a later task took ``task_id``'s slot (it was evicted by count)."""
         base = (task_id % self.capacity) * _SLOT
-        return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C, _A, _S))
+        return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C, _A, _S, _L))
 
     def info(
         self, task_id: int, issued: int, queue_start: int, running: tuple[int, int, float] | None = None

@@ -352,8 +352,8 @@ class _Worker:
 
     def record(self, task: SubmitRecord, status: int, error: TaskError | None, finish: bytes, duration: float) -> None:
         """Put a task's outcome in the pool's record (not a failure that will
-        run again: its queuing process retries it)."""
-        if not (task.left and status in RETRIED):
+        run again: its queuing process, if it still runs, retries it)."""
+        if not (task.left and status in RETRIED and self.pool.channel_claimed(records.channel_of(task.reply))):
             wid = self.worker_id
             self.tasks.finished(task.task_id, status, task.attempt, error, finish, wid, wid, duration)
 

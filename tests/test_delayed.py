@@ -96,6 +96,18 @@ def test_eta_is_an_aware_datetime(pool: TaskServer, tmp_path: Path) -> None:
         pool.task(Task(add, 1, 2), delay=1, eta=eta)
     with pytest.raises(ValueError, match="delay must be a number of seconds >= 0"):
         pool.task(Task(add, 1, 2), delay=-1)
+    with pytest.raises(ValueError, match="delay must be a number of seconds >= 0"):
+        pool.task(Task(add, 1, 2), delay=datetime.timedelta(seconds=-1))
+
+
+def test_delay_takes_a_timedelta_as_every_does(pool: TaskServer) -> None:
+    queued = time.time()
+    task_id = pool.task(Task(add, 1, 2), delay=datetime.timedelta(minutes=10))
+    assert pool.status(task_id).scheduled_for == pytest.approx(queued + 600, abs=0.5)
+    assert pool.cancel(task_id)
+    started = time.monotonic()
+    assert pool.taskwait(Task(add, 2, 3), delay=datetime.timedelta(seconds=0.3), timeout=WAIT) == 5
+    assert time.monotonic() - started >= 0.29
 
 
 def test_taskwait_waits_for_a_delayed_task(pool: TaskServer) -> None:
@@ -296,6 +308,10 @@ def test_decorator_defaults_options_and_apply(pool: TaskServer, tmp_path: Path) 
     assert pool.status(later).state == "scheduled"
     assert pool.result(later, timeout=WAIT) == "slept"
     assert slow(0) == "slept"  # still a plain function
+    with pytest.raises(TypeError, match=r"args must be a tuple or list, got 'ab': write apply\(\('ab',\)\)"):
+        slow.apply("ab")  # would be slow("a", "b")
+    with pytest.raises(TypeError, match="kwargs must be a dict, got"):
+        slow.options(retries=0).apply((0,), [("seconds", 0)])  # type: ignore[arg-type]
 
 
 def test_decorator_refuses_what_is_not_an_option() -> None:
@@ -305,6 +321,23 @@ def test_decorator_refuses_what_is_not_an_option() -> None:
         taskmw.task(bogus=1)
     with pytest.raises(TypeError, match="both timeout= and task_timeout="):
         slow.options(task_timeout=1).options(timeout=1, task_timeout=2)
+
+
+def test_delay_of_a_decorated_function_refuses_options_it_would_pass_on(pool: TaskServer, tmp_path: Path) -> None:
+    """``fn.delay(x, delay=5)`` would pass ``delay`` to ``fn`` (every argument
+    of ``delay()`` goes to it), which fails in the worker: as ``server.task(fn,
+    x, delay=5)`` does, it says at once what to write, with or without defaults."""
+    for fn in (flaky, slow):  # with @taskmw.task(...) defaults, and without
+        name = fn.__qualname__
+        for option in ("delay", "timeout", "retries"):
+            expected = (
+                rf"{name}.delay\(\) got {option}=, .*: {name}.options\({option}=...\).delay\(\*args, \*\*kwargs\)"
+            )
+            with pytest.raises(TypeError, match=expected):
+                fn.delay("x", **{option: 5})
+            with pytest.raises(TypeError, match=expected):
+                fn.options(retries=0).delay("x", **{option: 5})
+    assert pool.result(flaky.options(delay=0.1).delay(str(tmp_path / "a")), timeout=WAIT) == "ok"  # the way
 
 
 def test_eager_runs_a_delayed_task_at_once(tmp_path: Path) -> None:

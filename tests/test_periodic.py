@@ -149,6 +149,9 @@ def test_bad_schedule_settings() -> None:
     with pytest.raises(ValueError, match="taskmw.Periodic, got"):
         Settings(schedule=(record_run,))  # type: ignore[arg-type]
     one = Periodic(record_run, every=5)
+    for not_a_list in ("record_run", one, 5):  # not its first letter, nor "not iterable"
+        with pytest.raises(ValueError, match=r"schedule must be a list of taskmw.Periodic, got "):
+            Settings(schedule=not_a_list)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="two entries named 'test_periodic.record_run'"):
         Settings(schedule=(one, Periodic(record_run, every=7)))
 
@@ -563,3 +566,13 @@ def test_the_worker_table_says_why_a_worker_was_replaced(tmp_path: Path) -> None
     assert stats["workers"][0]["restart_reason"] == "max_tasks"
     text = render_status({"pool": stats, "now": time.time(), "started": time.time(), "app": None, "master_pid": 1})
     assert "RECYCLED" in text and "1 (max_tasks)" in text
+
+
+def test_a_run_the_supervisor_settles_is_logged_by_its_name(tmp_path: Path, supervisor_log: Path) -> None:
+    """A run killed at the pool's time limit gets its finish from the
+    supervisor, which carries no name: the log names the entry still."""
+    entry = Periodic(record_run, every=0.5, args=(str(tmp_path / "runs"), 30), name="stuck")
+    with TaskServer(task_workers=1, entrypoints=False, schedule=[entry], task_timeout=0.3):
+        assert wait_until(lambda: "finished timeout" in supervisor_log.read_text(), timeout=WAIT)
+    line = next(line for line in supervisor_log.read_text().splitlines() if "finished timeout" in line)
+    assert "periodic task stuck (run " in line, line

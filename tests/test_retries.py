@@ -9,12 +9,13 @@ import asyncio
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from helpers import WAIT, Finishes, FinishLog, add
+from helpers import WAIT, Finishes, FinishLog, add, fork_call, reap, wait_until
 
-from taskmw import Task, TaskEvent, TaskServer, hookimpl
+from taskmw import Task, TaskEvent, TaskFailed, TaskServer, hookimpl
 
 pytestmark = pytest.mark.usefixtures("no_process_left")
 
@@ -132,3 +133,59 @@ def test_waiting_for_a_retry_registration_does_not_block_the_event_loop() -> Non
 
         assert asyncio.run(main()) == 2
         assert max(gaps) < 0.5, f"the loop stopped for {max(gaps):.2f}s"
+
+
+def slow_on_first(path: str) -> int:
+    """Sleep past any short time limit the first time it runs; answer at once the second time."""
+    if not os.path.exists(path):
+        Path(path).touch()
+        time.sleep(30)
+    return 7
+
+
+def test_a_timeout_or_lost_run_with_retries_left_is_not_recorded_as_the_tasks_end(tmp_path: Path) -> None:
+    """The supervisor settles a run it killed (``timeout``) or that died
+    (``lost``): with retries left, the record must not say ``done`` while the
+    queuing process runs it again, and ``result()`` waits for the retry."""
+    backoff = 0.5  # the window in which the record said "done timeout"
+    with TaskServer(1, retry_backoff=backoff) as server:
+        timed = server.task(Task(slow_on_first, str(tmp_path / "a")), task_timeout=0.5, retries=1)
+        lost = server.task(Task(die_on_first, str(tmp_path / "b")), retries=1)
+        states = set()
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and not (server.status(timed).status and server.status(lost).status):
+            states.add((server.status(timed).state, server.status(timed).status))
+            time.sleep(0.01)
+        assert ("done", "timeout") not in states
+        assert server.result(timed, timeout=WAIT) == 7
+        assert isinstance(server.result(lost, timeout=WAIT), int)
+        assert (server.status(timed).status, server.status(timed).attempts) == ("ok", 2)
+        assert (server.status(lost).status, server.status(lost).attempts) == ("ok", 2)
+
+
+def test_the_last_run_that_times_out_records_every_attempt(tmp_path: Path) -> None:
+    with TaskServer(1, retry_backoff=0.01) as server:
+        task_id = server.task(Task(time.sleep, 30), task_timeout=0.3, retries=2)
+        with pytest.raises(TaskFailed) as failed:
+            server.result(task_id, timeout=WAIT)
+        assert failed.value.event.status == "timeout"
+        assert (server.status(task_id).status, server.status(task_id).attempts) == ("timeout", 3)
+
+
+def test_a_failed_run_whose_queuing_process_is_gone_is_the_tasks_end(tmp_path: Path) -> None:
+    """Nobody is left to run it again: the supervisor records the timeout,
+    the worker the error."""
+    ids = tmp_path / "id"
+    with TaskServer(1, retry_backoff=0.01) as server:
+
+        def queue_and_exit() -> None:  # like an HTTP worker stopped right after queuing
+            timed = server.task(Task(time.sleep, 30), task_timeout=0.5, retries=2)
+            failed = server.task(Task(fail_until, str(tmp_path / "a"), 100), retries=2)
+            ids.write_text(f"{timed} {failed}")
+            os._exit(0)
+
+        assert reap(fork_call(queue_and_exit)) == 0
+        timed, failed = map(int, ids.read_text().split())
+        for task_id, status in ((timed, "timeout"), (failed, "error")):
+            assert wait_until(lambda: server.status(task_id).state == "done", WAIT), server.status(task_id)
+            assert server.status(task_id).status == status

@@ -111,6 +111,13 @@ def _when(now: float, then: float | None) -> str:
     return f"{time.strftime('%H:%M:%S', time.localtime(then))} ({_ago(now, then)} ago)"
 
 
+def _due(now: float, due: float) -> str:
+    """A delayed task's due time, and how far off it is (or was)."""
+    if due <= now:
+        return _when(now, due)
+    return f"{time.strftime('%H:%M:%S', time.localtime(due))} (in {_ago(due, now)})"
+
+
 def render_task(t: dict[str, Any], now: float) -> str:
     """The text of ``taskmw status TASK_ID`` for a task's record
     (``TaskInfo.as_dict()``)."""
@@ -121,6 +128,7 @@ def render_task(t: dict[str, Any], now: float) -> str:
         f"  worker    {_opt(t.get('worker_id'))}",
         f"  attempts  {_opt(t.get('attempts'))}",
         f"  queued    {_when(now, t.get('queued_at'))}",
+        *([f"  due       {_due(now, t['scheduled_for'])}"] if t.get("scheduled_for") else []),
         f"  started   {_when(now, t.get('started_at'))}",
         f"  finished  {_when(now, t.get('finished_at'))}",
     ]

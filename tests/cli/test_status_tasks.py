@@ -96,5 +96,9 @@ def test_status_lists_tasks_and_shows_one(tmp_path: Path) -> None:
         scheduled = status(pid_file, env)["pool"]["tasks"]["scheduled"]
         assert [(t["task_id"], t["state"]) for t in scheduled] == [(later, "scheduled")]
         assert json.loads(one("--json", str(later)).stdout)["scheduled_for"] > time.time() + 500
+        shown = one(str(later)).stdout  # the one task's text says when it is due
+        assert shown.startswith(f"task {later}  scheduled\n"), shown
+        due = next(line for line in shown.splitlines() if line.startswith("  due "))
+        assert "(in 10m" in due or "(in 9m" in due, shown
         logged = importlib.util.find_spec("taskmw_logging") is not None  # it logs the failed task's traceback
         stop_and_check(server, pid_file, tracebacks=1 if logged else 0)

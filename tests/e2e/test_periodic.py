@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("httpx", reason="the e2e tests need httpx")
 
-from .servers import base_env, gunicorn_argv, running_server  # noqa: E402
+from .servers import base_env, gunicorn_argv, running_server, uvicorn_argv  # noqa: E402
 
 WAIT = 20.0
 
@@ -93,4 +93,30 @@ def test_without_preload_the_http_workers_share_one_schedule(tmp_path: Path) -> 
         assert _until(lambda: len(_runs(tmp_path)) >= 2), server.log_tail()
         assert _until(lambda: len(server.supervisors()) == 1), server.snapshot()
         assert "periodic task(s) run once per HTTP worker" not in server.log_tail(500)
+    assert not server.stop_report.problems(), server.stop_report.problems()
+
+
+def test_uvicorn_workers_share_one_schedule_and_say_so_only_when_they_do_not(tmp_path: Path) -> None:
+    """``uvicorn --workers 2``: the workers share one pool (one supervisor,
+    no warning); with ``share="never"`` each builds its own pool, which
+    runs the schedule too, and says so, as a gunicorn worker does."""
+    argv = lambda port: [*uvicorn_argv("periodic_asgi:app", port), "--workers", "2"]  # noqa: E731
+    with running_server(argv, tmp_path / "shared") as server:
+        assert _until(lambda: len(server.supervisors()) == 1), server.snapshot()
+        assert "built its own task pool" not in server.log_tail(500), server.log_tail()
+    assert not server.stop_report.problems(), server.stop_report.problems()
+    env = {**base_env(tmp_path / "own"), "PERIODIC_SHARE": "never"}
+    with running_server(argv, tmp_path / "own", env=env) as server:
+        assert _until(lambda: server.log_tail(200).count("periodic task(s) run once per HTTP worker") == 2), (
+            server.log_tail()
+        )
+        assert server.log_tail(200).count("uvicorn worker") >= 2, server.log_tail()
+    assert not server.stop_report.problems(), server.stop_report.problems()
+
+
+def test_one_uvicorn_process_does_not_warn(tmp_path: Path) -> None:
+    with running_server(lambda port: uvicorn_argv("periodic_asgi:app", port), tmp_path) as server:
+        with server.client() as c:
+            assert c.get("/").status_code == 200
+        assert "built its own task pool" not in server.log_tail(200), server.log_tail()
     assert not server.stop_report.problems(), server.stop_report.problems()
