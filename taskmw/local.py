@@ -234,6 +234,18 @@ class LocalTransport:
             registered(seq)
         return seq
 
+    def wait_here(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``done()`` reading this process's channel on the calling
+        thread (see :meth:`Channel.wait`), if its reader is a thread and this
+        is not a thread that delivers now (a hook waiting for a task); False if not."""
+        channel = self._channel
+        if channel is None or channel.thread is None or channel.reads_here:
+            return False
+        if channel.thread is threading.current_thread():
+            return False
+        channel.wait(done, timeout)
+        return True
+
     # -- the record of tasks ----------------------------------------------------------
 
     def status(self, task_id: int) -> TaskInfo:
