@@ -94,6 +94,7 @@ class Channel:
         self._reading = False  # a thread other than the reader thread pops (a waiter, or the drain aside)
         self._aside = False  # the reader thread is not asleep in the ring (waiters may read)
         self._reader = 0  # the ident of the thread that holds the reading role (0: none, or the ring's sleeper)
+        self._cut: list[Batch] = []  # batches whose delivery an exception in a waiting thread cut short
 
     @classmethod
     def claim(cls, pool: Pool, deliver: Deliver) -> Channel:
@@ -178,6 +179,7 @@ class Channel:
         ring = self.ring
         while True:
             if self._stopping:  # stop() could not push the marker (a full channel): stop once it is empty
+                self._hand_on_cut()
                 batch = ring.try_pop_many(_BATCH)
                 if not batch.records:
                     return
@@ -208,10 +210,11 @@ class Channel:
                     elif time.monotonic() - last >= _LINGER:
                         self._aside = False  # from now on a waiter kicks the ring's sleeper first
                         return
-                    if self._reading or not len(ring):
+                    if self._reading or not (self._cut or len(ring)):
                         continue
                     self._reading = True
                 try:
+                    self._hand_on_cut()
                     batch = ring.try_pop_many(_BATCH)
                     if batch.records:
                         self._hand_on(batch)
@@ -249,6 +252,9 @@ class Channel:
                             cond.wait(left)  # whoever reads notifies after each batch, and when it stops
                             continue
                         self._reading, self._reader, reading = True, me, True  # held until this wait ends
+                if self._cut:
+                    self._hand_on_cut()
+                    continue
                 batch = ring.pop_many(_BATCH, timeout=left)
                 if batch.records and self._hand_on(batch):
                     ring.try_push(b"", aux=records.READER_STOP)  # the reader thread's stop marker: pass it on
@@ -319,12 +325,28 @@ class Channel:
                 self.deliver(finishes, headers, self.floor)
             except Exception:
                 log.exception("completion channel %d: delivering %d finishes failed", self.index, len(finishes))
+            except BaseException:
+                # KeyboardInterrupt, SystemExit raised in a waiting (main) thread between two hooks:
+                # the batch is delivered again by the next reader (the delivery drops the seqs it had).
+                self._cut.append(Batch(batch.first_seq, finishes, headers))
+                raise
             finally:
                 self._delivering = False
             if self._waiting > (self._reader == threading.get_ident()):  # another waiter's may be among them
                 with self._cond:
                     self._cond.notify_all()
         return stop
+
+    def _hand_on_cut(self) -> None:
+        """With the reading role: deliver again the batches a waiting thread's
+        delivery was cut short in (see :meth:`_hand_on`)."""
+        while self._cut:
+            self._hand_on(self._cut.pop(0))
+
+    @property
+    def unread(self) -> int:
+        """Finish records not delivered yet: in the ring, or in a delivery cut short."""
+        return self.ring.stats().records + sum(len(b.records) for b in self._cut)
 
     def stop(self) -> None:
         """Stop the reader and give the channel up."""

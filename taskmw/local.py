@@ -352,7 +352,7 @@ class LocalTransport:
     def pending(self) -> int:
         """Finish records in this process's channel not read yet."""
         channel = self._channel
-        return 0 if channel is None else channel.ring.stats().records
+        return 0 if channel is None else channel.unread
 
     @property
     def reader_loop(self) -> Any:
