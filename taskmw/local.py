@@ -30,6 +30,7 @@ from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
 from taskmw.records import FinishRecord
+from taskmw.ring import RingFull
 from taskmw.settings import Settings
 from taskmw.tasktable import TaskTable
 
@@ -73,6 +74,11 @@ class LocalTransport:
             raise TypeError(f"the local pool got unexpected settings: {', '.join(sorted(options))}")
         self.pool = Pool(settings)
         schedule.pool_built()
+        pool = self.pool
+        self._push = pool.submit.push  # the hot path of send(), bound once
+        self._push_below = pool.spill_at  # a larger task goes to a spill file (Pool.push_task)
+        self._queue_timeout = settings.queue_timeout
+        self._queued = pool.tasks.queued
         self._server = server
         self._deliver: Deliver | None = None
         self._channel: Channel | None = None
@@ -215,16 +221,39 @@ class LocalTransport:
     def send(self, record: bytes, header: int, registered: Registered | None = None, name: bytes | None = None) -> int:
         """Queue one task in the pool; returns its seq (recorded as queued, under ``name``, if given)."""
         channel = self._channel
+        if channel is None or channel.loop is not None:
+            channel = self._channel_here()
+        pool = self.pool
+        if pool.page[0]:
+            pool.check_open()
+        if header & records.DELAYED or registered is not None or len(record) > self._push_below:
+            return self._send_slow(channel, record, header, registered, name)
+        try:  # Pool.push_task's fast path, inlined: this is every task() call's
+            seq = self._push(record, aux=header | channel.header, timeout=self._queue_timeout)
+        except RingFull:
+            pool.raise_full()
+        if name is not None:
+            self._queued(seq, name)
+        return seq
+
+    def _channel_here(self) -> Channel:
+        """This process's channel, claimed if not yet; read here first when
+        its reader is this thread's event loop (or moved to a thread if that loop closed)."""
+        channel = self._channel
         if channel is None:
-            channel = self._claim()
-        elif channel.loop is not None:
+            return self._claim()
+        if channel.loop is not None:
             if channel.loop.is_closed():
                 channel.move_to_thread()
             elif len(channel.ring) and _running_loop() is channel.loop:
                 channel.read_here()  # finishes waiting for this loop: no wake-up needed
+        return channel
+
+    def _send_slow(
+        self, channel: Channel, record: bytes, header: int, registered: Registered | None, name: bytes | None
+    ) -> int:
+        """:meth:`send` of a delayed task, a spilled one, or one whose seq is registered first."""
         pool = self.pool
-        if pool.page[0]:
-            pool.check_open()
         seq = pool.push_task(record, header | channel.header)
         if name is not None:
             pool.tasks.queued(seq, name)
