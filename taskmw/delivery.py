@@ -3,7 +3,8 @@
 exactly once, in the process that queued it.
 
 Every backend hands this process's finish records to :meth:`Delivery.deliver`
-(the local pool from its channel reader, a thread or the event loop; Celery
+(the local pool from its channel reader, a thread or the event loop, or
+from a thread waiting in ``taskwait`` that reads the channel itself; Celery
 from its listener thread; the eager backend inline). Here a record is
 decoded, dropped if it belongs to an earlier owner of the channel or is a
 second finish of the same seq (a worker that died after sending it), passed

@@ -84,6 +84,12 @@ class Transport(Protocol):
     wait for delayed tasks. A delayed task's submit record carries its due
     time in its options (:func:`taskmw.records.options_of`), and its finish
     header :data:`taskmw.records.DELAYED`.
+
+    Optional: a ``wait_here(done, timeout)`` method, for a backend whose
+    waiting thread can read the finishes itself: it waits up to ``timeout``
+    seconds (``None``: no limit) until ``done()``, delivering what comes on
+    the calling thread, and returns True; False if it cannot here (the
+    caller then waits for the delivery on another thread).
     """
 
     @property

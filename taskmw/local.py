@@ -35,6 +35,7 @@ from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
 from taskmw.records import FinishRecord
+from taskmw.ring import RingFull
 from taskmw.settings import Settings
 from taskmw.tasktable import TaskTable
 
@@ -103,6 +104,11 @@ class LocalTransport:
                     got.close()
                 raise
         schedule.pool_built()
+        pool = self.pool
+        self._push = pool.submit.push  # the hot path of send(), bound once
+        self._push_below = pool.spill_at  # a larger task goes to a spill file (Pool.push_task)
+        self._queue_timeout = settings.queue_timeout
+        self._queued = pool.tasks.queued
         self._server = server
         self._deliver: Deliver | None = None
         self._channel: Channel | None = None
@@ -269,18 +275,46 @@ class LocalTransport:
     def send(self, record: bytes, header: int, registered: Registered | None = None, name: bytes | None = None) -> int:
         """Queue one task in the pool; returns its seq (recorded as queued, under ``name``, if given)."""
         channel = self._channel
+        if channel is None or channel.loop is not None:
+            channel = self._channel_here()
+        pool = self.pool
+        if pool.page[0] or self._lost is not None:
+            self._check_open()
+        if header & records.DELAYED or registered is not None or len(record) > self._push_below:
+            return self._send_slow(channel, record, header, registered, name)
+        try:  # Pool.push_task's fast path, inlined: this is every task() call's
+            seq = self._push(record, aux=header | channel.header, timeout=self._queue_timeout)
+        except RingFull:
+            pool.raise_full()
+        if name is not None:
+            self._queued(seq, name)
+        return seq
+
+    def _check_open(self) -> None:
+        """Raise :class:`PoolClosed` if the pool is not taking tasks (read
+        from the state page) or this joined pool lost its supervisor."""
+        self.pool.check_open()
+        if self._lost is not None:
+            raise PoolClosed(self._lost)
+
+    def _channel_here(self) -> Channel:
+        """This process's channel, claimed if not yet; read here first when
+        its reader is this thread's event loop (or moved to a thread if that loop closed)."""
+        channel = self._channel
         if channel is None:
-            channel = self._claim()
-        elif channel.loop is not None:
+            return self._claim()
+        if channel.loop is not None:
             if channel.loop.is_closed():
                 channel.move_to_thread()
             elif len(channel.ring) and _running_loop() is channel.loop:
                 channel.read_here()  # finishes waiting for this loop: no wake-up needed
+        return channel
+
+    def _send_slow(
+        self, channel: Channel, record: bytes, header: int, registered: Registered | None, name: bytes | None
+    ) -> int:
+        """:meth:`send` of a delayed task, a spilled one, or one whose seq is registered first."""
         pool = self.pool
-        if pool.page[0]:
-            pool.check_open()
-        if self._lost is not None:
-            raise PoolClosed(self._lost)
         seq = pool.push_task(record, header | channel.header)
         if name is not None:
             pool.tasks.queued(seq, name)
@@ -293,6 +327,18 @@ class LocalTransport:
         if registered is not None:
             registered(seq)
         return seq
+
+    def wait_here(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``done()`` reading this process's channel on the calling
+        thread (see :meth:`Channel.wait`), if its reader is a thread and this
+        is not a thread that delivers now (a hook waiting for a task); False if not."""
+        channel = self._channel
+        if channel is None or channel.thread is None or channel.reads_here:
+            return False
+        if channel.thread is threading.current_thread():
+            return False
+        channel.wait(done, timeout)
+        return True
 
     # -- the record of tasks ----------------------------------------------------------
 
@@ -400,7 +446,7 @@ class LocalTransport:
     def pending(self) -> int:
         """Finish records in this process's channel not read yet."""
         channel = self._channel
-        return 0 if channel is None else channel.ring.stats().records
+        return 0 if channel is None else channel.unread
 
     @property
     def reader_loop(self) -> Any:

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from taskmw import _proc, records
 from taskmw._shm import shared_map
@@ -228,12 +228,21 @@ class Pool:
             if records.is_spilled(header):
                 records.discard(record)
                 self.release_spill(size)
-            if not _proc.alive(self.supervisor_pid):
-                raise PoolClosed(f"the pool's supervisor (pid {self.supervisor_pid}) is gone") from None
-            raise QueueFull(
-                f"the task queue stayed full for queue_timeout={self.settings.queue_timeout}s "
-                f"({self.submit.stats().records} tasks waiting): the task was not queued"
-            ) from None
+            self.raise_full()
+
+    def raise_full(self) -> NoReturn:
+        """A push into the task queue timed out: say why.
+
+        Raises:
+            PoolClosed: the supervisor is gone.
+            QueueFull: else.
+        """
+        if not _proc.alive(self.supervisor_pid):
+            raise PoolClosed(f"the pool's supervisor (pid {self.supervisor_pid}) is gone") from None
+        raise QueueFull(
+            f"the task queue stayed full for queue_timeout={self.settings.queue_timeout}s "
+            f"({self.submit.stats().records} tasks waiting): the task was not queued"
+        ) from None
 
     # -- spilled tasks -----------------------------------------------------------------
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import functools
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -200,6 +200,7 @@ class TaskServer:
         """The backend's transport (see :class:`taskmw.interfaces.Transport`)."""
         self._send = self.transport.send
         self._no_retries = not self.settings.retries
+        self._wait_here = getattr(self.transport, "wait_here", None)  # see taskmw.interfaces.Transport
         self._new_delivery()
         _live.add(self)
         _set_default(self)
@@ -437,29 +438,40 @@ class TaskServer:
         loop = self.transport.reader_loop
         if loop is not None and running_loop() is loop:
             raise RuntimeError("taskwait() would block the event loop that delivers finishes: await task_async()")
-        futs: dict[int, concurrent.futures.Future[TaskFinishEvent]] = {}
+        got: dict[int, TaskFinishEvent] = {}
+        arrived = threading.Event()
+
+        def waiter(task_id: int) -> Callable[[TaskFinishEvent], None]:
+            def put(event: TaskFinishEvent) -> None:
+                got[task_id] = event
+                arrived.set()
+
+            return put
+
         with delivery.lock:
             for task_id in ids:
-                fut: concurrent.futures.Future[TaskFinishEvent] = concurrent.futures.Future()
-                early = delivery.expect(task_id, fut.set_result)
+                early = delivery.expect(task_id, waiter(task_id))
                 if early is not None:
-                    fut.set_result(early)
-                futs[task_id] = fut
-        if len(futs) == 1:
-            try:
-                next(iter(futs.values())).result(timeout)
-            except concurrent.futures.TimeoutError:
-                pass
-        else:
-            concurrent.futures.wait(futs.values(), timeout=timeout)
+                    got[task_id] = early
+        count = len(ids)
+        wait_here = self._wait_here
+        # Where it can, this thread reads the finishes itself: one wake-up (see Channel.wait).
+        if len(got) < count and (wait_here is None or not wait_here(lambda: len(got) >= count, timeout)):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                arrived.clear()
+                if len(got) >= count:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not arrived.wait(left):
+                    break
         out: list[TaskFinishEvent | None] = []
         with delivery.lock:
-            for task_id, fut in futs.items():
-                if fut.done():
-                    out.append(fut.result())
-                else:
+            for task_id in ids:
+                event = got.get(task_id)
+                if event is None:
                     delivery.abandon(task_id)
-                    out.append(None)
+                out.append(event)
         return out
 
     # -- lifetime ------------------------------------------------------------------

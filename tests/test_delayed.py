@@ -75,7 +75,7 @@ def test_delay_runs_at_its_due_time_and_is_scheduled_until_then(pool: TaskServer
     assert info.state == "scheduled" and info.scheduled_for == pytest.approx(queued + 1.0, abs=0.05)
     assert info.name.endswith("stamp")
     assert [i.task_id for i in pool.tasks()["scheduled"]] == [task_id]
-    assert wait_until(lambda: out.exists(), WAIT)
+    assert wait_until(lambda: runs(out), WAIT)  # not exists(): the file is there before its line
     (ran,) = runs(out)
     assert info.scheduled_for - 0.005 <= ran <= info.scheduled_for + LATE
     assert pool.result(task_id, timeout=WAIT) == ran
