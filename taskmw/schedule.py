@@ -237,6 +237,7 @@ def periodic(
 
     Raises:
         ValueError: as :class:`Periodic`.
+        TypeError: what it decorates is not a Python function (a builtin).
     """
 
     _when(name or "(decorated)", every, cron, tz, overlap)  # a bad value raises here, where it is written
@@ -249,8 +250,14 @@ def periodic(
                 "run it (import it before building the pool, or give schedule=)",
                 entry.name,
             )
+        try:
+            fn.periodic = entry  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):  # a builtin, a method: nothing to decorate
+            raise TypeError(
+                f"@taskmw.periodic decorates a module-level Python function, got {fn!r}: "
+                f"give it as schedule=[taskmw.Periodic({getattr(fn, '__name__', 'fn')}, ...)] instead"
+            ) from None
         _registry[entry.name] = entry  # decorated again (a module imported twice): the last one
-        fn.periodic = entry  # type: ignore[attr-defined]
         return fn
 
     return register

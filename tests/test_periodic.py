@@ -108,6 +108,12 @@ def test_bad_periodic_entries_raise_valueerror_naming_the_value(kwargs: dict, na
 def test_periodic_decorator_checks_too() -> None:
     with pytest.raises(ValueError, match="'Nowhere/Town'"):
         taskmw.periodic(cron="0 3 * * *", tz="Nowhere/Town")
+    before = taskmw.periodic_tasks()
+    with pytest.raises(
+        TypeError, match=r"module-level Python function, got <built-in function print>.*Periodic\(print"
+    ):
+        taskmw.periodic(every=5)(print)
+    assert taskmw.periodic_tasks() == before  # nothing half-registered
 
 
 @pytest.mark.parametrize(
