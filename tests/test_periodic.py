@@ -542,6 +542,14 @@ def test_a_worker_over_max_worker_memory_is_replaced_after_its_task(supervisor_l
     assert f"is over max_worker_memory={float(limit[:-2]):.1f} MiB: recycling" in supervisor_log.read_text()
 
 
+def test_a_limit_below_a_fresh_workers_memory_does_not_recycle_after_every_task(supervisor_log: Path) -> None:
+    with TaskServer(task_workers=1, entrypoints=False, max_worker_memory="1MB") as server:
+        first = server.taskwait(leak, 0, timeout=WAIT)
+        assert [server.taskwait(leak, 0, timeout=WAIT) for _ in range(5)] == [first] * 5  # the same worker
+        assert server.stats()["workers"][0]["recycled"] == 0
+    assert supervisor_log.read_text().count("at start is already over max_worker_memory=1.0 MiB") == 1
+
+
 async def sleep_async(seconds: float) -> str:
     import asyncio
 
