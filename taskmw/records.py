@@ -190,7 +190,9 @@ def task_id_of(seq: int, first_id: int) -> int:
     return first_id or seq
 
 
-def encode_task(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, Kind, dict[str, Any]]:
+def encode_task(
+    obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any], call: str = "task"
+) -> tuple[bytes, Kind, dict[str, Any]]:
     """``(payload, kind, options)`` of what ``task()`` was given: a callable
     and its arguments, a :class:`~taskmw.Task` or :class:`~taskmw.ServiceTask`
     (``kwargs`` are then the per-task options, see :func:`task_options`), or
@@ -207,7 +209,7 @@ def encode_task(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     if isinstance(obj, ServiceTask) or not callable(obj) or isinstance(obj, type):
         return _codec.encode_data(obj), Kind.DATA, task_options(obj, args, kwargs)
     if kwargs:
-        check_not_options(obj, kwargs)
+        check_not_options(obj, kwargs, call=call)
     defaults = getattr(obj, OPTIONS_ATTR, None)
     return _codec.encode_call(obj, args, kwargs), Kind.CALL, task_options(Task(obj), (), defaults) if defaults else {}
 

@@ -307,7 +307,7 @@ class TaskServer:
             RuntimeError: called on the event loop that delivers finishes
                 (use ``await task_async(...)`` there).
         """
-        event = self._wait_ids([self._queue_waited(fn_or_data, args, kwargs)], timeout)[0]
+        event = self._wait_ids([self._queue_waited(fn_or_data, args, kwargs, "taskwait")], timeout)[0]
         if event is None:
             raise TimeoutError(f"task did not finish within {timeout}s")
         if not event.ok:
@@ -325,7 +325,7 @@ class TaskServer:
         Returns their finish events in order; ``None`` for any that had not
         finished in time (like Swoole's ``taskWaitMulti``).
         """
-        ids = [self._queue_waited(_as_task(t) if options else t, (), options) for t in tasks]
+        ids = [self._queue_waited(_as_task(t) if options else t, (), options, "taskwait_multi") for t in tasks]
         return self._wait_ids(ids, timeout)
 
     async def task_async(self, fn_or_data: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -336,7 +336,7 @@ class TaskServer:
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[TaskFinishEvent] = loop.create_future()
-        task_id = self._queue_waited(fn_or_data, args, kwargs)
+        task_id = self._queue_waited(fn_or_data, args, kwargs, "task_async")
         delivery = self._delivery
 
         if self.transport.reader_loop is loop:
@@ -360,8 +360,8 @@ class TaskServer:
             raise TaskFailed(event)
         return event.return_value
 
-    def _queue_waited(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-        payload, kind, options = encode_task(obj, args, kwargs)
+    def _queue_waited(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any], call: str) -> int:
+        payload, kind, options = encode_task(obj, args, kwargs, call)
         return self._queue(payload, records.submit_header(kind, want=True), task_name_field(obj), **options)
 
     # -- any task, from any process ---------------------------------------------------

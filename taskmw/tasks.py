@@ -250,12 +250,16 @@ class TaskFunction(Protocol[P, R_co]):
 _RESERVED = frozenset(OPTION_NAMES) | {"timeout"}
 
 
-def check_not_options(fn: Callable[..., Any], kwargs: dict[str, Any], decorated: bool = False) -> None:
+def check_not_options(
+    fn: Callable[..., Any], kwargs: dict[str, Any], decorated: bool = False, call: str = "task"
+) -> None:
     """Refuse keyword arguments of a plain callable that name a per-task
     option (or ``timeout``) while ``fn`` has no such parameter: they were
     meant as options, which go with a :class:`~taskmw.Task` (or, for
     ``fn.delay()`` of a ``@taskmw.task`` function, ``decorated``, with
-    ``fn.options()``). Costs a signature look-up only when such a name is there.
+    ``fn.options()``); ``call`` is the server's method it was given to
+    (``task``, ``taskwait``, ``task_async``), named in the message. Costs a
+    signature look-up only when such a name is there.
 
     Raises:
         TypeError: naming the keyword and what to write instead.
@@ -280,9 +284,9 @@ def check_not_options(fn: Callable[..., Any], kwargs: dict[str, Any], decorated:
             )
         opts = ", ".join(f"{'task_timeout' if k == 'timeout' else k}=..." for k in unknown)
         raise TypeError(
-            f"task() got {', '.join(k + '=' for k in unknown)} for {name}, which has no such parameter: "
+            f"{call}() got {', '.join(k + '=' for k in unknown)} for {name}, which has no such parameter: "
             f"a plain callable's keyword arguments all go to it; per-task options go with a Task: "
-            f"server.task(Task({name}, *args, **kwargs), {opts})"
+            f"server.{call}(Task({name}, *args, **kwargs), {opts})"
         )
 
 

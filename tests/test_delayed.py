@@ -268,7 +268,10 @@ def test_a_delayed_task_with_retries(pool: TaskServer, tmp_path: Path) -> None:
 def test_option_names_never_reach_a_plain_callable_that_lacks_them(pool: TaskServer) -> None:
     with pytest.raises(TypeError, match=r"got timeout= for add.*Task\(add, \*args, \*\*kwargs\), task_timeout="):
         pool.task(add, 1, 2, timeout=10)
-    with pytest.raises(TypeError, match=r"got delay= for add"):
+    with pytest.raises(
+        TypeError,
+        match=r"^taskwait\(\) got delay= for add.*server.taskwait\(Task\(add, \*args, \*\*kwargs\), delay=\.\.\.\)",
+    ):
         pool.taskwait(add, 1, 2, delay=5, timeout=WAIT)
     assert pool.taskwait(takes_timeout, 1, timeout=WAIT) == 1  # taskwait's timeout= is the wait
     assert pool.result(pool.task(takes_timeout, 1, timeout=2.5), timeout=WAIT) == 3.5  # its own parameter
