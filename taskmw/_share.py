@@ -52,6 +52,11 @@ _auto_pools = itertools.count()
 same app, so their n-th pools are the same pool."""
 
 
+MEMBERLESS_GRACE = 5.0
+"""Seconds the pool of an app server's workers waits, with no member left
+while the master runs, for a worker to join before it stops (see :meth:`Host.may_stop`)."""
+
+
 class Group(NamedTuple):
     """Processes that share one pool."""
 
@@ -151,6 +156,8 @@ class Host:
         """The builder's membership (it keeps this end; the supervisor the other)."""
         self.members: list[socket.socket] = [theirs]
         """In the supervisor: one connection per member."""
+        self.memberless_since: float | None = None
+        """``time.monotonic()`` since when no member is left (``None``: some are)."""
 
     @classmethod
     def bind(cls, group: Group) -> Host | None:
@@ -201,6 +208,8 @@ class Host:
                 log.debug("a member of the shared pool left")
                 self.members.remove(conn)
                 conn.close()
+        if self.members:
+            self.memberless_since = None
         return len(self.members)
 
     def _welcome(self, conn: socket.socket, files: PoolFiles, settings: Settings, pool_id: int, sup: int) -> None:
@@ -233,6 +242,28 @@ class Host:
             conn.close()
             return
         self.members.append(conn)
+
+    def may_stop(self) -> bool:
+        """With no member left: True if the pool should stop now. For a named
+        group, at once. For the automatic group of an app server's workers,
+        once its master is gone, or after :data:`MEMBERLESS_GRACE` seconds
+        without a member while it runs: its workers come and go, and one
+        that dies before its siblings have joined (at boot, or in a recycle)
+        must not stop the pool they are about to join. (The grace, not only
+        the master's exit: a master that waits for its workers through a pipe
+        they inherited, as multiprocessing's join does for uvicorn's, waits
+        for this supervisor too.)"""
+        master = self.group.master
+        if master is None:
+            return True
+        now = time.monotonic()
+        if self.memberless_since is None:
+            self.memberless_since = now
+        try:
+            alive = psutil.Process(master).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:  # gone
+            alive = False
+        return not alive or now - self.memberless_since >= MEMBERLESS_GRACE
 
     def stop_listening(self) -> None:
         """The pool stops: a sibling that comes now builds a fresh one."""

@@ -257,7 +257,7 @@ class _Supervisor:
             elif self.host is None and os.getppid() != self.owner:
                 log.warning("the process that built the pool (pid %d) is gone: stopping the pool", self.owner)
                 self.stopping = True
-            elif self.host is not None and not self.serve():
+            elif self.host is not None and not self.serve() and self.host.may_stop():
                 log.info("every process of the shared pool has left: stopping the pool")
                 self.stopping = True
             self.enforce_time_limits()

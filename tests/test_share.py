@@ -24,6 +24,8 @@ from helpers import WAIT, local_pool, wait_until
 
 from taskmw import Periodic, TaskServer
 from taskmw._share import Group, Refused, join
+from taskmw.pool import PoolFiles
+from taskmw.settings import Settings
 
 pytestmark = [pytest.mark.usefixtures("no_process_left"), pytest.mark.timeout(120)]
 
@@ -306,3 +308,40 @@ def test_a_delayed_task_queued_by_a_joined_process_runs_when_due() -> None:
         info = server.status(int(task_id))
         assert (info.state, info.status) == ("done", "ok")
         assert int(ran_in) == server.stats()["workers"][0]["pid"]
+
+
+def test_the_pool_of_an_app_servers_workers_waits_for_them_while_the_master_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that dies before its siblings have joined (at boot, or in a
+    recycle) must not stop the pool they are about to join: with no member
+    left, an automatic group's pool stops once its master is gone, or after
+    the grace while the master runs; a named group's at once."""
+    from taskmw import _share
+
+    master = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        group = Group(f"test-{uuid.uuid4().hex[:8]}", master.pid)
+        host = _share.Host.bind(group)
+        assert host is not None
+        try:
+            host.adopt()  # as the supervisor: the builder's end closes, as when the builder (the only member) died
+            files = PoolFiles([], "", "", 0, os.getpid())
+            assert host.serve(files, Settings(), 0, os.getpid()) == 0
+            assert not host.may_stop()  # the master runs: its other workers may still join
+            monkeypatch.setattr(_share, "MEMBERLESS_GRACE", 0.2)
+            assert wait_until(host.may_stop, timeout=WAIT)  # nobody came within the grace
+            host.memberless_since = None
+            monkeypatch.setattr(_share, "MEMBERLESS_GRACE", 3600.0)
+            assert not host.may_stop()
+            master.kill()
+            master.wait(timeout=WAIT)
+            assert host.may_stop()  # the master is gone: so are its workers
+        finally:
+            host.close()
+        named = _share.Host.bind(Group(f"test-{uuid.uuid4().hex[:8]}", None))
+        assert named is not None and named.may_stop()
+        named.close()
+    finally:
+        master.kill()
+        master.wait(timeout=WAIT)
