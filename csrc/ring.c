@@ -402,17 +402,37 @@ int tmw_ring_wake(tmw_ring *r) {
 
 /* ---- life cycle -------------------------------------------------------- */
 
+/* The memfd's layout: the shared header, nslots slots of stride bytes
+ * (64-byte aligned), padding to a page, then the data area of capacity
+ * bytes at *data_off. Returns the memfd's whole size. */
+static size_t ring_layout(uint64_t capacity, uint32_t nslots, uint32_t max_held, size_t *stride,
+                          size_t *data_off) {
+    *stride = (sizeof(slot_hdr) + (size_t)max_held * sizeof(tmw_held) + 63) & ~(size_t)63;
+    *data_off = (HDR_SIZE + *stride * nslots + 4095) & ~(size_t)4095;
+    return *data_off + capacity;
+}
+
+/* This process's view of a mapped ring (the same for its creator and for a
+ * process that opened it from the fds). */
+static void ring_map(tmw_ring *r, size_t size, size_t stride, size_t data_off, uint64_t capacity,
+                     uint32_t nslots, uint32_t max_held, uint64_t spin_ns) {
+    r->region_size = size;
+    r->h = (shared_hdr *)r->base;
+    r->data = r->base + data_off;
+    r->slot_stride = stride;
+    r->capacity = capacity;
+    r->nslots = nslots;
+    r->max_held = max_held;
+    r->spin_ns = spin_ns;
+}
+
 int tmw_ring_create(uint64_t capacity, uint32_t nslots, uint32_t max_held, uint64_t spin_ns,
                     tmw_ring **out) {
     if (!out || nslots < 1 || max_held < 1 || capacity < 64 || capacity > (1ULL << 40))
         return TMW_EINVAL;
     capacity = (capacity + 15) & ~(uint64_t)15;
-    size_t stride = sizeof(slot_hdr) + (size_t)max_held * sizeof(tmw_held);
-    stride = (stride + 63) & ~(size_t)63;
-    size_t size = HDR_SIZE + stride * nslots;
-    size = (size + 4095) & ~(size_t)4095;
-    size_t data_off = size;
-    size += capacity;
+    size_t stride, data_off;
+    size_t size = ring_layout(capacity, nslots, max_held, &stride, &data_off);
 
     tmw_ring *r = calloc(1, sizeof *r);
     if (!r) return TMW_ESYS;
@@ -426,14 +446,7 @@ int tmw_ring_create(uint64_t capacity, uint32_t nslots, uint32_t max_held, uint6
     }
     r->efd_data = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (r->efd_data < 0) goto fail;
-    r->region_size = size;
-    r->h = (shared_hdr *)r->base;
-    r->data = r->base + data_off;
-    r->slot_stride = stride;
-    r->capacity = capacity;
-    r->nslots = nslots;
-    r->max_held = max_held;
-    r->spin_ns = spin_ns;
+    ring_map(r, size, stride, data_off, capacity, nslots, max_held, spin_ns);
 
     shared_hdr *h = r->h;
     pthread_mutexattr_t a;
@@ -471,12 +484,8 @@ int tmw_ring_open(int memfd, int efd_data, uint64_t spin_ns, tmw_ring **out) {
     if (magic != MAGIC || nslots < 1 || max_held < 1 || capacity < 64 || capacity > (1ULL << 40) ||
         (capacity & 15))
         return TMW_ECORRUPT;
-    size_t stride = sizeof(slot_hdr) + (size_t)max_held * sizeof(tmw_held);
-    stride = (stride + 63) & ~(size_t)63;
-    size_t size = HDR_SIZE + stride * nslots;
-    size = (size + 4095) & ~(size_t)4095;
-    size_t data_off = size;
-    size += capacity;
+    size_t stride, data_off;
+    size_t size = ring_layout(capacity, nslots, max_held, &stride, &data_off);
     if ((uint64_t)st.st_size != size) return TMW_ECORRUPT;
     tmw_ring *r = calloc(1, sizeof *r);
     if (!r) return TMW_ESYS;
@@ -487,14 +496,7 @@ int tmw_ring_open(int memfd, int efd_data, uint64_t spin_ns, tmw_ring **out) {
     }
     r->memfd = memfd;
     r->efd_data = efd_data;
-    r->region_size = size;
-    r->h = (shared_hdr *)r->base;
-    r->data = r->base + data_off;
-    r->slot_stride = stride;
-    r->capacity = capacity;
-    r->nslots = nslots;
-    r->max_held = max_held;
-    r->spin_ns = spin_ns;
+    ring_map(r, size, stride, data_off, capacity, nslots, max_held, spin_ns);
     *out = r;
     return TMW_OK;
 }
