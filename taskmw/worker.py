@@ -135,12 +135,12 @@ class _Worker:
     def run(self) -> int:
         hook_args = {"worker_id": self.worker_id, "server": self.server}
         call_each(self.server.hook.on_worker_start, hook_args)
-        if self.max_memory is not None and (_proc.rss_bytes(os.getpid()) or 0) > self.max_memory:
-            self.max_memory = None  # a fresh worker would be over it too: replacing it after every task helps nobody
+        fresh = 0 if self.max_memory is None else _proc.rss_bytes(os.getpid()) or 0
+        if self.max_memory is not None and fresh > self.max_memory:
             log.error("task worker %d: resident memory %.1f MiB at start is already over max_worker_memory=%.1f MiB: "
                       "not recycled for memory (give max_worker_memory above a fresh worker's size)",
-                      self.worker_id, (_proc.rss_bytes(os.getpid()) or 0) / (1 << 20),
-                      (self.pool.settings.max_worker_memory or 0) / (1 << 20))  # fmt: skip
+                      self.worker_id, fresh / (1 << 20), self.max_memory / (1 << 20))  # fmt: skip
+            self.max_memory = None  # a fresh worker would be over it too: replacing it after every task helps nobody
         try:
             self.loop()
         finally:
