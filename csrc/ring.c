@@ -77,7 +77,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAGIC 0x31474e49524d5754ULL /* "TWMRING1" */
+#define MAGIC 0x32474e49524d5754ULL /* "TWMRING2" */
 #define HDR_SIZE 4096
 #define REC_HDR 16
 #define SLICE_NS 100000000ULL /* longest single sleep: 100 ms */
@@ -133,6 +133,7 @@ typedef struct {
     uint32_t space_futex;
     uint32_t arm_waiters;    /* event-loop consumers armed on the data eventfd */
     uint32_t arm_signalled;  /* the data eventfd was written and not drained yet */
+    uint32_t lingerer;       /* 1 while a consumer lingers in pop (at most one does; see linger) */
     /* Counters (relaxed). */
     uint64_t wakeups __attribute__((aligned(64)));
     uint64_t push_waits;
@@ -147,7 +148,8 @@ typedef struct {
     uint32_t sleeping_data;  /* this slot's share of data_waiters */
     uint32_t sleeping_space; /* this slot's share of space_waiters */
     uint32_t armed;          /* tmw_ring_arm calls not yet matched by a disarm (its share of arm_waiters) */
-    uint32_t _pad[3];
+    uint32_t lingering;      /* 1 while a thread of this slot is the ring's lingerer */
+    uint32_t _pad[2];
     tmw_held held[];       /* max_held entries */
 } slot_hdr;
 
@@ -265,14 +267,15 @@ typedef struct {
     uint32_t *waiters;   /* sleepers now, in every process */
     uint32_t *signalled; /* a wake-up is on its way and no sleeper has taken it yet */
     uint32_t *futex;     /* bumped by each wake-up, waited on by the sleepers */
+    uint32_t *lingerer;  /* data side: the lingering consumer, also asleep on futex (NULL: none) */
 } sleepers;
 
 static sleepers data_side(tmw_ring *r) {
-    return (sleepers){&r->h->data_waiters, &r->h->data_signalled, &r->h->data_futex};
+    return (sleepers){&r->h->data_waiters, &r->h->data_signalled, &r->h->data_futex, &r->h->lingerer};
 }
 
 static sleepers space_side(tmw_ring *r) {
-    return (sleepers){&r->h->space_waiters, &r->h->space_signalled, &r->h->space_futex};
+    return (sleepers){&r->h->space_waiters, &r->h->space_signalled, &r->h->space_futex, NULL};
 }
 
 static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *ts) {
@@ -284,7 +287,7 @@ static void wake(tmw_ring *r, sleepers q) {
     /* Order the commit's stores before the waiter check (Dekker with the
      * waiter's increment-then-recheck in wait_for). */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (LOAD(q.waiters) == 0) return;
+    if (LOAD(q.waiters) == 0 && (q.lingerer == NULL || LOAD(q.lingerer) == 0)) return;
     if (__atomic_exchange_n(q.signalled, 1, __ATOMIC_SEQ_CST) != 0) return;
     /* Bump the word first: a sleeper that read the old value and has not
      * reached FUTEX_WAIT yet then returns at once instead of sleeping. */
@@ -316,6 +319,19 @@ static void wake_armed(tmw_ring *r) {
 static void wake_consumers(tmw_ring *r) {
     wake(r, data_side(r));
     wake_armed(r);
+}
+
+/* Records arrived by a TMW_WAKE_SOON push: as wake_consumers, unless a
+ * consumer lingers, which will find them when its linger ends (Dekker
+ * again: the commit, a full fence, then this load; the lingerer clears its
+ * flag, then re-checks the ring). */
+static void wake_soon(tmw_ring *r) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (LOAD(&r->h->lingerer)) {
+        wake_armed(r);
+        return;
+    }
+    wake_consumers(r);
 }
 
 /* Wait until ready(r, arg) or the deadline. Spin first, then sleep on the
@@ -360,6 +376,35 @@ static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t ar
 }
 
 static int data_ready(tmw_ring *r, uint64_t unused) { return ring_nonempty(r); }
+
+/* Linger: sleep up to ns (not past the deadline) on the data futex as the
+ * ring's one lingering consumer. TMW_WAKE_SOON pushes do not wake a
+ * lingerer (it looks at the ring when its linger ends); every other wake-up
+ * of the data side does. Returns TMW_EAGAIN at once if another consumer
+ * lingers already (the caller sleeps as usual), else TMW_OK or TMW_EINTR
+ * when the linger is over, whatever it found (the caller re-checks). */
+static int linger(tmw_ring *r, slot_hdr *s, uint64_t ns, uint64_t deadline) {
+    uint32_t none = 0;
+    if (!__atomic_compare_exchange_n(&r->h->lingerer, &none, 1, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST))
+        return TMW_EAGAIN;
+    STORE(&s->lingering, 1); /* reclaim clears the ring's flag if this process dies lingering */
+    uint32_t seen = LOAD(&r->h->data_futex); /* before the re-check, as in wait_for */
+    int rc = TMW_OK;
+    if (!ring_nonempty(r)) {
+        uint64_t now = now_ns();
+        if (now < deadline) {
+            if (ns > deadline - now) ns = deadline - now;
+            struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+            if (futex(&r->h->data_futex, FUTEX_WAIT, seen, &ts) == 0) BUMP(&r->h->woken);
+            else if (errno == EINTR) rc = TMW_EINTR;
+        }
+    }
+    STORE(&r->h->data_signalled, 0); /* whoever leaves a sleep clears the flag (see wait_for) */
+    STORE(&s->lingering, 0);
+    STORE(&r->h->lingerer, 0); /* seq-cst: the caller's re-check of the ring comes after it */
+    return rc;
+}
 
 static int space_ready(tmw_ring *r, uint64_t need) { return ring_has_space(r, need); }
 
@@ -576,11 +621,12 @@ static void get_bytes(tmw_ring *r, uint64_t pos, char *dst, uint64_t n) {
 }
 
 int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens, size_t n,
-                  uint32_t aux, double timeout, int lazy, size_t *pushed, uint64_t *first_seq) {
+                  uint32_t aux, double timeout, int how, size_t *pushed, uint64_t *first_seq) {
     *pushed = 0;
     *first_seq = 0;
     if (slot < 0 || (uint32_t)slot >= r->nslots) return TMW_ENOSLOT;
     if (n && (!data || !lens)) return TMW_EINVAL;
+    if (how != TMW_WAKE_NOW && how != TMW_WAKE_LAZY && how != TMW_WAKE_SOON) return TMW_EINVAL;
     uint64_t max_record = tmw_ring_max_record(r);
     for (size_t i = 0; i < n; i++)
         if (lens[i] > max_record) return TMW_ETOOBIG;
@@ -614,7 +660,9 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
         unlock(r);
         *pushed = done;
         if (done > before) {
-            if (!lazy) wake_consumers(r); /* lazy: the caller wakes them later (tmw_ring_wake) */
+            if (how == TMW_WAKE_NOW) wake_consumers(r);
+            else if (how == TMW_WAKE_SOON) wake_soon(r);
+            /* TMW_WAKE_LAZY: the caller wakes them later (tmw_ring_wake) */
             /* Pass the wake-up on while there is room left (enough for the
              * smallest record: we cannot know what the others need). The pop
              * that made room wrote the eventfd once, and only whichever
@@ -641,10 +689,10 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
 }
 
 int64_t tmw_ring_push_one(tmw_ring *r, int slot, const char *data, uint32_t len,
-                          uint32_t aux, double timeout) {
+                          uint32_t aux, double timeout, int how) {
     size_t pushed;
     uint64_t seq;
-    int rc = tmw_ring_push(r, slot, data, &len, 1, aux, timeout, 0, &pushed, &seq);
+    int rc = tmw_ring_push(r, slot, data, &len, 1, aux, timeout, how, &pushed, &seq);
     return rc == TMW_OK ? (int64_t)seq : rc;
 }
 
@@ -664,11 +712,18 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
     uint64_t deadline = deadline_of(timeout);
     uint64_t max_record = tmw_ring_max_record(r);
     int waited = 0;
+    int lingered = b->linger_ns == 0;
     for (;;) {
         if (hold && LOAD(&s->held_count) >= r->max_held) return TMW_EHELDFULL;
         if (!ring_nonempty(r)) { /* checked without the lock: no locking to find nothing */
             if (timeout == 0) return TMW_EAGAIN;
             if (!waited++) BUMP(&r->h->pop_waits);
+            if (!lingered) { /* once per call, before any sleep */
+                lingered = 1;
+                int rc = linger(r, s, b->linger_ns, deadline);
+                if (rc == TMW_EINTR) return rc;
+                if (rc == TMW_OK) continue; /* it lingered: look again */
+            }
             int rc = wait_for(r, data_ready, 0, data_side(r), &s->sleeping_data, deadline);
             if (rc == TMW_ETIMEDOUT && ring_nonempty(r)) continue;
             if (rc) return rc;
@@ -855,6 +910,7 @@ static size_t release_slots_of(tmw_ring *r, int32_t pid, tmw_held *out, size_t c
         uint32_t d = __atomic_exchange_n(&s->sleeping_data, 0, __ATOMIC_SEQ_CST);
         uint32_t sp = __atomic_exchange_n(&s->sleeping_space, 0, __ATOMIC_SEQ_CST);
         uint32_t a = __atomic_exchange_n(&s->armed, 0, __ATOMIC_SEQ_CST);
+        if (__atomic_exchange_n(&s->lingering, 0, __ATOMIC_SEQ_CST)) STORE(&r->h->lingerer, 0);
         if (d) ADD(&r->h->data_waiters, -d);
         if (sp) ADD(&r->h->space_waiters, -sp);
         if (a) ADD(&r->h->arm_waiters, -a);
@@ -902,4 +958,5 @@ void tmw_ring_get_stats(tmw_ring *r, tmw_ring_stats *out) {
     out->woken = LOAD(&h->woken);
     out->nslots = r->nslots;
     out->max_held = r->max_held;
+    out->lingering = LOAD(&h->lingerer);
 }

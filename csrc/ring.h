@@ -71,7 +71,17 @@
  * when nobody sleeps, so a busy ring makes no system call per record.
  * Consumers armed for an event loop (tmw_ring_arm) are woken apart, through
  * the data eventfd: every record that finds one armed writes it (once until
- * a disarm drains it). Waits sleep in slices of at most 100 ms and re-check
+ * a disarm drains it). LINGER: a consumer may ask pop to linger first
+ * (tmw_pop_buf.linger_ns): when the ring is empty it sleeps up to that long
+ * as the ring's one lingerer (at most one consumer lingers at a time; the
+ * others sleep as above). A push made with TMW_WAKE_SOON wakes nobody while
+ * a consumer lingers: the lingerer finds the record when its linger ends
+ * (so at web rates one timed wake-up takes several records, and producers
+ * make no system call); every other wake-up of the consumers' side wakes a
+ * lingerer too. A linger is one sleep (not cut in slices: a consumer that
+ * is killed lingering leaves the ring believing it lingers until
+ * tmw_ring_reclaim, and meanwhile records wait for the other sleepers'
+ * slices). Waits sleep in slices of at most 100 ms and re-check
  * the ring after each, so a wake-up that went astray (a sleeper killed
  * mid-wake, or a lazy push nobody followed with tmw_ring_wake) delays a
  * waiter inside tmw_ring_push/pop by at most one slice; an event loop
@@ -136,6 +146,8 @@ typedef struct {
     uint64_t woken;         /* sleeps in push or pop ended by a wake-up (not a timeout, nor a signal) */
     uint32_t nslots;
     uint32_t max_held;
+    uint32_t lingering;     /* 1 while a consumer lingers in pop (see LINGER), else 0 */
+    uint32_t _pad;
 } tmw_ring_stats;
 
 /* One record a consumer holds: its sequence number and producer's aux word. */
@@ -204,6 +216,11 @@ uint64_t tmw_ring_data_offset(const tmw_ring *r);
  * TMW_ECORRUPT (locking). */
 int tmw_ring_slot_claim(tmw_ring *r, int32_t pid);
 
+/* How a push wakes consumers (tmw_ring_push's and tmw_ring_push_one's how). */
+#define TMW_WAKE_NOW 0  /* wake a sleeping consumer (one asleep in pop, or lingering) at once */
+#define TMW_WAKE_LAZY 1 /* wake nobody: the producer calls tmw_ring_wake later */
+#define TMW_WAKE_SOON 2 /* as NOW, unless a consumer lingers: it takes the record when its linger ends */
+
 /* Push n records. data holds their payloads back to back; lens[i] is the
  * length of record i. Every record carries the 32-bit aux word. Records go
  * in whole and in order: *pushed is set to how many went in (a prefix, also
@@ -212,26 +229,28 @@ int tmw_ring_slot_claim(tmw_ring *r, int32_t pid);
  * push order across the ring; the records of one call are consecutive
  * except where the call had to wait for room (other producers' records may
  * then come in between). Waits for room as the timeout says; a prefix that
- * fits goes in before waiting. Wakes a sleeping consumer if any (unless
- * lazy), and, when it leaves room, another sleeping producer (see
- * WAKE-UPS). lazy != 0: wake no consumer, for a producer that batches
- * wake-ups (several pushes, then one tmw_ring_wake within the delay it
- * promises its consumer; a consumer asleep in pop still finds the records
- * at the end of its slice at the latest).
+ * fits goes in before waiting. Wakes a consumer as how says (TMW_WAKE_*),
+ * and, when it leaves room, another sleeping producer (see WAKE-UPS).
+ * TMW_WAKE_LAZY is for a producer that batches wake-ups (several pushes,
+ * then one tmw_ring_wake within the delay it promises its consumer; a
+ * consumer asleep in pop still finds the records at the end of its slice
+ * at the latest); TMW_WAKE_SOON for one that accepts a lingering
+ * consumer's delay (see WAKE-UPS, LINGER).
  * Returns TMW_OK when all n are in (n == 0 included). Errors: TMW_ENOSLOT
- * (slot); TMW_EINVAL (n > 0 and data or lens is NULL); TMW_ETOOBIG (some
+ * (slot); TMW_EINVAL (n > 0 and data or lens is NULL, or how is not a
+ * TMW_WAKE_*); TMW_ETOOBIG (some
  * lens[i] > max_record: checked first, nothing pushed); TMW_EAGAIN (timeout
  * 0 and not all fit); TMW_ETIMEDOUT; TMW_EINTR; TMW_ESYS (the sleep failed);
  * TMW_ECORRUPT (locking, or the ring's positions are inconsistent). */
 int tmw_ring_push(tmw_ring *r, int slot, const char *data,
                   const uint32_t *lens, size_t n, uint32_t aux,
-                  double timeout, int lazy, size_t *pushed, uint64_t *first_seq);
+                  double timeout, int how, size_t *pushed, uint64_t *first_seq);
 
-/* Push one record of len bytes (not lazy): the common case, without out-parameters.
+/* Push one record of len bytes: the common case, without out-parameters.
  * Returns its sequence number (> 0), or a negative code as tmw_ring_push
  * (TMW_EINVAL if data is NULL). */
 int64_t tmw_ring_push_one(tmw_ring *r, int slot, const char *data, uint32_t len,
-                          uint32_t aux, double timeout);
+                          uint32_t aux, double timeout, int how);
 
 /* A consumer's pop buffer and the results of one pop, kept in one struct so
  * that a call passes few arguments (each costs time in cffi). One call at a
@@ -246,6 +265,8 @@ typedef struct {
     uint32_t first_len; /* out, TMW_EBUFSMALL: bytes the first record needs */
     uint32_t alone_mask; /* in: a record whose aux has one of these bits is
                             popped alone (a batch of one) */
+    uint64_t linger_ns;  /* in: if the ring is empty, first linger this long (see
+                            WAKE-UPS, LINGER; 0: sleep at once), once per call */
 } tmw_pop_buf;
 
 /* Pop up to max records, oldest first, into b (payloads into b->out, their

@@ -157,6 +157,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("finish_delay", ("--finish-delay",), float, _DEFAULT.finish_delay,
            "seconds the finish of a task nobody waits for may wait, to deliver finishes in batches (0: at once)",
            pool=True, metavar="SECONDS"),
+    Option("start_delay", ("--start-delay",), float, _DEFAULT.start_delay,
+           "seconds a task nobody waits for may wait for a lingering worker, so busy workers are not woken per task "
+           "(0: at once)", pool=True, metavar="SECONDS"),
     Option("task_timeout", ("--task-timeout",), _seconds_or_none, _DEFAULT.task_timeout,
            "seconds a task may run before it is stopped (status 'timeout'); 'none': no limit", pool=True,
            metavar="SECONDS"),

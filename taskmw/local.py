@@ -48,6 +48,7 @@ _CANCEL_WAIT = 10.0
 """Seconds cancel() waits for a popped task's worker to take it (or for a terminated one to finish)."""
 _CANCELLED_QUEUED = TaskError("Cancelled", "the task was cancelled before it ran", "")
 _RECENT_SCAN = 4
+_WANT = records.WANT
 """``tasks(limit)`` looks back through ``limit`` times this many ids for finished ones."""
 _HELD_SCAN = 10_000
 """``tasks()`` reads the records of up to this many delayed tasks to list the soonest due."""
@@ -283,7 +284,8 @@ class LocalTransport:
         if header & records.DELAYED or registered is not None or len(record) > self._push_below:
             return self._send_slow(channel, record, header, registered, name)
         try:  # Pool.push_task's fast path, inlined: this is every task() call's
-            seq = self._push(record, aux=header | channel.header, timeout=self._queue_timeout)
+            # A task nobody waits for need not wake a worker that lingers (start_delay).
+            seq = self._push(record, aux=header | channel.header, timeout=self._queue_timeout, soon=not header & _WANT)
         except RingFull:
             pool.raise_full()
         if name is not None:

@@ -66,6 +66,8 @@ _ENOSLOT: int = lib.TMW_ENOSLOT
 _ESYS: int = lib.TMW_ESYS
 _ETIMEDOUT: int = lib.TMW_ETIMEDOUT
 _ETOOBIG: int = lib.TMW_ETOOBIG
+_WAKE_NOW: int = lib.TMW_WAKE_NOW
+_WAKE_SOON: int = lib.TMW_WAKE_SOON
 _OK: int = lib.TMW_OK
 
 # One message per code in csrc/ring.h (tests check that none is missing).
@@ -277,6 +279,7 @@ class Ring:
             pop_waits=s.pop_waits,
             recoveries=s.recoveries,
             woken=s.woken,
+            lingering=bool(s.lingering),
             nslots=s.nslots,
             max_held=s.max_held,
         )
@@ -341,21 +344,24 @@ class Ring:
             f"record {big} is {lens[big]} bytes; this ring takes at most {self._max_record} bytes per record"
         )
 
-    def push(self, data: bytes, *, aux: int = 0, timeout: float | None = None) -> int:
+    def push(self, data: bytes, *, aux: int = 0, timeout: float | None = None, soon: bool = False) -> int:
         """Push one record, waiting for space up to ``timeout`` seconds
-        (``None``: forever). Returns its sequence number.
+        (``None``: forever). Returns its sequence number. ``soon=True``: a
+        consumer lingering in :meth:`pop_many` is not woken (it takes the
+        record when its linger ends); one asleep is woken as usual.
 
         Raises:
             RingFull: no space within the timeout (nothing was pushed).
             RecordTooLarge: ``len(data) > max_record``.
         """
         # _timeouts(timeout), inlined: this is the hot path of every task().
+        how = _WAKE_SOON if soon else _WAKE_NOW
         if timeout is None:
-            seq = self._push_one(data, aux, -1.0, None)
+            seq = self._push_one(data, aux, -1.0, None, how)
         elif timeout > 0:
-            seq = self._push_one(data, aux, timeout, _monotonic() + timeout)
+            seq = self._push_one(data, aux, timeout, _monotonic() + timeout, how)
         else:
-            seq = self._push_one(data, aux, 0.0, None)
+            seq = self._push_one(data, aux, 0.0, None, how)
         if seq > 0:
             return seq
         if seq in (_ETIMEDOUT, _EAGAIN):
@@ -365,7 +371,7 @@ class Ring:
 
     def try_push(self, data: bytes, *, aux: int = 0) -> int | None:
         """Push one record if there is room now; its seq, or None if full."""
-        seq = self._push_one(data, aux, 0.0, None)
+        seq = self._push_one(data, aux, 0.0, None, _WAKE_NOW)
         if seq > 0:
             return seq
         if seq == _EAGAIN:
@@ -373,7 +379,7 @@ class Ring:
         _raise_for(seq, "push")
         raise AssertionError("unreachable")
 
-    def _push_one(self, data: bytes, aux: int, ctimeout: float, deadline: float | None) -> int:
+    def _push_one(self, data: bytes, aux: int, ctimeout: float, deadline: float | None, how: int) -> int:
         """The hot path of push/try_push: the seq, or a negative TMW_E* code."""
         r = self._r
         if r is None:
@@ -386,9 +392,9 @@ class Ring:
         slot = self._slot
         if slot < 0:
             slot = self._my_slot()
-        seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, ctimeout)
+        seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, ctimeout, how)
         while seq == _EINTR:  # a signal handler ran; go on waiting
-            seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _remaining(ctimeout, deadline))
+            seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _remaining(ctimeout, deadline), how)
         return seq
 
     def push_many(
@@ -436,7 +442,13 @@ class Ring:
         return b
 
     def pop_many(
-        self, max_records: int = 256, *, timeout: float | None = None, hold: bool = False, alone: int = 0
+        self,
+        max_records: int = 256,
+        *,
+        timeout: float | None = None,
+        hold: bool = False,
+        alone: int = 0,
+        linger: float = 0.0,
     ) -> Batch:
         """Take up to ``max_records`` records, oldest first, waiting up to
         ``timeout`` seconds (``None``: forever; 0: not at all) while the ring
@@ -447,7 +459,10 @@ class Ring:
         grown for larger records). With ``hold=True`` the records are also
         recorded as held by this process, atomically with their removal from
         the ring, until :meth:`release`. A record whose aux word has any bit
-        of ``alone`` is taken in a batch of its own.
+        of ``alone`` is taken in a batch of its own. ``linger`` > 0: while
+        the ring is empty, first linger up to that many seconds (within the
+        timeout) as the ring's one lingering consumer, whom pushes made with
+        ``soon=True`` do not wake (if another consumer lingers, sleep at once).
 
         Raises:
             RingError: ``hold=True`` and this process holds ``max_held``
@@ -469,6 +484,7 @@ class Ring:
         while True:
             pb = b.pb
             pb.alone_mask = alone
+            pb.linger_ns = int(linger * 1e9)
             rc = lib.tmw_ring_pop(r, slot, pb, max_records, hold, ctimeout)
             if rc == 0:
                 n = pb.n

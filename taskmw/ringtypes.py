@@ -73,3 +73,6 @@ class RingStats:
     woken: int = 0
     """Sleeps in push or pop ended by a wake-up (not a timeout): with one
     record, one sleeper is woken."""
+    lingering: bool = False
+    """True while a consumer lingers in :meth:`~taskmw.Ring.pop_many`
+    (``linger=``; at most one does at a time)."""

@@ -97,7 +97,7 @@ class TaskServer:
             ``*`` disables them all).
         queue_bytes, queue_timeout, task_concurrency, shutdown_timeout,
         max_dispatchers, channel_bytes, task_records, result_bytes,
-        result_ttl, finish_delay, task_timeout, retries, retry_backoff,
+        result_ttl, finish_delay, start_delay, task_timeout, retries, retry_backoff,
         max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
         record_arguments, builder_dumpable, share, max_worker_memory,
         missed_runs, schedule_file: the pool's settings, each
@@ -142,6 +142,7 @@ class TaskServer:
         result_bytes: int = Settings.result_bytes,
         result_ttl: float = Settings.result_ttl,
         finish_delay: float = Settings.finish_delay,
+        start_delay: float = Settings.start_delay,
         task_timeout: float | None = Settings.task_timeout,
         retries: int = Settings.retries,
         retry_backoff: float = Settings.retry_backoff,
@@ -170,6 +171,7 @@ class TaskServer:
             result_bytes=result_bytes,
             result_ttl=result_ttl,
             finish_delay=finish_delay,
+            start_delay=start_delay,
             task_timeout=task_timeout,
             retries=retries,
             retry_backoff=retry_backoff,

@@ -89,6 +89,16 @@ class Settings:
             per finish (0: at once). A finish somebody waits for
             (``taskwait``, ``taskwait_multi``, ``task_async``) is delivered
             at once whatever this says.
+        start_delay: (local pool) seconds, at most 1, a task nobody waits
+            for may wait before a task worker takes it, when tasks come
+            often (more than one per ``10 * start_delay``): a task worker
+            that keeps finding work *lingers* this long before it sleeps,
+            and a task queued meanwhile wakes no process (the lingering
+            worker takes it when its linger ends), so a pool under web
+            request rates wakes a worker once per several tasks, not once
+            per task (0: every task wakes a sleeping worker at once). A
+            task somebody waits for (``taskwait``, ``task_async``, …)
+            wakes a worker at once whatever this says.
         task_timeout: seconds a task may run (``None``: no limit). A task
             over it finishes ``timeout``: a sync task's worker is killed and
             replaced, an async task is cancelled. Per task:
@@ -162,6 +172,7 @@ class Settings:
     result_bytes: int = 64 << 20
     result_ttl: float = 3600.0
     finish_delay: float = 0.005
+    start_delay: float = 0.005
     task_timeout: float | None = None
     retries: int = 0
     retry_backoff: float = 0.5
@@ -190,6 +201,9 @@ class Settings:
         check_seconds("finish_delay", self.finish_delay)
         if self.finish_delay > 1.0:
             raise ValueError(f"finish_delay must be at most 1 second, got {self.finish_delay!r}")
+        check_seconds("start_delay", self.start_delay)
+        if self.start_delay > 1.0:
+            raise ValueError(f"start_delay must be at most 1 second, got {self.start_delay!r}")
         check_seconds("shutdown_timeout", self.shutdown_timeout)
         check_seconds("retry_backoff", self.retry_backoff)
         check_int("retries", self.retries, 0, 1000)
@@ -228,6 +242,7 @@ class Settings:
             "task_timeout",
             "result_ttl",
             "finish_delay",
+            "start_delay",
         ):
             value = getattr(self, name)
             if value is not None:

@@ -8,6 +8,15 @@ worker that dies as ``lost``. The batch size adapts: it doubles while tasks
 are quick and drops to one as soon as one is slow, so a slow task never sits
 on a pile of others while another worker idles.
 
+A worker that keeps finding work (its last wait for a task was shorter
+than ``10 * start_delay``) *lingers* before its next sleep: it waits up to
+``start_delay`` as the submit ring's one lingering consumer, which tasks
+queued with ``task()`` do not wake (see ``Ring.pop_many(linger=)``), so at
+web request rates one timed wake-up takes several tasks instead of every
+task waking a worker; a task somebody waits for wakes it at once. Workers
+run under ``SCHED_BATCH``: a woken worker does not preempt the request
+running on its core.
+
 ``async def`` tasks (any handler whose return value is a coroutine) run on an
 event loop in a second thread of the worker, ``task_concurrency`` at once.
 
@@ -84,6 +93,7 @@ def spawn(pool: Pool, server: Server, worker_id: int) -> int:
     try:
         _proc.make_undumpable()  # (inherited from the supervisor already: said again, being the point)
         _title.set_title(f"task worker {worker_id}")
+        _proc.batch_scheduling()  # a woken worker does not preempt the request running on its core
         # The supervisor stops workers (with stop markers, behind the queued
         # tasks); a SIGTERM to the whole process group (systemd, kill -TERM
         # -PGID) must not make a worker walk away from the queue. Ignore it
@@ -130,6 +140,8 @@ class _Worker:
         self.delay = pool.settings.finish_delay
         self.unwoken: dict[int, float] = {}  # channel -> when its oldest lazy finish is due (time.monotonic())
         self.due = float("inf")  # the earliest of unwoken's times
+        self.linger = pool.settings.start_delay
+        self.busy_wait = 10 * self.linger  # a pop that waited less than this: tasks come often, linger next
         _reporter.set(self.report)
 
     def run(self) -> int:
@@ -157,6 +169,7 @@ class _Worker:
         words, row = self.words, self.row
         max_batch = 1 if self.timeout else MAX_BATCH  # a timed task is held alone
         size = 1
+        linger, busy_wait = 0.0, self.busy_wait
         words[row + STATE] = IDLE
         if os.getppid() != supervisor:  # it died while this one started: the next one runs new workers
             return
@@ -164,7 +177,11 @@ class _Worker:
             timeout = _IDLE_CHECK
             if self.unwoken:  # wait no longer than the first lazy finish may
                 timeout = min(timeout, max(0.0, self.due - time.monotonic()))
-            batch = ring.pop_many(size, timeout=timeout, hold=True, alone=records.TIMED)
+            asked = time.perf_counter()
+            batch = ring.pop_many(size, timeout=timeout, hold=True, alone=records.TIMED, linger=linger)
+            started = time.perf_counter()
+            # Tasks come often (this one after a short wait): linger before the next sleep (start_delay).
+            linger = self.linger if started - asked < busy_wait and batch.records else 0.0
             if not batch.records:
                 if self.unwoken:
                     self.wake_due(time.monotonic())
@@ -177,7 +194,6 @@ class _Worker:
                     self.recycle(_table.RELOAD)
                     return  # reloaded: a fresh worker takes this one's place
                 continue
-            started = time.perf_counter()
             words[row + SEQ] = batch.first_seq  # a timed task is always first (alone)
             words[row + STARTED] = time.monotonic_ns()
             words[row + STATE] = BUSY

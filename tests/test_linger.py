@@ -1,0 +1,154 @@
+"""A consumer lingering in pop (``Ring.pop_many(linger=...)``), and pushes
+made with ``soon=True`` that leave it asleep; the pool's ``start_delay``,
+which makes task workers linger at web request rates so that a task queued
+with ``task()`` does not wake a process per task; and the workers'
+``SCHED_BATCH`` policy."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from helpers import WAIT, add, wait_until, worker_pids
+from test_ring_procs import Child, proc_state
+from test_ring_procs import wait_until as wait_child
+
+from taskmw import Ring, TaskServer
+from taskmw.ring import lib
+
+
+def _linger_pop(ring: Ring, linger: float, timeout: float) -> tuple[list[bytes], float]:
+    started = time.monotonic()
+    batch = ring.pop_many(4, timeout=timeout, linger=linger)
+    return batch.records, time.monotonic() - started
+
+
+def _lingering(ring: Ring, child: Child) -> None:
+    wait_child(lambda: ring.stats().lingering and proc_state(child.pid) == "S", WAIT, "a lingering consumer", child)
+
+
+def _asleep(ring: Ring, child: Child, base: int) -> None:
+    """Wait until ``child`` sleeps in pop (``pop_waits`` above ``base``)."""
+    wait_child(lambda: ring.stats().pop_waits > base and proc_state(child.pid) == "S", WAIT, "a sleeper", child)
+
+
+def test_a_soon_push_leaves_a_lingering_consumer_asleep() -> None:
+    """With a consumer lingering, a push with soon=True makes no wake call:
+    the consumer takes the record when its linger ends."""
+    ring = Ring(1 << 16, spin_us=0)
+    with Child(_linger_pop, ring, 0.5, WAIT) as child:
+        _lingering(ring, child)
+        before = ring.stats()
+        ring.push(b"soon", soon=True)
+        after = ring.stats()
+        records, _ = child.result(WAIT)
+    assert records == [b"soon"]
+    assert after.wakeups == before.wakeups, "a soon push woke the lingering consumer"
+    assert ring.stats().woken == before.woken  # its linger ended by its own timeout
+
+
+def test_a_push_wakes_a_lingering_consumer_at_once() -> None:
+    """A push without soon (a task somebody waits for) wakes the lingerer:
+    it returns long before its 60 s linger is over."""
+    ring = Ring(1 << 16, spin_us=0)
+    with Child(_linger_pop, ring, 60.0, 120.0) as child:
+        _lingering(ring, child)
+        ring.push(b"now")
+        records, waited = child.result(WAIT)
+    assert records == [b"now"]
+    assert waited < 30.0
+    assert not ring.stats().lingering
+
+
+def test_one_consumer_lingers_at_a_time() -> None:
+    """A second consumer asking to linger sleeps as usual, so a soon push
+    made while the first lingers (60 s) is taken within a sleeper's 100 ms
+    slice, not after the linger."""
+    ring = Ring(1 << 16, spin_us=0)
+    with Child(_linger_pop, ring, 60.0, 120.0) as lingerer:
+        _lingering(ring, lingerer)
+        base = ring.stats().pop_waits
+        with Child(_linger_pop, ring, 60.0, 120.0) as sleeper:
+            _asleep(ring, sleeper, base)
+            ring.push(b"x", soon=True)
+            assert wait_until(lambda: not ring.stats().records, timeout=WAIT)
+            records, waited = sleeper.result(WAIT)
+            assert records == [b"x"] and waited < 30.0
+            assert ring.stats().lingering  # the first one lingers on
+
+
+def test_a_consumer_killed_while_lingering_is_reclaimed() -> None:
+    """SIGKILL a lingering consumer: until a supervisor's reclaim the ring
+    believes it lingers (soon pushes wake nobody, records wait for the
+    sleepers' slices); reclaim clears that, and soon pushes wake again."""
+    ring = Ring(1 << 16, spin_us=0)
+    child = Child(_linger_pop, ring, 60.0, 120.0)
+    with child:
+        _lingering(ring, child)
+        child.kill()
+    assert ring.stats().lingering  # the dead lingerer's flag, until reclaim
+    assert ring.reclaim(child.pid) == []
+    assert not ring.stats().lingering
+    base = ring.stats().pop_waits
+    with Child(_linger_pop, ring, 0.0, WAIT) as sleeper:
+        _asleep(ring, sleeper, base)
+        before = ring.stats().wakeups
+        ring.push(b"after", soon=True)
+        records, _ = sleeper.result(WAIT)
+    assert records == [b"after"]
+    assert ring.stats().wakeups > before
+
+
+def test_a_push_with_an_unknown_wake_mode_is_refused() -> None:
+    """The C core refuses a how that is not a TMW_WAKE_* (nothing pushed)."""
+    ring = Ring(1 << 16, spin_us=0)
+    slot = ring._my_slot()  # noqa: SLF001 - the C call needs this process's slot
+    assert lib.tmw_ring_push_one(ring._r, slot, b"x", 1, 0, 0.0, 7) == lib.TMW_EINVAL  # noqa: SLF001
+    assert ring.stats().records == 0
+
+
+def test_start_delay_is_checked() -> None:
+    for bad in (-0.001, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="start_delay"):
+            TaskServer(1, start_delay=bad, entrypoints=False)
+
+
+def test_tasks_at_web_rates_wake_a_worker_less_than_once_per_task() -> None:
+    """Fire-and-forget tasks queued a few hundred a second: the task
+    workers linger (start_delay) and take them without being woken, far
+    fewer wake-ups than tasks; every task still runs once."""
+    n = 300
+    with TaskServer(2, start_delay=0.02, entrypoints=False) as server:
+        ring = server.transport.pool.submit  # type: ignore[attr-defined]
+        server.taskwait(add, 0, 0, timeout=WAIT)  # both started
+        woken = ring.stats().woken
+        ids = []
+        for i in range(n):
+            ids.append(server.task(add, i, 1))
+            time.sleep(0.002)
+        assert wait_until(lambda: all(server.status(t).state == "done" for t in ids[-5:]))
+        assert [server.result(t, timeout=WAIT) for t in ids] == [i + 1 for i in range(n)]
+        woken = ring.stats().woken - woken
+        print(f"\n{n} tasks: {woken} sleeps ended by a wake-up")
+        assert woken < n // 3, woken
+
+
+def test_a_task_somebody_waits_for_does_not_wait_for_a_lingerer() -> None:
+    """With the longest start_delay (1 s), taskwait still wakes a worker at
+    once: 20 round trips take far less than 20 lingers."""
+    with TaskServer(2, start_delay=1.0, entrypoints=False) as server:
+        server.taskwait(add, 0, 0, timeout=WAIT)
+        started = time.monotonic()
+        for i in range(20):
+            assert server.taskwait(add, i, 1, timeout=WAIT) == i + 1
+        assert time.monotonic() - started < 10.0
+
+
+def test_task_workers_run_under_sched_batch() -> None:
+    """Task workers are SCHED_BATCH (a woken worker does not preempt the
+    request running on its core); the process that built the pool is not."""
+    with TaskServer(2, entrypoints=False) as server:
+        for pid in worker_pids(server):
+            assert os.sched_getscheduler(pid) == os.SCHED_BATCH, pid
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
