@@ -41,11 +41,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from taskmw._ring import ffi, lib
-from taskmw.ringtypes import Batch, Held, RecordTooLarge, RingCorrupt, RingError, RingFull, RingStats
+from taskmw.ringtypes import Batch, Held, Peeked, RecordTooLarge, RingCorrupt, RingError, RingFull, RingStats
 
 __all__ = [
     "Batch",
     "Held",
+    "Peeked",
     "RecordTooLarge",
     "Ring",
     "RingCorrupt",
@@ -91,7 +92,7 @@ _new_batch = tuple.__new__  # builds a Batch without NamedTuple's slower __new__
 class _Buffers:
     """One thread's pop buffer and C out-parameters (reused across calls)."""
 
-    __slots__ = ("size", "nrec", "out", "view", "cout", "lens", "auxs", "pb", "count", "seq")
+    __slots__ = ("size", "nrec", "out", "view", "cout", "lens", "auxs", "stamps", "pb", "count", "seq")
 
     def __init__(self, size: int, nrec: int) -> None:
         self.size = size
@@ -101,7 +102,9 @@ class _Buffers:
         self.cout = ffi.from_buffer(self.out)
         self.lens = ffi.new("uint32_t[]", nrec)
         self.auxs = ffi.new("uint32_t[]", nrec)
+        self.stamps = ffi.new("uint64_t[]", nrec)
         self.pb = ffi.new("tmw_pop_buf *", (self.cout, size, self.lens, self.auxs))
+        self.pb.stamps = self.stamps
         self.count = ffi.new("size_t *")  # push's out-parameters
         self.seq = ffi.new("uint64_t *")
 
@@ -151,7 +154,7 @@ class Ring:
     """A bounded MPMC queue of byte records in shared memory.
 
     Args:
-        capacity: bytes of record storage (each record also uses a 16-byte
+        capacity: bytes of record storage (each record also uses a 32-byte
             header and is padded to 16 bytes). Rounded up to a multiple of 16.
         slots: how many processes may use the ring over its life at once
             (each using process takes one slot; :meth:`reclaim` frees a dead
@@ -491,12 +494,12 @@ class Ring:
                         for size in sizes:
                             records.append(blob[o : o + size])
                             o += size
-                return _new_batch(Batch, (pb.first_seq, records, ffi.unpack(b.auxs, n)))
+                return _new_batch(Batch, (pb.first_seq, records, ffi.unpack(b.auxs, n), ffi.unpack(b.stamps, n)))
             if rc == _EBUFSMALL:
                 b = self._buffers(max_records, max(pb.first_len, b.size))
                 continue
             if rc == _EAGAIN or rc == _ETIMEDOUT:
-                return _new_batch(Batch, (-1, [], []))
+                return _new_batch(Batch, (-1, [], [], []))
             if rc == _EINTR:  # a signal handler ran; go on waiting
                 ctimeout = _remaining(ctimeout, deadline)
                 continue
@@ -568,6 +571,32 @@ class Ring:
         if rc != _OK:
             _raise_for(rc, "mark")
         return True
+
+    def peek(self, first_seq: int, max_records: int, head: int = 0) -> list[Peeked]:
+        """What is queued from record ``first_seq`` on (not popped yet),
+        oldest first, without taking it: up to ``max_records`` records, each
+        with the first ``head`` bytes of its payload. Records before
+        ``first_seq`` are skipped (and walked over: the cost is that of the
+        records queued before it, plus those listed). Any process, any thread.
+
+        Raises:
+            RingCorrupt: a record header failed its checks.
+        """
+        r = self._handle()
+        if max_records < 1:
+            return []
+        recs = ffi.new("tmw_peeked[]", max_records)
+        out = ffi.new("char[]", max_records * head) if head else ffi.NULL
+        n = ffi.new("size_t *")
+        rc = lib.tmw_ring_peek(r, max(0, first_seq), recs, max_records, out, head, n)
+        if rc != _OK:
+            _raise_for(rc, "peek")
+        blob = ffi.buffer(out, n[0] * head)[:] if head else b""
+        got = []
+        for i in range(n[0]):
+            rec = recs[i]
+            got.append(Peeked(rec.seq, rec.aux, rec.stamp_ns, rec.len, blob[i * head : i * head + min(rec.len, head)]))
+        return got
 
     # -- held records -------------------------------------------------------
 
