@@ -505,7 +505,7 @@ def test_sigkill_loop_loses_nothing_and_never_wedges(tmp_path) -> None:
 @pytest.mark.timeout(60, method="thread")
 @pytest.mark.parametrize("side", ["pop", "push"])
 def test_killed_while_asleep_then_reclaimed_next_sleeper_still_woken(side: str) -> None:
-    rec = b"r" * 48  # 64 bytes in the ring: 64 of them fill 4096
+    rec = b"r" * 32  # 64 bytes in the ring (a 32-byte header): 64 of them fill 4096
     with Ring(4096, slots=8, spin_us=0) as ring:
         if side == "push":
             while ring.try_push(rec) is not None:
@@ -564,7 +564,7 @@ def test_producer_killed_inside_the_lock_is_recovered() -> None:
         with Child(_push_big, ring, size) as producer, mmap.mmap(
             ring.memfd(), ring.data_offset() + ring.capacity, prot=mmap.PROT_READ
         ) as mem:
-            probe = ring.data_offset() + 16 + size // 8  # an eighth of the payload in
+            probe = ring.data_offset() + 32 + size // 8  # an eighth of the payload in
             wait_until(lambda: mem[probe] == 0xAB, 20, "the producer to be copying", producer)
             producer.kill()
             assert producer.killed_by_us()
@@ -699,7 +699,7 @@ ROUNDS = 10
 
 @pytest.mark.timeout(60, method="thread")
 def test_producer_blocked_on_full_ring_is_woken_by_pop_in_other_process() -> None:
-    rec = b"p" * 48  # 64 bytes in the ring: 64 of them fill 4096
+    rec = b"p" * 32  # 64 bytes in the ring (a 32-byte header): 64 of them fill 4096
     with Ring(4096, spin_us=0) as ring:
         while ring.try_push(rec) is not None:
             pass
@@ -898,7 +898,7 @@ def test_one_call_freeing_room_for_all_sleepers_wakes_them_all_at_once(side: str
     sleeper drains it first, so each that gets through must wake the next.
     Without that the others sleep out the rest of their 100 ms slice."""
     n, rounds, bound = 4, 3, 0.040
-    rec = b"w" * 48  # 64 bytes in the ring: 16 of them fill 1024
+    rec = b"w" * 32  # 64 bytes in the ring (a 32-byte header): 16 of them fill 1024
     with Ring(1024, slots=n + 2, spin_us=0) as ring:
         if side == "push":
             while ring.try_push(rec) is not None:
