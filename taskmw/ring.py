@@ -352,32 +352,8 @@ class Ring:
             RingFull: no space within the timeout (nothing was pushed).
             RecordTooLarge: ``len(data) > max_record``.
         """
-        # _timeouts(timeout), inlined: this is the hot path of every task().
-        if timeout is None:
-            seq = self._push_one(data, aux, -1.0, None)
-        elif timeout > 0:
-            seq = self._push_one(data, aux, timeout, _monotonic() + timeout)
-        else:
-            seq = self._push_one(data, aux, 0.0, None)
-        if seq > 0:
-            return seq
-        if seq in (_ETIMEDOUT, _EAGAIN):
-            raise RingFull(f"ring full: no space for {len(data)} bytes within {timeout}s", 0)
-        _raise_for(seq, "push")
-        raise AssertionError("unreachable")
-
-    def try_push(self, data: bytes, *, aux: int = 0) -> int | None:
-        """Push one record if there is room now; its seq, or None if full."""
-        seq = self._push_one(data, aux, 0.0, None)
-        if seq > 0:
-            return seq
-        if seq == _EAGAIN:
-            return None
-        _raise_for(seq, "push")
-        raise AssertionError("unreachable")
-
-    def _push_one(self, data: bytes, aux: int, ctimeout: float, deadline: float | None) -> int:
-        """The hot path of push/try_push: the seq, or a negative TMW_E* code."""
+        # The hot path of every task(), in one frame: a first try that does not
+        # wait (no clock read); a full ring then waits, timed from there.
         r = self._r
         if r is None:
             raise ValueError("ring is closed")
@@ -389,6 +365,29 @@ class Ring:
         slot = self._slot
         if slot < 0:
             slot = self._my_slot()
+        seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, 0.0)
+        if seq > 0:
+            return seq
+        if seq == _EAGAIN and (timeout is None or timeout > 0):
+            ctimeout, deadline = _timeouts(timeout)
+            seq = self._push_waiting(r, slot, data, n, aux, ctimeout, deadline)
+            if seq > 0:
+                return seq
+        if seq in (_ETIMEDOUT, _EAGAIN):
+            raise RingFull(f"ring full: no space for {n} bytes within {timeout}s", 0)
+        _raise_for(seq, "push")
+        raise AssertionError("unreachable")
+
+    def try_push(self, data: bytes, *, aux: int = 0) -> int | None:
+        """Push one record if there is room now; its seq, or None if full."""
+        try:
+            return self.push(data, aux=aux, timeout=0)
+        except RingFull:
+            return None
+
+    @staticmethod
+    def _push_waiting(r: Any, slot: int, data: Any, n: int, aux: int, ctimeout: float, deadline: float | None) -> int:
+        """:meth:`push` on a full ring: the seq, or a negative TMW_E* code."""
         seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, ctimeout)
         while seq == _EINTR:  # a signal handler ran; go on waiting
             seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _remaining(ctimeout, deadline))

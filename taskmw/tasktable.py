@@ -155,16 +155,18 @@ _ref_names: dict[bytes, bytes] = {}
 """The name field of each function reference read from a payload (bounded: cleared when full)."""
 
 
-def _call_name_field(payload: bytes) -> bytes:
+def _call_name_field(payload: bytes) -> tuple[bytes, bytes]:
     """The name field of a two-part call payload (or its first bytes), as
-    :func:`task_name_field` makes it for the function, read from the payload."""
+    :func:`task_name_field` makes it for the function, read from the
+    payload; and the payload's prefix it was read from (the same for every
+    call of the function)."""
     key = payload[: 3 + int.from_bytes(payload[1:3], "little")]
     name = _ref_names.get(key)
     if name is None:
         if len(_ref_names) >= 4096:
             _ref_names.clear()
         name = _ref_names[key] = name_field(call_name(key) or "")
-    return name
+    return key, name
 
 
 class TaskTable:
@@ -191,6 +193,7 @@ class TaskTable:
         arenas_fd, self._arenas = shared_map("results", self.arena_size * arenas, next(got) if got else None)
         positions_fd, positions = shared_map("positions", mmap.PAGESIZE, next(got) if got else None)
         self._positions = memoryview(positions).cast("q")  # per arena: bytes ever written
+        self._last_ref = (b"\0", b"")  # taken()'s last function: the prefix of its calls (none yet), its name
         self.fds = (slots_fd, arenas_fd, positions_fd)
         """The memfds of the record (``fds``: those received from the process that made it)."""
 
@@ -216,13 +219,17 @@ class TaskTable:
         with the ring's push times in ns): the Q group of each task its
         queuing process left to the worker (:func:`taskmw.records.named_by_worker`)."""
         words, m, capacity, seq = self._words, self._map, self.capacity, first_seq
+        ref, name = self._last_ref
         for payload, header, stamp in zip(payloads, headers, stamps):
             if not header & _NAMED_HERE and payload[:1] == SPLIT_BYTE:  # records.named_by_worker, inlined
+                if not payload.startswith(ref):  # (a batch's tasks are mostly calls of one function)
+                    ref, name = _call_name_field(payload)
                 base = (seq % capacity) * _SLOT  # _Q is 0; the task's id is its seq (no options)
                 words[base] = 0
-                _pack_q(m, (base + 1) * 8, stamp / 1e9, _call_name_field(payload))
+                _pack_q(m, (base + 1) * 8, stamp / 1e9, name)
                 words[base] = seq
             seq += 1
+        self._last_ref = ref, name
 
     def scheduled(self, task_id: int, due: float) -> None:
         """In the queuing process, for a delayed task: its due time (``time.time()``)."""
@@ -439,7 +446,7 @@ class TaskTable:
         if not got or got[0].seq != task_id:
             return None  # popped since queue_start was read
         p = got[0]
-        name = _call_name_field(p.head) if records.named_by_worker(p.aux, p.head) else b""
+        name = _call_name_field(p.head)[1] if records.named_by_worker(p.aux, p.head) else b""
         return p.stamp_ns / 1e9, name  # (another task's Q group is written by its queuing process now)
 
     def _await_taken(self, task_id: int) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
