@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskmw import _proc, _share, _table, delayed, records, schedule, supervisor, worker
+from taskmw._codec import SPLIT_BYTE as _SPLIT_BYTE
 from taskmw._table import ATTEMPT, SEQ, STARTED, TASK, TERMINATE
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed, UnknownTask
@@ -35,7 +36,6 @@ from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
 from taskmw.records import FinishRecord
-from taskmw._codec import SPLIT_BYTE as _SPLIT_BYTE
 from taskmw.ring import Peeked, RingFull
 from taskmw.settings import Settings
 from taskmw.tasktable import PEEK_HEAD, TaskTable

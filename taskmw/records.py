@@ -107,6 +107,7 @@ def named_by_worker(header: int, record: bytes) -> bool:
     does, with the time of its push and the name read from its payload."""
     return not header & NAMED_HERE and record[:1] == _codec.SPLIT_BYTE
 
+
 # Finish status codes: indexes into taskmw.events.STATUSES.
 OK, ERROR, LOST, TIMEOUT, CANCELLED = range(5)
 assert STATUSES[OK] == "ok" and STATUSES[CANCELLED] == "cancelled"

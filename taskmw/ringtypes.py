@@ -5,8 +5,8 @@ re-exports them, is the only module touching the C core)."""
 from __future__ import annotations
 
 import queue
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 

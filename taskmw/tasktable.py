@@ -220,7 +220,7 @@ class TaskTable:
         queuing process left to the worker (:func:`taskmw.records.named_by_worker`)."""
         words, m, capacity, seq = self._words, self._map, self.capacity, first_seq
         ref, name = self._last_ref
-        for payload, header, stamp in zip(payloads, headers, stamps):
+        for payload, header, stamp in zip(payloads, headers, stamps, strict=True):
             if not header & _NAMED_HERE and payload[:1] == SPLIT_BYTE:  # records.named_by_worker, inlined
                 if not payload.startswith(ref):  # (a batch's tasks are mostly calls of one function)
                     ref, name = _call_name_field(payload)

@@ -561,9 +561,10 @@ def test_producer_killed_inside_the_lock_is_recovered() -> None:
     size = 192 << 20  # about 0.3 s of copying into fresh shared pages
     with Ring(256 << 20, spin_us=0) as ring, Child(_pop_rounds, ring, 1) as consumer:
         wait_asleep(ring, consumer, "pop_waits", 1)
-        with Child(_push_big, ring, size) as producer, mmap.mmap(
-            ring.memfd(), ring.data_offset() + ring.capacity, prot=mmap.PROT_READ
-        ) as mem:
+        with (
+            Child(_push_big, ring, size) as producer,
+            mmap.mmap(ring.memfd(), ring.data_offset() + ring.capacity, prot=mmap.PROT_READ) as mem,
+        ):
             probe = ring.data_offset() + 32 + size // 8  # an eighth of the payload in
             wait_until(lambda: mem[probe] == 0xAB, 20, "the producer to be copying", producer)
             producer.kill()
@@ -594,9 +595,7 @@ def test_consumer_killed_inside_the_lock_loses_nothing() -> None:
     size = 192 << 20
     with Ring(256 << 20, spin_us=0) as ring:
         seq = ring.push(b"\xcd" * size, aux=5)
-        with Child(_pop_big_and_hold, ring) as consumer, mmap.mmap(
-            ring.memfd(), 4096, prot=mmap.PROT_READ
-        ) as header:
+        with Child(_pop_big_and_hold, ring) as consumer, mmap.mmap(ring.memfd(), 4096, prot=mmap.PROT_READ) as header:
 
             def consumer_holds_lock() -> bool:
                 (owner,) = struct.unpack_from("<I", header, LOCK_OFFSET)
