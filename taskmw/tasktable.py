@@ -7,8 +7,9 @@ Each slot has four groups of fields, each written by one process only:
 =====  ==========================  ============================================
 group  written by                  fields
 =====  ==========================  ============================================
-Q      the process that queued it, queued_at, name
-       or the worker that takes it
+Q      the process that queued it  queued_at, name
+       (``task()``'s fast path:
+       the worker that takes it)
 S      the process that queued it  due (a delayed task's due time)
 L      the process that queued it  attempt, runs left (a run with ``retries``)
 R      the worker that runs it     worker_id, attempt, started_at
@@ -206,9 +207,9 @@ class TaskTable:
         words[base] = task_id
 
     def queued(self, task_id: int, name: bytes) -> None:
-        """In the queuing process, once ``task()`` has the id; ``name`` as
-        :func:`name_field` made it. (:meth:`_write` inlined: this is on every
-        ``task()`` call's path.)"""
+        """In the queuing process, once ``task()`` has the id, for every task
+        but those the worker records (:meth:`taken`); ``name`` as
+        :func:`name_field` made it. (:meth:`_write` inlined: a hot path.)"""
         words, base = self._words, (task_id % self.capacity) * _SLOT  # _Q is 0
         words[base] = 0
         _pack_q(self._map, (base + 1) * 8, _time(), name)
@@ -437,8 +438,7 @@ class TaskTable:
         return TaskInfo(task_id, "done", STATUSES[code], name, worker_id, attempts, queued_at, started_at,
                         finished_at, progress, message, error, self.arguments_of(task_id), due)  # fmt: skip
 
-    @staticmethod
-    def _from_queue(task_id: int, queue_start: int, peek: Peek) -> tuple[float, bytes] | None:
+    def _from_queue(self, task_id: int, queue_start: int, peek: Peek) -> tuple[Any, ...] | None:
         """The Q fields of ``task_id`` read from its queued record (None: not queued now)."""
         if task_id < queue_start:
             return None
@@ -446,8 +446,10 @@ class TaskTable:
         if not got or got[0].seq != task_id:
             return None  # popped since queue_start was read
         p = got[0]
-        name = _call_name_field(p.head)[1] if records.named_by_worker(p.aux, p.head) else b""
-        return p.stamp_ns / 1e9, name  # (another task's Q group is written by its queuing process now)
+        if records.named_by_worker(p.aux, p.head):
+            return p.stamp_ns / 1e9, _call_name_field(p.head)[1]
+        # Its queuing process writes the group, just after the push: it may have by now.
+        return self._read(task_id, _Q, _Q_FIELDS) or (p.stamp_ns / 1e9, b"")
 
     def _await_taken(self, task_id: int) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
         """The Q and D groups of a task just popped, once its worker has
