@@ -782,38 +782,59 @@ int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits) {
 
 /* ---- peeking at queued records --------------------------------------------- */
 
+#define PEEK_CHUNK 512 /* records a peek walks per hold of the lock */
+
 int tmw_ring_peek(tmw_ring *r, uint64_t from, tmw_peeked *recs, size_t max, char *out, size_t cap,
                   size_t *n) {
     *n = 0;
     if (max && !recs) return TMW_EINVAL;
     if (max && cap && !out) return TMW_EINVAL;
-    int rc = lock(r);
-    if (rc) return rc;
-    ring_state st = r->h->st;
-    rc = check_state(r, &st);
-    uint64_t pos = st.head, at = st.head_seq, max_record = tmw_ring_max_record(r);
+    uint64_t pos = 0, at = 0, max_record = tmw_ring_max_record(r);
     size_t got = 0;
-    while (!rc && got < max && pos != st.tail) {
-        rec_hdr rh;
-        get_bytes(r, pos, (char *)&rh, REC_HDR);
-        uint64_t span = span_of(rh.len);
-        if (rh.len > max_record || span > st.tail - pos || rh.seq != at) {
-            rc = TMW_ECORRUPT;
-            break;
+    int rc = TMW_OK, started = 0;
+    /* Walk from the oldest record, PEEK_CHUNK at a time, letting go of the
+     * lock between chunks so that a walk deep into a long queue does not
+     * hold producers and consumers up. Between two chunks nothing moves
+     * the records still queued; if pops took the one the walk stopped at,
+     * it goes on from the new oldest. */
+    while (got < max) {
+        rc = lock(r);
+        if (rc) return rc;
+        ring_state st = r->h->st;
+        rc = check_state(r, &st);
+        if (rc) {
+            unlock(r);
+            return rc;
         }
-        if (at >= from) {
-            recs[got].seq = rh.seq;
-            recs[got].stamp_ns = rh.stamp;
-            recs[got].len = rh.len;
-            recs[got].aux = rh.aux;
-            if (cap) get_bytes(r, pos + REC_HDR, out + got * cap, rh.len < cap ? rh.len : cap);
-            got++;
+        if (!started || at < st.head_seq || at > st.next_seq) {
+            pos = st.head;
+            at = st.head_seq;
+            started = 1;
         }
-        pos += span;
-        at++;
+        for (unsigned steps = 0; got < max && pos != st.tail && steps < PEEK_CHUNK; steps++) {
+            rec_hdr rh;
+            get_bytes(r, pos, (char *)&rh, REC_HDR);
+            uint64_t span = span_of(rh.len);
+            if (rh.len > max_record || span > st.tail - pos || rh.seq != at) {
+                rc = TMW_ECORRUPT;
+                break;
+            }
+            if (at >= from) {
+                recs[got].seq = rh.seq;
+                recs[got].stamp_ns = rh.stamp;
+                recs[got].len = rh.len;
+                recs[got].aux = rh.aux;
+                if (cap) get_bytes(r, pos + REC_HDR, out + got * cap, rh.len < cap ? rh.len : cap);
+                got++;
+            }
+            pos += span;
+            at++;
+        }
+        int end = pos == st.tail;
+        unlock(r);
+        if (rc) return rc;
+        if (end) break;
     }
-    unlock(r);
-    if (rc) return rc;
     *n = got;
     return TMW_OK;
 }

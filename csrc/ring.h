@@ -346,10 +346,14 @@ typedef struct {
  * popped), oldest first, starting at seq from (records before it are
  * skipped; a from at or below the oldest starts at the oldest), into recs,
  * and the first min(len, cap) bytes of record i's payload into
- * out + i * cap (cap 0: none). *n is how many were copied; they are
- * consecutive in seq. Under the lock, walking from the oldest record as
- * tmw_ring_mark does: costs O(records queued before from + max), so one
- * call lists a range. Any thread, any process; pops nothing, wakes nobody.
+ * out + i * cap (cap 0: none). *n is how many were copied, in increasing
+ * seq: consecutive, except where consumers popped records while the walk
+ * went on (those are left out). It walks from the oldest record, as
+ * tmw_ring_mark does, so it costs O(records queued before from + max), and
+ * one call lists a range; it holds the lock for 512 records at a time at
+ * most, so a walk deep into a long queue does not hold up pushes and pops
+ * (between two holds, a walk whose next record was popped goes on from the
+ * oldest). Any thread, any process; pops nothing, wakes nobody.
  * Errors: TMW_EINVAL (max > 0 and recs NULL, or cap > 0 and out NULL);
  * TMW_ECORRUPT (locking, the ring's positions, or a record header fails
  * its checks; *n == 0). */

@@ -371,6 +371,33 @@ def test_peek_lists_a_range_of_queued_records_without_taking_them() -> None:
         assert batch.first_seq == 4 and batch.stamps[0] == head.stamp_ns
 
 
+def test_peek_walks_a_long_queue_in_chunks_and_skips_what_pops_take_meanwhile() -> None:
+    n = 5000  # the walk lets go of the lock every 512 records
+    with Ring(1 << 20) as ring:
+        ring.push_many([i.to_bytes(4, "little") for i in range(n)])
+        assert [p.seq for p in ring.peek(4000, 3, 4)] == [4000, 4001, 4002]
+        every = ring.peek(1, n, 4)
+        assert [p.seq for p in every] == list(range(1, n + 1))
+        assert all(int.from_bytes(p.head, "little") == p.seq - 1 for p in every)
+        stop = threading.Event()
+
+        def pop() -> None:
+            while not stop.is_set() and ring.try_pop_many(64).records:
+                pass
+
+        popper = threading.Thread(target=pop)
+        popper.start()
+        try:
+            while len(ring):
+                seen = ring.peek(1, n, 4)
+                seqs = [p.seq for p in seen]
+                assert seqs == sorted(set(seqs))  # increasing; what was popped meanwhile is left out
+                assert all(int.from_bytes(p.head, "little") == p.seq - 1 for p in seen)
+        finally:
+            stop.set()
+            popper.join()
+
+
 def test_peek_and_pop_read_headers_and_payloads_that_wrap_around() -> None:
     with Ring(256) as ring:  # records of 16 bytes take 48: the 6th header starts 16 bytes before the end
         for _ in range(5):
