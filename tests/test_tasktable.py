@@ -173,6 +173,25 @@ def test_a_queued_fast_path_task_is_named_from_its_record_in_the_queue_and_keeps
             assert table.name_of(task_id) == "helpers.add"  # the worker wrote it when it took it
 
 
+def test_tasks_off_the_fast_path_are_recorded_by_the_process_that_queues_them() -> None:
+    """Options, a Task, a callable by value: the queuing process writes the
+    record at once (the worker writes it only for a plain call by reference)."""
+    gate = _gate()
+    with TaskServer(1) as server:
+        blocker = server.task(wait_for_file, gate)
+        assert wait_until(lambda: _state(server, blocker) == "running")
+        table = local_pool(server).tasks
+        ids = {
+            "options": server.task(taskmw.Task(add, 1, 2), task_timeout=30),
+            "task": server.task(taskmw.Task(add, 1, 2)),
+            "by value": server.task(lambda: 3),
+        }
+        assert all(table.name_of(i) for i in ids.values()), {k: table.name_of(i) for k, i in ids.items()}
+        assert {server.status(i).state for i in ids.values()} == {"queued"}
+        _open(gate)
+        assert wait_until(lambda: all(server.status(i).state == "done" for i in ids.values()))
+
+
 def test_a_listing_of_many_queued_tasks_names_every_one_reading_the_queue_in_few_walks() -> None:
     gate = _gate()
     with TaskServer(1) as server:
