@@ -54,11 +54,14 @@
  *   checked against it; a mismatch returns TMW_ECORRUPT.
  *
  * Layout of the region: [header, 4 KiB][slots][data: capacity bytes].
- * Records in data: a 16-byte header {len, aux, seq} at a 16-byte aligned
- * position, then len payload bytes (wrapping around the end if needed),
- * padded to 16. Positions head/tail are monotonic byte counters; the byte
- * offset is position % capacity (capacity is a multiple of 16, so a record
- * header never wraps).
+ * Records in data: a 32-byte header {len, aux, seq, stamp, pad} at a
+ * 16-byte aligned position, then len payload bytes (wrapping around the end
+ * if needed), padded to 16. Positions head/tail are monotonic byte counters;
+ * the byte offset is position % capacity (capacity is a multiple of 16, so
+ * the header's first 16 bytes, {len, aux, seq}, never wrap; its second half,
+ * the stamp, may: headers are copied with put_bytes/get_bytes). The stamp is
+ * the wall-clock time of the push (CLOCK_REALTIME, ns): one clock read per
+ * push call, through the vDSO, outside the lock.
  */
 #define _GNU_SOURCE
 #include "ring.h"
@@ -77,9 +80,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAGIC 0x32474e49524d5754ULL /* "TWMRING2" */
+#define MAGIC 0x32474e49524d5754ULL /* "TWMRING2": 32-byte record headers with a stamp, the lingerer flag */
 #define HDR_SIZE 4096
-#define REC_HDR 16
+#define REC_HDR 32
 #define SLICE_NS 100000000ULL /* longest single sleep: 100 ms */
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
@@ -98,6 +101,8 @@ typedef struct {
     uint32_t len;
     uint32_t aux;
     uint64_t seq;
+    uint64_t stamp; /* CLOCK_REALTIME of the push, ns */
+    uint64_t _pad;
 } rec_hdr;
 
 /* The shared state a commit changes. */
@@ -168,11 +173,18 @@ struct tmw_ring {
 };
 
 _Static_assert(sizeof(shared_hdr) <= HDR_SIZE, "header fits its page");
-_Static_assert(sizeof(rec_hdr) == REC_HDR, "record header is 16 bytes");
+_Static_assert(sizeof(rec_hdr) == REC_HDR, "record header is 32 bytes");
+_Static_assert(offsetof(rec_hdr, stamp) == 16, "len, aux and seq are the first 16 bytes (never wrapped)");
 
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
@@ -631,6 +643,7 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
     for (size_t i = 0; i < n; i++)
         if (lens[i] > max_record) return TMW_ETOOBIG;
     uint64_t deadline = deadline_of(timeout);
+    uint64_t stamp = wall_ns(); /* outside the lock: every record of the call gets it */
     size_t done = 0;
     const char *src = data;
     int waited = 0;
@@ -647,8 +660,8 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
         while (done < n) {
             uint64_t span = span_of(lens[done]);
             if (r->capacity - (st.tail - st.head) < span) break;
-            rec_hdr rh = {lens[done], aux, st.next_seq};
-            memcpy(r->data + st.tail % r->capacity, &rh, REC_HDR);
+            rec_hdr rh = {lens[done], aux, st.next_seq, stamp, 0};
+            put_bytes(r, st.tail, (const char *)&rh, REC_HDR);
             put_bytes(r, st.tail + REC_HDR, src, lens[done]);
             if (done == 0) *first_seq = st.next_seq;
             src += lens[done];
@@ -708,6 +721,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
     char *out = b->out;
     size_t out_cap = b->out_cap;
     uint32_t *lens = b->lens, *auxs = b->auxs;
+    uint64_t *stamps = b->stamps;
     slot_hdr *s = slot_at(r, slot);
     uint64_t deadline = deadline_of(timeout);
     uint64_t max_record = tmw_ring_max_record(r);
@@ -746,7 +760,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
         b->first_seq = st.head_seq;
         while (n < limit && st.head != st.tail) {
             rec_hdr rh;
-            memcpy(&rh, r->data + st.head % r->capacity, REC_HDR);
+            get_bytes(r, st.head, (char *)&rh, REC_HDR);
             uint64_t span = span_of(rh.len);
             if (rh.len > max_record || span > st.tail - st.head || rh.seq != st.head_seq) {
                 rc = TMW_ECORRUPT;
@@ -765,6 +779,7 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
             used_out += rh.len;
             lens[n] = rh.len;
             auxs[n] = rh.aux;
+            if (stamps) stamps[n] = rh.stamp;
             if (hold) {
                 s->held[held + n].seq = rh.seq;
                 s->held[held + n].aux = rh.aux;
@@ -801,7 +816,7 @@ int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits) {
     uint64_t pos = st.head, at = st.head_seq, max_record = tmw_ring_max_record(r);
     while (!rc) {
         rec_hdr rh;
-        memcpy(&rh, r->data + pos % r->capacity, REC_HDR);
+        get_bytes(r, pos, (char *)&rh, REC_HDR);
         uint64_t span = span_of(rh.len);
         if (rh.len > max_record || span > st.tail - pos || rh.seq != at) {
             rc = TMW_ECORRUPT;
@@ -818,6 +833,65 @@ int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits) {
     }
     unlock(r);
     return rc;
+}
+
+/* ---- peeking at queued records --------------------------------------------- */
+
+#define PEEK_CHUNK 512 /* records a peek walks per hold of the lock */
+
+int tmw_ring_peek(tmw_ring *r, uint64_t from, tmw_peeked *recs, size_t max, char *out, size_t cap,
+                  size_t *n) {
+    *n = 0;
+    if (max && !recs) return TMW_EINVAL;
+    if (max && cap && !out) return TMW_EINVAL;
+    uint64_t pos = 0, at = 0, max_record = tmw_ring_max_record(r);
+    size_t got = 0;
+    int rc = TMW_OK, started = 0;
+    /* Walk from the oldest record, PEEK_CHUNK at a time, letting go of the
+     * lock between chunks so that a walk deep into a long queue does not
+     * hold producers and consumers up. Between two chunks nothing moves
+     * the records still queued; if pops took the one the walk stopped at,
+     * it goes on from the new oldest. */
+    while (got < max) {
+        rc = lock(r);
+        if (rc) return rc;
+        ring_state st = r->h->st;
+        rc = check_state(r, &st);
+        if (rc) {
+            unlock(r);
+            return rc;
+        }
+        if (!started || at < st.head_seq || at > st.next_seq) {
+            pos = st.head;
+            at = st.head_seq;
+            started = 1;
+        }
+        for (unsigned steps = 0; got < max && pos != st.tail && steps < PEEK_CHUNK; steps++) {
+            rec_hdr rh;
+            get_bytes(r, pos, (char *)&rh, REC_HDR);
+            uint64_t span = span_of(rh.len);
+            if (rh.len > max_record || span > st.tail - pos || rh.seq != at) {
+                rc = TMW_ECORRUPT;
+                break;
+            }
+            if (at >= from) {
+                recs[got].seq = rh.seq;
+                recs[got].stamp_ns = rh.stamp;
+                recs[got].len = rh.len;
+                recs[got].aux = rh.aux;
+                if (cap) get_bytes(r, pos + REC_HDR, out + got * cap, rh.len < cap ? rh.len : cap);
+                got++;
+            }
+            pos += span;
+            at++;
+        }
+        int end = pos == st.tail;
+        unlock(r);
+        if (rc) return rc;
+        if (end) break;
+    }
+    *n = got;
+    return TMW_OK;
 }
 
 /* ---- held records ------------------------------------------------------- */

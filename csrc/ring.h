@@ -199,7 +199,8 @@ void tmw_ring_close(tmw_ring *r);
 int tmw_ring_memfd(const tmw_ring *r);
 int tmw_ring_data_fd(const tmw_ring *r);
 
-/* Largest payload one record may carry, in bytes (capacity - 16). */
+/* Largest payload one record may carry, in bytes (capacity - 32: a record's
+ * header takes 32 bytes). */
 uint64_t tmw_ring_max_record(const tmw_ring *r);
 
 /* Byte offset of the data area inside the region (for tests that corrupt it
@@ -222,7 +223,9 @@ int tmw_ring_slot_claim(tmw_ring *r, int32_t pid);
 #define TMW_WAKE_SOON 2 /* as NOW, unless a consumer lingers: it takes the record when its linger ends */
 
 /* Push n records. data holds their payloads back to back; lens[i] is the
- * length of record i. Every record carries the 32-bit aux word. Records go
+ * length of record i. Every record carries the 32-bit aux word, and the
+ * wall-clock time of the call (CLOCK_REALTIME ns, read once per call before
+ * the lock; tmw_ring_pop's stamps and tmw_ring_peek give it). Records go
  * in whole and in order: *pushed is set to how many went in (a prefix, also
  * when an error is returned), and *first_seq to the sequence number of the
  * first one (0 if none). Sequence numbers are unique, never 0, and given in
@@ -267,10 +270,12 @@ typedef struct {
                             popped alone (a batch of one) */
     uint64_t linger_ns;  /* in: if the ring is empty, first linger this long (see
                             WAKE-UPS, LINGER; 0: sleep at once), once per call */
+    uint64_t *stamps;   /* in: room for max push times (CLOCK_REALTIME ns), or NULL: not wanted */
 } tmw_pop_buf;
 
 /* Pop up to max records, oldest first, into b (payloads into b->out, their
- * lengths into b->lens, aux words into b->auxs; b->n how many, at least 1
+ * lengths into b->lens, aux words into b->auxs, the wall-clock times of
+ * their pushes into b->stamps unless it is NULL; b->n how many, at least 1
  * on TMW_OK). The records of one pop are consecutive in seq. If hold, they
  * are also recorded as held by the slot in the same critical section, and
  * the pop takes at most max_held minus what the slot holds. Waits while the
@@ -348,6 +353,33 @@ int tmw_ring_reclaim(tmw_ring *r, int32_t pid, tmw_held *out, size_t cap,
  * TMW_EAGAIN if seq is not in the ring (popped already, or never pushed).
  * Errors: TMW_ECORRUPT (locking, or a record header fails its checks). */
 int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits);
+
+/* What a reader sees of a queued record (tmw_ring_peek). */
+typedef struct {
+    uint64_t seq;
+    uint64_t stamp_ns; /* when it was pushed: CLOCK_REALTIME, ns (one clock read per push call) */
+    uint32_t len;      /* its whole payload's length */
+    uint32_t aux;
+} tmw_peeked;
+
+/* For readers that show what is queued (taskmw's status() and listings):
+ * copy the headers of up to max records still in the ring (pushed, not
+ * popped), oldest first, starting at seq from (records before it are
+ * skipped; a from at or below the oldest starts at the oldest), into recs,
+ * and the first min(len, cap) bytes of record i's payload into
+ * out + i * cap (cap 0: none). *n is how many were copied, in increasing
+ * seq: consecutive, except where consumers popped records while the walk
+ * went on (those are left out). It walks from the oldest record, as
+ * tmw_ring_mark does, so it costs O(records queued before from + max), and
+ * one call lists a range; it holds the lock for 512 records at a time at
+ * most, so a walk deep into a long queue does not hold up pushes and pops
+ * (between two holds, a walk whose next record was popped goes on from the
+ * oldest). Any thread, any process; pops nothing, wakes nobody.
+ * Errors: TMW_EINVAL (max > 0 and recs NULL, or cap > 0 and out NULL);
+ * TMW_ECORRUPT (locking, the ring's positions, or a record header fails
+ * its checks; *n == 0). */
+int tmw_ring_peek(tmw_ring *r, uint64_t from, tmw_peeked *recs, size_t max, char *out, size_t cap,
+                  size_t *n);
 
 /* Records in the ring now (as tmw_ring_stats's records: a lock-free read,
  * cheap enough for a hot path's "anything there?"). No errors. */

@@ -23,6 +23,7 @@ from taskmw.middleware import ASGITaskMiddleware, TaskMiddleware, WSGITaskMiddle
 from taskmw.ring import (
     Batch,
     Held,
+    Peeked,
     RecordTooLarge,
     Ring,
     RingCorrupt,
@@ -50,6 +51,7 @@ __all__ = [
     "Batch",
     "DeferredListener",
     "Held",
+    "Peeked",
     "Periodic",
     "PoolClosed",
     "QueueFull",

@@ -6,7 +6,7 @@ before they were defined would not have) goes by value with cloudpickle.
 
 A call of a plain module-level function (``task()``'s fast path) is two
 pickles: the function's reference, pickled once per function and kept, then
-``(args, kwargs)``, behind a 3-byte prefix (:data:`_SPLIT_BYTE` and the first
+``(args, kwargs)``, behind a 3-byte prefix (:data:`SPLIT_BYTE` and the first
 one's length); :func:`decode` and :func:`decode_parts` read both forms.
 Looking a function up by name costs more than pickling small arguments.
 """
@@ -24,7 +24,7 @@ _MAIN = b"__main__"
 _dumps = pickle.dumps
 _loads = pickle.loads
 _PICKLE_ERRORS = (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError)
-_SPLIT_BYTE = b"\x01"
+SPLIT_BYTE = b"\x01"
 """The first byte of a two-part call payload (a pickle starts with 0x80)."""
 _refs: dict[FunctionType, bytes] = {}
 """Per plain function: the prefix and pickled reference of a two-part call
@@ -110,18 +110,55 @@ def _ref_of(fn: FunctionType) -> bytes:
         data = b""
     if len(_refs) >= 4096:
         _refs.clear()
-    ref = _refs[fn] = _SPLIT_BYTE + len(data).to_bytes(2, "little") + data if data else b""
+    ref = _refs[fn] = SPLIT_BYTE + len(data).to_bytes(2, "little") + data if data else b""
     return ref
 
 
 def decode_parts(payload: bytes) -> tuple[memoryview, memoryview] | None:
     """A two-part call payload's two pickles (the function's, the
     arguments'); None for a payload of one pickle."""
-    if payload[:1] != _SPLIT_BYTE:
+    if payload[:1] != SPLIT_BYTE:
         return None
     n = int.from_bytes(payload[1:3], "little")
     view = memoryview(payload)
     return view[3 : 3 + n], view[3 + n :]
+
+
+_PROTO, _FRAME, _MEMOIZE, _STACK_GLOBAL = 0x80, 0x95, 0x94, 0x93
+_SHORT_STR, _STR, _STR8 = 0x8C, 0x58, 0x8D  # SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
+
+
+def call_name(head: bytes, limit: int = 48) -> str | None:
+    """``"module.qualname"`` of a two-part call payload's function, read from
+    the first bytes of the payload (``head``) without unpickling anything
+    (its reference pickle is ``PROTO, FRAME, module, MEMOIZE, qualname,
+    MEMOIZE, STACK_GLOBAL``); when ``head`` stops inside the strings, what it
+    holds if that is at least ``limit`` UTF-8 bytes (the name is cut there
+    anyway). None for any other payload, or a reference it cannot read."""
+    if head[:1] != SPLIT_BYTE or len(head) < 3:  # noqa: PLR2004 - the prefix
+        return None
+    end = 3 + int.from_bytes(head[1:3], "little")
+    at, parts, got = 3, [], 0
+    while at < end and len(parts) < 2:  # noqa: PLR2004 - module and qualname
+        op = head[at] if at < len(head) else -1
+        if op == _PROTO:
+            at += 2
+        elif op == _FRAME:
+            at += 9
+        elif op == _MEMOIZE:
+            at += 1
+        elif op in (_SHORT_STR, _STR, _STR8):
+            width = 1 if op == _SHORT_STR else 4 if op == _STR else 8
+            n = int.from_bytes(head[at + 1 : at + 1 + width], "little")
+            text = head[at + 1 + width : at + 1 + width + n]
+            parts.append(text.decode("utf-8", "ignore"))
+            got += len(text)
+            if len(text) < n:  # the head stops inside it
+                return ".".join(parts) if got >= limit else None
+            at += 1 + width + n
+        else:
+            return ".".join(parts) if got >= limit else None  # the head ended (-1), or not a reference
+    return ".".join(parts) if len(parts) == 2 else None  # noqa: PLR2004
 
 
 def encode_data(obj: Any) -> bytes:

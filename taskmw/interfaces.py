@@ -105,7 +105,9 @@ class Transport(Protocol):
     def send(self, record: bytes, header: int, registered: Registered | None = None, name: bytes | None = None) -> int:
         """Queue one task (a submit record of :mod:`taskmw.records`); returns
         its seq. ``name`` (see :func:`taskmw.tasktable.name_field`) is given
-        for a task's first run: record it as queued under that name.
+        for a task's first run: record it as queued under that name (the
+        local pool leaves a plain call's record to the worker that takes it,
+        see :mod:`taskmw.tasktable`).
 
         Raises:
             QueueFull: no room within the queue timeout (nothing was queued).

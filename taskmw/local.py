@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskmw import _proc, _share, _table, delayed, records, schedule, supervisor, worker
+from taskmw._codec import SPLIT_BYTE as _SPLIT_BYTE
 from taskmw._table import ATTEMPT, SEQ, STARTED, TASK, TERMINATE
 from taskmw.channel import Channel
 from taskmw.errors import PoolClosed, UnknownTask
@@ -35,13 +36,14 @@ from taskmw.info import TaskInfo
 from taskmw.interfaces import Deliver, Registered, Server
 from taskmw.pool import RESTARTING, RUNNING, STOPPED, Pool
 from taskmw.records import FinishRecord
-from taskmw.ring import RingFull
+from taskmw.ring import Peeked, RingFull
 from taskmw.settings import Settings
-from taskmw.tasktable import TaskTable
+from taskmw.tasktable import PEEK_HEAD, TaskTable
 
 log = logging.getLogger(__name__)
 _running_loop = asyncio._get_running_loop  # noqa: SLF001 - the C getter, None outside a loop (send()'s hot path)
 
+_NAMED_HERE = records.NAMED_HERE
 _STABLE = 10.0
 """Seconds a supervisor must have run for its death to be restarted at once."""
 _CANCEL_WAIT = 10.0
@@ -288,8 +290,8 @@ class LocalTransport:
             seq = self._push(record, aux=header | channel.header, timeout=self._queue_timeout, soon=not header & _WANT)
         except RingFull:
             pool.raise_full()
-        if name is not None:
-            self._queued(seq, name)
+        if name is not None and (header & _NAMED_HERE or record[:1] != _SPLIT_BYTE):
+            self._queued(seq, name)  # else the worker that takes it records it (records.named_by_worker)
         return seq
 
     def _check_open(self) -> None:
@@ -347,7 +349,11 @@ class LocalTransport:
     def status(self, task_id: int) -> TaskInfo:
         """The record of ``task_id`` (see :meth:`taskmw.TaskServer.status`)."""
         issued, queue_start = self._bounds()
-        return self.pool.tasks.info(task_id, issued, queue_start, self._running().get(task_id))
+        return self.pool.tasks.info(task_id, issued, queue_start, self._running().get(task_id), self._peek, wait=True)
+
+    def _peek(self, first_seq: int, n: int) -> list[Peeked]:
+        """Queued records from ``first_seq`` on, with what a name needs of their payloads (a :data:`Peek`)."""
+        return self.pool.submit.peek(first_seq, n, PEEK_HEAD)
 
     def _running(self) -> dict[int, tuple[int, int, float]]:
         """What the workers run now (from the worker table): id -> (worker, attempt, started_at)."""
@@ -409,7 +415,7 @@ class LocalTransport:
         issued, queue_start = self._bounds()
         tasks, now = self.pool.tasks, self._running()
         running = [i for i in (self._try(tasks, t, issued, queue_start, now) for t in sorted(now)) if i is not None]
-        queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit, now)
+        queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit, now, self._peek)
         back = max(0, issued - 1 - _RECENT_SCAN * limit)
         recent = tasks.scan(range(issued - 1, back, -1), issued, queue_start, limit, now)
         held_ids = delayed.held(self.pool.scheduled_dir)

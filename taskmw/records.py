@@ -93,6 +93,20 @@ _REPLY = CHANNEL_MASK | WANT | DELAYED
 _UNCOMMON = SPILLED | OPTS | CANCEL
 STOP = Kind.STOP << _KIND_SHIFT
 """The header of a stop marker."""
+NAMED_HERE = _KIND_MASK | OPTS | SPILLED | DELAYED | RELEASED
+"""A submit header with any of these bits is recorded as queued (its name and
+time, :meth:`taskmw.tasktable.TaskTable.queued`) by the process that queues
+it; a plain call without them, whose payload is two-part, by the worker that
+takes it (:func:`named_by_worker`)."""
+
+
+def named_by_worker(header: int, record: bytes) -> bool:
+    """True for ``task()``'s fast path: a plain call (no options, not spilled)
+    of a function by reference (a two-part payload, see :mod:`taskmw._codec`).
+    Its queuing process does not record it as queued; the worker that pops it
+    does, with the time of its push and the name read from its payload."""
+    return not header & NAMED_HERE and record[:1] == _codec.SPLIT_BYTE
+
 
 # Finish status codes: indexes into taskmw.events.STATUSES.
 OK, ERROR, LOST, TIMEOUT, CANCELLED = range(5)

@@ -41,11 +41,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from taskmw._ring import ffi, lib
-from taskmw.ringtypes import Batch, Held, RecordTooLarge, RingCorrupt, RingError, RingFull, RingStats
+from taskmw.ringtypes import Batch, Held, Peeked, RecordTooLarge, RingCorrupt, RingError, RingFull, RingStats
 
 __all__ = [
     "Batch",
     "Held",
+    "Peeked",
     "RecordTooLarge",
     "Ring",
     "RingCorrupt",
@@ -93,7 +94,7 @@ _new_batch = tuple.__new__  # builds a Batch without NamedTuple's slower __new__
 class _Buffers:
     """One thread's pop buffer and C out-parameters (reused across calls)."""
 
-    __slots__ = ("size", "nrec", "out", "view", "cout", "lens", "auxs", "pb", "count", "seq")
+    __slots__ = ("size", "nrec", "out", "view", "cout", "lens", "auxs", "stamps", "pb", "count", "seq")
 
     def __init__(self, size: int, nrec: int) -> None:
         self.size = size
@@ -103,7 +104,9 @@ class _Buffers:
         self.cout = ffi.from_buffer(self.out)
         self.lens = ffi.new("uint32_t[]", nrec)
         self.auxs = ffi.new("uint32_t[]", nrec)
+        self.stamps = ffi.new("uint64_t[]", nrec)
         self.pb = ffi.new("tmw_pop_buf *", (self.cout, size, self.lens, self.auxs))
+        self.pb.stamps = self.stamps
         self.count = ffi.new("size_t *")  # push's out-parameters
         self.seq = ffi.new("uint64_t *")
 
@@ -153,7 +156,7 @@ class Ring:
     """A bounded MPMC queue of byte records in shared memory.
 
     Args:
-        capacity: bytes of record storage (each record also uses a 16-byte
+        capacity: bytes of record storage (each record also uses a 32-byte
             header and is padded to 16 bytes). Rounded up to a multiple of 16.
         slots: how many processes may use the ring over its life at once
             (each using process takes one slot; :meth:`reclaim` frees a dead
@@ -354,33 +357,8 @@ class Ring:
             RingFull: no space within the timeout (nothing was pushed).
             RecordTooLarge: ``len(data) > max_record``.
         """
-        # _timeouts(timeout), inlined: this is the hot path of every task().
-        how = _WAKE_SOON if soon else _WAKE_NOW
-        if timeout is None:
-            seq = self._push_one(data, aux, -1.0, None, how)
-        elif timeout > 0:
-            seq = self._push_one(data, aux, timeout, _monotonic() + timeout, how)
-        else:
-            seq = self._push_one(data, aux, 0.0, None, how)
-        if seq > 0:
-            return seq
-        if seq in (_ETIMEDOUT, _EAGAIN):
-            raise RingFull(f"ring full: no space for {len(data)} bytes within {timeout}s", 0)
-        _raise_for(seq, "push")
-        raise AssertionError("unreachable")
-
-    def try_push(self, data: bytes, *, aux: int = 0) -> int | None:
-        """Push one record if there is room now; its seq, or None if full."""
-        seq = self._push_one(data, aux, 0.0, None, _WAKE_NOW)
-        if seq > 0:
-            return seq
-        if seq == _EAGAIN:
-            return None
-        _raise_for(seq, "push")
-        raise AssertionError("unreachable")
-
-    def _push_one(self, data: bytes, aux: int, ctimeout: float, deadline: float | None, how: int) -> int:
-        """The hot path of push/try_push: the seq, or a negative TMW_E* code."""
+        # The hot path of every task(), in one frame: a first try that does not
+        # wait (no clock read); a full ring then waits, timed from there.
         r = self._r
         if r is None:
             raise ValueError("ring is closed")
@@ -392,6 +370,32 @@ class Ring:
         slot = self._slot
         if slot < 0:
             slot = self._my_slot()
+        how = _WAKE_SOON if soon else _WAKE_NOW
+        seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, 0.0, how)
+        if seq > 0:
+            return seq
+        if seq == _EAGAIN and (timeout is None or timeout > 0):
+            ctimeout, deadline = _timeouts(timeout)
+            seq = self._push_waiting(r, slot, data, n, aux, ctimeout, deadline, how)
+            if seq > 0:
+                return seq
+        if seq in (_ETIMEDOUT, _EAGAIN):
+            raise RingFull(f"ring full: no space for {n} bytes within {timeout}s", 0)
+        _raise_for(seq, "push")
+        raise AssertionError("unreachable")
+
+    def try_push(self, data: bytes, *, aux: int = 0) -> int | None:
+        """Push one record if there is room now; its seq, or None if full."""
+        try:
+            return self.push(data, aux=aux, timeout=0)
+        except RingFull:
+            return None
+
+    @staticmethod
+    def _push_waiting(
+        r: Any, slot: int, data: Any, n: int, aux: int, ctimeout: float, deadline: float | None, how: int
+    ) -> int:
+        """:meth:`push` on a full ring: the seq, or a negative TMW_E* code."""
         seq: int = lib.tmw_ring_push_one(r, slot, data, n, aux, ctimeout, how)
         while seq == _EINTR:  # a signal handler ran; go on waiting
             seq = lib.tmw_ring_push_one(r, slot, data, n, aux, _remaining(ctimeout, deadline), how)
@@ -507,12 +511,12 @@ class Ring:
                         for size in sizes:
                             records.append(blob[o : o + size])
                             o += size
-                return _new_batch(Batch, (pb.first_seq, records, ffi.unpack(b.auxs, n)))
+                return _new_batch(Batch, (pb.first_seq, records, ffi.unpack(b.auxs, n), ffi.unpack(b.stamps, n)))
             if rc == _EBUFSMALL:
                 b = self._buffers(max_records, max(pb.first_len, b.size))
                 continue
             if rc == _EAGAIN or rc == _ETIMEDOUT:
-                return _new_batch(Batch, (-1, [], []))
+                return _new_batch(Batch, (-1, [], [], []))
             if rc == _EINTR:  # a signal handler ran; go on waiting
                 ctimeout = _remaining(ctimeout, deadline)
                 continue
@@ -584,6 +588,32 @@ class Ring:
         if rc != _OK:
             _raise_for(rc, "mark")
         return True
+
+    def peek(self, first_seq: int, max_records: int, head: int = 0) -> list[Peeked]:
+        """What is queued from record ``first_seq`` on (not popped yet),
+        oldest first, without taking it: up to ``max_records`` records, each
+        with the first ``head`` bytes of its payload. Records before
+        ``first_seq`` are skipped (and walked over: the cost is that of the
+        records queued before it, plus those listed). Any process, any thread.
+
+        Raises:
+            RingCorrupt: a record header failed its checks.
+        """
+        r = self._handle()
+        if max_records < 1:
+            return []
+        recs = ffi.new("tmw_peeked[]", max_records)
+        out = ffi.new("char[]", max_records * head) if head else ffi.NULL
+        n = ffi.new("size_t *")
+        rc = lib.tmw_ring_peek(r, max(0, first_seq), recs, max_records, out, head, n)
+        if rc != _OK:
+            _raise_for(rc, "peek")
+        blob = ffi.buffer(out, n[0] * head)[:] if head else b""
+        got = []
+        for i in range(n[0]):
+            rec = recs[i]
+            got.append(Peeked(rec.seq, rec.aux, rec.stamp_ns, rec.len, blob[i * head : i * head + min(rec.len, head)]))
+        return got
 
     # -- held records -------------------------------------------------------
 

@@ -5,6 +5,7 @@ re-exports them, is the only module touching the C core)."""
 from __future__ import annotations
 
 import queue
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,12 +39,27 @@ class Batch(NamedTuple):
     """Records taken by one pop, oldest first.
 
     Their sequence numbers are ``first_seq``, ``first_seq + 1``, … in order;
-    ``auxs[i]`` is the aux word record ``i`` was pushed with.
+    ``auxs[i]`` is the aux word record ``i`` was pushed with, ``stamps[i]``
+    the wall-clock time of its push (``time.time_ns()``'s clock).
     """
 
     first_seq: int
     records: list[bytes]
     auxs: list[int]
+    stamps: Sequence[int] = ()
+
+
+class Peeked(NamedTuple):
+    """A record still queued, as :meth:`taskmw.Ring.peek` sees it."""
+
+    seq: int
+    aux: int
+    stamp_ns: int
+    """When it was pushed (``time.time_ns()``'s clock)."""
+    length: int
+    """Its whole payload's length."""
+    head: bytes
+    """The first bytes of its payload (as many as asked for)."""
 
 
 class Held(NamedTuple):

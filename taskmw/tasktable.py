@@ -8,6 +8,8 @@ Each slot has four groups of fields, each written by one process only:
 group  written by                  fields
 =====  ==========================  ============================================
 Q      the process that queued it  queued_at, name
+       (``task()``'s fast path:
+       the worker that takes it)
 S      the process that queued it  due (a delayed task's due time)
 L      the process that queued it  attempt, runs left (a run with ``retries``)
 R      the worker that runs it     worker_id, attempt, started_at
@@ -16,6 +18,20 @@ D      whoever finishes it         status, finished_at, attempts, the error's
        (worker, supervisor, the    type and message, and where its finish
        queuing process)            record is kept (a worker's result arena)
 =====  ==========================  ============================================
+
+``task()``'s fast path (a plain call of a function by reference, without
+options: :func:`taskmw.records.named_by_worker`) leaves the Q group to the
+worker that pops the task, to keep the write (a fresh slot's cache misses
+and page first-touch) off ``task()``: the worker writes it for its whole
+batch right after the pop, before running any of it, with the time of the
+push (the ring stamps every record, ``CLOCK_REALTIME``) and the name read
+from the payload's reference pickle (never unpickled). Until then a reader
+finds the name and time in the queued record itself (:meth:`taskmw.Ring.peek`,
+given to :meth:`TaskTable.info` and :meth:`TaskTable.scan` as ``peek``); a
+record popped between the reader's two looks has its Q group written within
+microseconds, which :meth:`TaskTable.info` waits for (``wait``, bounded).
+Either way one process writes a task's Q group: the queuing process for
+every other task, the worker for these.
 
 A group is written as: its tag word set to 0, the fields, the tag set to
 the task id. A reader reads the tag, the fields, the tag again, and takes
@@ -40,17 +56,19 @@ import mmap
 import reprlib
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FunctionType
 from typing import Any
 
-from taskmw._codec import decode_parts
+from taskmw import records
+from taskmw._codec import SPLIT_BYTE, call_name, decode_parts
 from taskmw._shm import shared_map
 from taskmw.errors import UnknownTask
 from taskmw.events import STATUSES, TaskError
 from taskmw.info import State, TaskInfo
 from taskmw.pipeline import task_name
 from taskmw.records import FinishRecord, load_salvaging
+from taskmw.ringtypes import Peeked
 from taskmw.tasks import ServiceTask, Task
 
 # Slot layout: 54 words (432 bytes).
@@ -74,6 +92,15 @@ _time = time.time
 _NO_ARENA = -1
 _OK = 0  # taskmw.records.OK
 _TRIES = 4  # a reader retries a group this often while a writer rewrites it
+_NAMED_HERE = records.NAMED_HERE
+_POPPED_WAIT = 0.1  # seconds info(wait=True) waits for the Q group of a task popped meanwhile
+_POPPED_POLL = 0.0005
+Peek = Callable[[int, int], Sequence[Peeked]]
+"""``peek(first_seq, n)``: up to ``n`` records still queued from ``first_seq`` on,
+each with the first :data:`PEEK_HEAD` bytes of its payload (a bound :meth:`taskmw.Ring.peek`)."""
+PEEK_HEAD = 128
+"""Payload bytes a peek needs for a name (the reference pickle's opcodes, then
+the module and qualname: cut at 48 bytes anyway)."""
 
 
 _ARGS = reprlib.Repr()
@@ -125,6 +152,24 @@ def task_name_field(obj: Any) -> bytes:
     return name_field(task_name(Task(obj)))
 
 
+_ref_names: dict[bytes, bytes] = {}
+"""The name field of each function reference read from a payload (bounded: cleared when full)."""
+
+
+def _call_name_field(payload: bytes) -> tuple[bytes, bytes]:
+    """The name field of a two-part call payload (or its first bytes), as
+    :func:`task_name_field` makes it for the function, read from the
+    payload; and the payload's prefix it was read from (the same for every
+    call of the function)."""
+    key = payload[: 3 + int.from_bytes(payload[1:3], "little")]
+    name = _ref_names.get(key)
+    if name is None:
+        if len(_ref_names) >= 4096:
+            _ref_names.clear()
+        name = _ref_names[key] = name_field(call_name(key) or "")
+    return key, name
+
+
 class TaskTable:
     """The record of the last ``capacity`` tasks, and the workers' result arenas.
 
@@ -149,6 +194,7 @@ class TaskTable:
         arenas_fd, self._arenas = shared_map("results", self.arena_size * arenas, next(got) if got else None)
         positions_fd, positions = shared_map("positions", mmap.PAGESIZE, next(got) if got else None)
         self._positions = memoryview(positions).cast("q")  # per arena: bytes ever written
+        self._last_ref = (b"\0", b"")  # taken()'s last function: the prefix of its calls (none yet), its name
         self.fds = (slots_fd, arenas_fd, positions_fd)
         """The memfds of the record (``fds``: those received from the process that made it)."""
 
@@ -161,13 +207,30 @@ class TaskTable:
         words[base] = task_id
 
     def queued(self, task_id: int, name: bytes) -> None:
-        """In the queuing process, once ``task()`` has the id; ``name`` as
-        :func:`name_field` made it. (:meth:`_write` inlined: this is on every
-        ``task()`` call's path.)"""
+        """In the queuing process, once ``task()`` has the id, for every task
+        but those the worker records (:meth:`taken`); ``name`` as
+        :func:`name_field` made it. (:meth:`_write` inlined: a hot path.)"""
         words, base = self._words, (task_id % self.capacity) * _SLOT  # _Q is 0
         words[base] = 0
         _pack_q(self._map, (base + 1) * 8, _time(), name)
         words[base] = task_id
+
+    def taken(self, first_seq: int, payloads: Sequence[bytes], headers: Sequence[int], stamps: Sequence[int]) -> None:
+        """In the worker, right after it popped a batch (``first_seq`` on,
+        with the ring's push times in ns): the Q group of each task its
+        queuing process left to the worker (:func:`taskmw.records.named_by_worker`)."""
+        words, m, capacity, seq = self._words, self._map, self.capacity, first_seq
+        ref, name = self._last_ref
+        for payload, header, stamp in zip(payloads, headers, stamps, strict=True):
+            if not header & _NAMED_HERE and payload[:1] == SPLIT_BYTE:  # records.named_by_worker, inlined
+                if not payload.startswith(ref):  # (a batch's tasks are mostly calls of one function)
+                    ref, name = _call_name_field(payload)
+                base = (seq % capacity) * _SLOT  # _Q is 0; the task's id is its seq (no options)
+                words[base] = 0
+                _pack_q(m, (base + 1) * 8, stamp / 1e9, name)
+                words[base] = seq
+            seq += 1
+        self._last_ref = ref, name
 
     def scheduled(self, task_id: int, due: float) -> None:
         """In the queuing process, for a delayed task: its due time (``time.time()``)."""
@@ -310,11 +373,21 @@ class TaskTable:
         return any(self._words[base + g] > task_id for g in (_Q, _R, _P, _D, _C, _A, _S, _L))
 
     def info(
-        self, task_id: int, issued: int, queue_start: int, running: tuple[int, int, float] | None = None
+        self,
+        task_id: int,
+        issued: int,
+        queue_start: int,
+        running: tuple[int, int, float] | None = None,
+        peek: Peek | None = None,
+        wait: bool = False,
     ) -> TaskInfo:
         """The record of ``task_id``; ``issued`` is the next id the pool will
         give, ``queue_start`` the first id still in the queue, ``running``
-        ``(worker_id, attempt, started_at)`` if a worker runs it now.
+        ``(worker_id, attempt, started_at)`` if a worker runs it now. ``peek``
+        reads a queued task's name and time from its record when its Q group
+        is the worker's to write (see the module's docstring); with ``wait``,
+        a task popped since ``queue_start`` was read, or one nothing is
+        recorded for yet, is given up to 0.1 s for its worker to write it.
 
         Raises:
             UnknownTask: the pool never issued the id, or its record was evicted.
@@ -326,6 +399,10 @@ class TaskTable:
         q = self._read(task_id, _Q, _Q_FIELDS)
         r = self._read(task_id, _R, _R_FIELDS) if running is None else running
         d = self._read(task_id, _D, _D_FIELDS)
+        if q is None and peek is not None:
+            q = self._from_queue(task_id, queue_start, peek)
+            if q is None and d is None and wait and (task_id >= queue_start or r is None):
+                q, d = self._await_taken(task_id)
         p = self._read(task_id, _P, _P_FIELDS)
         s = self._read(task_id, _S, _S_FIELDS)
         due = s[0] if s is not None else None
@@ -361,6 +438,31 @@ class TaskTable:
         return TaskInfo(task_id, "done", STATUSES[code], name, worker_id, attempts, queued_at, started_at,
                         finished_at, progress, message, error, self.arguments_of(task_id), due)  # fmt: skip
 
+    def _from_queue(self, task_id: int, queue_start: int, peek: Peek) -> tuple[Any, ...] | None:
+        """The Q fields of ``task_id`` read from its queued record (None: not queued now)."""
+        if task_id < queue_start:
+            return None
+        got = peek(task_id, 1)
+        if not got or got[0].seq != task_id:
+            return None  # popped since queue_start was read
+        p = got[0]
+        if records.named_by_worker(p.aux, p.head):
+            return p.stamp_ns / 1e9, _call_name_field(p.head)[1]
+        # Its queuing process writes the group, just after the push: it may have by now.
+        return self._read(task_id, _Q, _Q_FIELDS) or (p.stamp_ns / 1e9, b"")
+
+    def _await_taken(self, task_id: int) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+        """The Q and D groups of a task just popped, once its worker has
+        written the Q group (:meth:`taken`) or it has finished, or after
+        :data:`_POPPED_WAIT` seconds (a worker killed at that instant, or an
+        id that is no task's)."""
+        deadline = time.monotonic() + _POPPED_WAIT
+        while True:
+            q, d = self._read(task_id, _Q, _Q_FIELDS), self._read(task_id, _D, _D_FIELDS)
+            if q is not None or d is not None or time.monotonic() >= deadline:
+                return q, d
+            time.sleep(_POPPED_POLL)
+
     def done(self, task_id: int) -> bool:
         """True if ``task_id``'s record says it has finished."""
         return self._read(task_id, _D, _D_FIELDS) is not None
@@ -390,14 +492,39 @@ class TaskTable:
         queue_start: int,
         limit: int,
         running: dict[int, tuple[int, int, float]],
+        peek: Peek | None = None,
     ) -> list[TaskInfo]:
-        """The readable records of ``ids``, up to ``limit`` of them."""
+        """The readable records of ``ids``, up to ``limit`` of them; with
+        ``peek`` (for ``ids`` in increasing order: the queued ones), queued
+        records are read a run of at least ``limit`` at a time, so a listing
+        costs one walk of the queue, not one per task. Nothing is waited for."""
         out: list[TaskInfo] = []
+        runs = None if peek is None else _PeekRuns(peek, max(limit, 64))
         for task_id in ids:
             if len(out) >= limit:
                 break
             try:
-                out.append(self.info(task_id, issued, queue_start, running.get(task_id)))
+                out.append(self.info(task_id, issued, queue_start, running.get(task_id), runs))
             except UnknownTask:
                 continue
         return out
+
+
+class _PeekRuns:
+    """A :data:`Peek` that reads the queue ``size`` records at a time and
+    answers from what it read (for ids asked for in increasing order)."""
+
+    __slots__ = ("peek", "size", "got", "low", "high")
+
+    def __init__(self, peek: Peek, size: int) -> None:
+        self.peek, self.size = peek, size
+        self.got: dict[int, Peeked] = {}
+        self.low = self.high = 0  # the seqs [low, high) that got answers for
+
+    def __call__(self, first_seq: int, n: int) -> Sequence[Peeked]:
+        if not self.low <= first_seq < self.high:
+            run = self.peek(first_seq, max(n, self.size))
+            self.got = {p.seq: p for p in run}
+            self.low, self.high = first_seq, (run[-1].seq + 1 if run else first_seq + 1)
+        p = self.got.get(first_seq)
+        return () if p is None else (p,)

@@ -194,6 +194,7 @@ class _Worker:
                     self.recycle(_table.RELOAD)
                     return  # reloaded: a fresh worker takes this one's place
                 continue
+            self.tasks.taken(*batch)  # first: the Q groups task()'s fast path left to the worker
             words[row + SEQ] = batch.first_seq  # a timed task is always first (alone)
             words[row + STARTED] = time.monotonic_ns()
             words[row + STATE] = BUSY

@@ -78,3 +78,28 @@ def test_unpicklable_parts_are_named() -> None:
         _codec.encode_data(ServiceTask("svc", 1, lock))
     with pytest.raises(TypeError, match=r"the task data cannot be pickled"):
         _codec.encode_data(lock)
+
+
+class _Holder:
+    @staticmethod
+    def a_rather_long_method_name_so_that_the_name_is_cut_at_forty_eight_bytes() -> None:
+        """A function pickled by reference under a dotted qualname."""
+
+
+def test_the_name_of_a_queued_call_is_read_from_its_payload_without_unpickling() -> None:
+    """What status() shows for a queued task whose name only its record in
+    the queue holds: the same name task() would record, from the payload's
+    first bytes, for two-part payloads only."""
+    from taskmw.tasktable import task_name_field
+
+    long_one = _Holder.a_rather_long_method_name_so_that_the_name_is_cut_at_forty_eight_bytes
+    for fn in (module_function, long_one, pickle.dumps):
+        payload = _codec.encode_function_call(fn, (b"x" * 100,), {"k": 1})
+        name = _codec.call_name(payload[:128])
+        assert name is not None and task_name_field(fn).decode() == name.encode()[:48].decode()
+        assert _codec.call_name(payload) == name
+    assert _codec.call_name(_codec.encode_function_call(long_one, (), {})[:40]) is None  # cut before 48 bytes of it
+    assert _codec.call_name(_codec.encode_call(module_function, (1,), {})) is None  # one pickle: not this form
+    assert _codec.call_name(_codec.encode_function_call(lambda: 1, (), {})) is None  # by value
+    assert _codec.call_name(b"\x01\x05\x00\x80\x05(garbage") is None
+    assert _codec.call_name(b"") is None

@@ -19,7 +19,7 @@ from taskmw import RecordTooLarge, Ring, RingCorrupt, RingError, RingFull
 
 def span(n: int) -> int:
     """Bytes a record of n payload bytes takes in the ring."""
-    return 16 + (n + 15) // 16 * 16
+    return 32 + (n + 15) // 16 * 16
 
 
 def test_push_pop_roundtrip_with_seq_and_aux() -> None:
@@ -58,7 +58,7 @@ def test_zero_length_records() -> None:
 
 def test_full_ring_rejects_then_accepts_after_pop() -> None:
     with Ring(256) as ring:
-        rec = b"x" * 48  # 64 bytes a record: exactly 4 fit
+        rec = b"x" * 32  # 64 bytes a record (with its 32-byte header): exactly 4 fit
         for _ in range(4):
             assert ring.try_push(rec) is not None
         assert ring.try_push(rec) is None
@@ -69,7 +69,7 @@ def test_full_ring_rejects_then_accepts_after_pop() -> None:
 
 def test_try_push_many_pushes_a_prefix() -> None:
     with Ring(256) as ring:
-        recs = [bytes([i]) * 48 for i in range(6)]
+        recs = [bytes([i]) * 32 for i in range(6)]
         assert ring.try_push_many(recs) == 4
         assert ring.pop_many().records == recs[:4]
 
@@ -101,8 +101,8 @@ def test_largest_record_fills_the_ring() -> None:
 
 def test_oversize_record_is_refused_and_nothing_is_pushed() -> None:
     with Ring(4096) as ring:
-        with pytest.raises(RecordTooLarge, match="at most 4080 bytes"):
-            ring.push(b"x" * 4081)
+        with pytest.raises(RecordTooLarge, match="at most 4064 bytes"):
+            ring.push(b"x" * 4065)
         with pytest.raises(RecordTooLarge, match="record 1 "):
             ring.push_many([b"ok", b"x" * 5000, b"ok"])
         assert ring.stats().pushed == 0
@@ -130,25 +130,25 @@ def test_pop_timeout_on_empty() -> None:
 
 def test_push_timeout_on_full() -> None:
     with Ring(256) as ring:
-        ring.push_many([b"x" * 48] * 4)
+        ring.push_many([b"x" * 32] * 4)
         t0 = time.monotonic()
         with pytest.raises(RingFull) as info:
             ring.push(b"y", timeout=0.2)
         assert 0.19 <= time.monotonic() - t0 < 5
         assert info.value.accepted == 0
         with pytest.raises(RingFull) as info:
-            ring.push_many([b""] * 0 + [b"z" * 48], timeout=0.05)
+            ring.push_many([b""] * 0 + [b"z" * 32], timeout=0.05)
         assert info.value.accepted == 0
         assert ring.stats().records == 4
 
 
 def test_push_many_timeout_reports_accepted_prefix() -> None:
     with Ring(256) as ring:
-        ring.push(b"x" * 48)
+        ring.push(b"x" * 32)
         with pytest.raises(RingFull) as info:
-            ring.push_many([b"a" * 48] * 5, timeout=0.05)
+            ring.push_many([b"a" * 32] * 5, timeout=0.05)
         assert info.value.accepted == 3
-        assert ring.pop_many().records == [b"x" * 48] + [b"a" * 48] * 3
+        assert ring.pop_many().records == [b"x" * 32] + [b"a" * 32] * 3
 
 
 def test_hold_records_until_release() -> None:
@@ -282,7 +282,7 @@ def test_closed_ring_keeps_its_geometry_and_closes_once() -> None:
     ring = Ring(1000)
     ring.push(b"x")
     ring.close()
-    assert (ring.capacity, ring.max_record) == (1008, 992)  # constants, as a closed file's name
+    assert (ring.capacity, ring.max_record) == (1008, 976)  # constants, as a closed file's name
     ring.close()
     ring.__exit__(None, None, None)
 
@@ -318,6 +318,103 @@ def test_corrupt_record_header_is_an_error_not_a_crash(garbage: bytes) -> None:
             ring.pop_many()
         with pytest.raises(RingCorrupt):
             ring.pop_many(timeout=0.01)
+
+
+def test_corrupt_record_header_is_an_error_for_peek_too() -> None:
+    with Ring(4096) as ring:
+        ring.push(b"hello")
+        _poke(ring, 0, (0xFFFFFFFF).to_bytes(4, "little"))
+        with pytest.raises(RingCorrupt):
+            ring.peek(1, 10, 8)
+
+
+def test_pop_gives_each_record_the_wall_clock_time_of_its_push() -> None:
+    with Ring(4096) as ring:
+        before = time.time_ns()
+        ring.push(b"a")
+        ring.push_many([b"b", b"c"])
+        after = time.time_ns()
+        batch = ring.pop_many()
+        assert batch.records == [b"a", b"b", b"c"]
+        assert all(before <= t <= after for t in batch.stamps)
+        assert batch.stamps[0] <= batch.stamps[1] == batch.stamps[2]  # one clock read per push call
+        assert ring.try_pop_many().stamps == []
+
+
+def test_peek_of_an_empty_ring_lists_nothing() -> None:
+    with Ring(4096) as ring:
+        assert ring.peek(1, 10, 16) == []
+        ring.push(b"x")
+        ring.pop_many()
+        assert ring.peek(1, 10, 16) == []
+        assert ring.peek(2, 0, 16) == []
+
+
+def test_peek_lists_a_range_of_queued_records_without_taking_them() -> None:
+    with Ring(4096) as ring:
+        for i in range(10):
+            ring.push(bytes([65 + i]) * (i + 1), aux=100 + i)
+        ring.pop_many(3)  # seqs 1-3 are gone
+        got = ring.peek(5, 3, 4)
+        assert [(p.seq, p.aux, p.length, p.head) for p in got] == [
+            (5, 104, 5, b"EEEE"),
+            (6, 105, 6, b"FFFF"),
+            (7, 106, 7, b"GGGG"),
+        ]
+        assert [p.seq for p in ring.peek(1, 100)] == list(range(4, 11))  # from below the oldest: the oldest
+        assert all(p.head == b"" for p in ring.peek(1, 100))
+        assert ring.peek(11, 5, 4) == []  # not pushed yet
+        assert len(ring) == 7
+        head = ring.peek(4, 1, 100)[0]
+        assert head.head == b"DDDD"  # a short payload: all of it
+        batch = ring.pop_many()
+        assert batch.first_seq == 4 and batch.stamps[0] == head.stamp_ns
+
+
+def test_peek_walks_a_long_queue_in_chunks_and_skips_what_pops_take_meanwhile() -> None:
+    n = 5000  # the walk lets go of the lock every 512 records
+    with Ring(1 << 20) as ring:
+        ring.push_many([i.to_bytes(4, "little") for i in range(n)])
+        assert [p.seq for p in ring.peek(4000, 3, 4)] == [4000, 4001, 4002]
+        every = ring.peek(1, n, 4)
+        assert [p.seq for p in every] == list(range(1, n + 1))
+        assert all(int.from_bytes(p.head, "little") == p.seq - 1 for p in every)
+        stop = threading.Event()
+
+        def pop() -> None:
+            while not stop.is_set() and ring.try_pop_many(64).records:
+                pass
+
+        popper = threading.Thread(target=pop)
+        popper.start()
+        try:
+            while len(ring):
+                seen = ring.peek(1, n, 4)
+                seqs = [p.seq for p in seen]
+                assert seqs == sorted(set(seqs))  # increasing; what was popped meanwhile is left out
+                assert all(int.from_bytes(p.head, "little") == p.seq - 1 for p in seen)
+        finally:
+            stop.set()
+            popper.join()
+
+
+def test_peek_and_pop_read_headers_and_payloads_that_wrap_around() -> None:
+    with Ring(256) as ring:  # records of 16 bytes take 48: the 6th header starts 16 bytes before the end
+        for _ in range(5):
+            ring.push(b"z" * 16)
+        ring.pop_many()
+        before = time.time_ns()
+        ring.push(b"0123456789abcdef", aux=7)  # its header wraps
+        ring.push(b"Q" * 40, aux=8)
+        peeked = ring.peek(1, 10, 12)
+        assert [(p.seq, p.aux, p.length, p.head) for p in peeked] == [
+            (6, 7, 16, b"0123456789ab"),
+            (7, 8, 40, b"Q" * 12),
+        ]
+        assert all(before <= p.stamp_ns <= time.time_ns() for p in peeked)
+        batch = ring.pop_many()
+        assert batch.records == [b"0123456789abcdef", b"Q" * 40]
+        assert list(batch.stamps) == [p.stamp_ns for p in peeked]
 
 
 class RingModel(RuleBasedStateMachine):

@@ -505,7 +505,7 @@ def test_sigkill_loop_loses_nothing_and_never_wedges(tmp_path) -> None:
 @pytest.mark.timeout(60, method="thread")
 @pytest.mark.parametrize("side", ["pop", "push"])
 def test_killed_while_asleep_then_reclaimed_next_sleeper_still_woken(side: str) -> None:
-    rec = b"r" * 48  # 64 bytes in the ring: 64 of them fill 4096
+    rec = b"r" * 32  # 64 bytes in the ring (a 32-byte header): 64 of them fill 4096
     with Ring(4096, slots=8, spin_us=0) as ring:
         if side == "push":
             while ring.try_push(rec) is not None:
@@ -561,10 +561,11 @@ def test_producer_killed_inside_the_lock_is_recovered() -> None:
     size = 192 << 20  # about 0.3 s of copying into fresh shared pages
     with Ring(256 << 20, spin_us=0) as ring, Child(_pop_rounds, ring, 1) as consumer:
         wait_asleep(ring, consumer, "pop_waits", 1)
-        with Child(_push_big, ring, size) as producer, mmap.mmap(
-            ring.memfd(), ring.data_offset() + ring.capacity, prot=mmap.PROT_READ
-        ) as mem:
-            probe = ring.data_offset() + 16 + size // 8  # an eighth of the payload in
+        with (
+            Child(_push_big, ring, size) as producer,
+            mmap.mmap(ring.memfd(), ring.data_offset() + ring.capacity, prot=mmap.PROT_READ) as mem,
+        ):
+            probe = ring.data_offset() + 32 + size // 8  # an eighth of the payload in
             wait_until(lambda: mem[probe] == 0xAB, 20, "the producer to be copying", producer)
             producer.kill()
             assert producer.killed_by_us()
@@ -594,9 +595,7 @@ def test_consumer_killed_inside_the_lock_loses_nothing() -> None:
     size = 192 << 20
     with Ring(256 << 20, spin_us=0) as ring:
         seq = ring.push(b"\xcd" * size, aux=5)
-        with Child(_pop_big_and_hold, ring) as consumer, mmap.mmap(
-            ring.memfd(), 4096, prot=mmap.PROT_READ
-        ) as header:
+        with Child(_pop_big_and_hold, ring) as consumer, mmap.mmap(ring.memfd(), 4096, prot=mmap.PROT_READ) as header:
 
             def consumer_holds_lock() -> bool:
                 (owner,) = struct.unpack_from("<I", header, LOCK_OFFSET)
@@ -699,7 +698,7 @@ ROUNDS = 10
 
 @pytest.mark.timeout(60, method="thread")
 def test_producer_blocked_on_full_ring_is_woken_by_pop_in_other_process() -> None:
-    rec = b"p" * 48  # 64 bytes in the ring: 64 of them fill 4096
+    rec = b"p" * 32  # 64 bytes in the ring (a 32-byte header): 64 of them fill 4096
     with Ring(4096, spin_us=0) as ring:
         while ring.try_push(rec) is not None:
             pass
@@ -898,7 +897,7 @@ def test_one_call_freeing_room_for_all_sleepers_wakes_them_all_at_once(side: str
     sleeper drains it first, so each that gets through must wake the next.
     Without that the others sleep out the rest of their 100 ms slice."""
     n, rounds, bound = 4, 3, 0.040
-    rec = b"w" * 48  # 64 bytes in the ring: 16 of them fill 1024
+    rec = b"w" * 32  # 64 bytes in the ring (a 32-byte header): 16 of them fill 1024
     with Ring(1024, slots=n + 2, spin_us=0) as ring:
         if side == "push":
             while ring.try_push(rec) is not None:
@@ -997,11 +996,11 @@ def interrupt_sleeps(ring: Ring, child: Child, counter: str, rfd: int, times: in
 
 @pytest.mark.timeout(60, method="thread")
 def test_push_many_interrupted_by_signals_after_a_partial_push_completes() -> None:
-    recs = [REC.pack(3, i) for i in range(200)]  # 32 bytes each: 128 fit in 4096
+    recs = [REC.pack(3, i) for i in range(200)]  # 48 bytes each in the ring (a 32-byte header): 85 fit in 4096
     with Ring(4096, spin_us=0) as ring, signal_pipe() as (rfd, wfd):
         with Child(_push_many_through_signals, ring, recs, wfd) as producer:
             interrupt_sleeps(ring, producer, "push_waits", rfd, 3)
-            assert ring.stats().pushed == 128  # the first part went in, the rest waits
+            assert ring.stats().pushed == 4096 // 48  # the first part went in, the rest waits
             got: list[bytes] = []
             deadline = time.monotonic() + 10
             while len(got) < len(recs) and time.monotonic() < deadline:

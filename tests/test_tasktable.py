@@ -16,7 +16,7 @@ import pytest
 from helpers import WAIT, FinishLog, add, boom, die, in_child, local_pool, wait_for_file, wait_until
 
 import taskmw
-from taskmw import TaskFailed, TaskServer, UnknownTask
+from taskmw import TaskFailed, TaskInfo, TaskServer, UnknownTask
 from taskmw.records import OK, encode_finish
 from taskmw.tasktable import TaskTable, name_field
 
@@ -132,6 +132,113 @@ def test_a_task_is_seen_from_another_process_queued_running_with_progress_and_do
         assert done["queued_at"] <= done["started_at"] <= done["finished_at"]
         finishes.wait([blocker, task_id])
         assert [e.status for e in finishes.deliveries[task_id]] == ["ok"]
+
+
+def test_a_queued_fast_path_task_is_named_from_its_record_in_the_queue_and_keeps_its_queueing_time(
+    finishes: FinishLog,
+) -> None:
+    """task()'s fast path leaves the record's Q group to the worker (nothing
+    is written at queueing time): another process still sees the queued task
+    with its name and the time it was queued, read from the queue; once a
+    worker took and ran it, the worker's record gives the same name and time."""
+    gate = _gate()
+    with TaskServer(1, plugins=[finishes]) as server:
+        blocker = server.task(wait_for_file, gate)
+        assert wait_until(lambda: _state(server, blocker) == "running")
+        before = time.time()
+        ids = [server.task(add, i, 1) for i in range(3)]
+        after = time.time()
+        table = local_pool(server).tasks
+        assert [table.name_of(i) for i in ids] == ["", "", ""]  # not written by the queuing process
+        out = os.path.join(os.path.dirname(gate), "queued.json")
+
+        def observe() -> None:  # another process of the pool, before any worker took them
+            infos = [server.status(i).as_dict() for i in ids]
+            with open(out, "w") as f:
+                json.dump(infos, f)
+
+        assert in_child(observe) == 0
+        with open(out) as f:
+            seen = json.load(f)
+        assert [(i["state"], i["name"]) for i in seen] == [("queued", "helpers.add")] * 3
+        queued_at = [i["queued_at"] for i in seen]
+        assert before <= queued_at[0] <= queued_at[1] <= queued_at[2] <= after
+        _open(gate)
+        finishes.wait([blocker, *ids])
+        for task_id, at in zip(ids, queued_at, strict=True):
+            info = server.status(task_id)
+            assert (info.state, info.status, info.name) == ("done", "ok", "helpers.add")
+            assert info.queued_at == pytest.approx(at, abs=1e-6)  # the queueing time, not the worker's
+            assert info.queued_at <= info.started_at <= info.finished_at
+            assert table.name_of(task_id) == "helpers.add"  # the worker wrote it when it took it
+
+
+def test_tasks_off_the_fast_path_are_recorded_by_the_process_that_queues_them() -> None:
+    """Options, a Task, a callable by value: the queuing process writes the
+    record at once (the worker writes it only for a plain call by reference)."""
+    gate = _gate()
+    with TaskServer(1) as server:
+        blocker = server.task(wait_for_file, gate)
+        assert wait_until(lambda: _state(server, blocker) == "running")
+        table = local_pool(server).tasks
+        ids = {
+            "options": server.task(taskmw.Task(add, 1, 2), task_timeout=30),
+            "task": server.task(taskmw.Task(add, 1, 2)),
+            "by value": server.task(lambda: 3),
+        }
+        assert all(table.name_of(i) for i in ids.values()), {k: table.name_of(i) for k, i in ids.items()}
+        assert {server.status(i).state for i in ids.values()} == {"queued"}
+        _open(gate)
+        assert wait_until(lambda: all(server.status(i).state == "done" for i in ids.values()))
+
+
+def test_a_listing_of_many_queued_tasks_names_every_one_reading_the_queue_in_few_walks() -> None:
+    gate = _gate()
+    with TaskServer(1) as server:
+        blocker = server.task(wait_for_file, gate)
+        assert wait_until(lambda: _state(server, blocker) == "running")
+        before = time.time()
+        ids = [server.task(add, i, 1) for i in range(500)]
+        after = time.time()
+        ring = local_pool(server).submit
+        peeks: list[int] = []
+        real_peek = ring.peek
+
+        def counted_peek(first_seq: int, n: int, head: int = 0) -> list:  # type: ignore[type-arg]
+            peeks.append(n)
+            return real_peek(first_seq, n, head)
+
+        ring.peek = counted_peek  # type: ignore[method-assign]
+        try:
+            queued = server.tasks(limit=500)["queued"]
+        finally:
+            del ring.peek
+        assert [i.task_id for i in queued] == ids
+        assert {i.name for i in queued} == {"helpers.add"}
+        assert all(before <= i.queued_at <= after for i in queued)  # type: ignore[operator]
+        assert len(peeks) <= 2, peeks  # one walk of the queue, not one per task
+        _open(gate)
+        assert wait_until(lambda: server.status(ids[-1]).state == "done")
+
+
+def test_a_task_popped_between_a_readers_looks_is_given_its_workers_record() -> None:
+    """status() found the task queued, then not in the queue any more (a
+    worker popped it) before that worker wrote its Q group: it waits for it
+    (bounded); without ``wait`` (a listing) nothing is waited for."""
+    table = TaskTable(64, arenas=1, result_bytes=1 << 16, result_ttl=60)
+    writer = threading.Timer(0.02, table.queued, (7, name_field("mod.late")))
+    writer.start()
+    info = table.info(7, issued=8, queue_start=7, peek=lambda first, n: [], wait=True)
+    writer.join()
+    assert (info.state, info.name) == ("queued", "mod.late")
+    t = time.monotonic()
+    with pytest.raises(UnknownTask):
+        table.info(5, issued=8, queue_start=7, peek=lambda first, n: [], wait=True)  # nothing ever comes
+    assert time.monotonic() - t >= 0.1  # it waited its bound, then gave up
+    assert table.scan([5, 6], issued=8, queue_start=5, limit=10, running={}, peek=lambda first, n: []) == [
+        TaskInfo(5, "queued", None, "", None, 1, None, None, None, None, None, None, None, None),
+        TaskInfo(6, "queued", None, "", None, 1, None, None, None, None, None, None, None, None),
+    ]  # a listing waits for nothing: popped meanwhile, its name not written yet
 
 
 def test_cancel_from_another_process_a_queued_task_never_runs(finishes: FinishLog) -> None:
