@@ -37,6 +37,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # -- helpers -------------------------------------------------------------------
 
 
+def _readable(fd: int, timeout: float) -> bool:
+    """True if ``fd`` becomes readable within ``timeout`` seconds (poll, not
+    select: a test process that opened many pools has fds above FD_SETSIZE)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 class ChildFailed(AssertionError):
     """A child process raised, died, or did not finish in time."""
 
@@ -133,7 +141,7 @@ class Child:
         if self.killed_by_us():
             return ""
         why = f"child {self.pid} ended by itself (wait status {self.status:#x})"
-        if self._rfd >= 0 and select.select([self._rfd], [], [], 0)[0]:
+        if self._rfd >= 0 and _readable(self._rfd, 0):
             with contextlib.suppress(Exception):
                 why += ":\n" + str(pickle.loads(os.read(self._rfd, 1 << 20))[1])
         return why
@@ -145,8 +153,7 @@ class Child:
         chunks = []
         while True:
             left = deadline - time.monotonic()
-            r, _, _ = select.select([self._rfd], [], [], max(0.0, left))
-            if not r:
+            if not _readable(self._rfd, max(0.0, left)):
                 self.kill()
                 raise ChildFailed(f"child {self.pid} did not finish within {timeout} s")
             chunk = os.read(self._rfd, 1 << 20)
@@ -989,7 +996,7 @@ def interrupt_sleeps(ring: Ring, child: Child, counter: str, rfd: int, times: in
     wait_asleep(ring, child, counter, 1)
     for _ in range(times):
         os.kill(child.pid, signal.SIGUSR1)
-        wait_until(lambda: bool(select.select([rfd], [], [], 0)[0]), 5, "the signal handler", child)
+        wait_until(lambda: _readable(rfd, 0), 5, "the signal handler", child)
         assert os.read(rfd, 1) == b"!"
         wait_asleep(ring, child)
 
