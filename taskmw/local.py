@@ -418,12 +418,14 @@ class LocalTransport:
         queued = tasks.scan(range(queue_start, issued), issued, queue_start, limit, now, self._peek)
         back = max(0, issued - 1 - _RECENT_SCAN * limit)
         recent = tasks.scan(range(issued - 1, back, -1), issued, queue_start, limit, now)
+        # Taken out of the queue in a worker's batch, behind the task it runs now: still queued.
+        taken = [i for i in reversed(recent) if i.state == "queued" and i.task_id < queue_start]
         held_ids = delayed.held(self.pool.scheduled_dir)
         held = tasks.scan(held_ids, issued, queue_start, min(len(held_ids), _HELD_SCAN), now)
         scheduled = {i.task_id: i for i in [*held, *queued] if i.state == "scheduled"}
         return {
             "scheduled": sorted(scheduled.values(), key=lambda i: i.scheduled_for or 0.0)[:limit],
-            "queued": [i for i in queued if i.state == "queued"],
+            "queued": [*taken, *(i for i in queued if i.state == "queued")][:limit],
             "running": running,
             "done": [i for i in recent if i.state == "done"],
         }

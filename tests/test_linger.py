@@ -152,3 +152,25 @@ def test_task_workers_run_under_sched_batch() -> None:
         for pid in worker_pids(server):
             assert os.sched_getscheduler(pid) == os.SCHED_BATCH, pid
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_a_task_taken_in_a_batch_behind_a_running_one_is_listed_queued(tmp_path) -> None:
+    """One worker, lingering (start_delay 0.5 s): two tasks queued within one
+    linger go out of the queue in one batch; while the first runs, the
+    second is still listed (and reported) as queued, not lost from view."""
+    from helpers import wait_for_file
+
+    go = tmp_path / "go"
+    with TaskServer(1, start_delay=0.5, entrypoints=False) as server:
+        for i in range(8):  # quick tasks: the worker's batches grow and it lingers
+            server.task(add, i, 1)
+        assert wait_until(lambda: server.stats()["queue_depth"] == 0)
+        first = server.task(wait_for_file, str(go))
+        second = server.task(add, 1, 2)
+        assert wait_until(lambda: server.status(first).state == "running")
+        listed = server.tasks()
+        assert [i.task_id for i in listed["running"]] == [first]
+        assert second in [i.task_id for i in listed["queued"]], listed["queued"]
+        assert server.status(second).state == "queued"
+        go.touch()
+        assert server.result(second, timeout=WAIT) == 3
