@@ -180,8 +180,14 @@ class _Worker:
             asked = time.perf_counter()
             batch = ring.pop_many(size, timeout=timeout, hold=True, alone=records.TIMED, linger=linger)
             started = time.perf_counter()
-            # Tasks come often (this one after a short wait): linger before the next sleep (start_delay).
-            linger = self.linger if started - asked < busy_wait and batch.records else 0.0
+            if batch.records:
+                # Tasks come often (this one after a short wait): linger before the next sleep (start_delay).
+                linger = self.linger if started - asked < busy_wait else 0.0
+            elif timeout < _IDLE_CHECK:
+                # The wait was cut short for a lazy finish: linger out the rest of start_delay next.
+                linger = max(0.0, linger - (started - asked))
+            else:
+                linger = 0.0
             if not batch.records:
                 if self.unwoken:
                     self.wake_due(time.monotonic())

@@ -152,3 +152,22 @@ def test_task_workers_run_under_sched_batch() -> None:
         for pid in worker_pids(server):
             assert os.sched_getscheduler(pid) == os.SCHED_BATCH, pid
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_workers_linger_when_start_delay_is_longer_than_finish_delay() -> None:
+    """A worker's pop waits no longer than its first lazy finish is due
+    (finish_delay, 5 ms): a start_delay of 100 ms must still be lingered
+    out (the rest of it after the finishes are woken), not dropped, or
+    every task queued 10 ms apart wakes a worker."""
+    n = 60
+    with TaskServer(2, start_delay=0.1, finish_delay=0.005, entrypoints=False) as server:
+        ring = server.transport.pool.submit  # type: ignore[attr-defined]
+        server.taskwait(add, 0, 0, timeout=WAIT)
+        woken = ring.stats().woken
+        ids = []
+        for i in range(n):
+            ids.append(server.task(add, i, 1))
+            time.sleep(0.01)
+        assert [server.result(t, timeout=WAIT) for t in ids] == [i + 1 for i in range(n)]
+        woken = ring.stats().woken - woken
+        assert woken < n // 3, f"{woken} of {n} tasks woke a worker"
