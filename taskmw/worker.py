@@ -11,11 +11,12 @@ on a pile of others while another worker idles.
 A worker that keeps finding work (its last wait for a task was shorter
 than ``10 * start_delay``) *lingers* before its next sleep: it waits up to
 ``start_delay`` as the submit ring's one lingering consumer, which tasks
-queued with ``task()`` do not wake (see ``Ring.pop_many(linger=)``), so at
-web request rates one timed wake-up takes several tasks instead of every
-task waking a worker; a task somebody waits for wakes it at once. Workers
-run under ``SCHED_BATCH``: a woken worker does not preempt the request
-running on its core.
+queued with ``task()`` do not wake (see ``Ring.pop_many(linger=)``; a wait
+cut short to wake lazy finishes, ``finish_delay``, lingers the rest of
+``start_delay`` in the next one), so at web request rates one timed
+wake-up takes several tasks instead of every task waking a worker; a task
+somebody waits for wakes it at once. Workers run under ``SCHED_BATCH``: a
+woken worker does not preempt the request running on its core.
 
 ``async def`` tasks (any handler whose return value is a coroutine) run on an
 event loop in a second thread of the worker, ``task_concurrency`` at once.
