@@ -7,7 +7,7 @@ record (bytes) plus the ring's 32-bit aux word, the record's *header*:
 ====================  ===============================================
 bits 0-15             the completion channel of the queuing process
 bits 16-23            the :class:`Kind` (a call, a data object, a stop marker)
-:attr:`Flag.WANT`     a ``taskwait``/``task_async``/``result`` caller waits for the finish
+:attr:`Flag.WANT`     a ``taskwait``/``taskwait_multi``/``task_async`` caller waits for the finish
 :attr:`Flag.READER_STOP`  (finish) the marker that ends a completion reader thread
 :attr:`Flag.OPTS`     (submit) the payload starts with the options header
 :attr:`Flag.TIMED`    (submit) the task has a time limit: a worker takes it alone

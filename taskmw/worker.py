@@ -11,11 +11,12 @@ on a pile of others while another worker idles.
 A worker that keeps finding work (its last wait for a task was shorter
 than ``10 * start_delay``) *lingers* before its next sleep: it waits up to
 ``start_delay`` as the submit ring's one lingering consumer, which tasks
-queued with ``task()`` do not wake (see ``Ring.pop_many(linger=)``), so at
-web request rates one timed wake-up takes several tasks instead of every
-task waking a worker; a task somebody waits for wakes it at once. Workers
-run under ``SCHED_BATCH``: a woken worker does not preempt the request
-running on its core.
+queued with ``task()`` do not wake (see ``Ring.pop_many(linger=)``; a wait
+cut short to wake lazy finishes, ``finish_delay``, lingers the rest of
+``start_delay`` in the next one), so at web request rates one timed
+wake-up takes several tasks instead of every task waking a worker; a task
+somebody waits for wakes it at once. Workers run under ``SCHED_BATCH``: a
+woken worker does not preempt the request running on its core.
 
 ``async def`` tasks (any handler whose return value is a coroutine) run on an
 event loop in a second thread of the worker, ``task_concurrency`` at once.
@@ -180,8 +181,14 @@ class _Worker:
             asked = time.perf_counter()
             batch = ring.pop_many(size, timeout=timeout, hold=True, alone=records.TIMED, linger=linger)
             started = time.perf_counter()
-            # Tasks come often (this one after a short wait): linger before the next sleep (start_delay).
-            linger = self.linger if started - asked < busy_wait and batch.records else 0.0
+            if batch.records:
+                # Tasks come often (this one after a short wait): linger before the next sleep (start_delay).
+                linger = self.linger if started - asked < busy_wait else 0.0
+            elif timeout < _IDLE_CHECK:
+                # The wait was cut short for a lazy finish: linger out the rest of start_delay next.
+                linger = max(0.0, linger - (started - asked))
+            else:
+                linger = 0.0
             if not batch.records:
                 if self.unwoken:
                     self.wake_due(time.monotonic())

@@ -7,6 +7,7 @@ with ``task()`` does not wake a process per task; and the workers'
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -174,3 +175,45 @@ def test_a_task_taken_in_a_batch_behind_a_running_one_is_listed_queued(tmp_path)
         assert server.status(second).state == "queued"
         go.touch()
         assert server.result(second, timeout=WAIT) == 3
+
+
+def test_workers_linger_when_start_delay_is_longer_than_finish_delay() -> None:
+    """A worker's pop waits no longer than its first lazy finish is due
+    (finish_delay, 5 ms): a start_delay of 100 ms must still be lingered
+    out (the rest of it after the finishes are woken), not dropped, or
+    every task queued 10 ms apart wakes a worker."""
+    n = 60
+    with TaskServer(2, start_delay=0.1, finish_delay=0.005, entrypoints=False) as server:
+        ring = server.transport.pool.submit  # type: ignore[attr-defined]
+        server.taskwait(add, 0, 0, timeout=WAIT)
+        woken = ring.stats().woken
+        ids = []
+        for i in range(n):
+            ids.append(server.task(add, i, 1))
+            time.sleep(0.01)
+        assert [server.result(t, timeout=WAIT) for t in ids] == [i + 1 for i in range(n)]
+        woken = ring.stats().woken - woken
+        assert woken < n // 3, f"{woken} of {n} tasks woke a worker"
+
+
+def test_workers_killed_while_one_lingers_leave_no_flag_and_tasks_flow() -> None:
+    """SIGKILL the pool's task workers while one lingers (start_delay 1 s):
+    the supervisor reclaims their slots, which clears the dead lingerer's
+    flag (fresh workers start idle and do not linger), and fire-and-forget
+    tasks queued next run once each."""
+    with TaskServer(2, start_delay=1.0, finish_delay=0.0, entrypoints=False) as server:
+        ring = server.transport.pool.submit  # type: ignore[attr-defined]
+        server.taskwait(add, 0, 0, timeout=WAIT)
+        for i in range(3):
+            server.task(add, i, 1)
+        assert wait_until(lambda: ring.stats().lingering, interval=0.001)
+        old = set(worker_pids(server))
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: len(set(worker_pids(server)) - old) == 2)
+        assert wait_until(lambda: not ring.stats().lingering), "a dead worker's linger flag was left set"
+        ids = []
+        for i in range(20):
+            ids.append(server.task(add, i, 1))
+            time.sleep(0.005)
+        assert [server.result(t, timeout=WAIT) for t in ids] == [i + 1 for i in range(20)]
