@@ -396,6 +396,9 @@ class LocalTransport:
         if info.scheduled_for is not None and delayed.cancel(pool.scheduled_dir, task_id, pool.supervisor_pid):
             tasks.finished(task_id, records.CANCELLED, 0, _CANCELLED_QUEUED)  # the supervisor sends its finish
             return True
+        if self._taken_behind(task_id):
+            tasks.finished(task_id, records.CANCELLED, 0, _CANCELLED_QUEUED)  # its worker sends its one finish
+            return True
         info = _poll(lambda: self.status(task_id), lambda i: i.state not in ("queued", "scheduled"), _CANCEL_WAIT)
         if info.state == "done":
             return info.status == "cancelled"
@@ -409,6 +412,22 @@ class LocalTransport:
         table.words[row + TERMINATE] = table.words[row + SEQ]
         info = _poll(lambda: self.status(task_id), lambda i: i.state == "done", _CANCEL_WAIT)
         return info.state == "done" and info.status == "cancelled"
+
+    def _taken_behind(self, seq: int) -> bool:
+        """After a cancel request for ``seq``: True if a worker holds it in
+        its batch behind the task it runs now, so it will read the request
+        before it could start it (a worker writes a task's seq in its row
+        before it reads that task's cancel request: a row still at an
+        earlier seq of the batch, read after the request, has not read it)."""
+        time.sleep(0.001)  # the request, written just before, has left this core's store buffer
+        table = self.pool.table
+        words = table.words
+        for worker_id in range(self.pool.settings.task_workers):
+            row = table.row(worker_id)
+            end, now = words[row + _table.BATCH_END], words[row + SEQ]
+            if words[row + _table.STATE] == _table.BUSY and now < seq < end:
+                return True
+        return False
 
     def tasks(self, limit: int = 50) -> dict[str, list[TaskInfo]]:
         """Queued, running and recently finished tasks (up to ``limit`` each)."""

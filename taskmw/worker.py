@@ -202,6 +202,7 @@ class _Worker:
                     return  # reloaded: a fresh worker takes this one's place
                 continue
             self.tasks.taken(*batch)  # first: the Q groups task()'s fast path left to the worker
+            words[row + _table.BATCH_END] = batch.first_seq + len(batch.records)  # see LocalTransport.cancel
             words[row + SEQ] = batch.first_seq  # a timed task is always first (alone)
             words[row + STARTED] = time.monotonic_ns()
             words[row + STATE] = BUSY
@@ -231,6 +232,7 @@ class _Worker:
                 self.send(reply, outcomes, self.delay > 0 and not records.wants(reply))
             ring.release(done)
             words[row + TASK] = 0
+            words[row + _table.BATCH_END] = 0
             words[row + STATE] = IDLE
             size = min(size * 2, max_batch) if time.perf_counter() - started < QUICK else 1
             orphan = os.getppid() != supervisor  # its supervisor died: a new one runs new workers
@@ -290,6 +292,8 @@ class _Worker:
         sends its own finish when it is done, or a delayed task's trip that
         has none, released already; ``b""``: a large finish, sent already)."""
         words, row = self.words, self.row
+        words[row + TASK] = 0  # the one before is over (failed() reads TASK only while SEQ is this one's)
+        words[row + SEQ] = seq  # before any look at its cancel request (see LocalTransport.cancel)
         started = time.perf_counter()
         if header & records.SPILLED:
             self.pool.consume_spill(record)  # the file is read (and removed) now: room for another
@@ -321,7 +325,6 @@ class _Worker:
             tasks.arguments(task_id, payload, self.worker_id)
         self.current = task_id
         limit = own_limit or self.timeout
-        words[row + SEQ] = seq
         words[row + _table.ATTEMPT] = attempt
         words[row + TASK] = task_id  # last: the record reads "running" from here (see LocalTransport.status)
         if limit:  # the supervisor kills this worker if the task is still running then

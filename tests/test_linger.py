@@ -217,3 +217,34 @@ def test_workers_killed_while_one_lingers_leave_no_flag_and_tasks_flow() -> None
             ids.append(server.task(add, i, 1))
             time.sleep(0.005)
         assert [server.result(t, timeout=WAIT) for t in ids] == [i + 1 for i in range(20)]
+
+
+def test_a_task_taken_in_a_batch_behind_a_running_one_can_be_cancelled(tmp_path) -> None:
+    """cancel() of a task its worker took in a batch behind a long one
+    returns True at once (the worker reads the request before it could
+    start it), the record says cancelled, and it never runs."""
+    from helpers import wait_for_file
+
+    go, ran = tmp_path / "go", tmp_path / "ran"
+    with TaskServer(1, start_delay=0.5, entrypoints=False) as server:
+        for i in range(8):
+            server.task(add, i, 1)
+        assert wait_until(lambda: server.stats()["queue_depth"] == 0)
+        first = server.task(wait_for_file, str(go))
+        second = server.task(_touch, str(ran))
+        assert wait_until(lambda: server.status(first).state == "running")
+        assert server.stats()["queue_depth"] == 0  # both taken: the second waits in the worker's batch
+        started = time.monotonic()
+        assert server.cancel(second) is True
+        assert time.monotonic() - started < 5.0
+        info = server.status(second)
+        assert (info.state, info.status) == ("done", "cancelled")
+        go.touch()
+        assert server.result(first, timeout=WAIT) == str(go)
+        assert wait_until(lambda: server.stats()["totals"]["cancelled"] == 1)
+    assert not ran.exists()
+
+
+def _touch(path: str) -> None:
+    with open(path, "x"):
+        pass
