@@ -206,11 +206,11 @@ class FinishListener:
                 finish = FinishRecord.decode(record)  # no value: Celery's failures carry none
                 if not (entry[3] and finish.status in RETRIED):
                     outcomes.append((entry[2], finish.status, finish.error))
-        if finishes:
-            self.deliver(finishes, headers)
-        if keys:
+        if keys:  # before the delivery: a hook (or a waiter) that looks finds the result's expiry and record set
             with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.pexpire(key, self.records.ttl_ms)
                 self.records.finished(outcomes, client=pipe)
                 pipe.execute()
+        if finishes:
+            self.deliver(finishes, headers)
