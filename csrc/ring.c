@@ -346,14 +346,14 @@ static void wake_soon(tmw_ring *r) {
     wake_consumers(r);
 }
 
-/* Wait until ready(r, arg) or the deadline. Spin first, then sleep on the
+/* Wait until ready(r, arg) or the deadline. Spin first (spin_ns), then sleep on the
  * side's futex, in slices of at most SLICE_NS. */
 static int wait_for(tmw_ring *r, int (*ready)(tmw_ring *, uint64_t), uint64_t arg, sleepers q,
-                    uint32_t *mine, uint64_t deadline) {
+                    uint32_t *mine, uint64_t spin_ns, uint64_t deadline) {
     if (ready(r, arg)) return TMW_OK;
     uint64_t start = now_ns();
-    if (r->spin_ns) {
-        uint64_t until = start + r->spin_ns;
+    if (spin_ns) {
+        uint64_t until = start + spin_ns;
         if (until > deadline) until = deadline;
         for (unsigned i = 1;; i++) {
             if (ready(r, arg)) return TMW_OK;
@@ -692,7 +692,7 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
         if (timeout == 0) return TMW_EAGAIN;
         if (!waited++) BUMP(&r->h->push_waits);
         slot_hdr *s = slot_at(r, slot);
-        rc = wait_for(r, space_ready, span_of(lens[done]), space_side(r), &s->sleeping_space,
+        rc = wait_for(r, space_ready, span_of(lens[done]), space_side(r), &s->sleeping_space, r->spin_ns,
                       deadline);
         if (rc == TMW_ETIMEDOUT || rc == TMW_EINTR || rc == TMW_ESYS) {
             if (rc == TMW_ETIMEDOUT && ring_has_space(r, span_of(lens[done]))) continue;
@@ -738,7 +738,8 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
                 if (rc == TMW_EINTR) return rc;
                 if (rc == TMW_OK) continue; /* it lingered: look again */
             }
-            int rc = wait_for(r, data_ready, 0, data_side(r), &s->sleeping_data, deadline);
+            uint64_t spin = b->spin_ns > r->spin_ns ? b->spin_ns : r->spin_ns;
+            int rc = wait_for(r, data_ready, 0, data_side(r), &s->sleeping_data, spin, deadline);
             if (rc == TMW_ETIMEDOUT && ring_nonempty(r)) continue;
             if (rc) return rc;
             continue;

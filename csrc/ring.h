@@ -271,6 +271,9 @@ typedef struct {
     uint64_t linger_ns;  /* in: if the ring is empty, first linger this long (see
                             WAKE-UPS, LINGER; 0: sleep at once), once per call */
     uint64_t *stamps;   /* in: room for max push times (CLOCK_REALTIME ns), or NULL: not wanted */
+    uint64_t spin_ns;   /* in: if the ring is empty, poll it this long before
+                           sleeping, when longer than the ring's spin_ns (a
+                           waiter that expects a record soon; 0: the ring's) */
 } tmw_pop_buf;
 
 /* Pop up to max records, oldest first, into b (payloads into b->out, their

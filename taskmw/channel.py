@@ -20,7 +20,8 @@ called by whoever sees the closed loop first (the next ``task()``, ``close()``).
 A thread waiting for a finish (``taskwait``) while the reader is a thread
 reads the channel itself (:meth:`Channel.wait`), so that its finish reaches
 it with one wake-up (the worker's) instead of two (the worker's of the
-reader thread, then the reader thread's of the waiter). The reader thread
+reader thread, then the reader thread's of the waiter), or none if it comes
+within ``wait_spin`` (the waiter polls the ring that long before it sleeps). The reader thread
 stands aside meanwhile: a waiter that finds it asleep in the ring pushes a
 kick marker into the channel (read while the task runs), the reader thread
 then waits on a condition and drains the channel every ``finish_delay``
@@ -234,6 +235,7 @@ class Channel:
         thread reads it. Only for a channel read by a thread (else the
         caller waits on its own)."""
         ring, cond = self.ring, self._cond
+        spin = self.pool.settings.wait_spin
         deadline = None if timeout is None else time.monotonic() + timeout
         with cond:
             self._waiting += 1
@@ -255,7 +257,7 @@ class Channel:
                 if self._cut:
                     self._hand_on_cut()
                     continue
-                batch = ring.pop_many(_BATCH, timeout=left)
+                batch = ring.pop_many(_BATCH, timeout=left, spin=spin)
                 if batch.records and self._hand_on(batch):
                     ring.try_push(b"", aux=records.READER_STOP)  # the reader thread's stop marker: pass it on
         finally:

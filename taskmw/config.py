@@ -160,6 +160,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("start_delay", ("--start-delay",), float, _DEFAULT.start_delay,
            "seconds a task nobody waits for may wait for a lingering worker, so busy workers are not woken per task "
            "(0: at once)", pool=True, metavar="SECONDS"),
+    Option("wait_spin", ("--wait-spin",), float, _DEFAULT.wait_spin,
+           "seconds a thread blocked in taskwait polls for its finish before it sleeps (0: sleeps at once)",
+           pool=True, metavar="SECONDS"),
     Option("task_timeout", ("--task-timeout",), _seconds_or_none, _DEFAULT.task_timeout,
            "seconds a task may run before it is stopped (status 'timeout'); 'none': no limit", pool=True,
            metavar="SECONDS"),

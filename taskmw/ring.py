@@ -453,6 +453,7 @@ class Ring:
         hold: bool = False,
         alone: int = 0,
         linger: float = 0.0,
+        spin: float = 0.0,
     ) -> Batch:
         """Take up to ``max_records`` records, oldest first, waiting up to
         ``timeout`` seconds (``None``: forever; 0: not at all) while the ring
@@ -467,6 +468,9 @@ class Ring:
         the ring is empty, first linger up to that many seconds (within the
         timeout) as the ring's one lingering consumer, whom pushes made with
         ``soon=True`` do not wake (if another consumer lingers, sleep at once).
+        ``spin`` > 0: while the ring is empty, poll it up to that many seconds
+        before each sleep, if longer than the ring's ``spin_us`` (a waiter
+        that expects a record soon; the CPU is spent with the GIL released).
 
         Raises:
             RingError: ``hold=True`` and this process holds ``max_held``
@@ -489,6 +493,7 @@ class Ring:
             pb = b.pb
             pb.alone_mask = alone
             pb.linger_ns = int(linger * 1e9)
+            pb.spin_ns = int(spin * 1e9)
             rc = lib.tmw_ring_pop(r, slot, pb, max_records, hold, ctimeout)
             if rc == 0:
                 n = pb.n

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _live: weakref.WeakSet[TaskServer] = weakref.WeakSet()
 _CALL = records.submit_header(Kind.CALL)
+_CALL_WANT = records.submit_header(Kind.CALL, want=True)
 _OPTIONS = OPTIONS_ATTR
 
 
@@ -97,7 +98,7 @@ class TaskServer:
             ``*`` disables them all).
         queue_bytes, queue_timeout, task_concurrency, shutdown_timeout,
         max_dispatchers, channel_bytes, task_records, result_bytes,
-        result_ttl, finish_delay, start_delay, task_timeout, retries, retry_backoff,
+        result_ttl, finish_delay, start_delay, wait_spin, task_timeout, retries, retry_backoff,
         max_tasks_per_worker, max_payload_bytes, spill_dir, spill_bytes,
         record_arguments, builder_dumpable, share, max_worker_memory,
         missed_runs, schedule_file: the pool's settings, each
@@ -143,6 +144,7 @@ class TaskServer:
         result_ttl: float = Settings.result_ttl,
         finish_delay: float = Settings.finish_delay,
         start_delay: float = Settings.start_delay,
+        wait_spin: float = Settings.wait_spin,
         task_timeout: float | None = Settings.task_timeout,
         retries: int = Settings.retries,
         retry_backoff: float = Settings.retry_backoff,
@@ -172,6 +174,7 @@ class TaskServer:
             result_ttl=result_ttl,
             finish_delay=finish_delay,
             start_delay=start_delay,
+            wait_spin=wait_spin,
             task_timeout=task_timeout,
             retries=retries,
             retry_backoff=retry_backoff,
@@ -258,15 +261,20 @@ class TaskServer:
             PoolClosed: the pool has stopped.
         """
         if type(fn_or_data) is FunctionType and self._no_retries and _OPTIONS not in fn_or_data.__dict__:
-            # the fast path: a plain function (without @task defaults)
-            if kwargs:
-                check_not_options(fn_or_data, kwargs)
-            name = task_name_field(fn_or_data)
-            task_id = self._send(_codec.encode_function_call(fn_or_data, args, kwargs), _CALL, None, name)
-            self._delivery.sent += 1
-            return task_id
+            return self._queue_function(fn_or_data, args, kwargs, _CALL, "task")
         payload, kind, options = encode_task(fn_or_data, args, kwargs)
         return self._queue(payload, records.submit_header(kind), task_name_field(fn_or_data), **options)
+
+    def _queue_function(
+        self, fn: FunctionType, args: tuple[Any, ...], kwargs: dict[str, Any], header: int, call: str
+    ) -> int:
+        """The fast path of :meth:`task` and the waiting calls: a plain
+        function without ``@task`` defaults, in a pool without retries."""
+        if kwargs:
+            check_not_options(fn, kwargs, call=call)
+        task_id = self._send(_codec.encode_function_call(fn, args, kwargs), header, None, task_name_field(fn))
+        self._delivery.sent += 1
+        return task_id
 
     def _queue(
         self,
@@ -363,6 +371,8 @@ class TaskServer:
         return event.return_value
 
     def _queue_waited(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any], call: str) -> int:
+        if type(obj) is FunctionType and self._no_retries and _OPTIONS not in obj.__dict__:
+            return self._queue_function(obj, args, kwargs, _CALL_WANT, call)
         payload, kind, options = encode_task(obj, args, kwargs, call)
         return self._queue(payload, records.submit_header(kind, want=True), task_name_field(obj), **options)
 
@@ -441,12 +451,13 @@ class TaskServer:
         if loop is not None and running_loop() is loop:
             raise RuntimeError("taskwait() would block the event loop that delivers finishes: await task_async()")
         got: dict[int, TaskFinishEvent] = {}
-        arrived = threading.Event()
+        woken: list[threading.Event] = []  # made only if this thread sleeps on it (wait_here could not serve)
 
         def waiter(task_id: int) -> Callable[[TaskFinishEvent], None]:
             def put(event: TaskFinishEvent) -> None:
                 got[task_id] = event
-                arrived.set()
+                if woken:
+                    woken[0].set()
 
             return put
 
@@ -460,6 +471,8 @@ class TaskServer:
         # Where it can, this thread reads the finishes itself: one wake-up (see Channel.wait).
         if len(got) < count and (wait_here is None or not wait_here(lambda: len(got) >= count, timeout)):
             deadline = None if timeout is None else time.monotonic() + timeout
+            arrived = threading.Event()
+            woken.append(arrived)  # (a finish put before this line is in got: the loop sees it)
             while True:
                 arrived.clear()
                 if len(got) >= count:

@@ -99,6 +99,12 @@ class Settings:
             per task (0: every task wakes a sleeping worker at once). A
             task somebody waits for (``taskwait``, ``task_async``, …)
             wakes a worker at once whatever this says.
+        wait_spin: (local pool) seconds, at most 0.01, a thread blocked in
+            ``taskwait`` or ``taskwait_multi`` polls its finishes before it
+            sleeps, so that the finish of a short task reaches it without a
+            wake-up (the CPU of that thread, otherwise idle, for at most
+            this long per sleep; 0: it sleeps at once). ``task_async`` and
+            the finish reader never spin.
         task_timeout: seconds a task may run (``None``: no limit). A task
             over it finishes ``timeout``: a sync task's worker is killed and
             replaced, an async task is cancelled. Per task:
@@ -173,6 +179,7 @@ class Settings:
     result_ttl: float = 3600.0
     finish_delay: float = 0.005
     start_delay: float = 0.005
+    wait_spin: float = 0.0001
     task_timeout: float | None = None
     retries: int = 0
     retry_backoff: float = 0.5
@@ -204,6 +211,9 @@ class Settings:
         check_seconds("start_delay", self.start_delay)
         if self.start_delay > 1.0:
             raise ValueError(f"start_delay must be at most 1 second, got {self.start_delay!r}")
+        check_seconds("wait_spin", self.wait_spin)
+        if self.wait_spin > 0.01:
+            raise ValueError(f"wait_spin must be at most 0.01 second, got {self.wait_spin!r}")
         check_seconds("shutdown_timeout", self.shutdown_timeout)
         check_seconds("retry_backoff", self.retry_backoff)
         check_int("retries", self.retries, 0, 1000)
@@ -243,6 +253,7 @@ class Settings:
             "result_ttl",
             "finish_delay",
             "start_delay",
+            "wait_spin",
         ):
             value = getattr(self, name)
             if value is not None:
