@@ -261,6 +261,17 @@ static int check_state(tmw_ring *r, const ring_state *st) {
     return TMW_OK;
 }
 
+/* Lock the ring and copy its shared state into *st, checked; on any error
+ * the ring is left unlocked. */
+static int lock_state(tmw_ring *r, ring_state *st) {
+    int rc = lock(r);
+    if (rc) return rc;
+    *st = r->h->st;
+    rc = check_state(r, st);
+    if (rc) unlock(r);
+    return rc;
+}
+
 /* ---- waiting and waking ------------------------------------------------ */
 
 static int ring_nonempty(tmw_ring *r) { return LOAD(&r->h->st.tail) != LOAD(&r->h->st.head); }
@@ -648,14 +659,9 @@ int tmw_ring_push(tmw_ring *r, int slot, const char *data, const uint32_t *lens,
     const char *src = data;
     int waited = 0;
     for (;;) {
-        int rc = lock(r);
+        ring_state st;
+        int rc = lock_state(r, &st);
         if (rc) return rc;
-        ring_state st = r->h->st;
-        rc = check_state(r, &st);
-        if (rc) {
-            unlock(r);
-            return rc;
-        }
         size_t before = done;
         while (done < n) {
             uint64_t span = span_of(lens[done]);
@@ -744,15 +750,13 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
             if (rc) return rc;
             continue;
         }
-        int rc = lock(r);
+        ring_state st;
+        int rc = lock_state(r, &st);
         if (rc) return rc;
-        ring_state st = r->h->st;
-        rc = check_state(r, &st);
         uint32_t held = s->held_count;
-        if (!rc && held > r->max_held) rc = TMW_ECORRUPT;
-        if (rc) {
+        if (held > r->max_held) {
             unlock(r);
-            return rc;
+            return TMW_ECORRUPT;
         }
         size_t limit = max;
         if (hold && limit > r->max_held - held) limit = r->max_held - held;
@@ -809,11 +813,10 @@ int tmw_ring_pop(tmw_ring *r, int slot, tmw_pop_buf *b, size_t max, int hold,
 /* ---- marking a queued record --------------------------------------------- */
 
 int tmw_ring_mark(tmw_ring *r, uint64_t seq, uint32_t bits) {
-    int rc = lock(r);
+    ring_state st;
+    int rc = lock_state(r, &st);
     if (rc) return rc;
-    ring_state st = r->h->st;
-    rc = check_state(r, &st);
-    if (!rc && (seq < st.head_seq || seq >= st.next_seq)) rc = TMW_EAGAIN;
+    if (seq < st.head_seq || seq >= st.next_seq) rc = TMW_EAGAIN;
     uint64_t pos = st.head, at = st.head_seq, max_record = tmw_ring_max_record(r);
     while (!rc) {
         rec_hdr rh;
@@ -854,14 +857,9 @@ int tmw_ring_peek(tmw_ring *r, uint64_t from, tmw_peeked *recs, size_t max, char
      * the records still queued; if pops took the one the walk stopped at,
      * it goes on from the new oldest. */
     while (got < max) {
-        rc = lock(r);
+        ring_state st;
+        rc = lock_state(r, &st);
         if (rc) return rc;
-        ring_state st = r->h->st;
-        rc = check_state(r, &st);
-        if (rc) {
-            unlock(r);
-            return rc;
-        }
         if (!started || at < st.head_seq || at > st.next_seq) {
             pos = st.head;
             at = st.head_seq;
