@@ -4,6 +4,7 @@ results and their bounds. Real pools, real forked processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -11,6 +12,8 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import WAIT, FinishLog, add, boom, die, in_child, local_pool, wait_for_file, wait_until
@@ -44,6 +47,25 @@ def _open(path: str) -> None:
 
 def _state(server: TaskServer, task_id: int) -> str:
     return server.status(task_id).state
+
+
+@contextlib.contextmanager
+def _worker_held(server: TaskServer) -> Iterator[int]:
+    """The server's one worker runs a blocker (its id) until the block ends."""
+    gate = _gate()
+    blocker = server.task(wait_for_file, gate)
+    assert wait_until(lambda: _state(server, blocker) == "running")
+    try:
+        yield blocker
+    finally:
+        _open(gate)
+
+
+def _queue_adds(server: TaskServer, n: int) -> tuple[list[int], float, float]:
+    """``n`` fast-path tasks queued: their ids, and the wall clock before and after."""
+    before = time.time()
+    ids = [server.task(add, i, 1) for i in range(n)]
+    return ids, before, time.time()
 
 
 # -- the table itself -------------------------------------------------------------
@@ -135,35 +157,30 @@ def test_a_task_is_seen_from_another_process_queued_running_with_progress_and_do
 
 
 def test_a_queued_fast_path_task_is_named_from_its_record_in_the_queue_and_keeps_its_queueing_time(
-    finishes: FinishLog,
+    finishes: FinishLog, tmp_path: Path
 ) -> None:
     """task()'s fast path leaves the record's Q group to the worker (nothing
     is written at queueing time): another process still sees the queued task
     with its name and the time it was queued, read from the queue; once a
     worker took and ran it, the worker's record gives the same name and time."""
-    gate = _gate()
     with TaskServer(1, plugins=[finishes]) as server:
-        blocker = server.task(wait_for_file, gate)
-        assert wait_until(lambda: _state(server, blocker) == "running")
-        before = time.time()
-        ids = [server.task(add, i, 1) for i in range(3)]
-        after = time.time()
-        table = local_pool(server).tasks
-        assert [table.name_of(i) for i in ids] == ["", "", ""]  # not written by the queuing process
-        out = os.path.join(os.path.dirname(gate), "queued.json")
+        with _worker_held(server) as blocker:
+            ids, before, after = _queue_adds(server, 3)
+            table = local_pool(server).tasks
+            assert [table.name_of(i) for i in ids] == ["", "", ""]  # not written by the queuing process
+            out = str(tmp_path / "queued.json")
 
-        def observe() -> None:  # another process of the pool, before any worker took them
-            infos = [server.status(i).as_dict() for i in ids]
-            with open(out, "w") as f:
-                json.dump(infos, f)
+            def observe() -> None:  # another process of the pool, before any worker took them
+                infos = [server.status(i).as_dict() for i in ids]
+                with open(out, "w") as f:
+                    json.dump(infos, f)
 
-        assert in_child(observe) == 0
-        with open(out) as f:
-            seen = json.load(f)
-        assert [(i["state"], i["name"]) for i in seen] == [("queued", "helpers.add")] * 3
-        queued_at = [i["queued_at"] for i in seen]
-        assert before <= queued_at[0] <= queued_at[1] <= queued_at[2] <= after
-        _open(gate)
+            assert in_child(observe) == 0
+            with open(out) as f:
+                seen = json.load(f)
+            assert [(i["state"], i["name"]) for i in seen] == [("queued", "helpers.add")] * 3
+            queued_at = [i["queued_at"] for i in seen]
+            assert before <= queued_at[0] <= queued_at[1] <= queued_at[2] <= after
         finishes.wait([blocker, *ids])
         for task_id, at in zip(ids, queued_at, strict=True):
             info = server.status(task_id)
@@ -176,48 +193,40 @@ def test_a_queued_fast_path_task_is_named_from_its_record_in_the_queue_and_keeps
 def test_tasks_off_the_fast_path_are_recorded_by_the_process_that_queues_them() -> None:
     """Options, a Task, a callable by value: the queuing process writes the
     record at once (the worker writes it only for a plain call by reference)."""
-    gate = _gate()
     with TaskServer(1) as server:
-        blocker = server.task(wait_for_file, gate)
-        assert wait_until(lambda: _state(server, blocker) == "running")
-        table = local_pool(server).tasks
-        ids = {
-            "options": server.task(taskmw.Task(add, 1, 2), task_timeout=30),
-            "task": server.task(taskmw.Task(add, 1, 2)),
-            "by value": server.task(lambda: 3),
-        }
-        assert all(table.name_of(i) for i in ids.values()), {k: table.name_of(i) for k, i in ids.items()}
-        assert {server.status(i).state for i in ids.values()} == {"queued"}
-        _open(gate)
+        with _worker_held(server):
+            table = local_pool(server).tasks
+            ids = {
+                "options": server.task(taskmw.Task(add, 1, 2), task_timeout=30),
+                "task": server.task(taskmw.Task(add, 1, 2)),
+                "by value": server.task(lambda: 3),
+            }
+            assert all(table.name_of(i) for i in ids.values()), {k: table.name_of(i) for k, i in ids.items()}
+            assert {server.status(i).state for i in ids.values()} == {"queued"}
         assert wait_until(lambda: all(server.status(i).state == "done" for i in ids.values()))
 
 
 def test_a_listing_of_many_queued_tasks_names_every_one_reading_the_queue_in_few_walks() -> None:
-    gate = _gate()
     with TaskServer(1) as server:
-        blocker = server.task(wait_for_file, gate)
-        assert wait_until(lambda: _state(server, blocker) == "running")
-        before = time.time()
-        ids = [server.task(add, i, 1) for i in range(500)]
-        after = time.time()
-        ring = local_pool(server).submit
-        peeks: list[int] = []
-        real_peek = ring.peek
+        with _worker_held(server):
+            ids, before, after = _queue_adds(server, 500)
+            ring = local_pool(server).submit
+            peeks: list[int] = []
+            real_peek = ring.peek
 
-        def counted_peek(first_seq: int, n: int, head: int = 0) -> list:  # type: ignore[type-arg]
-            peeks.append(n)
-            return real_peek(first_seq, n, head)
+            def counted_peek(first_seq: int, n: int, head: int = 0) -> list:  # type: ignore[type-arg]
+                peeks.append(n)
+                return real_peek(first_seq, n, head)
 
-        ring.peek = counted_peek  # type: ignore[method-assign]
-        try:
-            queued = server.tasks(limit=500)["queued"]
-        finally:
-            del ring.peek
-        assert [i.task_id for i in queued] == ids
-        assert {i.name for i in queued} == {"helpers.add"}
-        assert all(before <= i.queued_at <= after for i in queued)  # type: ignore[operator]
-        assert len(peeks) <= 2, peeks  # one walk of the queue, not one per task
-        _open(gate)
+            ring.peek = counted_peek  # type: ignore[method-assign]
+            try:
+                queued = server.tasks(limit=500)["queued"]
+            finally:
+                del ring.peek
+            assert [i.task_id for i in queued] == ids
+            assert {i.name for i in queued} == {"helpers.add"}
+            assert all(before <= i.queued_at <= after for i in queued)  # type: ignore[operator]
+            assert len(peeks) <= 2, peeks  # one walk of the queue, not one per task
         assert wait_until(lambda: server.status(ids[-1]).state == "done")
 
 
