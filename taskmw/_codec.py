@@ -14,6 +14,7 @@ Looking a function up by name costs more than pickling small arguments.
 from __future__ import annotations
 
 import pickle
+import sys
 from types import FunctionType
 from typing import Any
 
@@ -29,6 +30,14 @@ SPLIT_BYTE = b"\x01"
 _refs: dict[FunctionType, bytes] = {}
 """Per plain function: the prefix and pickled reference of a two-part call
 (``b""``: it cannot go by reference; bounded: cleared when full)."""
+_functions: dict[bytes, tuple[FunctionType, str, object, dict[str, Any], str]] = {}
+"""Per reference pickle of a two-part call read here: the plain
+module-level function it named, its module's name, the module, its
+namespace and the function's name there (a hit counts only while that
+module is still imported under that name and that name still holds that
+function; bounded: cleared when full)."""
+_modules = sys.modules
+_MAX_FUNCTIONS = 256
 
 
 def dumps(obj: Any) -> bytes:
@@ -192,4 +201,27 @@ def decode(payload: bytes) -> Any:
     if parts is None:
         return _loads(payload)
     args, kwargs = _loads(parts[1])
-    return _loads(parts[0]), args, kwargs
+    return _function(parts[0]), args, kwargs
+
+
+def _function(ref: memoryview) -> Any:
+    """What the reference pickle ``ref`` of a two-part call names. A plain
+    module-level function is looked up once and kept (looking it up again
+    costs more than the task's arguments): the kept one is used while its
+    module's attribute of its name still is that function (a module
+    reloaded or imported anew, or a name rebound, is looked up afresh)."""
+    key = ref.tobytes()
+    kept = _functions.get(key)
+    if kept is not None:
+        fn, module_name, module, namespace, name = kept
+        if _modules.get(module_name) is module and namespace.get(name) is fn:
+            return fn
+    fn = _loads(ref)
+    if type(fn) is FunctionType and isinstance(fn.__module__, str):
+        module = _modules.get(fn.__module__)
+        namespace = getattr(module, "__dict__", None)
+        if namespace is not None and namespace.get(fn.__qualname__) is fn:  # a dotted qualname never is
+            if len(_functions) >= _MAX_FUNCTIONS:
+                _functions.clear()
+            _functions[key] = fn, fn.__module__, module, namespace, fn.__qualname__
+    return fn
