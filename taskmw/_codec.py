@@ -197,31 +197,31 @@ def _explain(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseEx
 
 def decode(payload: bytes) -> Any:
     """Unpickle a payload written by this module."""
-    parts = decode_parts(payload)
-    if parts is None:
+    if payload[:1] != SPLIT_BYTE:
         return _loads(payload)
-    args, kwargs = _loads(parts[1])
-    return _function(parts[0]), args, kwargs
+    end = 3 + int.from_bytes(payload[1:3], "little")  # decode_parts(), inlined: a hot path
+    args, kwargs = _loads(memoryview(payload)[end:])
+    return _function(payload[:end]), args, kwargs
 
 
-def _function(ref: memoryview) -> Any:
-    """What the reference pickle ``ref`` of a two-part call names. A plain
+def _function(ref: bytes) -> Any:
+    """What the first part of a two-part call (``ref``: its 3-byte prefix
+    and the function's reference pickle) names. A plain
     module-level function is looked up once and kept (looking it up again
     costs more than the task's arguments): the kept one is used while its
     module's attribute of its name still is that function (a module
     reloaded or imported anew, or a name rebound, is looked up afresh)."""
-    key = ref.tobytes()
-    kept = _functions.get(key)
+    kept = _functions.get(ref)
     if kept is not None:
         fn, module_name, module, namespace, name = kept
         if _modules.get(module_name) is module and namespace.get(name) is fn:
             return fn
-    fn = _loads(ref)
+    fn = _loads(memoryview(ref)[3:])
     if type(fn) is FunctionType and isinstance(fn.__module__, str):
         module = _modules.get(fn.__module__)
         namespace = getattr(module, "__dict__", None)
         if namespace is not None and namespace.get(fn.__qualname__) is fn:  # a dotted qualname never is
             if len(_functions) >= _MAX_FUNCTIONS:
                 _functions.clear()
-            _functions[key] = fn, fn.__module__, module, namespace, fn.__qualname__
+            _functions[ref] = fn, fn.__module__, module, namespace, fn.__qualname__
     return fn
