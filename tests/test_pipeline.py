@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from helpers import WAIT, FinishLog, Signup, VipSignup, add, boom, module_function, pids_gone, pool_processes, welcome
 
-from taskmw import ServiceTask, TaskEvent, TaskFailed, TaskFinishEvent, TaskServer, hookimpl
+from taskmw import ServiceTask, Task, TaskEvent, TaskFailed, TaskFinishEvent, TaskServer, _codec, hookimpl, records
 from taskmw.listeners import Dispatcher
+from taskmw.pipeline import run_task
+from taskmw.plugins import implementations, plugin_manager
+from taskmw.records import ERROR, OK
 
 
 def test_errors_come_back_with_traceback_text(pool: TaskServer, finishes: FinishLog) -> None:
@@ -109,3 +112,49 @@ def test_hook_wrappers_are_refused() -> None:
 
     with pytest.raises(ValueError, match="cannot be a hook wrapper"):
         TaskServer(1, plugins=[Wrapper()], entrypoints=False)
+
+
+class LateHandler:
+    """An ``on_task`` plugin registered after the built-in ones (it runs before the invoker)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, tuple[Any, ...], int]] = []
+
+    @hookimpl
+    def on_task(self, event: TaskEvent) -> None:
+        assert isinstance(event.data, Task)
+        self.seen.append((event.data.fn, event.data.args, event.attempt))
+        if event.data.args == (0, 0):
+            event.set_return_value("late")
+            event.complete()
+
+
+def test_a_call_reaches_every_on_task_hook_its_calls_name_and_the_invoker_alone_runs_it_directly() -> None:
+    """run_task() calls a task's function itself only while the invoker comes
+    first in the calls it is given: a plugin registered later sees the Task
+    and may complete it; a failure reads the same either way."""
+    pm = plugin_manager([], None, False, [])
+    payload = _codec.encode_function_call(add, (2, 3), {})
+    kind = int(records.Kind.CALL)
+    assert run_task(implementations(pm.hook.on_task), None, 1, 0, payload, kind) == (OK, 5, None, "helpers.add")  # type: ignore[arg-type]
+    late = LateHandler()
+    pm.register(late)
+    calls = implementations(pm.hook.on_task)
+    assert run_task(calls, None, 2, 0, payload, kind, 2) == (OK, 5, None, "helpers.add")  # type: ignore[arg-type]
+    zero = _codec.encode_function_call(add, (0, 0), {})
+    assert run_task(calls, None, 3, 0, zero, kind) == (OK, "late", None, "helpers.add")  # type: ignore[arg-type]
+    assert late.seen == [(add, (2, 3), 2), (add, (0, 0), 1)]
+    status, value, error, name = run_task(calls, None, 4, 0, _codec.encode_function_call(boom, ("x",), {}), kind)  # type: ignore[arg-type]
+    assert (status, value, name) == (ERROR, None, "helpers.boom") and error is not None
+    assert error.traceback.count("File ") == 1  # from the task's own frame, whichever path ran it
+    pm.unregister(late)
+    status, value, error, name = run_task(
+        implementations(pm.hook.on_task),
+        None,
+        5,
+        0,
+        _codec.encode_function_call(boom, ("x",), {}),
+        kind,  # type: ignore[arg-type]
+    )
+    assert (status, value, name) == (ERROR, None, "helpers.boom") and error is not None
+    assert error.traceback.count("File ") == 1 and error.message == "x"
