@@ -134,27 +134,24 @@ def test_a_call_reaches_every_on_task_hook_its_calls_name_and_the_invoker_alone_
     first in the calls it is given: a plugin registered later sees the Task
     and may complete it; a failure reads the same either way."""
     pm = plugin_manager([], None, False, [])
-    payload = _codec.encode_function_call(add, (2, 3), {})
+    server: Any = None  # no task here queues more
     kind = int(records.Kind.CALL)
-    assert run_task(implementations(pm.hook.on_task), None, 1, 0, payload, kind) == (OK, 5, None, "helpers.add")  # type: ignore[arg-type]
+    call, zero, fail = (
+        _codec.encode_function_call(fn, args, {}) for fn, args in ((add, (2, 3)), (add, (0, 0)), (boom, ("x",)))
+    )
+    assert run_task(implementations(pm.hook.on_task), server, 1, 0, call, kind) == (OK, 5, None, "helpers.add")
     late = LateHandler()
     pm.register(late)
     calls = implementations(pm.hook.on_task)
-    assert run_task(calls, None, 2, 0, payload, kind, 2) == (OK, 5, None, "helpers.add")  # type: ignore[arg-type]
-    zero = _codec.encode_function_call(add, (0, 0), {})
-    assert run_task(calls, None, 3, 0, zero, kind) == (OK, "late", None, "helpers.add")  # type: ignore[arg-type]
+    assert run_task(calls, server, 2, 0, call, kind, 2) == (OK, 5, None, "helpers.add")
+    assert run_task(calls, server, 3, 0, zero, kind) == (OK, "late", None, "helpers.add")
     assert late.seen == [(add, (2, 3), 2), (add, (0, 0), 1)]
-    status, value, error, name = run_task(calls, None, 4, 0, _codec.encode_function_call(boom, ("x",), {}), kind)  # type: ignore[arg-type]
-    assert (status, value, name) == (ERROR, None, "helpers.boom") and error is not None
-    assert error.traceback.count("File ") == 1  # from the task's own frame, whichever path ran it
+    assert_fails(calls, server, fail, kind)  # through the plugin, then the invoker
     pm.unregister(late)
-    status, value, error, name = run_task(
-        implementations(pm.hook.on_task),
-        None,
-        5,
-        0,
-        _codec.encode_function_call(boom, ("x",), {}),
-        kind,  # type: ignore[arg-type]
-    )
+    assert_fails(implementations(pm.hook.on_task), server, fail, kind)  # the invoker alone
+
+
+def assert_fails(calls: list[Any], server: Any, payload: bytes, kind: int) -> None:
+    status, value, error, name = run_task(calls, server, 4, 0, payload, kind)
     assert (status, value, name) == (ERROR, None, "helpers.boom") and error is not None
-    assert error.traceback.count("File ") == 1 and error.message == "x"
+    assert error.message == "x" and error.traceback.count("File ") == 1  # from the task's own frame on
