@@ -52,6 +52,17 @@ def dumps(obj: Any) -> bytes:
     return data
 
 
+PLAIN_VALUES = frozenset({type(None), bool, int, float, str, bytes})
+"""Types whose pickle refers to no class or function (so to nothing of
+``__main__``): a tuple of them is :func:`dumps_plain`'s to pickle."""
+
+
+def dumps_plain(obj: Any) -> bytes:
+    """Plain pickle, for what holds only :data:`PLAIN_VALUES` (what
+    :func:`dumps` would make of it, without looking for ``__main__`` in it)."""
+    return _dumps(obj, _PROTOCOL)
+
+
 def unpicklable_message(what: str, obj: Any, exc: BaseException) -> str:
     """Why ``obj`` (``what`` it is) could not be pickled, naming its type."""
     cause = safe_str(exc)
