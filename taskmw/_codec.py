@@ -38,6 +38,7 @@ module is still imported under that name and that name still holds that
 function; bounded: cleared when full)."""
 _modules = sys.modules
 _MAX_FUNCTIONS = 256
+_COPY_BELOW = 4096  # bytes of payload under which decode() copies the arguments' pickle rather than view it
 
 
 def dumps(obj: Any) -> bytes:
@@ -210,8 +211,8 @@ def decode(payload: bytes) -> Any:
     """Unpickle a payload written by this module."""
     if payload[:1] != SPLIT_BYTE:
         return _loads(payload)
-    end = 3 + int.from_bytes(payload[1:3], "little")  # decode_parts(), inlined: a hot path
-    args, kwargs = _loads(memoryview(payload)[end:])
+    end = 3 + (payload[1] | payload[2] << 8)  # decode_parts(), inlined: a hot path
+    args, kwargs = _loads(payload[end:] if len(payload) < _COPY_BELOW else memoryview(payload)[end:])
     return _function(payload[:end]), args, kwargs
 
 
@@ -227,7 +228,7 @@ def _function(ref: bytes) -> Any:
         fn, module_name, module, namespace, name = kept
         if _modules.get(module_name) is module and namespace.get(name) is fn:
             return fn
-    fn = _loads(memoryview(ref)[3:])
+    fn = _loads(ref[3:])
     if type(fn) is FunctionType and isinstance(fn.__module__, str):
         module = _modules.get(fn.__module__)
         namespace = getattr(module, "__dict__", None)

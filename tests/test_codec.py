@@ -39,6 +39,13 @@ def test_a_plain_function_call_keeps_the_function_pickled_once() -> None:
     assert fn is module_function and args == ([1, 2], [1, 2], "x") and kwargs == {"k": [1, 2]}
     assert args[0] is args[1] is kwargs["k"]
     assert _codec.decode_parts(_codec.encode_call(module_function, (1,), {})) is None
+    for size in (_codec._COPY_BELOW - 60, _codec._COPY_BELOW, 1 << 20):  # arguments copied, then viewed
+        big = b"b" * size
+        assert _codec.decode(_codec.encode_function_call(module_function, (big,), {"k": 1})) == (
+            module_function,
+            (big,),
+            {"k": 1},
+        )
 
 
 def test_a_plain_function_call_falls_back_when_it_cannot_go_by_reference() -> None:
