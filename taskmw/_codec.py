@@ -14,6 +14,7 @@ Looking a function up by name costs more than pickling small arguments.
 from __future__ import annotations
 
 import pickle
+import sys
 from types import FunctionType
 from typing import Any
 
@@ -29,6 +30,15 @@ SPLIT_BYTE = b"\x01"
 _refs: dict[FunctionType, bytes] = {}
 """Per plain function: the prefix and pickled reference of a two-part call
 (``b""``: it cannot go by reference; bounded: cleared when full)."""
+_functions: dict[bytes, tuple[FunctionType, str, object, dict[str, Any], str]] = {}
+"""Per reference pickle of a two-part call read here: the plain
+module-level function it named, its module's name, the module, its
+namespace and the function's name there (a hit counts only while that
+module is still imported under that name and that name still holds that
+function; bounded: cleared when full)."""
+_modules = sys.modules
+_MAX_FUNCTIONS = 256
+_COPY_BELOW = 4096  # bytes of payload under which decode() copies the arguments' pickle rather than view it
 
 
 def dumps(obj: Any) -> bytes:
@@ -41,6 +51,17 @@ def dumps(obj: Any) -> bytes:
     if _MAIN in data:  # defined in the main script: send by value
         return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
     return data
+
+
+PLAIN_VALUES = frozenset({type(None), bool, int, float, str, bytes})
+"""Types whose pickle refers to no class or function (so to nothing of
+``__main__``): a tuple of them is :func:`dumps_plain`'s to pickle."""
+
+
+def dumps_plain(obj: Any) -> bytes:
+    """Plain pickle, for what holds only :data:`PLAIN_VALUES` (what
+    :func:`dumps` would make of it, without looking for ``__main__`` in it)."""
+    return _dumps(obj, _PROTOCOL)
 
 
 def unpicklable_message(what: str, obj: Any, exc: BaseException) -> str:
@@ -188,8 +209,31 @@ def _explain(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseEx
 
 def decode(payload: bytes) -> Any:
     """Unpickle a payload written by this module."""
-    parts = decode_parts(payload)
-    if parts is None:
+    if payload[:1] != SPLIT_BYTE:
         return _loads(payload)
-    args, kwargs = _loads(parts[1])
-    return _loads(parts[0]), args, kwargs
+    end = 3 + (payload[1] | payload[2] << 8)  # decode_parts(), inlined: a hot path
+    args, kwargs = _loads(payload[end:] if len(payload) < _COPY_BELOW else memoryview(payload)[end:])
+    return _function(payload[:end]), args, kwargs
+
+
+def _function(ref: bytes) -> Any:
+    """What the first part of a two-part call (``ref``: its 3-byte prefix
+    and the function's reference pickle) names. A plain
+    module-level function is looked up once and kept (looking it up again
+    costs more than the task's arguments): the kept one is used while its
+    module's attribute of its name still is that function (a module
+    reloaded or imported anew, or a name rebound, is looked up afresh)."""
+    kept = _functions.get(ref)
+    if kept is not None:
+        fn, module_name, module, namespace, name = kept
+        if _modules.get(module_name) is module and namespace.get(name) is fn:
+            return fn
+    fn = _loads(ref[3:])
+    if type(fn) is FunctionType and isinstance(fn.__module__, str):
+        module = _modules.get(fn.__module__)
+        namespace = getattr(module, "__dict__", None)
+        if namespace is not None and namespace.get(fn.__qualname__) is fn:  # a dotted qualname never is
+            if len(_functions) >= _MAX_FUNCTIONS:
+                _functions.clear()
+            _functions[ref] = fn, fn.__module__, module, namespace, fn.__qualname__
+    return fn

@@ -441,7 +441,9 @@ class LocalTransport:
         taken = [i for i in reversed(recent) if i.state == "queued" and i.task_id < queue_start]
         held_ids = delayed.held(self.pool.scheduled_dir)
         held = tasks.scan(held_ids, issued, queue_start, min(len(held_ids), _HELD_SCAN), now)
-        scheduled = {i.task_id: i for i in [*held, *queued] if i.state == "scheduled"}
+        # A delayed task a worker took out of the queue and has not yet handed to the scheduler (its file is
+        # not there yet) is among the recent ones: still scheduled.
+        scheduled = {i.task_id: i for i in [*held, *queued, *recent] if i.state == "scheduled"}
         return {
             "scheduled": sorted(scheduled.values(), key=lambda i: i.scheduled_for or 0.0)[:limit],
             "queued": [*taken, *(i for i in queued if i.state == "queued")][:limit],

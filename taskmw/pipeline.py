@@ -14,17 +14,20 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from types import FunctionType
 from typing import Any
 
 from taskmw import _codec
 from taskmw.events import TaskError, TaskEvent
 from taskmw.interfaces import Server
+from taskmw.listeners import Invoker
 from taskmw.plugins import Impl
 from taskmw.records import ERROR, OK, Kind
 from taskmw.tasks import ServiceTask, Task, _make_task
 
 log = logging.getLogger(__name__)
 _CALL = int(Kind.CALL)
+_INVOKE = Invoker.on_task
 
 
 def run_task(
@@ -40,13 +43,23 @@ def run_task(
     or a hook raised, or nothing completed the task; ``name`` is
     :func:`task_name` of what ran ("" if it could not be decoded). The value may be a coroutine (an ``async
     def`` task): the caller awaits it.
+
+    When the built-in invoker comes first in ``calls`` (no plugin
+    implements ``on_task``), a call is made here as the invoker would make
+    it (it completes the task: nothing after it runs), without building its
+    :class:`~taskmw.Task` and :class:`~taskmw.TaskEvent`.
     """
     name = ""
     try:
         data = _codec.decode(payload)
         if kind == _CALL:
-            data = _make_task(*data)
-        name = task_name(data)
+            fn, args, kwargs = data
+            name = _callable_name(fn)
+            if calls and getattr(calls[0][0], "__func__", None) is _INVOKE:  # the invoker first: nothing else runs
+                return OK, fn(*args, **kwargs) if kwargs else fn(*args), None, name
+            data = _make_task(fn, args, kwargs)
+        else:
+            name = task_name(data)
         event = TaskEvent(task_id, worker_id, data, server, attempt)
         for fn, argnames, _ in calls:
             if argnames:
@@ -67,14 +80,20 @@ def task_name(data: Any) -> str:
     """What a task runs: ``module.qualname`` of its callable,
     ``service:<name>`` of a service task, or the type of a data object."""
     if isinstance(data, Task):
-        fn = data.fn
-        qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-        module = getattr(fn, "__module__", None) or type(fn).__module__
-        return f"{module}.{qualname}"
+        return _callable_name(data.fn)
     if isinstance(data, ServiceTask):
         return f"service:{data.name}"
     cls = type(data)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _callable_name(fn: Any) -> str:
+    """``module.qualname`` of a task's callable (of its type if it has none)."""
+    if type(fn) is FunctionType and fn.__module__ and fn.__qualname__:
+        return f"{fn.__module__}.{fn.__qualname__}"
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    return f"{module}.{qualname}"
 
 
 def error_of(exc: BaseException) -> TaskError:

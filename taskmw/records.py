@@ -391,6 +391,8 @@ def encode_finish(
     """The bytes of a :class:`FinishRecord`, made without building one. A
     return value that cannot be pickled turns the finish into an ``error``
     naming it (the task did run)."""
+    if error is None and type(value) in _codec.PLAIN_VALUES:  # every field plain: nothing to look for
+        return _codec.dumps_plain((seq, task_id, status, value, error, duration, worker_id, name))
     try:
         return _codec.dumps((seq, task_id, status, value, error, duration, worker_id, name))
     except BaseException as exc:  # noqa: B036 - a value's __reduce__ may raise anything

@@ -291,7 +291,7 @@ class TaskTable:
         else:
             arena = _NO_ARENA
         words, base = self._words, (task_id % self.capacity) * _SLOT + _D
-        now = time.time()
+        now = _time()
         words[base] = 0
         if error is None:  # the error fields are left as they are: read only for a finish with an error
             _pack_d_head(

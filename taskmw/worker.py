@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from types import CoroutineType
 from typing import Any
 
 from taskmw import _codec, _proc, _table, _title, delayed, records
@@ -52,6 +52,7 @@ from taskmw._table import (
     ASYNC_OK,
     ASYNC_SEQ,
     ASYNC_TIMEOUT,
+    ATTEMPT,
     BUSY,
     DEADLINE,
     DONE,
@@ -62,12 +63,13 @@ from taskmw._table import (
     STOPPING,
     TASK,
 )
+from taskmw._table import OK as DONE_OK
 from taskmw.events import TaskError
 from taskmw.interfaces import Server
 from taskmw.pipeline import error_of, run_task
 from taskmw.plugins import call_each, implementations
 from taskmw.pool import Pool
-from taskmw.records import CANCELLED, ERROR, OK, TIMEOUT, SubmitRecord, encode_finish
+from taskmw.records import CANCELLED, DELAYED, ERROR, OK, SPILLED, TIMEOUT, SubmitRecord, encode_finish
 from taskmw.retries import RETRIED
 from taskmw.tasks import _reporter, _set_default
 
@@ -134,6 +136,7 @@ class _Worker:
         self.max_memory = pool.settings.max_worker_memory
         self.tasks = pool.tasks
         self.record_arguments = pool.settings.record_arguments
+        self.finish_spill_at = pool.finish_spill_at
         self.current = 0  # the id of the sync task running now, for taskmw.progress()
         self.dropped = 0  # finishes dropped (their process is gone) and not logged yet
         self.next_drop_log = 0.0  # time.monotonic() of the next log line about them
@@ -166,6 +169,7 @@ class _Worker:
 
     def loop(self) -> None:
         ring, table = self.ring, self.table
+        run_one, reply_to, monotonic = self.run_one, records.reply_to, time.monotonic
         supervisor = self.supervisor
         words, row = self.words, self.row
         max_batch = 1 if self.timeout else MAX_BATCH  # a timed task is held alone
@@ -216,18 +220,22 @@ class _Worker:
                     stops += 1
                     done.append(seq)
                 else:
-                    self.reply = records.reply_to(header)
+                    self.reply = reply = reply_to(header)
                     try:
-                        finish = self.run_one(seq, record, header)
+                        finish = run_one(seq, record, header)
                     except BaseException as exc:  # noqa: B036 - never let one task's outcome end the batch
                         finish = self.failed(seq, exc)
                     if finish is not None:
                         if finish:  # else it was sent already (spilled)
-                            finishes.setdefault(self.reply, []).append(finish)
+                            outcomes = finishes.get(reply)
+                            if outcomes is None:
+                                finishes[reply] = [finish]
+                            else:
+                                outcomes.append(finish)
                         done.append(seq)
                 seq += 1
-                if self.unwoken and time.monotonic() >= self.due:  # a batch of slower tasks
-                    self.wake_due(time.monotonic())
+                if self.unwoken and monotonic() >= self.due:  # a batch of slower tasks
+                    self.wake_due(monotonic())
             for reply, outcomes in finishes.items():
                 self.send(reply, outcomes, self.delay > 0 and not records.wants(reply))
             ring.release(done)
@@ -295,7 +303,7 @@ class _Worker:
         words[row + TASK] = 0  # the one before is over (failed() reads TASK only while SEQ is this one's)
         words[row + SEQ] = seq  # before any look at its cancel request (see LocalTransport.cancel)
         started = time.perf_counter()
-        if header & records.SPILLED:
+        if header & SPILLED:
             self.pool.consume_spill(record)  # the file is read (and removed) now: room for another
         try:
             task = SubmitRecord.read(seq, record, header)
@@ -305,7 +313,7 @@ class _Worker:
             return self.finish(seq, seq, ERROR, None, unreadable, started, "")
         _, task_id, kind, _, own_limit, attempt, _, cancelled, payload, due = task
         tasks = self.tasks
-        if header & records.DELAYED and not cancelled:  # see taskmw.delayed
+        if header & DELAYED and not cancelled:  # see taskmw.delayed
             if not due and not delayed.claim(self.pool.scheduled_dir, task_id):
                 self.ring.release([seq])  # a second push of a task that ran, or one cancelled: dropped, no finish
                 return None
@@ -325,14 +333,14 @@ class _Worker:
             tasks.arguments(task_id, payload, self.worker_id)
         self.current = task_id
         limit = own_limit or self.timeout
-        words[row + _table.ATTEMPT] = attempt
+        words[row + ATTEMPT] = attempt
         words[row + TASK] = task_id  # last: the record reads "running" from here (see LocalTransport.status)
         if limit:  # the supervisor kills this worker if the task is still running then
             words[row + DEADLINE] = words[row + STARTED] + int(limit * 1e9)
         status, value, error, name = run_task(
             self.on_task, self.server, task_id, self.worker_id, payload, kind, attempt
         )
-        if inspect.iscoroutine(value):
+        if isinstance(value, CoroutineType):  # inspect.iscoroutine(), without its call
             tasks.started(task_id, self.worker_id, attempt)  # it goes on after this row moves on
             if limit:
                 words[row + DEADLINE] = 0  # the event loop enforces an async task's limit
@@ -344,11 +352,11 @@ class _Worker:
             words[row + DEADLINE] = 0
         words[row + DONE] += 1
         if status == OK:
-            words[row + _table.OK] += 1
+            words[row + DONE_OK] += 1
         duration = time.perf_counter() - started
         finish = encode_finish(seq, task_id, status, value, error, duration, self.worker_id, name)
         sent = False
-        if len(finish) > self.pool.finish_spill_at:  # its file is written here: it may not fit (ENOSPC)
+        if len(finish) > self.finish_spill_at:  # its file is written here: it may not fit (ENOSPC)
             status, error, finish, sent = self.spill(seq, task_id, status, error, finish, duration, name, self.reply)
         self.record(task, status, error, finish, duration)
         return b"" if sent else finish

@@ -5,8 +5,12 @@ and what cannot be pickled named.
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import sys
 import threading
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import cloudpickle
@@ -35,6 +39,13 @@ def test_a_plain_function_call_keeps_the_function_pickled_once() -> None:
     assert fn is module_function and args == ([1, 2], [1, 2], "x") and kwargs == {"k": [1, 2]}
     assert args[0] is args[1] is kwargs["k"]
     assert _codec.decode_parts(_codec.encode_call(module_function, (1,), {})) is None
+    for size in (_codec._COPY_BELOW - 60, _codec._COPY_BELOW, 1 << 20):  # arguments copied, then viewed
+        big = b"b" * size
+        assert _codec.decode(_codec.encode_function_call(module_function, (big,), {"k": 1})) == (
+            module_function,
+            (big,),
+            {"k": 1},
+        )
 
 
 def test_a_plain_function_call_falls_back_when_it_cannot_go_by_reference() -> None:
@@ -103,3 +114,51 @@ def test_the_name_of_a_queued_call_is_read_from_its_payload_without_unpickling()
     assert _codec.call_name(_codec.encode_function_call(lambda: 1, (), {})) is None  # by value
     assert _codec.call_name(b"\x01\x05\x00\x80\x05(garbage") is None
     assert _codec.call_name(b"") is None
+
+
+def _write_module(directory: Path, name: str, body: str) -> ModuleType:
+    (directory / f"{name}.py").write_text(body)
+    importlib.invalidate_caches()
+    return importlib.import_module(name)
+
+
+def test_a_function_read_from_a_call_is_kept_only_while_its_module_still_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The function of a two-part call is looked up once and kept; a name
+    rebound, a module reloaded or imported anew, is looked up again (as
+    unpickling it would), and what is kept stays bounded."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("taskmw_kept_fn", "taskmw_many_fns"):  # none left imported after the test
+        monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.delitem(sys.modules, name)
+    mod = _write_module(tmp_path, "taskmw_kept_fn", "def f():\n    return 'first'\n")
+    payload = _codec.encode_function_call(mod.f, (), {})
+    first = mod.f
+    assert _codec.decode(payload)[0] is first and _codec.decode(payload)[0] is first
+
+    def other() -> str:
+        return "rebound"
+
+    monkeypatch.setattr(mod, "f", other)
+    assert _codec.decode(payload)[0] is other
+    monkeypatch.setattr(mod, "f", first)
+    assert _codec.decode(payload)[0] is first
+
+    (tmp_path / "taskmw_kept_fn.py").write_text("def f():\n    return 'reloaded'\n")
+    importlib.reload(mod)
+    assert _codec.decode(payload)[0]() == "reloaded"
+
+    (tmp_path / "taskmw_kept_fn.py").write_text("def f():\n    return 'anew'\n")
+    del sys.modules["taskmw_kept_fn"]
+    importlib.invalidate_caches()
+    assert _codec.decode(payload)[0]() == "anew"  # a new module object, its own namespace
+
+    many = _write_module(tmp_path, "taskmw_many_fns", "".join(f"def f{i}():\n    return {i}\n" for i in range(600)))
+    for i in range(600):
+        fn = getattr(many, f"f{i}")
+        assert _codec.decode(_codec.encode_function_call(fn, (), {}))[0] is fn
+        assert len(_codec._functions) <= _codec._MAX_FUNCTIONS
+    for i in (0, 599):
+        fn = getattr(many, f"f{i}")
+        assert _codec.decode(_codec.encode_function_call(fn, (), {}))[0]() == i

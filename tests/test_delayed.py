@@ -84,6 +84,18 @@ def test_delay_runs_at_its_due_time_and_is_scheduled_until_then(pool: TaskServer
     assert pool.tasks()["scheduled"] == []
 
 
+def test_a_delayed_task_is_listed_scheduled_while_a_worker_hands_it_to_the_scheduler(
+    pool: TaskServer, tmp_path: Path
+) -> None:
+    """Between a worker taking a delayed task out of the queue and its file
+    reaching the scheduler, tasks() still lists it (it read neither the
+    queue nor the scheduler's files then); each try hits that window often."""
+    for _ in range(30):
+        task_id = pool.task(Task(stamp, str(tmp_path / "ran")), delay=60.0)
+        assert task_id in [i.task_id for i in pool.tasks()["scheduled"]]
+        assert pool.cancel(task_id)
+
+
 def test_eta_is_an_aware_datetime(pool: TaskServer, tmp_path: Path) -> None:
     out = tmp_path / "ran"
     eta = datetime.datetime.now(datetime.timezone(datetime.timedelta(hours=5))) + datetime.timedelta(seconds=0.6)

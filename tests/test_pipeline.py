@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from helpers import WAIT, FinishLog, Signup, VipSignup, add, boom, module_function, pids_gone, pool_processes, welcome
 
-from taskmw import ServiceTask, TaskEvent, TaskFailed, TaskFinishEvent, TaskServer, hookimpl
+from taskmw import ServiceTask, Task, TaskEvent, TaskFailed, TaskFinishEvent, TaskServer, _codec, hookimpl, records
 from taskmw.listeners import Dispatcher
+from taskmw.pipeline import run_task
+from taskmw.plugins import implementations, plugin_manager
+from taskmw.records import ERROR, OK
 
 
 def test_errors_come_back_with_traceback_text(pool: TaskServer, finishes: FinishLog) -> None:
@@ -109,3 +112,46 @@ def test_hook_wrappers_are_refused() -> None:
 
     with pytest.raises(ValueError, match="cannot be a hook wrapper"):
         TaskServer(1, plugins=[Wrapper()], entrypoints=False)
+
+
+class LateHandler:
+    """An ``on_task`` plugin registered after the built-in ones (it runs before the invoker)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, tuple[Any, ...], int]] = []
+
+    @hookimpl
+    def on_task(self, event: TaskEvent) -> None:
+        assert isinstance(event.data, Task)
+        self.seen.append((event.data.fn, event.data.args, event.attempt))
+        if event.data.args == (0, 0):
+            event.set_return_value("late")
+            event.complete()
+
+
+def test_a_call_reaches_every_on_task_hook_its_calls_name_and_the_invoker_alone_runs_it_directly() -> None:
+    """run_task() calls a task's function itself only while the invoker comes
+    first in the calls it is given: a plugin registered later sees the Task
+    and may complete it; a failure reads the same either way."""
+    pm = plugin_manager([], None, False, [])
+    server: Any = None  # no task here queues more
+    kind = int(records.Kind.CALL)
+    call, zero, fail = (
+        _codec.encode_function_call(fn, args, {}) for fn, args in ((add, (2, 3)), (add, (0, 0)), (boom, ("x",)))
+    )
+    assert run_task(implementations(pm.hook.on_task), server, 1, 0, call, kind) == (OK, 5, None, "helpers.add")
+    late = LateHandler()
+    pm.register(late)
+    calls = implementations(pm.hook.on_task)
+    assert run_task(calls, server, 2, 0, call, kind, 2) == (OK, 5, None, "helpers.add")
+    assert run_task(calls, server, 3, 0, zero, kind) == (OK, "late", None, "helpers.add")
+    assert late.seen == [(add, (2, 3), 2), (add, (0, 0), 1)]
+    assert_fails(calls, server, fail, kind)  # through the plugin, then the invoker
+    pm.unregister(late)
+    assert_fails(implementations(pm.hook.on_task), server, fail, kind)  # the invoker alone
+
+
+def assert_fails(calls: list[Any], server: Any, payload: bytes, kind: int) -> None:
+    status, value, error, name = run_task(calls, server, 4, 0, payload, kind)
+    assert (status, value, name) == (ERROR, None, "helpers.boom") and error is not None
+    assert error.message == "x" and error.traceback.count("File ") == 1  # from the task's own frame on

@@ -13,7 +13,7 @@ import types
 import pytest
 from helpers import add
 
-from taskmw import Task, TaskError, TaskServer, records
+from taskmw import Task, TaskError, TaskServer, _codec, records
 from taskmw.records import FinishRecord
 
 
@@ -28,6 +28,26 @@ def test_finish_records_round_trip_and_bad_return_values_become_errors() -> None
     assert "the return value cannot be pickled: _thread.lock" in bad.error.message
     with pytest.raises(AttributeError):
         ok.status = records.ERROR  # type: ignore[misc]
+
+
+class _Flag(int):
+    """An int subclass: its pickle names its class, so it is no plain value."""
+
+
+def test_a_finish_of_a_plain_value_reads_as_dumps_would_have_written_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """encode_finish() pickles a finish whose value is a plain scalar without
+    the look for ``__main__``: the same bytes as :func:`taskmw._codec.dumps`
+    makes, and a value that is not plain (an int subclass, of ``__main__``
+    here: it goes by value) keeps its class."""
+    monkeypatch.setattr(_Flag, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "_Flag", _Flag, raising=False)
+    for name in ("mod.fn", "__main__.fn"):
+        for value in (None, True, 0, -(2**70), 1.5, "", "é __main__", b"__main__\x00", _Flag(3)):
+            fields = (7, 5, records.OK, value, None, 0.25, 1, name)
+            record = records.encode_finish(*fields)
+            assert record == _codec.dumps(fields)
+            assert records.read_finish(record) == fields and type(records.read_finish(record)[3]) is type(value)
+    assert b"__main__\x94\x8c\x05_Flag" not in records.encode_finish(7, 5, records.OK, _Flag(3))  # not by reference
 
 
 @pytest.mark.usefixtures("no_process_left")

@@ -53,6 +53,32 @@ def make_bytes(n: int) -> bytes:
     return b"r" * n
 
 
+def answer() -> str:
+    return "first"
+
+
+def _second_answer() -> str:
+    return "second"
+
+
+def rebind_answer() -> None:
+    """In the worker: ``answer`` now names another function."""
+    globals()["answer"] = _second_answer
+
+
+def test_a_function_rebound_in_the_worker_between_tasks_is_the_one_that_runs(finishes: FinishLog) -> None:
+    """The worker keeps the functions task()'s calls name, but only while
+    their module still holds them: a call made after the name is rebound
+    runs what the name holds now, as unpickling it would."""
+    with TaskServer(1, plugins=[finishes]) as server:
+        before = [server.task(answer) for _ in range(3)]
+        server.taskwait(rebind_answer, timeout=WAIT)
+        after = server.task(answer)
+        got = finishes.wait([*before, after])
+    assert [got[i].return_value for i in before] == ["first"] * 3 and got[after].return_value == "second"
+    assert answer() == "first"  # rebound in the worker only
+
+
 # -- async tasks ------------------------------------------------------------------------
 
 
