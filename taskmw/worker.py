@@ -67,7 +67,7 @@ from taskmw._table import OK as DONE_OK
 from taskmw.events import TaskError
 from taskmw.interfaces import Server
 from taskmw.pipeline import error_of, run_task
-from taskmw.plugins import call_each, implementations
+from taskmw.plugins import Impl, call_each, implementations
 from taskmw.pool import Pool
 from taskmw.records import CANCELLED, DELAYED, ERROR, OK, SPILLED, TIMEOUT, SubmitRecord, encode_finish
 from taskmw.retries import RETRIED
@@ -122,8 +122,7 @@ class _Worker:
         self.worker_id = worker_id
         self.ring = pool.submit
         self.runner: _AsyncRunner | None = None
-        # on_task implementations, in call order: plugins are fixed once the worker is forked
-        self.on_task = implementations(server.hook.on_task)
+        self.on_task: list[Impl] = []  # the on_task implementations, in call order: taken in run()
         self.table = pool.table
         self.words = pool.table.words
         self.row = pool.table.row(worker_id)
@@ -151,6 +150,9 @@ class _Worker:
     def run(self) -> int:
         hook_args = {"worker_id": self.worker_id, "server": self.server}
         call_each(self.server.hook.on_worker_start, hook_args)
+        # Plugins are fixed once the worker started: its on_worker_start hooks may (un)register some
+        # (an inert plugin leaves the invoker first, see taskmw.pipeline.run_task's direct call).
+        self.on_task = implementations(self.server.hook.on_task)
         fresh = 0 if self.max_memory is None else _proc.rss_bytes(os.getpid()) or 0
         if self.max_memory is not None and fresh > self.max_memory:
             log.error("task worker %d: resident memory %.1f MiB at start is already over max_worker_memory=%.1f MiB: "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +79,30 @@ def test_a_function_rebound_in_the_worker_between_tasks_is_the_one_that_runs(fin
         got = finishes.wait([*before, after])
     assert [got[i].return_value for i in before] == ["first"] * 3 and got[after].return_value == "second"
     assert answer() == "first"  # rebound in the worker only
+
+
+_CALLER_OF_A_TASK = """
+import inspect
+from taskmw import TaskServer
+
+def caller_name():
+    return inspect.currentframe().f_back.f_code.co_name
+
+with TaskServer(1, disable_plugins=["logging"]) as server:  # logging: an installed plugin that observes tasks
+    print(server.taskwait(caller_name, timeout=%r))
+"""
+
+
+def test_a_default_pool_calls_a_plain_function_directly_where_django_is_not_set_up() -> None:
+    """With the installed plugins (the default), in an app without Django
+    (a fresh interpreter: this session's conftest sets Django up), the Django
+    plugin, inert in the worker, is out of its ``on_task`` calls: the invoker
+    comes first and the worker calls the task's function itself
+    (``run_task``'s direct call); the plugin was always in the way before."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CALLER_OF_A_TASK % WAIT], capture_output=True, text=True, timeout=WAIT, check=True
+    )
+    assert out.stdout.split() == ["run_task"], out.stderr
 
 
 # -- async tasks ------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Installed with taskmw as the entry point ``django`` (group ``taskmw``), so
 every pool loads it; it imports no Django and does nothing unless Django's
 settings are configured in the task worker when it starts (importing a
 Django project's WSGI/ASGI module, ``django.setup()``, or a builder that used
-the ORM before building the pool). Then, as Celery's Django fixup does:
+the ORM before building the pool); a task worker where they are not
+unregisters it when it starts (so that it costs its tasks nothing). Then, as
+Celery's Django fixup does:
 
 - ``on_worker_start``: the connections the worker inherited from the process
   that built the pool are set aside without any I/O on them
@@ -130,6 +132,10 @@ class DjangoConnections:
         if self.active:
             n = close_inherited_connections()
             log.debug("task worker %d: set aside %d inherited database connection(s)", worker_id, n)
+        elif not getattr(transport, "inline", False):
+            # Inert in this task worker: out of its on_task calls, so that the worker calls a plain
+            # function itself (taskmw.pipeline.run_task's direct call, taken only with the invoker first).
+            server.plugins.unregister(self)
 
     @hookimpl(tryfirst=True)
     def on_task(self) -> None:
