@@ -28,8 +28,8 @@ _PICKLE_ERRORS = (pickle.PicklingError, TypeError, AttributeError, RecursionErro
 SPLIT_BYTE = b"\x01"
 """The first byte of a two-part call payload (a pickle starts with 0x80)."""
 _refs: dict[FunctionType, bytes] = {}
-"""Per plain function: the prefix and pickled reference of a two-part call
-(``b""``: it cannot go by reference; bounded: cleared when full)."""
+"""Per plain function that is not nested: the prefix and pickled reference of
+a two-part call (``b""``: it cannot go by reference; bounded: cleared when full)."""
 _functions: dict[bytes, tuple[FunctionType, str, object, dict[str, Any], str]] = {}
 """Per reference pickle of a two-part call read here: the plain
 module-level function it named, its module's name, the module, its
@@ -122,7 +122,11 @@ def encode_function_call(fn: FunctionType, args: tuple[Any, ...], kwargs: dict[s
 
 
 def _ref_of(fn: FunctionType) -> bytes:
-    """The kept prefix and reference of ``fn`` (``b""`` if it goes by value)."""
+    """The kept prefix and reference of ``fn`` (``b""`` if it goes by value).
+    A nested function (made per call, a closure) is never kept: it goes by
+    value, and keeping it would keep what it holds alive."""
+    if "<locals>" in fn.__qualname__:
+        return b""
     try:
         data = _dumps(fn, _PROTOCOL)
     except _PICKLE_ERRORS:

@@ -135,7 +135,9 @@ def name_field(name: str) -> bytes:
 
 
 _names: dict[Any, bytes] = {}
-"""The name field of each plain function queued (bounded: cleared when full)."""
+"""The name field of each plain function queued that is not nested (a
+nested one, made per call, is not kept: nor is what it holds; bounded:
+cleared when full)."""
 
 
 def task_name_field(obj: Any) -> bytes:
@@ -143,9 +145,12 @@ def task_name_field(obj: Any) -> bytes:
     if type(obj) is FunctionType:
         name = _names.get(obj)
         if name is None:
-            if len(_names) >= 4096:
-                _names.clear()
-            name = _names[obj] = name_field(f"{obj.__module__}.{obj.__qualname__}")
+            qualname = obj.__qualname__
+            name = name_field(f"{obj.__module__}.{qualname}")
+            if "<locals>" not in qualname:
+                if len(_names) >= 4096:
+                    _names.clear()
+                _names[obj] = name
         return name
     if isinstance(obj, (Task, ServiceTask)) or not callable(obj) or isinstance(obj, type):
         return name_field(task_name(obj))

@@ -5,19 +5,21 @@ and what cannot be pickled named.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pickle
 import sys
 import threading
+import weakref
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import cloudpickle
 import pytest
-from helpers import module_function
+from helpers import WAIT, module_function
 
-from taskmw import ServiceTask, _codec
+from taskmw import ServiceTask, TaskServer, _codec
 
 
 def test_module_functions_travel_by_reference_with_plain_pickle() -> None:
@@ -162,3 +164,30 @@ def test_a_function_read_from_a_call_is_kept_only_while_its_module_still_holds_i
     for i in (0, 599):
         fn = getattr(many, f"f{i}")
         assert _codec.decode(_codec.encode_function_call(fn, (), {}))[0]() == i
+
+
+class _Captured:
+    """Something a closure captures (weakly referenceable)."""
+
+
+def test_a_closure_queued_by_task_or_taskwait_is_not_kept_by_the_queuing_process() -> None:
+    """A nested function (a closure made per request) goes by value and is
+    not remembered as such: once its task finished and the caller dropped
+    it, it and what it captured are freed (it was kept, with what it held,
+    until 4096 others had been queued)."""
+    with TaskServer(1, entrypoints=False) as server:
+        held: list[weakref.ref[_Captured]] = []
+        for waits in (False, True):
+            captured = _Captured()
+            held.append(weakref.ref(captured))
+
+            def work(value: _Captured = captured) -> str:
+                return type(value).__name__
+
+            if waits:
+                assert server.taskwait(work, timeout=WAIT) == "_Captured"
+            else:
+                assert server.result(server.task(work), timeout=WAIT) == "_Captured"
+            del work, captured
+        gc.collect()
+    assert [ref() for ref in held] == [None, None]
