@@ -476,6 +476,7 @@ class Ring:
             RingError: ``hold=True`` and this process holds ``max_held``
                 records already.
             RingCorrupt: the shared region was overwritten.
+            ValueError: ``linger`` or ``spin`` is negative, infinite or NaN.
         """
         r = self._r
         if r is None:
@@ -492,8 +493,13 @@ class Ring:
         while True:
             pb = b.pb
             pb.alone_mask = alone
-            pb.linger_ns = int(linger * 1e9)
-            pb.spin_ns = int(spin * 1e9)
+            try:
+                pb.linger_ns = int(linger * 1e9)
+                pb.spin_ns = int(spin * 1e9)
+            except (OverflowError, ValueError):  # negative, infinite or NaN (no check on the hot path)
+                raise ValueError(
+                    f"linger and spin must be finite seconds >= 0, got linger={linger!r}, spin={spin!r}"
+                ) from None
             rc = lib.tmw_ring_pop(r, slot, pb, max_records, hold, ctimeout)
             if rc == 0:
                 n = pb.n

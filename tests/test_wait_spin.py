@@ -76,3 +76,14 @@ def test_wait_spin_is_checked() -> None:
         Settings(wait_spin=0.5)
     with pytest.raises(ValueError, match="wait_spin"):
         Settings(wait_spin=-1.0)
+
+
+@pytest.mark.parametrize("bad", [{"spin": -0.001}, {"spin": float("inf")}, {"spin": float("nan")}, {"linger": -1.0}])
+def test_a_pop_refuses_a_bad_spin_or_linger_naming_it(bad: dict[str, float]) -> None:
+    """A negative, infinite or NaN ``spin``/``linger`` is a ValueError naming
+    the value (it was cffi's OverflowError about an unsigned conversion)."""
+    ring = Ring(1 << 16)
+    ((name, value),) = bad.items()
+    with pytest.raises(ValueError, match=f"{name}={value!r}"):
+        ring.pop_many(1, timeout=0, **bad)
+    ring.close()
