@@ -66,7 +66,10 @@ def resolve_service(name: str) -> Any:
 @hookspec
 def on_worker_start(worker_id: int, server: Server) -> None:
     """A task worker started, before it takes its first task. Called in the
-    **task worker** (open per-worker resources here: a database connection)."""
+    **task worker** (open per-worker resources here: a database connection).
+    The worker takes its ``on_task`` implementations after these hooks ran: a
+    plugin registered or unregistered here (``server.plugins``) counts for
+    every task of that worker."""
 
 
 @hookspec
