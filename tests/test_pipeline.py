@@ -155,3 +155,28 @@ def assert_fails(calls: list[Any], server: Any, payload: bytes, kind: int) -> No
     status, value, error, name = run_task(calls, server, 4, 0, payload, kind)
     assert (status, value, name) == (ERROR, None, "helpers.boom") and error is not None
     assert error.message == "x" and error.traceback.count("File ") == 1  # from the task's own frame on
+
+
+class _Marker:
+    """Completes a call whose first argument is ``"mark"``."""
+
+    @hookimpl
+    def on_task(self, event: TaskEvent) -> None:
+        if isinstance(event.data, Task) and event.data.args[:1] == ("mark",):
+            event.set_return_value("marked")
+            event.complete()
+
+
+class _RegistersAtStart:
+    @hookimpl
+    def on_worker_start(self, worker_id: int, server: TaskServer) -> None:
+        server.plugins.register(_Marker())
+
+
+def test_an_on_task_plugin_registered_at_worker_start_sees_every_task_of_the_worker() -> None:
+    """The worker takes its ``on_task`` calls after ``on_worker_start``: a
+    plugin registered there stands before the invoker (they were taken
+    before, and it never ran)."""
+    with TaskServer(1, plugins=[_RegistersAtStart()], entrypoints=False) as server:
+        assert server.taskwait(add, "mark", "x", timeout=WAIT) == "marked"
+        assert server.taskwait(add, 2, 3, timeout=WAIT) == 5
