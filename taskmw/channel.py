@@ -21,7 +21,7 @@ A thread waiting for a finish (``taskwait``) while the reader is a thread
 reads the channel itself (:meth:`Channel.wait`), so that its finish reaches
 it with one wake-up (the worker's) instead of two (the worker's of the
 reader thread, then the reader thread's of the waiter), or none if it comes
-within ``wait_spin`` (the waiter polls the ring that long before it sleeps). The reader thread
+within ``wait_spin`` (the waiter polls the ring that long before it first sleeps). The reader thread
 stands aside meanwhile: a waiter that finds it asleep in the ring pushes a
 kick marker into the channel (read while the task runs), the reader thread
 then waits on a condition and drains the channel every ``finish_delay``
@@ -258,6 +258,7 @@ class Channel:
                     self._hand_on_cut()
                     continue
                 batch = ring.pop_many(_BATCH, timeout=left, spin=spin)
+                spin = 0.0  # once per wait: other threads' finishes arriving often must not keep it spinning
                 if batch.records and self._hand_on(batch):
                     ring.try_push(b"", aux=records.READER_STOP)  # the reader thread's stop marker: pass it on
         finally:

@@ -103,7 +103,8 @@ class Settings:
             ``taskwait`` or ``taskwait_multi`` polls its finishes before it
             sleeps, so that the finish of a short task reaches it without a
             wake-up (the CPU of that thread, otherwise idle, for at most
-            this long per sleep; 0: it sleeps at once). ``task_async`` and
+            this long per wait: only its first sleep is preceded by the
+            spin; 0: it sleeps at once). ``task_async`` and
             the finish reader never spin.
         task_timeout: seconds a task may run (``None``: no limit). A task
             over it finishes ``timeout``: a sync task's worker is killed and

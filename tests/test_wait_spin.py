@@ -4,10 +4,11 @@ finish of a short task without being woken."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
-from helpers import WAIT, add
+from helpers import WAIT, add, sleep_then
 from test_ring_procs import Child, proc_state
 from test_ring_procs import wait_until as wait_child
 
@@ -87,3 +88,27 @@ def test_a_pop_refuses_a_bad_spin_or_linger_naming_it(bad: dict[str, float]) -> 
     with pytest.raises(ValueError, match=f"{name}={value!r}"):
         ring.pop_many(1, timeout=0, **bad)
     ring.close()
+
+
+def test_a_long_wait_spins_once_while_other_finishes_keep_coming() -> None:
+    """A thread blocked in ``taskwait`` reads the other finishes of its
+    process as they come (here every ~2 ms, each batch within ``finish_delay``);
+    it spins only before its first sleep, so with the largest ``wait_spin``
+    (10 ms, longer than the gaps) it does not spin for the whole wait."""
+    with TaskServer(2, wait_spin=0.01, entrypoints=False) as server:
+        assert server.taskwait(add, 0, 0, timeout=WAIT) == 0
+        cpu: list[float] = []
+
+        def wait_long() -> None:
+            started = time.thread_time()
+            assert server.taskwait(sleep_then, 0.6, "slept", timeout=WAIT) == "slept"
+            cpu.append(time.thread_time() - started)
+
+        waiter = threading.Thread(target=wait_long)
+        waiter.start()
+        while waiter.is_alive():
+            server.task(add, 1, 1)
+            time.sleep(0.002)
+        waiter.join(WAIT)
+    print(f"\nthe waiting thread's CPU over a 0.6 s taskwait: {cpu[0] * 1000:.1f} ms")
+    assert cpu[0] < 0.3, cpu  # spinning before every sleep took ~0.6 s: the whole wait
