@@ -153,6 +153,13 @@ class StopReport:
         return out
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the server's process, before exec: SIGINT (Ctrl-C) acts as in a
+    terminal even when this test run inherited it ignored (a background job
+    of a non-interactive shell ignores it, and exec keeps that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """One app server subprocess. Use :func:`running_server`."""
 
@@ -171,6 +178,7 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_sigint_as_in_a_terminal,
         )
         self.pid = self.proc.pid
         self.known: dict[Ident, str] = {}
