@@ -43,9 +43,9 @@ ASYNC_SEQ = 15  # the ring seq of that task
 ASYNC_LIMIT = 16  # its time limit, in ns
 START = 17  # worker (supervisor clears it): its start time (taskmw._proc.start_ticks), which with PID names it
 RECYCLED = 19  # worker: times this row's worker exited cleanly to be replaced (max_tasks_per_worker, memory, reload)
+REASON = 20  # why this row's last worker went (one of REASONS' indexes; 0: none went); the supervisor sets DIED
 BATCH_END = 21  # worker: the seq after the last of the batch it holds now (0: none)
 # (a worker writes a task's SEQ before it reads its cancel request: see LocalTransport._taken_behind)
-REASON = 20  # why this row's last worker went (one of REASONS' indexes; 0: none went); the supervisor sets DIED
 ROW = 24
 
 # Fields of the supervisor's row.

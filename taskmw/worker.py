@@ -183,21 +183,15 @@ class _Worker:
         while True:
             timeout = _IDLE_CHECK
             if self.unwoken:  # wait no longer than the first lazy finish may
-                timeout = min(timeout, max(0.0, self.due - time.monotonic()))
+                timeout = min(timeout, max(0.0, self.due - monotonic()))
             asked = time.perf_counter()
             batch = ring.pop_many(size, timeout=timeout, hold=True, alone=records.TIMED, linger=linger)
             started = time.perf_counter()
-            if batch.records:
-                # Tasks come often (this one after a short wait): linger before the next sleep (start_delay).
-                linger = self.linger if started - asked < busy_wait else 0.0
-            elif timeout < _IDLE_CHECK:
-                # The wait was cut short for a lazy finish: linger out the rest of start_delay next.
-                linger = max(0.0, linger - (started - asked))
-            else:
-                linger = 0.0
             if not batch.records:
+                # A wait cut short for a lazy finish lingers out the rest of start_delay next.
+                linger = max(0.0, linger - (started - asked)) if timeout < _IDLE_CHECK else 0.0
                 if self.unwoken:
-                    self.wake_due(time.monotonic())
+                    self.wake_due(monotonic())
                     if self.unwoken or timeout < _IDLE_CHECK:
                         continue  # not idle for _IDLE_CHECK yet
                 if os.getppid() != supervisor:
@@ -207,6 +201,8 @@ class _Worker:
                     self.recycle(_table.RELOAD)
                     return  # reloaded: a fresh worker takes this one's place
                 continue
+            # Tasks come often (this one after a short wait): linger before the next sleep (start_delay).
+            linger = self.linger if started - asked < busy_wait else 0.0
             self.tasks.taken(*batch)  # first: the Q groups task()'s fast path left to the worker
             words[row + _table.BATCH_END] = batch.first_seq + len(batch.records)  # see LocalTransport.cancel
             words[row + SEQ] = batch.first_seq  # a timed task is always first (alone)
